@@ -1,0 +1,22 @@
+"""Embedded, offline data sets: scikit-learn's digits, clean and with label-tied confounds."""
+
+from xai_feedback.data._dataset import ImageDataset, train_val_split
+from xai_feedback.data.digits import (
+    CANVAS,
+    CONFOUND_DEFAULTS,
+    MARGIN,
+    confound_masks,
+    confounded_digits,
+    load_digits,
+)
+
+__all__ = [
+    "CANVAS",
+    "CONFOUND_DEFAULTS",
+    "MARGIN",
+    "ImageDataset",
+    "confound_masks",
+    "confounded_digits",
+    "load_digits",
+    "train_val_split",
+]

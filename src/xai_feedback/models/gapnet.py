@@ -1,0 +1,122 @@
+"""A small CAM-ready CNN: convolutional blocks, global average pooling, one linear layer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from xai_feedback._checks import check_floating, check_int, check_shape
+
+__all__ = ["ConvBlock", "GAPNet"]
+
+
+class ConvBlock(nn.Sequential):
+    """``Conv2d(3x3, no bias) -> BatchNorm2d -> ReLU``, keeping the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=False),
+        )
+
+
+class GAPNet(nn.Module):
+    r"""CNN with a global-average-pool + linear head, so CAM is exact (Zhou et al. 2016).
+
+    ``depth`` blocks of :class:`ConvBlock`; block ``i`` has ``width * 2**min(i, 2)``
+    channels and the first two blocks are followed by 2x2 max-pooling, so a 28x28 input
+    gives a 7x7 map at ``features``. The head is ``logits = W mean_{h,w} A + b``, hence
+
+    .. math:: y_k = \frac{1}{hw} \sum_{h,w} \mathrm{CAM}_k(h, w) + b_k,
+              \qquad \mathrm{CAM}_k = \sum_c W_{kc} A_c .
+
+    Args:
+        in_channels: Channels of the input images.
+        num_classes: Number of classes ``K``.
+        width: Channels of the first block (a width multiplier).
+        depth: Number of convolutional blocks (>= 2).
+        generator: Random generator for the initial weights (reproducible without
+            touching the global seed); ``None`` uses PyTorch's default initialisation.
+
+    Attributes:
+        features: The convolutional trunk; its output is the CAM layer (``cam_layer``).
+        pool: Global average pooling.
+        classifier: The linear head whose weights give the CAM.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)` with ``H, W >= 4``
+        - Output: :math:`(B, K)` logits
+
+    Example:
+        >>> model = GAPNet(width=8, generator=torch.Generator().manual_seed(0))
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    cam_layer = "features"
+    """Dotted name of the layer whose output the CAM hooks use by default."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        depth: int = 4,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        check_int(in_channels, "in_channels", minimum=1)
+        check_int(num_classes, "num_classes", minimum=2)
+        check_int(width, "width", minimum=1)
+        check_int(depth, "depth", minimum=2)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(depth):
+            out = width * 2 ** min(i, 2)
+            layers.append(ConvBlock(channels, out))
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        if generator is not None:
+            self.reset_parameters(generator)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the CAM layer."""
+        return self.classifier.in_features
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Re-initialise every weight from ``generator`` (He-normal convs, uniform head)."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(
+                        module.weight, mode="fan_out", nonlinearity="relu", generator=generator
+                    )
+                elif isinstance(module, nn.BatchNorm2d):
+                    module.reset_parameters()
+                elif isinstance(module, nn.Linear):
+                    bound = 1.0 / math.sqrt(module.in_features)
+                    nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images."""
+        check_shape(images, "B C H W", "images", C=self.in_channels)
+        check_floating(images, "images")
+        if images.shape[-1] < 4 or images.shape[-2] < 4:
+            from xai_feedback.errors import ShapeError
+
+            raise ShapeError(
+                f"`images` must be at least 4x4 (two 2x2 poolings), got {tuple(images.shape)}."
+            )
+        return self.classifier(torch.flatten(self.pool(self.features(images)), 1))
