@@ -35,9 +35,7 @@ def check_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def check_shape(
-    x: Any, pattern: str, name: str, **known: int | None
-) -> dict[str, int]:
+def check_shape(x: Any, pattern: str, name: str, **known: int | None) -> dict[str, int]:
     """Check that ``x`` is a tensor whose shape matches a space-separated ``pattern``.
 
     Each token of the pattern is a dimension name (``"B C H W"``) or a literal size
@@ -71,7 +69,7 @@ def check_shape(
             f"got a {len(shape)}-D tensor of shape {shape}."
         )
     bound: dict[str, int] = {}
-    for token, size in zip(tokens, shape, strict=True):
+    for axis, (token, size) in enumerate(zip(tokens, shape, strict=True)):
         if token.isdigit():
             expected: int | None = int(token)
         elif token in bound:
@@ -80,9 +78,10 @@ def check_shape(
             expected = known.get(token)
             bound[token] = size
         if expected is not None and size != expected:
+            label = "" if token.isdigit() else f" ({token})"
             raise ShapeError(
-                f"`{name}` must have shape ({', '.join(tokens)}) with {token}={expected}, "
-                f"got shape {shape}."
+                f"`{name}` must have shape ({', '.join(tokens)}), got shape {shape}: "
+                f"dimension {axis}{label} must be {expected}, got {size}."
             )
     return bound
 
@@ -143,9 +142,13 @@ def check_number(
     if not math.isfinite(number):
         raise RangeError(f"`{name}` must be finite, got {value}.")
     if minimum is not None and (number <= minimum if strict_minimum else number < minimum):
-        raise RangeError(f"`{name}` must be {'>' if strict_minimum else '>='} {minimum}, got {value}.")
+        raise RangeError(
+            f"`{name}` must be {'>' if strict_minimum else '>='} {minimum}, got {value}."
+        )
     if maximum is not None and (number >= maximum if strict_maximum else number > maximum):
-        raise RangeError(f"`{name}` must be {'<' if strict_maximum else '<='} {maximum}, got {value}.")
+        raise RangeError(
+            f"`{name}` must be {'<' if strict_maximum else '<='} {maximum}, got {value}."
+        )
     return number
 
 

@@ -138,7 +138,7 @@ def fit(
                 )
                 loss, logits = objective(model, batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                torch.autograd.backward(loss)
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach() * len(idx)
@@ -160,7 +160,9 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        )
     finally:
         model.train(was_training)
 

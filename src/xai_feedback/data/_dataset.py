@@ -85,12 +85,15 @@ def train_val_split(
     """
     from sklearn.model_selection import train_test_split
 
-    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, strict_minimum=True,
-                 strict_maximum=True)
+    check_number(
+        val_fraction, "val_fraction", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
+    )
     check_int(seed, "seed", minimum=0)
     index = torch.arange(len(dataset))
     train_idx, val_idx = train_test_split(
-        index.numpy(), test_size=val_fraction, random_state=seed,
+        index.numpy(),
+        test_size=val_fraction,
+        random_state=seed,
         stratify=dataset.labels.cpu().numpy(),
     )
     return (

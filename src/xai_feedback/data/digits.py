@@ -211,7 +211,7 @@ def confounded_digits(
         "tied": 255.0 - 25.0 * y,
         "random": 255.0 - 25.0 * random_level.to(torch.float64),
         "cdep": 25.0 * y,
-    }.get(rule)
+    }.get(str(rule))
     images = clean.images
     if grey is not None:
         value = (grey / 255.0).to(dtype)[:, None, None, None]

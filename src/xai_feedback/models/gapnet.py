@@ -119,4 +119,5 @@ class GAPNet(nn.Module):
             raise ShapeError(
                 f"`images` must be at least 4x4 (two 2x2 poolings), got {tuple(images.shape)}."
             )
-        return self.classifier(torch.flatten(self.pool(self.features(images)), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(images)), 1))
+        return logits
