@@ -1,0 +1,39 @@
+"""Pure, batched tensor kernels: the single source of truth of every algorithm.
+
+They follow their input's device and dtype, never detach, and contain no Python loops over
+pixels, images or channels.
+"""
+
+from xai_feedback.functional.cam import (
+    NORMALIZATIONS,
+    cam_from_head,
+    grad_cam,
+    grad_cam_pp,
+    hires_cam,
+    normalize_maps,
+    resize_maps,
+)
+from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight, normalized_grid
+from xai_feedback.functional.penalties import (
+    centre_penalty,
+    input_gradient_penalty,
+    mask_penalty,
+    masks_to_maps,
+)
+
+__all__ = [
+    "KERNEL_SHAPES",
+    "NORMALIZATIONS",
+    "cam_from_head",
+    "centre_penalty",
+    "centre_weight",
+    "grad_cam",
+    "grad_cam_pp",
+    "hires_cam",
+    "input_gradient_penalty",
+    "mask_penalty",
+    "masks_to_maps",
+    "normalize_maps",
+    "normalized_grid",
+    "resize_maps",
+]

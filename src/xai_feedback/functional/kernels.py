@@ -1,0 +1,88 @@
+r"""Spatial weight kernels for penalties: zero where evidence belongs, rising elsewhere."""
+
+from __future__ import annotations
+
+import torch
+
+from xai_feedback._checks import check_choice, check_int, check_number
+
+__all__ = ["KERNEL_SHAPES", "centre_weight", "normalized_grid"]
+
+KERNEL_SHAPES = ("gaussian", "flat")
+"""Kernel shapes understood by :func:`centre_weight`."""
+
+
+def normalized_grid(
+    h: int,
+    w: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates in [-1, 1]: ``y_i = (2 i + 1) / h - 1``, ``x_j = (2 j + 1) / w - 1``.
+
+    Returns:
+        ``(y, x)``, each ``(h, w)``.
+
+    Example:
+        >>> normalized_grid(1, 2)[1]
+        tensor([[-0.5000,  0.5000]])
+    """
+    check_int(h, "h", minimum=1)
+    check_int(w, "w", minimum=1)
+    ys = (2 * torch.arange(h, device=device, dtype=dtype) + 1) / h - 1
+    xs = (2 * torch.arange(w, device=device, dtype=dtype) + 1) / w - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return grid_y, grid_x
+
+
+def centre_weight(
+    h: int,
+    w: int,
+    sigma: float = 0.5,
+    *,
+    shape: str = "gaussian",
+    radius: float = 0.7,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    r"""Inverted centre kernel of the "lint" penalty: 0 at the centre, rising to the border.
+
+    On pixel-centre coordinates ``x, y`` in [-1, 1] (:func:`normalized_grid`):
+
+    - ``"gaussian"``: :math:`1 - \exp(-(x^2 + y^2) / (2\sigma^2))`,
+    - ``"flat"``: 0 inside the square :math:`\max(|x|, |y|) < r`, then a ramp
+      :math:`\min(1, (\max(|x|,|y|) - r) / \max(\sigma, \epsilon))` towards the border.
+
+    Args:
+        h: Height of the map.
+        w: Width of the map.
+        sigma: Width of the Gaussian (or length of the flat kernel's ramp), > 0.
+        shape: ``"gaussian"`` or ``"flat"``.
+        radius: Half-side of the flat kernel's zero square, in [0, 1].
+        device: Device of the result.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        The weight, in [0, 1).
+
+    Shape:
+        - output: :math:`(h, w)`
+
+    Example:
+        >>> k = centre_weight(3, 3, sigma=0.5)
+        >>> float(k[1, 1]), round(float(k[0, 1]), 4)
+        (0.0, 0.5889)
+    """
+    check_number(sigma, "sigma", minimum=0, strict_minimum=True)
+    check_choice(shape, "shape", KERNEL_SHAPES)
+    check_number(radius, "radius", minimum=0, maximum=1)
+    if not dtype.is_floating_point:
+        from xai_feedback.errors import DTypeError
+
+        raise DTypeError(f"`dtype` must be a floating-point dtype, got {dtype}.")
+    y, x = normalized_grid(h, w, device=device, dtype=dtype)
+    if shape == "gaussian":
+        return 1 - torch.exp(-(x.pow(2) + y.pow(2)) / (2 * sigma**2))
+    edge = torch.maximum(x.abs(), y.abs())
+    return ((edge - radius) / sigma).clamp(0.0, 1.0)

@@ -1,0 +1,135 @@
+r"""Explanation penalties as pure functions of maps, masks and gradients."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from xai_feedback._checks import check_floating, check_shape
+from xai_feedback.errors import ShapeError
+
+__all__ = ["centre_penalty", "input_gradient_penalty", "mask_penalty", "masks_to_maps"]
+
+
+def _map_dims(maps: torch.Tensor) -> tuple[int, int]:
+    check_floating(maps, "maps")
+    if maps.dim() not in (3, 4):
+        raise ShapeError(
+            f"`maps` must have shape (B, h, w) or (B, K, h, w), got a {maps.dim()}-D tensor "
+            f"of shape {tuple(maps.shape)}."
+        )
+    return int(maps.shape[-2]), int(maps.shape[-1])
+
+
+def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    r"""Weighted squared evidence: the "lint" penalty.
+
+    .. math:: P = \frac{1}{B} \sum_{b} \frac{1}{K h w} \sum_{k, i, j}
+              \big(\omega_{ij}\, m_{bkij}\big)^2
+
+    with ``omega`` from :func:`~xai_feedback.functional.centre_weight`. Per image it is the
+    mean over classes and cells, so ``lambda`` does not depend on the map's resolution or on
+    the number of classes. Signed maps are penalised on both signs (see
+    :class:`xai_feedback.losses.CentrePenalty` for why that matters).
+
+    Args:
+        maps: Maps of one class ``(B, h, w)`` or of all classes ``(B, K, h, w)``.
+        weight: Spatial weight ``(h, w)``.
+
+    Returns:
+        A scalar.
+
+    Shape:
+        - maps: :math:`(B, h, w)` or :math:`(B, K, h, w)`; weight: :math:`(h, w)`
+
+    Example:
+        >>> from xai_feedback.functional import centre_weight
+        >>> maps = torch.zeros(1, 3, 3); maps[0, 0, 0] = 2.0
+        >>> w = centre_weight(3, 3, sigma=0.5)
+        >>> bool(torch.isclose(centre_penalty(maps, w), (2 * w[0, 0]) ** 2 / 9))
+        True
+    """
+    h, w = _map_dims(maps)
+    check_shape(weight, "h w", "weight", h=h, w=w)
+    return (weight * maps).pow(2).mean()
+
+
+def masks_to_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Downsample boolean/float masks ``(B, H, W)`` to ``size`` by area: the covered fraction.
+
+    Example:
+        >>> masks_to_maps(torch.eye(4).bool()[None], (2, 2))
+        tensor([[[0.5000, 0.0000],
+                 [0.0000, 0.5000]]])
+    """
+    check_shape(masks, "B H W", "masks")
+    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.adaptive_avg_pool2d(m.unsqueeze(1), size).squeeze(1)
+
+
+def mask_penalty(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    r"""Squared evidence inside annotation masks (RRR-G style, Schramowski et al. 2020).
+
+    .. math:: P = \frac{1}{B} \sum_b \frac{1}{K h w} \sum_{k,i,j} \big(M_{bij}\, m_{bkij}\big)^2
+
+    where ``M`` is the mask downsampled to the map's size by area (the covered fraction).
+
+    Args:
+        maps: ``(B, h, w)`` or ``(B, K, h, w)`` maps.
+        masks: ``(B, H, W)`` masks, ``True``/1 where evidence must not be.
+
+    Shape:
+        - maps: :math:`(B, h, w)` or :math:`(B, K, h, w)`; masks: :math:`(B, H, W)`
+
+    Example:
+        >>> maps = torch.ones(1, 2, 2); masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+        >>> masks[0, :2, :2] = True
+        >>> float(mask_penalty(maps, masks))
+        0.25
+    """
+    h, w = _map_dims(maps)
+    check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
+    cover = masks_to_maps(masks, (h, w)).to(maps.dtype)
+    if maps.dim() == 4:
+        cover = cover.unsqueeze(1)
+    return (cover * maps).pow(2).mean()
+
+
+def input_gradient_penalty(
+    logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    r"""The "right reasons" penalty of RRR (Ross et al. 2017), with double backpropagation.
+
+    .. math:: P = \frac{1}{B} \sum_b \sum_{c,i,j}
+              \Big(M_{bij} \frac{\partial}{\partial x_{bcij}} \sum_k \log p_{bk}\Big)^2
+
+    ``images`` must require grad and ``logits`` must be computed from them. The gradient is
+    taken with ``create_graph=True``, so the penalty trains the model; ``param.grad`` is not
+    touched.
+
+    Args:
+        logits: ``(B, K)`` logits computed from ``images``.
+        images: ``(B, C, H, W)`` inputs with ``requires_grad=True``.
+        masks: ``(B, H, W)`` annotation masks (1 where the model must not look).
+
+    Example:
+        >>> import math
+        >>> x = torch.zeros(1, 1, 2, 2, requires_grad=True)
+        >>> logits = torch.stack([x.sum() + math.log(3.0), torch.zeros(())])[None]  # p0 = 3/4
+        >>> # per pixel d(log p0 + log p1)/dx = 1 - 2 p0 = -1/2; four pixels: 4 * 1/4
+        >>> round(float(input_gradient_penalty(logits, x, torch.ones(1, 2, 2))), 5)
+        1.0
+    """
+    dims = check_shape(images, "B C H W", "images")
+    check_shape(logits, "B K", "logits", B=dims["B"])
+    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    if not images.requires_grad:
+        raise ValueError(
+            "`images` must require grad (call images.requires_grad_() before the forward)."
+        )
+    log_p = F.log_softmax(logits, dim=1).sum()
+    (grad,) = torch.autograd.grad(log_p, images, create_graph=True)
+    weighted = masks.to(grad.dtype).unsqueeze(1) * grad
+    return weighted.pow(2).sum() / dims["B"]

@@ -1,0 +1,278 @@
+r"""Explanation penalties as ``nn.Module`` wrappers of :mod:`xai_feedback.functional`, and
+loss-weight schedules.
+
+Which Gaussian centre penalty works
+-----------------------------------
+The seed ("lint") penalised the ReLU'd CAM of the target class. A network can then move a
+confound's evidence into *negative* evidence for the other classes, which the ReLU hides,
+so :class:`CentrePenalty` defaults to the **signed CAMs of all classes** (``classes="all",
+signed=True``). The benchmark ``xai-feedback bench decoy`` measures every variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xai_feedback._checks import check_choice, check_int, check_number, check_shape
+from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
+from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight
+from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
+
+__all__ = [
+    "CentrePenalty",
+    "ConstantSchedule",
+    "LossSchedule",
+    "MaskPenalty",
+    "PhaseSchedule",
+    "RRRPenalty",
+    "RampSchedule",
+]
+
+
+def _prepare_maps(
+    maps: torch.Tensor, target: torch.Tensor | None, classes: str, signed: bool, normalize: str
+) -> torch.Tensor:
+    if maps.dim() not in (3, 4):
+        raise ShapeError(
+            f"`maps` must have shape (B, h, w) or (B, K, h, w), got shape {tuple(maps.shape)}."
+        )
+    if classes == "target" and maps.dim() == 4:
+        if target is None:
+            raise RangeError("`target` is required with classes='target' and all-class maps.")
+        check_shape(target, "B", "target", B=int(maps.shape[0]))
+        maps = maps[torch.arange(maps.shape[0], device=maps.device), target]
+    if not signed:
+        maps = torch.relu(maps)
+    return normalize_maps(maps, normalize)
+
+
+class CentrePenalty(nn.Module):
+    r"""Gaussian centre penalty ("lint"): evidence away from the image centre costs.
+
+    .. math:: P = \operatorname{mean}_{b,k,i,j}\big(\omega_{ij}\, \tilde m_{bkij}\big)^2,
+              \qquad \omega_{ij} = 1 - e^{-(x_j^2 + y_i^2)/(2\sigma^2)}
+
+    on coordinates in [-1, 1], where ``m~`` are the maps after class selection, sign and
+    normalisation. Add ``lambda * P`` to the cross-entropy.
+
+    Args:
+        sigma: Width of the Gaussian (> 0); 0.5 on [-1, 1] coordinates by default.
+        classes: ``"all"`` (penalise the maps of every class, default) or ``"target"``.
+        signed: Penalise signed evidence (default) rather than its ReLU.
+        normalize: Per-map normalisation before weighting (``"none"`` by default; "energy"
+            normalisation was measured to make training collapse).
+        shape: Kernel shape, ``"gaussian"`` or ``"flat"`` (see :func:`centre_weight`).
+        radius: Zero region of the flat kernel.
+
+    Shape:
+        - maps: :math:`(B, K, h, w)` (all classes) or :math:`(B, h, w)`
+        - target: :math:`(B,)`, needed for ``classes="target"`` with all-class maps
+        - output: scalar
+
+    Example:
+        >>> penalty = CentrePenalty(sigma=0.5)
+        >>> maps = torch.zeros(2, 10, 7, 7, requires_grad=True)
+        >>> float(penalty(maps))
+        0.0
+    """
+
+    def __init__(
+        self,
+        sigma: float = 0.5,
+        *,
+        classes: str = "all",
+        signed: bool = True,
+        normalize: str = "none",
+        shape: str = "gaussian",
+        radius: float = 0.7,
+    ) -> None:
+        super().__init__()
+        self.sigma = check_number(sigma, "sigma", minimum=0, strict_minimum=True)
+        self.classes = check_choice(classes, "classes", ("all", "target"))
+        self.signed = bool(signed)
+        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        self.shape = check_choice(shape, "shape", KERNEL_SHAPES)
+        self.radius = check_number(radius, "radius", minimum=0, maximum=1)
+
+    def weight(
+        self, h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The ``(h, w)`` spatial weight for maps of that size."""
+        return centre_weight(
+            h, w, self.sigma, shape=self.shape, radius=self.radius, device=device, dtype=dtype
+        )
+
+    def forward(self, maps: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the penalty of ``maps`` (see the class docstring)."""
+        maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        weight = self.weight(int(maps.shape[-2]), int(maps.shape[-1]), maps.device, maps.dtype)
+        return centre_penalty(maps, weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"sigma={self.sigma}, classes={self.classes!r}, signed={self.signed}, "
+            f"normalize={self.normalize!r}, shape={self.shape!r}"
+        )
+
+
+class MaskPenalty(nn.Module):
+    r"""Annotation-mask penalty: squared evidence inside user masks (RRR-G style).
+
+    .. math:: P = \operatorname{mean}_{b,k,i,j}\big(M_{bij}\, \tilde m_{bkij}\big)^2
+
+    with masks downsampled to the map's size by area (see
+    :func:`~xai_feedback.functional.mask_penalty`; Schramowski et al. 2020).
+
+    Args:
+        classes: ``"all"`` (default) or ``"target"``.
+        signed: Penalise signed evidence (default) rather than its ReLU.
+        normalize: Per-map normalisation before masking.
+
+    Shape:
+        - maps: :math:`(B, K, h, w)` or :math:`(B, h, w)`; masks: :math:`(B, H, W)`
+
+    Example:
+        >>> maps = torch.ones(1, 2, 2); masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+        >>> masks[0, :2, :2] = True
+        >>> float(MaskPenalty()(maps, masks))
+        0.25
+    """
+
+    def __init__(
+        self, *, classes: str = "all", signed: bool = True, normalize: str = "none"
+    ) -> None:
+        super().__init__()
+        self.classes = check_choice(classes, "classes", ("all", "target"))
+        self.signed = bool(signed)
+        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+
+    def forward(
+        self, maps: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the penalty of ``maps`` inside ``masks``."""
+        maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        return mask_penalty(maps, masks)
+
+
+class RRRPenalty(nn.Module):
+    r"""Right for the Right Reasons (Ross et al. 2017): masked input-gradient penalty.
+
+    .. math:: P = \frac{1}{B}\sum_b \Big\| M_b \odot \nabla_{x_b} \sum_k \log p_{bk} \Big\|^2
+
+    The images must require grad before the forward pass; see
+    :func:`~xai_feedback.functional.input_gradient_penalty`.
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> model = GAPNet(width=4)
+        >>> x = torch.rand(2, 1, 28, 28, requires_grad=True)
+        >>> p = RRRPenalty()(model(x), x, torch.ones(2, 28, 28))
+        >>> p.requires_grad and float(p) >= 0
+        True
+    """
+
+    def forward(
+        self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the penalty."""
+        return input_gradient_penalty(logits, images, masks)
+
+
+class LossSchedule:
+    """Weights of the classification loss and of the penalty at each epoch.
+
+    Subclasses implement :meth:`weights`; the training objective computes
+    ``ce_weight * CE + penalty_weight * P``.
+    """
+
+    def weights(self, epoch: int, total_epochs: int) -> tuple[float, float]:
+        """Return ``(ce_weight, penalty_weight)`` for zero-based ``epoch``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ConstantSchedule(LossSchedule):
+    """Cross-entropy weight 1 and penalty weight ``lam`` throughout.
+
+    Example:
+        >>> ConstantSchedule(2.0).weights(0, 10)
+        (1.0, 2.0)
+    """
+
+    lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number(self.lam, "lam", minimum=0)
+
+    def weights(self, epoch: int, total_epochs: int) -> tuple[float, float]:
+        """Return ``(1, lam)``."""
+        return 1.0, float(self.lam)
+
+
+@dataclass(frozen=True)
+class PhaseSchedule(LossSchedule):
+    """The seed's phases: each ``(epochs, ce_weight, penalty_weight)`` in turn.
+
+    The last phase lasts for the rest of training. For example ``[(3, 1, 0), (8, 0.8, 5),
+    (1, 1, 0)]``: classification only, then the penalty on, then off.
+
+    Example:
+        >>> s = PhaseSchedule([(2, 1.0, 0.0), (3, 0.8, 5.0), (1, 1.0, 0.0)])
+        >>> [s.weights(e, 6)[1] for e in range(6)]
+        [0.0, 0.0, 5.0, 5.0, 5.0, 0.0]
+    """
+
+    phases: Sequence[tuple[int, float, float]]
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise RangeError("`phases` must hold at least one (epochs, ce_weight, penalty_weight).")
+        for i, phase in enumerate(self.phases):
+            if len(phase) != 3:
+                raise RangeError(
+                    f"`phases[{i}]` must be (epochs, ce_weight, penalty_weight), got {phase!r}."
+                )
+            check_int(phase[0], f"phases[{i}] epochs", minimum=1)
+            check_number(phase[1], f"phases[{i}] ce_weight", minimum=0)
+            check_number(phase[2], f"phases[{i}] penalty_weight", minimum=0)
+
+    def weights(self, epoch: int, total_epochs: int) -> tuple[float, float]:
+        """Return the weights of the phase ``epoch`` falls in."""
+        end = 0
+        for epochs, ce, pen in self.phases:
+            end += epochs
+            if epoch < end:
+                return float(ce), float(pen)
+        return float(self.phases[-1][1]), float(self.phases[-1][2])
+
+
+@dataclass(frozen=True)
+class RampSchedule(LossSchedule):
+    """Penalty weight rising linearly from 0 to ``lam`` over epochs ``[start, end)``.
+
+    Example:
+        >>> s = RampSchedule(lam=4.0, start=1, end=3)
+        >>> [s.weights(e, 5)[1] for e in range(5)]
+        [0.0, 2.0, 4.0, 4.0, 4.0]
+    """
+
+    lam: float = 1.0
+    start: int = 0
+    end: int = 1
+
+    def __post_init__(self) -> None:
+        check_number(self.lam, "lam", minimum=0)
+        check_int(self.start, "start", minimum=0)
+        check_int(self.end, "end", minimum=self.start + 1)
+
+    def weights(self, epoch: int, total_epochs: int) -> tuple[float, float]:
+        """Return ``(1, lam * clamp((epoch - start + 1) / (end - start), 0, 1))``."""
+        if epoch < self.start:
+            return 1.0, 0.0
+        frac = min(1.0, (epoch - self.start + 1) / (self.end - self.start))
+        return 1.0, float(self.lam) * frac
