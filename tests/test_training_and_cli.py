@@ -59,7 +59,7 @@ def test_accuracy_matches_manual_count() -> None:
 
 @pytest.mark.slow
 def test_demo_shows_the_shortcut(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--epochs", "8", "--threads", "2"]) == 0
+    assert main(["demo", "--epochs", "8", "--vanilla-only"]) == 0
     out = capsys.readouterr().out
     values = {}
     for line in out.splitlines():

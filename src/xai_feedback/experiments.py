@@ -28,6 +28,7 @@ class ConfoundSetup:
     size: int | None = None
     epochs: int = 12
     width: int = 16
+    pools: int = 1
     batch_size: int = 64
     lr: float = 3e-3
 
@@ -93,7 +94,7 @@ def run_confounded(
     """
     data = {k: v.to(device) for k, v in setup.datasets(seed, oracle).items()}
     generator = torch.Generator().manual_seed(seed)
-    model = GAPNet(width=setup.width, generator=generator).to(device)
+    model = GAPNet(width=setup.width, pools=setup.pools, generator=generator).to(device)
     history = fit(
         model,
         data["train"],

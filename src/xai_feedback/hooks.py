@@ -63,7 +63,7 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         raise DTypeError(
             f"`layer` must be an nn.Module, a dotted name or None, got {type(layer).__name__}."
         )
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if layer not in modules:
         close = [n for n in modules if n and (layer in n or n in layer)][:5]
         raise LayerError(
@@ -117,7 +117,7 @@ class ActivationHook:
         >>> with ActivationHook(model, "features") as hook:
         ...     _ = model(torch.rand(2, 1, 28, 28))
         ...     hook.activations.shape
-        torch.Size([2, 16, 7, 7])
+        torch.Size([2, 16, 14, 14])
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None) -> None:
@@ -177,8 +177,9 @@ class CAMHook(ActivationHook):
 
     Inside the ``with`` block, run the model, then ask for maps of its logits:
 
-    - ``"cam"``: exact CAM from a GAP + linear head (:func:`~xai_feedback.functional.cam_from_head`),
-      needs no gradient; signed evidence (``relu=False``) is the default for training,
+    - ``"cam"``: exact CAM from a GAP + linear head
+      (:func:`~xai_feedback.functional.cam_from_head`), needs no gradient; signed evidence
+      (``relu=False``) is its default, as training needs,
     - ``"grad_cam"``, ``"hires_cam"``, ``"grad_cam_pp"``: from ``dy/dA`` computed by
       ``torch.autograd.grad(create_graph=...)``.
 
@@ -204,7 +205,7 @@ class CAMHook(ActivationHook):
         ...     logits = model(x)
         ...     maps = hook.cam(logits, y, method="grad_cam")
         >>> maps.shape, maps.requires_grad
-        (torch.Size([2, 7, 7]), True)
+        (torch.Size([2, 14, 14]), True)
     """
 
     def __init__(
@@ -260,7 +261,8 @@ class CAMHook(ActivationHook):
         acts = self.activations
         if acts.dim() != 4:
             raise LayerError(
-                f"the hooked layer must produce a 4-D (B, C, h, w) output, got shape {tuple(acts.shape)}."
+                "the hooked layer must produce a 4-D (B, C, h, w) output, "
+                f"got shape {tuple(acts.shape)}."
             )
         return acts
 

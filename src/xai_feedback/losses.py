@@ -1,5 +1,4 @@
-r"""Explanation penalties as ``nn.Module`` wrappers of :mod:`xai_feedback.functional`, and
-loss-weight schedules.
+r"""Explanation penalties (``nn.Module`` wrappers of the functional kernels) and schedules.
 
 Which Gaussian centre penalty works
 -----------------------------------
@@ -17,7 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_number, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_finite,
+    check_floating,
+    check_int,
+    check_number,
+    check_shape,
+)
 from xai_feedback.errors import RangeError, ShapeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
 from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight
@@ -37,6 +43,8 @@ __all__ = [
 def _prepare_maps(
     maps: torch.Tensor, target: torch.Tensor | None, classes: str, signed: bool, normalize: str
 ) -> torch.Tensor:
+    check_floating(maps, "maps")
+    check_finite(maps, "maps")  # a NaN map would silently poison the weights
     if maps.dim() not in (3, 4):
         raise ShapeError(
             f"`maps` must have shape (B, h, w) or (B, K, h, w), got shape {tuple(maps.shape)}."
@@ -114,6 +122,7 @@ class CentrePenalty(nn.Module):
         return centre_penalty(maps, weight)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return (
             f"sigma={self.sigma}, classes={self.classes!r}, signed={self.signed}, "
             f"normalize={self.normalize!r}, shape={self.shape!r}"

@@ -46,7 +46,8 @@ def cam_penalty_objective(
         >>> from xai_feedback.models import GAPNet
         >>> from xai_feedback.training import fit
         >>> data = confounded_digits("train").subset(torch.arange(64))
-        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=cam_penalty_objective(CentrePenalty(), 1.0))
+        >>> objective = cam_penalty_objective(CentrePenalty(), 1.0)
+        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
     check_choice(method, "method", CAM_METHODS)
     sched = ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule

@@ -9,10 +9,12 @@ from xai_feedback.training import accuracy, fit
 
 @pytest.mark.parametrize("size", [(28, 28), (32, 32), (8, 12)])
 def test_shapes(size: tuple[int, int]) -> None:
-    model = GAPNet(in_channels=3, num_classes=5, width=4, depth=3)
-    assert model(torch.rand(2, 3, *size)).shape == (2, 5)
-    feats = model.features(torch.rand(2, 3, *size))
-    assert feats.shape == (2, model.num_features, size[0] // 4, size[1] // 4)
+    for pools in (0, 1, 2):
+        model = GAPNet(in_channels=3, num_classes=5, width=4, depth=3, pools=pools)
+        assert model(torch.rand(2, 3, *size)).shape == (2, 5)
+        feats = model.features(torch.rand(2, 3, *size))
+        side = 2**pools
+        assert feats.shape == (2, model.num_features, size[0] // side, size[1] // side)
 
 
 def test_logit_is_mean_of_cam_plus_bias() -> None:
@@ -52,8 +54,12 @@ def test_bad_inputs() -> None:
         model(torch.rand(2, 3, 28, 28))
     with pytest.raises(DTypeError, match="floating-point"):
         model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ShapeError, match="at least 2x2"):
+        model(torch.rand(2, 1, 1, 1))
     with pytest.raises(ShapeError, match="at least 4x4"):
-        model(torch.rand(2, 1, 3, 3))
+        GAPNet(width=4, pools=2)(torch.rand(2, 1, 3, 3))
+    with pytest.raises(RangeError, match="`pools` must be <= 4"):
+        GAPNet(pools=5)
     with pytest.raises(RangeError, match="`width` must be >= 1"):
         GAPNet(width=0)
     with pytest.raises(RangeError, match="`num_classes` must be >= 2"):

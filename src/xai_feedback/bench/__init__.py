@@ -6,5 +6,12 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["BENCHMARKS"]
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {}
+
+def _decoy(argv: Sequence[str]) -> int:
+    from xai_feedback.bench.decoy import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"decoy": _decoy}
 """Benchmark name -> ``main(argv) -> exit code``."""

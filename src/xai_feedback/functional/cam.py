@@ -28,7 +28,8 @@ __all__ = [
 def _check_acts_grads(acts: torch.Tensor, grads: torch.Tensor) -> None:
     check_shape(acts, "B C h w", "acts")
     check_floating(acts, "acts")
-    check_shape(grads, "B C h w", "grads", **dict(zip("B C h w".split(), acts.shape, strict=True)))
+    sizes = dict(zip(["B", "C", "h", "w"], acts.shape, strict=True))
+    check_shape(grads, "B C h w", "grads", **sizes)
 
 
 def cam_from_head(
@@ -105,7 +106,8 @@ def hires_cam(acts: torch.Tensor, grads: torch.Tensor, *, relu: bool = True) -> 
         - acts, grads: :math:`(B, C, h, w)`; output: :math:`(B, h, w)`
 
     Example:
-        >>> hires_cam(torch.ones(1, 2, 1, 2), torch.tensor([[[[1.0, 2.0]], [[3.0, -9.0]]]]), relu=False)
+        >>> grads = torch.tensor([[[[1.0, 2.0]], [[3.0, -9.0]]]])
+        >>> hires_cam(torch.ones(1, 2, 1, 2), grads, relu=False)
         tensor([[[ 4., -7.]]])
     """
     _check_acts_grads(acts, grads)

@@ -19,7 +19,7 @@ def normalized_grid(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre coordinates in [-1, 1]: ``y_i = (2 i + 1) / h - 1``, ``x_j = (2 j + 1) / w - 1``.
+    """Pixel-centre coordinates in [-1, 1]: ``y_i = (2i + 1)/h - 1``, ``x_j = (2j + 1)/w - 1``.
 
     Returns:
         ``(y, x)``, each ``(h, w)``.

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from xai_feedback._checks import check_floating, check_int, check_shape
+from xai_feedback.errors import ShapeError
 
 __all__ = ["ConvBlock", "GAPNet"]
 
@@ -27,8 +28,13 @@ class GAPNet(nn.Module):
     r"""CNN with a global-average-pool + linear head, so CAM is exact (Zhou et al. 2016).
 
     ``depth`` blocks of :class:`ConvBlock`; block ``i`` has ``width * 2**min(i, 2)``
-    channels and the first two blocks are followed by 2x2 max-pooling, so a 28x28 input
-    gives a 7x7 map at ``features``. The head is ``logits = W mean_{h,w} A + b``, hence
+    channels and the first ``pools`` blocks are followed by 2x2 max-pooling, so a 28x28 input
+    gives a 14x14 map at ``features`` (``pools=1``, the default) or a 7x7 map (``pools=2``).
+    The default matters for CAM feedback: every cell of a 7x7 map has a receptive field of
+    26 px that reaches the image border, so a penalty on peripheral cells can be dodged by
+    moving a border confound's evidence inward; the 14x14 map's central cells (receptive field
+    16 px) cannot see the border (measured by ``xai-feedback bench decoy``). The head is
+    ``logits = W mean_{h,w} A + b``, hence
 
     .. math:: y_k = \frac{1}{hw} \sum_{h,w} \mathrm{CAM}_k(h, w) + b_k,
               \qquad \mathrm{CAM}_k = \sum_c W_{kc} A_c .
@@ -38,6 +44,7 @@ class GAPNet(nn.Module):
         num_classes: Number of classes ``K``.
         width: Channels of the first block (a width multiplier).
         depth: Number of convolutional blocks (>= 2).
+        pools: Number of 2x2 max-poolings (after the first ``pools`` blocks), 0 to ``depth``.
         generator: Random generator for the initial weights (reproducible without
             touching the global seed); ``None`` uses PyTorch's default initialisation.
 
@@ -54,6 +61,8 @@ class GAPNet(nn.Module):
         >>> model = GAPNet(width=8, generator=torch.Generator().manual_seed(0))
         >>> model(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])
+        >>> model.features(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 32, 14, 14])
     """
 
     cam_layer = "features"
@@ -65,6 +74,7 @@ class GAPNet(nn.Module):
         num_classes: int = 10,
         width: int = 16,
         depth: int = 4,
+        pools: int = 1,
         *,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -73,6 +83,8 @@ class GAPNet(nn.Module):
         check_int(num_classes, "num_classes", minimum=2)
         check_int(width, "width", minimum=1)
         check_int(depth, "depth", minimum=2)
+        check_int(pools, "pools", minimum=0, maximum=depth)
+        self.pools = pools
         self.in_channels = in_channels
         self.num_classes = num_classes
         layers: list[nn.Module] = []
@@ -80,7 +92,7 @@ class GAPNet(nn.Module):
         for i in range(depth):
             out = width * 2 ** min(i, 2)
             layers.append(ConvBlock(channels, out))
-            if i < 2:
+            if i < pools:
                 layers.append(nn.MaxPool2d(2))
             channels = out
         self.features = nn.Sequential(*layers)
@@ -113,11 +125,11 @@ class GAPNet(nn.Module):
         """Return the logits of a batch of images."""
         check_shape(images, "B C H W", "images", C=self.in_channels)
         check_floating(images, "images")
-        if images.shape[-1] < 4 or images.shape[-2] < 4:
-            from xai_feedback.errors import ShapeError
-
+        side = 2**self.pools
+        if images.shape[-1] < side or images.shape[-2] < side:
             raise ShapeError(
-                f"`images` must be at least 4x4 (two 2x2 poolings), got {tuple(images.shape)}."
+                f"`images` must be at least {side}x{side} ({self.pools} 2x2 poolings), "
+                f"got shape {tuple(images.shape)}."
             )
         logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(images)), 1))
         return logits

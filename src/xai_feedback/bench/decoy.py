@@ -1,0 +1,360 @@
+"""Benchmark: explanation penalties against label-tied confounds (``xai-feedback bench decoy``).
+
+For each confound (the 2 px frame, an 8x8 corner swatch, Ross et al.'s 4x4 swatch) and each
+method (vanilla, CAM centre-penalty variants, the annotation-mask penalty, RRR and the oracle
+trained without a shortcut), over several seeds, it reports mean ± std of the confound-test
+accuracy, the clean-test accuracy, the share of CAM energy on the confound, and the time per
+epoch relative to vanilla measured in the same run. Each run is written atomically to
+``OUT/runs/<confound>/<method>/seed<N>.json`` as soon as it ends, so an interrupted benchmark
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xai_feedback.bench._io import read_json, write_json_atomic
+from xai_feedback.data import ImageDataset, confounded_digits, load_digits, train_val_split
+from xai_feedback.data.digits import Kind
+from xai_feedback.hooks import CAMHook
+from xai_feedback.losses import CentrePenalty, MaskPenalty
+from xai_feedback.models import GAPNet
+from xai_feedback.objectives import cam_penalty_objective, rrr_objective
+from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
+
+__all__ = ["CONFOUNDS", "METHODS", "Method", "confound_energy_share", "main", "run_one"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named training objective; ``oracle`` trains with the confound's grey randomised."""
+
+    name: str
+    description: str
+    make: Callable[[], Objective]
+    oracle: bool = False
+
+
+# Hyper-parameters chosen on a validation split carved from the training images
+# (``--select``), never on the test sets.
+CAM_LAMBDA = 10.0
+CAM_SIGMA = 0.5
+MASK_LAMBDA = 10.0
+RRR_LAMBDA = 1000.0
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("vanilla", "cross-entropy only", lambda: cross_entropy_objective),
+        Method(
+            "cam",
+            f"Gaussian centre penalty, signed CAM of all classes (default), sigma {CAM_SIGMA}, "
+            f"lambda {CAM_LAMBDA:g}",
+            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA),
+        ),
+        Method(
+            "cam-target-relu",
+            "the seed's form: ReLU'd CAM of the target class",
+            lambda: cam_penalty_objective(
+                CentrePenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
+            ),
+        ),
+        Method(
+            "cam-all-relu",
+            "ReLU'd CAMs of all classes",
+            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA, signed=False), CAM_LAMBDA),
+        ),
+        Method(
+            "gradcam-target",
+            "Gaussian penalty on the signed Grad-CAM of the target class",
+            lambda: cam_penalty_objective(
+                CentrePenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
+            ),
+        ),
+        Method(
+            "mask",
+            f"annotation-mask penalty on signed all-class CAMs, lambda {MASK_LAMBDA:g}",
+            lambda: cam_penalty_objective(MaskPenalty(), MASK_LAMBDA),
+        ),
+        Method(
+            "rrr",
+            f"RRR input-gradient penalty with the masks, lambda {RRR_LAMBDA:g}",
+            lambda: rrr_objective(RRR_LAMBDA),
+        ),
+        Method(
+            "oracle",
+            "cross-entropy, confound grey random in training",
+            lambda: cross_entropy_objective,
+            True,
+        ),
+    ]
+}
+
+CONFOUNDS: dict[str, tuple[Kind, int]] = {
+    "frame": ("frame", 2),
+    "swatch8": ("swatch", 8),
+    "swatch4": ("swatch", 4),
+}
+"""Benchmark confound name -> (kind, size)."""
+
+
+def confound_energy_share(model: torch.nn.Module, data: ImageDataset) -> float:
+    """Mean share of all-class CAM energy that falls on the confound mask, at input size.
+
+    The signed CAMs of every class are resized to the image bilinearly; per image the share
+    is ``sum(mask * cam^2) / sum(cam^2)``. A map spread uniformly would score the mask's area
+    share (0.27 for the 2 px frame).
+    """
+    assert data.masks is not None
+    with CAMHook(model, eval_mode=True) as hook, torch.no_grad():
+        logits = model(data.images)
+        maps = hook.cam(
+            logits, all_classes=True, size=(int(data.images.shape[-2]), int(data.images.shape[-1]))
+        )
+    energy = maps.pow(2).sum(dim=1)
+    inside = (energy * data.masks).flatten(1).sum(1)
+    return float((inside / energy.flatten(1).sum(1).clamp_min(1e-12)).mean())
+
+
+def run_one(
+    confound: str,
+    method: Method,
+    seed: int,
+    *,
+    epochs: int,
+    width: int,
+    pools: int,
+    train_data: ImageDataset | None = None,
+    evals: dict[str, ImageDataset] | None = None,
+) -> tuple[dict[str, float | int | str], GAPNet]:
+    """Train one model and measure it; returns the JSON-ready record and the model."""
+    kind, size = CONFOUNDS[confound]
+    if train_data is None:
+        train_data = confounded_digits(
+            "train",
+            kind,
+            size=size,
+            seed=seed,
+            rule="random" if method.oracle else "tied",
+        )
+    if evals is None:
+        evals = {
+            "confound_test": confounded_digits("test", kind, size=size, seed=seed),
+            "clean_test": load_digits("test"),
+        }
+    generator = torch.Generator().manual_seed(seed)
+    model = GAPNet(width=width, pools=pools, generator=generator)
+    history = fit(model, train_data, epochs=epochs, objective=method.make(), generator=generator)
+    record: dict[str, float | int | str] = {
+        "confound": confound,
+        "method": method.name,
+        "seed": seed,
+        "epochs": epochs,
+        "train_accuracy": accuracy(model, train_data),
+        "seconds_per_epoch": history.seconds_per_epoch,
+    }
+    for name, data in evals.items():
+        record[f"{name}_accuracy"] = accuracy(model, data)
+    if "confound_test" in evals:
+        record["confound_energy_share"] = confound_energy_share(model, evals["confound_test"])
+    return record, model
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+
+
+def _column(records: list[dict[str, float | int | str]], key: str) -> str:
+    return _mean_std([float(r[key]) for r in records])
+
+
+def _table(
+    records: list[dict[str, float | int | str]], confounds: Sequence[str], methods: Sequence[str]
+) -> str:
+    header = (
+        "| confound | method | confound-test acc | clean-test acc | energy on confound | "
+        "epoch time vs vanilla | n |\n|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for confound in confounds:
+        rows = [r for r in records if r["confound"] == confound]
+        vanilla = [float(r["seconds_per_epoch"]) for r in rows if r["method"] == "vanilla"]
+        base = statistics.fmean(vanilla) if vanilla else float("nan")
+        for method in methods:
+            rs = [r for r in rows if r["method"] == method]
+            if not rs:
+                continue
+            ratio = statistics.fmean(float(r["seconds_per_epoch"]) for r in rs) / base
+            lines.append(
+                f"| {confound} | {method} | {_column(rs, 'confound_test_accuracy')} | "
+                f"{_column(rs, 'clean_test_accuracy')} | "
+                f"{_column(rs, 'confound_energy_share')} | {ratio:.2f}x | {len(rs)} |"
+            )
+    return "\n".join(lines)
+
+
+def _figure(models: dict[str, GAPNet], confound: str, path: Path, n_images: int = 6) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind, size = CONFOUNDS[confound]
+    test = confounded_digits("test", kind, size=size, seed=0)
+    images = test.images[:n_images]
+    fig, axes = plt.subplots(len(models), n_images, figsize=(1.6 * n_images, 1.7 * len(models)))
+    for row, (name, model) in enumerate(models.items()):
+        with CAMHook(model, eval_mode=True) as hook, torch.no_grad():
+            logits = model(images)
+            maps = hook.cam(
+                logits, None, size=(int(images.shape[-2]), int(images.shape[-1]))
+            )  # predicted class, signed
+        pred = logits.argmax(1)
+        for col in range(n_images):
+            ax = axes[row, col]
+            ax.imshow(images[col, 0], cmap="gray", vmin=0, vmax=1)
+            m = maps[col]
+            lim = float(m.abs().max()) or 1.0
+            ax.imshow(m, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.55)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"y={int(test.labels[col])} p={int(pred[col])}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(f"signed CAM of the predicted class, {confound} confound test images", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cam_factory(sigma: float, lam: float) -> Callable[[], Objective]:
+    return lambda: cam_penalty_objective(CentrePenalty(sigma), lam)
+
+
+def _select(args: argparse.Namespace) -> int:
+    """Grid over lambda and sigma on a validation split carved from the training images."""
+    kind, size = CONFOUNDS[args.confounds[0]]
+    full = confounded_digits("train", kind, size=size)
+    shuffled = confounded_digits("train", kind, size=size, rule="random")
+    train, val = train_val_split(full, 0.2, seed=0)
+    _, val_random = train_val_split(shuffled, 0.2, seed=0)
+    print(f"validation: {len(val)} training images held out; confound grey tied / randomised")
+    print("| sigma | lambda | val (tied) | val (confound random) |\n|---|---|---|---|")
+    for sigma in (0.5, 0.6, 0.7):
+        for lam in (3.0, 10.0, 20.0):
+            method = Method("cam", "", _cam_factory(sigma, lam))
+            record, _ = run_one(
+                args.confounds[0],
+                method,
+                0,
+                epochs=args.epochs,
+                width=args.width,
+                pools=args.pools,
+                train_data=train,
+                evals={"val_tied": val, "val_random": val_random},
+            )
+            print(
+                f"| {sigma} | {lam:g} | {record['val_tied_accuracy']:.3f} | "
+                f"{record['val_random_accuracy']:.3f} |",
+                flush=True,
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; see ``xai-feedback bench decoy --help``."""
+    from tqdm.auto import tqdm
+
+    parser = argparse.ArgumentParser(
+        prog="xai-feedback bench decoy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--confounds", default="frame,swatch8,swatch4", type=lambda s: s.split(","))
+    parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--pools", type=int, default=1, help="GAPNet poolings (1: 14x14 CAMs)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decoy"))
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
+    parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
+    args = parser.parse_args(argv)
+    for name in args.confounds:
+        if name not in CONFOUNDS:
+            parser.error(f"unknown confound {name!r}; choose from {sorted(CONFOUNDS)}")
+    for name in args.methods:
+        if name not in METHODS:
+            parser.error(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.select:
+        return _select(args)
+
+    records: list[dict[str, float | int | str]] = []
+    jobs = [(c, m, s) for c in args.confounds for s in range(args.seeds) for m in args.methods]
+    figure_models: dict[str, dict[str, GAPNet]] = {c: {} for c in args.confounds}
+    start = time.perf_counter()
+    for confound, method_name, seed in tqdm(jobs, desc="decoy benchmark"):
+        path = args.out / "runs" / confound / method_name / f"seed{seed}.json"
+        weights = path.with_suffix(".pt")
+        cached = None if args.fresh else read_json(path)
+        if (
+            cached is not None
+            and cached.get("epochs") == args.epochs
+            and (seed or weights.exists())
+        ):
+            records.append(cached)
+            if seed == 0:
+                model = GAPNet(width=args.width, pools=args.pools)
+                model.load_state_dict(torch.load(weights, weights_only=True))
+                figure_models[confound][method_name] = model
+            continue
+        record, model = run_one(
+            confound,
+            METHODS[method_name],
+            seed,
+            epochs=args.epochs,
+            width=args.width,
+            pools=args.pools,
+        )
+        if seed == 0:  # kept for the figure, so a resumed run can draw it without retraining
+            tmp = weights.with_suffix(".pt.tmp")
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(weights)
+            figure_models[confound][method_name] = model
+        write_json_atomic(path, record)
+        records.append(record)
+    table = _table(records, args.confounds, args.methods)
+    print(
+        f"\nDecoy benchmark: GAPNet(width={args.width}, pools={args.pools}), {args.epochs} epochs, "
+        f"{args.seeds} seeds, torch threads {torch.get_num_threads()}, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    for name in args.methods:
+        print(f"  {name:16s} {METHODS[name].description}")
+    print()
+    print(table)
+    (args.out / "table.md").parent.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(table + "\n")
+    try:
+        for confound, models in figure_models.items():
+            if models:
+                _figure(models, confound, args.out / f"cams_{confound}.png")
+                print(f"figure: {args.out / f'cams_{confound}.png'}")
+    except ImportError:
+        print("matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')")
+    return 0
