@@ -45,7 +45,7 @@ class Method:
 # Hyper-parameters chosen on a validation split carved from the training images
 # (``--select``), never on the test sets.
 CAM_LAMBDA = 10.0
-CAM_SIGMA = 0.5
+CAM_SIGMA = 0.7
 MASK_LAMBDA = 10.0
 RRR_LAMBDA = 1000.0
 
@@ -222,9 +222,9 @@ def _figure(models: dict[str, GAPNet], confound: str, path: Path, n_images: int 
         pred = logits.argmax(1)
         for col in range(n_images):
             ax = axes[row, col]
-            ax.imshow(images[col, 0], cmap="gray", vmin=0, vmax=1)
-            m = maps[col]
-            lim = float(m.abs().max()) or 1.0
+            ax.imshow(images[col, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            m = maps[col].numpy()
+            lim = float(abs(m).max()) or 1.0
             ax.imshow(m, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.55)
             ax.set_xticks([])
             ax.set_yticks([])
