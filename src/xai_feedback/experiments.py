@@ -54,14 +54,31 @@ class ConfoundSetup:
 
 @dataclass(frozen=True)
 class ConfoundRun:
-    """Result of one training run on confounded digits."""
+    """Result of one training run on confounded digits.
+
+    Attributes:
+        method: The run's label.
+        seed: Its seed.
+        train_accuracy: Accuracy on its own training data.
+        seconds_per_epoch: Mean wall time of an epoch.
+        accuracies: Accuracy on each evaluation set, by name.
+    """
 
     method: str
     seed: int
     train_accuracy: float
-    clean_accuracy: float
-    confound_accuracy: float
     seconds_per_epoch: float
+    accuracies: dict[str, float]
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy on the clean test digits."""
+        return self.accuracies["clean_test"]
+
+    @property
+    def confound_accuracy(self) -> float:
+        """Accuracy on the confound's test set (grey no longer tied to the label)."""
+        return self.accuracies["confound_test"]
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dictionary."""
@@ -77,6 +94,8 @@ def run_confounded(
     oracle: bool = False,
     progress: bool = False,
     device: torch.device | str = "cpu",
+    train_data: ImageDataset | None = None,
+    evals: dict[str, ImageDataset] | None = None,
 ) -> tuple[ConfoundRun, GAPNet]:
     """Train a fresh :class:`GAPNet` on ``setup``'s confounded digits and evaluate it.
 
@@ -88,16 +107,21 @@ def run_confounded(
         oracle: Train with the confound's grey randomised (no shortcut to learn).
         progress: Show a progress bar while training.
         device: Where to train.
+        train_data: Train on this instead of ``setup``'s training set (e.g. a split of it).
+        evals: Evaluate on these instead of the clean and confound test sets.
 
     Returns:
         The :class:`ConfoundRun` and the trained model.
     """
-    data = {k: v.to(device) for k, v in setup.datasets(seed, oracle).items()}
+    data = setup.datasets(seed, oracle)
+    train = (train_data if train_data is not None else data.pop("train")).to(device)
+    if evals is None:
+        evals = {k: v for k, v in data.items() if k != "train"}
     generator = torch.Generator().manual_seed(seed)
     model = GAPNet(width=setup.width, pools=setup.pools, generator=generator).to(device)
     history = fit(
         model,
-        data["train"],
+        train,
         epochs=setup.epochs,
         batch_size=setup.batch_size,
         lr=setup.lr,
@@ -108,9 +132,8 @@ def run_confounded(
     run = ConfoundRun(
         method=method,
         seed=seed,
-        train_accuracy=accuracy(model, data["train"]),
-        clean_accuracy=accuracy(model, data["clean_test"]),
-        confound_accuracy=accuracy(model, data["confound_test"]),
+        train_accuracy=accuracy(model, train),
         seconds_per_epoch=history.seconds_per_epoch,
+        accuracies={name: accuracy(model, d.to(device)) for name, d in evals.items()},
     )
     return run, model

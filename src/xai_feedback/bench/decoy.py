@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from xai_feedback.bench._io import read_json, write_json_atomic
-from xai_feedback.data import ImageDataset, confounded_digits, load_digits, train_val_split
+from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.digits import Kind
+from xai_feedback.experiments import ConfoundSetup, run_confounded
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CentrePenalty, MaskPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective, rrr_objective
-from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
+from xai_feedback.training import Objective, cross_entropy_objective
 
 __all__ = ["CONFOUNDS", "METHODS", "Method", "confound_energy_share", "main", "run_one"]
 
@@ -136,34 +137,29 @@ def run_one(
 ) -> tuple[dict[str, float | int | str], GAPNet]:
     """Train one model and measure it; returns the JSON-ready record and the model."""
     kind, size = CONFOUNDS[confound]
-    if train_data is None:
-        train_data = confounded_digits(
-            "train",
-            kind,
-            size=size,
-            seed=seed,
-            rule="random" if method.oracle else "tied",
-        )
-    if evals is None:
-        evals = {
-            "confound_test": confounded_digits("test", kind, size=size, seed=seed),
-            "clean_test": load_digits("test"),
-        }
-    generator = torch.Generator().manual_seed(seed)
-    model = GAPNet(width=width, pools=pools, generator=generator)
-    history = fit(model, train_data, epochs=epochs, objective=method.make(), generator=generator)
+    setup = ConfoundSetup(kind=kind, size=size, epochs=epochs, width=width, pools=pools)
+    run, model = run_confounded(
+        setup,
+        method=method.name,
+        objective=method.make(),
+        seed=seed,
+        oracle=method.oracle,
+        train_data=train_data,
+        evals=evals,
+    )
     record: dict[str, float | int | str] = {
         "confound": confound,
         "method": method.name,
         "seed": seed,
         "epochs": epochs,
-        "train_accuracy": accuracy(model, train_data),
-        "seconds_per_epoch": history.seconds_per_epoch,
+        "train_accuracy": run.train_accuracy,
+        "seconds_per_epoch": run.seconds_per_epoch,
     }
-    for name, data in evals.items():
-        record[f"{name}_accuracy"] = accuracy(model, data)
-    if "confound_test" in evals:
-        record["confound_energy_share"] = confound_energy_share(model, evals["confound_test"])
+    for name, value in run.accuracies.items():
+        record[f"{name}_accuracy"] = value
+    if evals is None:
+        confound_test = setup.datasets(seed)["confound_test"]
+        record["confound_energy_share"] = confound_energy_share(model, confound_test)
     return record, model
 
 

@@ -1,0 +1,164 @@
+import pytest
+import torch
+from captum import attr
+
+from xai_feedback import DTypeError, LayerError, RangeError, ShapeError
+from xai_feedback.attribution import METHODS, attribute, ensemble_noise, reduce_channels
+from xai_feedback.models import GAPNet
+
+
+@pytest.fixture(scope="module")
+def model() -> GAPNet:
+    torch.set_num_threads(1)
+    m = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
+    # non-trivial BatchNorm statistics, so train/eval mode differences would show
+    m.train()
+    with torch.no_grad():
+        m(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.rand(4, 1, 28, 28, generator=g), torch.tensor([0, 3, 7, 9])
+
+
+def _direct(model: GAPNet, method: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_()
+    if method == "saliency":
+        return attr.Saliency(model).attribute(x, target=y)
+    if method == "input_x_gradient":
+        return attr.InputXGradient(model).attribute(x, target=y)
+    if method == "deconvnet":
+        return attr.Deconvolution(model).attribute(x, target=y)
+    if method == "guided_backprop":
+        return attr.GuidedBackprop(model).attribute(x, target=y)
+    if method == "integrated_gradients":
+        return attr.IntegratedGradients(model).attribute(x, target=y, baselines=0.0, n_steps=20)
+    if method == "grad_cam":
+        maps = attr.LayerGradCam(model, model.features).attribute(
+            x, target=y, relu_attributions=True
+        )
+        return attr.LayerAttribution.interpolate(maps, (28, 28), interpolate_mode="bilinear")
+    return attr.GuidedGradCam(model, model.features).attribute(x, target=y)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_direct_captum_call(
+    model: GAPNet, data: tuple[torch.Tensor, torch.Tensor], method: str
+) -> None:
+    x, y = data
+    ours = attribute(model, x, y, method=method, n_steps=20, batch_size=3)  # chunked
+    expected = _direct(model, method, x, y).detach()
+    assert ours.shape == expected.shape
+    assert float(expected.abs().max()) > 0
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_ensembles_equal_captum_noise_tunnel(
+    model: GAPNet, data: tuple[torch.Tensor, torch.Tensor], ensemble: str, method: str
+) -> None:
+    x, y = data
+    n, stdev = 5, 0.2
+    base = attr.Saliency(model) if method == "saliency" else attr.IntegratedGradients(model)
+    kwargs = {"n_steps": 10} if method == "integrated_gradients" else {}
+    torch.manual_seed(123)
+    expected = (
+        attr.NoiseTunnel(base)
+        .attribute(
+            x.clone().requires_grad_(),
+            nt_type=ensemble,
+            nt_samples=n,
+            stdevs=stdev,
+            target=y,
+            **kwargs,
+        )
+        .detach()
+    )
+    torch.manual_seed(123)  # the same draw captum makes
+    noise = torch.normal(0, torch.tensor(stdev).repeat((len(x) * n, 1, 28, 28)))
+    ours = attribute(
+        model,
+        x,
+        y,
+        method=method,
+        ensemble=ensemble,
+        n_samples=n,
+        noise=noise,
+        batch_size=7,
+        **kwargs,
+    )
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_ensemble_noise_is_relative_to_each_image_range_and_seeded() -> None:
+    x = torch.zeros(2, 1, 16, 16)
+    x[0, 0, 0, 0] = 1.0  # range 1
+    x[1, 0, 0, 0] = 10.0  # range 10
+    noise = ensemble_noise(x, 400, 0.15, generator=torch.Generator().manual_seed(0)).view(
+        2, 400, -1
+    )
+    assert float(noise[0].std()) == pytest.approx(0.15, rel=0.02)
+    assert float(noise[1].std()) == pytest.approx(1.5, rel=0.02)
+    again = ensemble_noise(x, 400, 0.15, generator=torch.Generator().manual_seed(0)).view(
+        2, 400, -1
+    )
+    assert torch.equal(noise, again)
+
+
+def test_restores_training_flags_and_reduces(
+    model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = data
+    model.train()
+    model.features[0].eval()
+    before = [m.training for m in model.modules()]
+    maps = attribute(model, x, None, method="guided_backprop", reduce="abs_sum")
+    assert [m.training for m in model.modules()] == before
+    model.eval()
+    assert maps.shape == (4, 28, 28) and not maps.requires_grad
+    a = torch.randn(2, 3, 4, 4)
+    assert torch.equal(reduce_channels(a, "sum"), a.sum(1))
+    assert torch.equal(reduce_channels(a, "sum_sq"), a.pow(2).sum(1))
+    assert torch.equal(reduce_channels(a, "max_abs"), a.abs().amax(1))
+    assert torch.equal(reduce_channels(a, "none"), a)
+
+
+def test_device_and_dtype(device: torch.device) -> None:
+    model = GAPNet(width=4).to(device).double()
+    x = torch.rand(2, 1, 28, 28, device=device, dtype=torch.float64)
+    out = attribute(
+        model,
+        x,
+        torch.tensor([0, 1], device=device),
+        method="saliency",
+        ensemble="smoothgrad",
+        n_samples=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.device.type == device.type and out.dtype == torch.float64
+
+
+def test_clear_errors(model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = data
+    with pytest.raises(RangeError, match="`method` must be one of"):
+        attribute(model, x, y, method="lime")
+    with pytest.raises(RangeError, match="`ensemble` must be one of"):
+        attribute(model, x, y, ensemble="bagging")
+    with pytest.raises(RangeError, match="`reduce` must be one of"):
+        attribute(model, x, y, reduce="median")
+    with pytest.raises(ShapeError, match="`images`"):
+        attribute(model, x[0], y)
+    with pytest.raises(DTypeError, match="floating-point"):
+        attribute(model, x.long(), y)
+    with pytest.raises(RangeError, match=r"classes in \[0, 10\)"):
+        attribute(model, x, torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(RangeError, match="`noise` must have shape"):
+        attribute(model, x, y, ensemble="smoothgrad", n_samples=2, noise=torch.zeros(3, 1, 28, 28))
+    with pytest.raises(LayerError, match="not a module"):
+        attribute(model, x, y, method="grad_cam", layer="nope")
+    with pytest.raises(RangeError, match="`n_samples` must be >= 1"):
+        attribute(model, x, y, ensemble="vargrad", n_samples=0)
