@@ -112,7 +112,7 @@ def test_ensemble_noise_is_relative_to_each_image_range_and_seeded() -> None:
 def test_restores_training_flags_and_reduces(
     model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    x, y = data
+    x, _ = data
     model.train()
     model.features[0].eval()
     before = [m.training for m in model.modules()]

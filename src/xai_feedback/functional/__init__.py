@@ -14,6 +14,14 @@ from xai_feedback.functional.cam import (
     resize_maps,
 )
 from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight, normalized_grid
+from xai_feedback.functional.masking import (
+    FILLS,
+    apply_mask,
+    blend,
+    fill_values,
+    threshold_mask,
+    topk_mask,
+)
 from xai_feedback.functional.penalties import (
     centre_penalty,
     input_gradient_penalty,
@@ -22,11 +30,15 @@ from xai_feedback.functional.penalties import (
 )
 
 __all__ = [
+    "FILLS",
     "KERNEL_SHAPES",
     "NORMALIZATIONS",
+    "apply_mask",
+    "blend",
     "cam_from_head",
     "centre_penalty",
     "centre_weight",
+    "fill_values",
     "grad_cam",
     "grad_cam_pp",
     "hires_cam",
@@ -36,4 +48,6 @@ __all__ = [
     "normalize_maps",
     "normalized_grid",
     "resize_maps",
+    "threshold_mask",
+    "topk_mask",
 ]
