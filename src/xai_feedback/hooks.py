@@ -110,6 +110,10 @@ class ActivationHook:
     Args:
         model: The model.
         layer: A module of ``model``, its dotted name, or ``None`` (see :func:`resolve_layer`).
+        leaf: Replace the layer's output by a leaf tensor that requires grad, cutting the
+            graph before the layer. For explanation only (no training through the maps): with
+            the parameters frozen, the forward then records no autograd history before the
+            layer, which is about twice as fast.
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -120,21 +124,27 @@ class ActivationHook:
         torch.Size([2, 16, 14, 14])
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module | str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: nn.Module | str | None = None, *, leaf: bool = False
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise DTypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
         self.model = model
+        self.leaf = leaf
         self.layer = resolve_layer(model, layer)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._acts: torch.Tensor | None = None
 
-    def _forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        self._acts = output if isinstance(output, torch.Tensor) else None
-        if self._acts is None:
+    def _forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
             raise LayerError(
                 f"the hooked layer ({type(module).__name__}) returned "
                 f"{type(output).__name__}, not a tensor."
             )
+        if self.leaf and output.is_floating_point():
+            output = output.detach().requires_grad_()
+        self._acts = output
+        return output
 
     def __enter__(self) -> ActivationHook:
         if self._handle is not None:
@@ -191,6 +201,7 @@ class CAMHook(ActivationHook):
             ``model.classifier`` when it is an ``nn.Linear``, else the last ``nn.Linear``.
         eval_mode: Put the model in eval mode for the block (restoring every module's
             ``training`` flag on exit). Off by default, for use inside training steps.
+        leaf: Cut the graph before the layer (explanation only; see :class:`ActivationHook`).
 
     Note:
         Gradient methods take one gradient of the summed target scores for the whole batch.
@@ -215,8 +226,9 @@ class CAMHook(ActivationHook):
         *,
         head: nn.Module | str | None = None,
         eval_mode: bool = False,
+        leaf: bool = False,
     ) -> None:
-        super().__init__(model, layer)
+        super().__init__(model, layer, leaf=leaf)
         self._head_spec = head
         self.eval_mode = eval_mode
         self._flags: list[tuple[nn.Module, bool]] = []

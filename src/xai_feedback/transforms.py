@@ -258,16 +258,27 @@ def explain(
     from xai_feedback.hooks import CAM_METHODS, CAMHook
 
     check_choice(method, "method", (*CAM_METHODS, *METHODS))
-    if method in CAM_METHODS:
+    if method not in CAM_METHODS:
+        return attribute(
+            model, images, target, method=method, reduce="abs_sum", batch_size=batch_size
+        )
+    # Explanation only: freeze the parameters and cut the graph at the CAM layer, so the
+    # forward records no autograd history before it (restored in `finally`).
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
         chunks = []
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size]
             t = None if target is None else target[i : i + batch_size]
-            with CAMHook(model, eval_mode=True) as hook:
+            with CAMHook(model, eval_mode=True, leaf=True) as hook:
                 logits = model(x)
                 chunks.append(hook.cam(logits, t, method=method, create_graph=False).detach())
-        return torch.cat(chunks) if chunks else images.new_zeros(0, 1, 1)
-    return attribute(model, images, target, method=method, reduce="abs_sum", batch_size=batch_size)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return torch.cat(chunks) if chunks else images.new_zeros(0, 1, 1)
 
 
 @dataclass

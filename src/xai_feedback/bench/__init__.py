@@ -13,5 +13,11 @@ def _decoy(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"decoy": _decoy}
+def _proxy(argv: Sequence[str]) -> int:
+    from xai_feedback.bench.proxy import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"decoy": _decoy, "proxy": _proxy}
 """Benchmark name -> ``main(argv) -> exit code``."""

@@ -127,7 +127,11 @@ def grad_cam_pp(
               w_c = \sum_{h,w} a_c(h,w)\, \mathrm{ReLU}(g), \qquad
               \mathrm{map} = \mathrm{ReLU}\Big(\sum_c w_c A_c\Big)
 
-    (``a`` is set to 0 where ``g = 0``), as in the authors' and pytorch-grad-cam's code.
+    (``a`` is set to 0 where ``g = 0``), as in the authors' and pytorch-grad-cam's code. Since
+    :math:`a\,\mathrm{ReLU}(g) = g / (2 + T g)` for :math:`g > 0` (with
+    :math:`T = \sum A_c`) and 0 otherwise, the kernel computes
+    :math:`w_c = \sum_{h,w} \mathrm{ReLU}(g) / (2 + T\,\mathrm{ReLU}(g))`: the same value in a
+    third of the element-wise passes.
 
     Shape:
         - acts, grads: :math:`(B, C, h, w)`; output: :math:`(B, h, w)`
@@ -138,13 +142,11 @@ def grad_cam_pp(
                  [0.6667, 0.6667]]])
     """
     _check_acts_grads(acts, grads)
-    g2 = grads.pow(2)
-    g3 = grads.pow(3)
+    positive = F.relu(grads)
     total = acts.sum(dim=(2, 3), keepdim=True)
-    denom = 2 * g2 + total * g3
+    denom = 2 + total * positive
     denom = torch.where(denom.abs() < eps, torch.full_like(denom, eps), denom)
-    alpha = torch.where(grads != 0, g2 / denom, torch.zeros_like(g2))
-    weights = (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
+    weights = (positive / denom).sum(dim=(2, 3), keepdim=True)
     maps = (weights * acts).sum(dim=1)
     return F.relu(maps) if relu else maps
 
