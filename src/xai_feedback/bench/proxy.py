@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from xai_feedback.bench._io import read_json, write_json_atomic
-from xai_feedback.data import ImageDataset, confounded_digits, load_digits
+from xai_feedback.data import confounded_digits, load_digits
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy, fit
@@ -58,10 +58,10 @@ def seed_style_proxies(
     with ActivationHook(model) as hook:
         logits = model(images)
         acts = hook.activations
-        acts.register_hook(grads.append)
+        acts.register_hook(grads.append)  # type: ignore[no-untyped-call]
         loss = sum(logits[i, int(t)] for i, t in enumerate(targets))
         model.zero_grad()
-        loss.backward(retain_graph=True)  # type: ignore[union-attr]
+        torch.autograd.backward(loss, retain_graph=True)
     model.zero_grad()
     a = acts.detach().cpu().numpy()
     g = grads[0].detach().cpu().numpy()
@@ -96,7 +96,8 @@ def _throughput(args: argparse.Namespace) -> None:
     proxy = ProxyAttention(threshold=0.85)
 
     def ours() -> torch.Tensor:
-        return proxy(images, explain(model, images, labels, "grad_cam_pp"))
+        out: torch.Tensor = proxy(images, explain(model, images, labels, "grad_cam_pp"))
+        return out
 
     def seed() -> np.ndarray:
         return seed_style_proxies(model, images, labels, 0.85)
@@ -127,7 +128,6 @@ def _accuracy(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     schedule = _parse_schedule(args.schedule)
-    datasets: dict[str, tuple[ImageDataset, dict[str, ImageDataset]]] = {}
     records = []
     jobs = [
         (d, arm, s)
@@ -179,20 +179,16 @@ def _accuracy(args: argparse.Namespace) -> None:
         f"epochs without 'p', {args.seeds} seeds, {args.method} maps, threshold {args.threshold}, "
         f"fraction {args.fraction} of the misclassified training images; fixed test split."
     )
-    print(
-        "| data | arm | clean-test acc | confound-test acc | proxies made | seconds |\n|---|---|---|---|---|---|"
-    )
+    print("| data | arm | clean-test acc | confound-test acc | proxies made | seconds |")
+    print("|---|---|---|---|---|---|")
     for dataset in args.datasets:
         for arm in ("baseline", "proxy"):
             rs = [r for r in records if r["dataset"] == dataset and r["arm"] == arm]
             cols = []
             for key in ("clean_test_accuracy", "confound_test_accuracy"):
                 vals = [float(r[key]) for r in rs if key in r]
-                cols.append(
-                    f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.4f}"
-                    if vals
-                    else "-"
-                )
+                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                cols.append(f"{statistics.fmean(vals):.4f} ± {std:.4f}" if vals else "-")
             proxies = statistics.fmean(float(r["proxies"]) for r in rs)
             secs = statistics.fmean(float(r["seconds"]) for r in rs)
             print(f"| {dataset} | {arm} | {cols[0]} | {cols[1]} | {proxies:.1f} | {secs:.1f} |")
