@@ -28,7 +28,8 @@ for plan in (schedule.without_proxies(), schedule):
         generator=g,
     )
     made = [r.hard_examples for r in history.rounds]
+    clean, confound = accuracy(model, tests["clean"]), accuracy(model, tests["confound"])
     print(
         f"schedule {list(plan.steps)!s:22s} proxies per round {made}  "
-        f"clean {accuracy(model, tests['clean']):.3f}  confound {accuracy(model, tests['confound']):.3f}"
+        f"clean {clean:.3f}  confound {confound:.3f}"
     )
