@@ -9,7 +9,6 @@ from xai_feedback.models import GAPNet
 
 @pytest.fixture(scope="module")
 def model() -> GAPNet:
-    torch.set_num_threads(1)
     m = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
     # non-trivial BatchNorm statistics, so train/eval mode differences would show
     m.train()

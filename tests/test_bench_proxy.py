@@ -24,8 +24,20 @@ def test_seed_style_pipeline_agrees_with_batched_one() -> None:
 def test_accuracy_part_runs_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--parts", "accuracy", "--datasets", "frame", "--schedule", "1,p,1", "--seeds", "1",
-            "--width", "4", "--out", str(tmp_path)]
+    args = [
+        "--parts",
+        "accuracy",
+        "--datasets",
+        "frame",
+        "--schedule",
+        "1,p,1",
+        "--seeds",
+        "1",
+        "--width",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "| frame | baseline |" in out and "| frame | proxy |" in out

@@ -100,7 +100,6 @@ def test_objective_uses_schedule_and_penalty() -> None:
 
 def test_penalty_moves_evidence_out_of_the_frame() -> None:
     # a few epochs with a strong mask penalty cut the CAM energy on the frame
-    torch.set_num_threads(2)
     data = confounded_digits("train", "frame").subset(torch.arange(400))
     from xai_feedback.functional import masks_to_maps
     from xai_feedback.hooks import CAMHook

@@ -89,7 +89,6 @@ def test_schedule_validation() -> None:
 
 
 def test_train_with_proxy_adds_proxies_in_memory_and_keeps_test_split_fixed() -> None:
-    torch.set_num_threads(2)
     data = load_digits("train").subset(torch.arange(300))
     test = load_digits("test")
     g = torch.Generator().manual_seed(0)

@@ -70,7 +70,6 @@ def test_bad_inputs() -> None:
 
 @pytest.mark.slow
 def test_trains_to_97_percent_on_digits() -> None:
-    torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
     model = GAPNet(width=16, generator=g)
     history = fit(model, load_digits("train"), epochs=10, generator=g)

@@ -293,8 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decoy"))
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
     parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
-    parser.add_argument("--sigmas", default="0.5,0.6,0.7", type=lambda s: [float(v) for v in s.split(",")])
-    parser.add_argument("--lambdas", default="3,10,20", type=lambda s: [float(v) for v in s.split(",")])
+    parser.add_argument(
+        "--sigmas", default="0.5,0.6,0.7", type=lambda s: [float(v) for v in s.split(",")]
+    )
+    parser.add_argument(
+        "--lambdas", default="3,10,20", type=lambda s: [float(v) for v in s.split(",")]
+    )
     args = parser.parse_args(argv)
     for name in args.confounds:
         if name not in CONFOUNDS:

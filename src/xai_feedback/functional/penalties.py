@@ -119,7 +119,7 @@ def input_gradient_penalty(
         >>> x = torch.zeros(1, 1, 2, 2, requires_grad=True)
         >>> logits = torch.stack([x.sum() + math.log(3.0), torch.zeros(())])[None]  # p0 = 3/4
         >>> # per pixel d(log p0 + log p1)/dx = 1 - 2 p0 = -1/2; four pixels: 4 * 1/4
-        >>> round(float(input_gradient_penalty(logits, x, torch.ones(1, 2, 2))), 5)
+        >>> round(float(input_gradient_penalty(logits, x, torch.ones(1, 2, 2)).detach()), 5)
         1.0
     """
     dims = check_shape(images, "B C H W", "images")
