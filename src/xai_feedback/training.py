@@ -7,6 +7,7 @@ shuffling) and differ only in their *objective*.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,7 +118,15 @@ def fit(
     )
     history = History()
     desc = progress if isinstance(progress, str) else "train"
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    # In logs (CI, files) refresh rarely; in a terminal, smoothly.
+    interval = 0.1 if sys.stderr.isatty() else 5.0
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        mininterval=interval,
+    )
     model.train()
     step = 0
     try:
