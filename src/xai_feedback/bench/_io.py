@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_json_atomic"]
+__all__ = ["mean_std", "read_json", "write_json_atomic"]
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± std"`` of ``values`` (sample std; 0 for one value, ``"-"`` for none)."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from xai_feedback.bench._io import read_json, write_json_atomic
+from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.digits import Kind
 from xai_feedback.experiments import ConfoundSetup, run_confounded
@@ -163,15 +163,8 @@ def run_one(
     return record, model
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
-
-
 def _column(records: list[dict[str, float | int | str]], key: str) -> str:
-    return _mean_std([float(r[key]) for r in records])
+    return mean_std([float(r[key]) for r in records])
 
 
 def _table(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xai_feedback.bench._io import read_json, write_json_atomic
+from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import confounded_digits, load_digits
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
@@ -186,9 +186,7 @@ def _accuracy(args: argparse.Namespace) -> None:
             rs = [r for r in records if r["dataset"] == dataset and r["arm"] == arm]
             cols = []
             for key in ("clean_test_accuracy", "confound_test_accuracy"):
-                vals = [float(r[key]) for r in rs if key in r]
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cols.append(f"{statistics.fmean(vals):.4f} ± {std:.4f}" if vals else "-")
+                cols.append(mean_std([float(r[key]) for r in rs if key in r], digits=4))
             proxies = statistics.fmean(float(r["proxies"]) for r in rs)
             secs = statistics.fmean(float(r["seconds"]) for r in rs)
             print(f"| {dataset} | {arm} | {cols[0]} | {cols[1]} | {proxies:.1f} | {secs:.1f} |")
