@@ -134,6 +134,7 @@ def test_kernels_are_differentiable_float64() -> None:
     w = torch.randn(4, 3, generator=gen)
     gradcheck64(lambda a, g: grad_cam(a, g, relu=False), [acts, grads])
     gradcheck64(lambda a, g: hires_cam(a, g, relu=False), [acts, grads])
+    gradcheck64(lambda a, g: grad_cam_pp(a, g, relu=False), [acts, grads])
     gradcheck64(lambda a, ww: cam_from_head(a, ww), [acts, w])
     gradcheck64(lambda m: normalize_maps(m, "energy"), [torch.randn(2, 3, 3)])
 

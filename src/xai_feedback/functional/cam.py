@@ -144,8 +144,8 @@ def grad_cam_pp(
     _check_acts_grads(acts, grads)
     positive = F.relu(grads)
     total = acts.sum(dim=(2, 3), keepdim=True)
-    denom = 2 + total * positive
-    denom = torch.where(denom.abs() < eps, torch.full_like(denom, eps), denom)
+    denom = (total * positive).add_(2.0)  # in place on a fresh tensor: autograd-safe
+    denom = denom.masked_fill_(denom.abs() < eps, eps)
     weights = (positive / denom).sum(dim=(2, 3), keepdim=True)
     maps = (weights * acts).sum(dim=1)
     return F.relu(maps) if relu else maps
