@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_floating",
     "check_int",
+    "check_maps",
     "check_number",
     "check_same_batch",
     "check_shape",
@@ -84,6 +85,17 @@ def check_shape(x: Any, pattern: str, name: str, **known: int | None) -> dict[st
                 f"dimension {axis}{label} must be {expected}, got {size}."
             )
     return bound
+
+
+def check_maps(maps: Any, name: str = "maps") -> tuple[int, int]:
+    """Check floating maps of shape ``(B, h, w)`` or ``(B, K, h, w)``; return ``(h, w)``."""
+    check_floating(maps, name)
+    if maps.dim() not in (3, 4):
+        raise ShapeError(
+            f"`{name}` must have shape (B, h, w) or (B, K, h, w), got a {maps.dim()}-D tensor "
+            f"of shape {tuple(maps.shape)}."
+        )
+    return int(maps.shape[-2]), int(maps.shape[-1])
 
 
 def check_floating(x: torch.Tensor, name: str) -> torch.Tensor:

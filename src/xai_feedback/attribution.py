@@ -207,9 +207,13 @@ def attribute(
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat(
-                [model(images[i : i + batch_size]) for i in range(0, dims["B"], batch_size)]
-            )
+            if isinstance(target, torch.Tensor):  # one image tells the number of classes
+                k = int(model(images[:1]).shape[1])
+                logits = images.new_zeros(dims["B"], k)
+            else:
+                logits = torch.cat(
+                    [model(images[i : i + batch_size]) for i in range(0, dims["B"], batch_size)]
+                )
         classes = resolve_targets(target, logits)
         captum_fn = _captum_method(model, method, cam_layer, options)
 

@@ -113,10 +113,11 @@ def run_confounded(
     Returns:
         The :class:`ConfoundRun` and the trained model.
     """
-    data = setup.datasets(seed, oracle)
-    train = (train_data if train_data is not None else data.pop("train")).to(device)
-    if evals is None:
-        evals = {k: v for k, v in data.items() if k != "train"}
+    if train_data is None or evals is None:
+        data = setup.datasets(seed, oracle)
+        train_data = data.pop("train") if train_data is None else train_data
+        evals = data if evals is None else evals
+    train = train_data.to(device)
     generator = torch.Generator().manual_seed(seed)
     model = GAPNet(width=setup.width, pools=setup.pools, generator=generator).to(device)
     history = fit(

@@ -19,12 +19,12 @@ from torch import nn
 from xai_feedback._checks import (
     check_choice,
     check_finite,
-    check_floating,
     check_int,
+    check_maps,
     check_number,
     check_shape,
 )
-from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.errors import RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
 from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight
 from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
@@ -43,12 +43,8 @@ __all__ = [
 def _prepare_maps(
     maps: torch.Tensor, target: torch.Tensor | None, classes: str, signed: bool, normalize: str
 ) -> torch.Tensor:
-    check_floating(maps, "maps")
+    check_maps(maps)
     check_finite(maps, "maps")  # a NaN map would silently poison the weights
-    if maps.dim() not in (3, 4):
-        raise ShapeError(
-            f"`maps` must have shape (B, h, w) or (B, K, h, w), got shape {tuple(maps.shape)}."
-        )
     if classes == "target" and maps.dim() == 4:
         if target is None:
             raise RangeError("`target` is required with classes='target' and all-class maps.")

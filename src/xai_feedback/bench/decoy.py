@@ -138,6 +138,12 @@ def run_one(
     """Train one model and measure it; returns the JSON-ready record and the model."""
     kind, size = CONFOUNDS[confound]
     setup = ConfoundSetup(kind=kind, size=size, epochs=epochs, width=width, pools=pools)
+    confound_test = None
+    if evals is None:
+        data = setup.datasets(seed, method.oracle)
+        train_data = data.pop("train") if train_data is None else train_data
+        evals = data
+        confound_test = data["confound_test"]
     run, model = run_confounded(
         setup,
         method=method.name,
@@ -157,8 +163,7 @@ def run_one(
     }
     for name, value in run.accuracies.items():
         record[f"{name}_accuracy"] = value
-    if evals is None:
-        confound_test = setup.datasets(seed)["confound_test"]
+    if confound_test is not None:
         record["confound_energy_share"] = confound_energy_share(model, confound_test)
     return record, model
 

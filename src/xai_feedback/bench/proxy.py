@@ -25,6 +25,7 @@ import torch
 
 from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import confounded_digits, load_digits
+from xai_feedback.experiments import ConfoundSetup
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy, fit
@@ -144,11 +145,8 @@ def _accuracy(args: argparse.Namespace) -> None:
         if dataset == "digits":
             train, tests = load_digits("train"), {"clean_test": load_digits("test")}
         else:
-            train = confounded_digits("train", "frame", seed=seed)
-            tests = {
-                "clean_test": load_digits("test"),
-                "confound_test": confounded_digits("test", "frame", seed=seed),
-            }
+            tests = ConfoundSetup(kind="frame").datasets(seed)
+            train = tests.pop("train")
         g = torch.Generator().manual_seed(seed)
         model = GAPNet(width=args.width, generator=g)
         plan = schedule if arm == "proxy" else schedule.without_proxies()

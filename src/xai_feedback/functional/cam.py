@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_choice, check_floating, check_shape
+from xai_feedback._checks import check_choice, check_floating, check_maps, check_shape
 from xai_feedback.errors import ShapeError
 
 __all__ = [
@@ -213,11 +213,7 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
         torch.Size([2, 28, 28])
     """
     check_choice(mode, "mode", ("bilinear", "nearest", "area"))
-    check_floating(maps, "maps")
-    if maps.dim() not in (3, 4):
-        raise ShapeError(
-            f"`maps` must have shape (B, h, w) or (B, K, h, w), got shape {tuple(maps.shape)}."
-        )
+    check_maps(maps)
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
     kwargs = {"align_corners": False} if mode == "bilinear" else {}

@@ -5,20 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_floating, check_shape
-from xai_feedback.errors import ShapeError
+from xai_feedback._checks import check_maps, check_shape
 
 __all__ = ["centre_penalty", "input_gradient_penalty", "mask_penalty", "masks_to_maps"]
-
-
-def _map_dims(maps: torch.Tensor) -> tuple[int, int]:
-    check_floating(maps, "maps")
-    if maps.dim() not in (3, 4):
-        raise ShapeError(
-            f"`maps` must have shape (B, h, w) or (B, K, h, w), got a {maps.dim()}-D tensor "
-            f"of shape {tuple(maps.shape)}."
-        )
-    return int(maps.shape[-2]), int(maps.shape[-1])
 
 
 def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -49,7 +38,7 @@ def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         >>> bool(torch.isclose(centre_penalty(maps, w), (2 * w[0, 0]) ** 2 / 9))
         True
     """
-    h, w = _map_dims(maps)
+    h, w = check_maps(maps)
     check_shape(weight, "h w", "weight", h=h, w=w)
     return (weight * maps).pow(2).mean()
 
@@ -89,7 +78,7 @@ def mask_penalty(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         >>> float(mask_penalty(maps, masks))
         0.25
     """
-    h, w = _map_dims(maps)
+    h, w = check_maps(maps)
     check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
     cover = masks_to_maps(masks, (h, w)).to(maps.dtype)
     if maps.dim() == 4:
