@@ -19,5 +19,15 @@ def _proxy(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"decoy": _decoy, "proxy": _proxy}
+def _pcace(argv: Sequence[str]) -> int:
+    from xai_feedback.bench.pcace import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
+    "decoy": _decoy,
+    "proxy": _proxy,
+    "pcace": _pcace,
+}
 """Benchmark name -> ``main(argv) -> exit code``."""

@@ -4,6 +4,7 @@ They follow their input's device and dtype, never detach, and contain no Python 
 pixels, images or channels.
 """
 
+from xai_feedback.functional.ace import ACEResult, ace, fixed_span_smooth, supersmooth
 from xai_feedback.functional.cam import (
     NORMALIZATIONS,
     cam_from_head,
@@ -33,12 +34,15 @@ __all__ = [
     "FILLS",
     "KERNEL_SHAPES",
     "NORMALIZATIONS",
+    "ACEResult",
+    "ace",
     "apply_mask",
     "blend",
     "cam_from_head",
     "centre_penalty",
     "centre_weight",
     "fill_values",
+    "fixed_span_smooth",
     "grad_cam",
     "grad_cam_pp",
     "hires_cam",
@@ -48,6 +52,7 @@ __all__ = [
     "normalize_maps",
     "normalized_grid",
     "resize_maps",
+    "supersmooth",
     "threshold_mask",
     "topk_mask",
 ]
