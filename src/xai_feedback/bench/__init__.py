@@ -25,6 +25,18 @@ def _pcace(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _roar(argv: Sequence[str]) -> int:
+    from xai_feedback.bench.faithfulness import main
+
+    return main(argv)
+
+
+def _attention(argv: Sequence[str]) -> int:
+    from xai_feedback.bench.attention import main
+
+    return main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "decoy": _decoy,
     "proxy": _proxy,

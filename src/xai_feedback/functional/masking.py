@@ -12,10 +12,24 @@ import torch
 from xai_feedback._checks import check_choice, check_floating, check_number, check_shape
 from xai_feedback.errors import ShapeError
 
-__all__ = ["FILLS", "apply_mask", "blend", "fill_values", "threshold_mask", "topk_mask"]
+__all__ = [
+    "FILLS",
+    "REMOVALS",
+    "apply_mask",
+    "attribution_scores",
+    "blend",
+    "fill_values",
+    "rank_mask",
+    "remove_pixels",
+    "threshold_mask",
+    "topk_mask",
+]
 
 FILLS = ("zero", "mean", "max", "min", "dataset_mean")
 """Fill rules understood by :func:`fill_values`."""
+
+REMOVALS = (*FILLS, "blur", "linear", "noisy_linear")
+"""Replacement rules of :func:`remove_pixels`: the fills plus blur and (noisy) linear imputation."""
 
 
 def threshold_mask(maps: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -106,3 +120,94 @@ def blend(images: torch.Tensor, maps: torch.Tensor, strength: float) -> torch.Te
     check_shape(maps, "B H W", "maps", B=dims["B"], H=dims["H"], W=dims["W"])
     check_number(strength, "strength", minimum=0, maximum=1)
     return (1 - strength * maps.unsqueeze(1)) * images
+
+
+def attribution_scores(attributions: torch.Tensor, *, squared: bool = False) -> torch.Tensor:
+    r"""One relevance score per pixel: the attribution summed over channels, or its square.
+
+    ``(B, C, H, W)`` attributions become :math:`\sum_c a_c` (or :math:`\sum_c a_c^2` with
+    ``squared``, Hooker et al.'s default); ``(B, H, W)`` maps pass through (or are squared).
+
+    Shape:
+        - attributions: :math:`(B, C, H, W)` or :math:`(B, H, W)`; output :math:`(B, H, W)`.
+
+    Example:
+        >>> attribution_scores(torch.tensor([[[[1.0, -2.0]], [[1.0, 0.0]]]]), squared=True)
+        tensor([[[2., 4.]]])
+    """
+    check_floating(attributions, "attributions")
+    if attributions.dim() == 3:
+        return attributions**2 if squared else attributions
+    check_shape(attributions, "B C H W", "attributions")
+    return (attributions**2).sum(dim=1) if squared else attributions.sum(dim=1)
+
+
+def rank_mask(
+    attributions: torch.Tensor,
+    fraction: float,
+    *,
+    most_relevant: bool = True,
+    squared: bool = False,
+) -> torch.Tensor:
+    """Select exactly ``round(fraction * H * W)`` pixels of each image by attribution rank.
+
+    The most relevant pixels (ROAR, MoRF) or the least relevant (KAR, LeRF), ranked by
+    :func:`attribution_scores`; ties broken by position (:func:`topk_mask`).
+
+    Raises:
+        RangeError: ``fraction`` outside (0, 1).
+
+    Shape:
+        - attributions: :math:`(B, C, H, W)` or :math:`(B, H, W)`; output :math:`(B, H, W)` bool.
+
+    Example:
+        >>> rank_mask(torch.tensor([[[0.1, 0.5], [0.9, 0.3]]]), 0.25, most_relevant=False)
+        tensor([[[ True, False],
+                 [False, False]]])
+    """
+    check_number(
+        fraction, "fraction", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
+    )
+    scores = attribution_scores(attributions, squared=squared)
+    return topk_mask(scores, fraction, largest=most_relevant)
+
+
+def remove_pixels(
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    fill: str = "dataset_mean",
+    *,
+    dataset_mean: torch.Tensor | None = None,
+    noise: float = 0.01,
+    sigma: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Replace the pixels where ``mask`` is true.
+
+    ``fill`` is one of :data:`FILLS` (a constant per image and channel, see
+    :func:`fill_values`), ``"blur"`` (the Gaussian-blurred image, ``sigma``), ``"linear"``
+    (ROAD's linear imputation) or ``"noisy_linear"`` (plus noise of std ``noise``).
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; mask: :math:`(B, H, W)` bool; output as images.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 0.0, 3.0]]]])
+        >>> m = torch.tensor([[[False, True, False]]])
+        >>> remove_pixels(x, m, "dataset_mean", dataset_mean=torch.tensor([0.5]))
+        tensor([[[[1.0000, 0.5000, 3.0000]]]])
+    """
+    from xai_feedback.functional.imputation import (
+        blur_images,
+        linear_imputation,
+        noisy_linear_imputation,
+    )
+
+    check_choice(fill, "fill", REMOVALS)
+    if fill == "linear":
+        return linear_imputation(images, mask)
+    if fill == "noisy_linear":
+        return noisy_linear_imputation(images, mask, noise, generator=generator)
+    if fill == "blur":
+        return apply_mask(images, mask, blur_images(images, sigma))
+    return apply_mask(images, mask, fill_values(images, fill, dataset_mean))
