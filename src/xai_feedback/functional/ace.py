@@ -387,7 +387,7 @@ def ace(
         dtype: Dtype to compute in (float64 by default); ``None`` keeps ``x``'s.
 
     Returns:
-        An :class:`ACEResult` on ``x``'s device.
+        An :class:`ACEResult` on the device of ``x``.
 
     Raises:
         ShapeError: ``x`` is not ``(P, n, k)`` or ``y`` not ``(P, n)``.
@@ -395,7 +395,7 @@ def ace(
 
     Shape:
         - x: :math:`(P, n, k)`; y: :math:`(P, n)`.
-        - x_transforms :math:`(P, n, k)`; y_transform :math:`(P, n)`; correlation :math:`(P,)`.
+        - x_transforms: :math:`(P, n, k)`; y_transform: :math:`(P, n)`; correlation: :math:`(P,)`.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)

@@ -176,7 +176,7 @@ class SimpleCNN(AttentionModel):
     which Grad-CAM works but exact CAM does not.
 
     Shape:
-        - Input :math:`(B, C_{in}, H, W)`, ``H, W >= 4``; output :math:`(B, K)`.
+        - Input: :math:`(B, C_{in}, H, W)` with ``H, W >= 4``; output: :math:`(B, K)`.
 
     Example:
         >>> model = SimpleCNN(cbam=True, generator=torch.Generator().manual_seed(0))
