@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 train, test = load_digits("train"), load_digits("test")
 g = torch.Generator().manual_seed(0)
 model = SimpleCNN(width=16, cbam=True, generator=g)
-fit(model, train, epochs=3, generator=g)
+fit(model, train, epochs=5, generator=g)
 print(f"SimpleCNN + CBAM test accuracy {accuracy(model, test):.3f}")
 
 model.eval()
