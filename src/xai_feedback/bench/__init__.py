@@ -41,5 +41,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
     "decoy": _decoy,
     "proxy": _proxy,
     "pcace": _pcace,
+    "roar": _roar,
+    "attention": _attention,
 }
 """Benchmark name -> ``main(argv) -> exit code``."""
