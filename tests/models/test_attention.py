@@ -110,3 +110,18 @@ def test_bad_inputs() -> None:
         ResidualAttentionNet(width=2)(torch.rand(1, 1, 6, 6))
     with pytest.raises(RangeError, match="head"):
         SimpleCNN(head="mlp")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grad_cam_penalty_trains_every_model(name: str) -> None:
+    model = _models()[name].train()
+    x = torch.rand(4, 1, 28, 28, generator=G().manual_seed(4))
+    y = torch.tensor([0, 3, 5, 9])
+    with CAMHook(model) as hook:
+        logits = model(x)
+        maps = hook.cam(logits, y, method="grad_cam", create_graph=True)
+    loss = torch.nn.functional.cross_entropy(logits, y) + CentrePenalty(0.7)(maps.unsqueeze(1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    assert sum(1 for g in grads if g is not None and float(g.abs().sum()) > 0) > len(params) // 2
+    assert all(p.grad is None for p in params)  # the user's .grad is untouched
