@@ -20,13 +20,12 @@ maps of its last forward pass, in the graph, as ``module.attention`` (``(B, h, w
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_floating, check_int, check_shape
+from xai_feedback.models.gapnet import init_weights
 
 __all__ = [
     "CBAM",
@@ -131,21 +130,8 @@ class AttentionModel(nn.Module):
         }
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise every weight from ``generator`` (He-normal convs, uniform linears)."""
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.kaiming_normal_(
-                        module.weight, mode="fan_out", nonlinearity="relu", generator=generator
-                    )
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, nn.BatchNorm2d):
-                    module.reset_parameters()
-                elif isinstance(module, nn.Linear):
-                    bound = 1.0 / math.sqrt(module.in_features)
-                    nn.init.uniform_(module.weight, -bound, bound, generator=generator)
-                    nn.init.zeros_(module.bias)
+        """Re-initialise every weight from ``generator`` (see :func:`init_weights`)."""
+        init_weights(self, generator)
 
     def _check(self, images: torch.Tensor, in_channels: int, side: int) -> None:
         check_shape(images, "B C H W", "images", C=in_channels)

@@ -13,6 +13,28 @@ from xai_feedback.errors import ShapeError
 __all__ = ["ConvBlock", "GAPNet"]
 
 
+def init_weights(model: nn.Module, generator: torch.Generator) -> None:
+    r"""Re-initialise ``model``'s weights from ``generator``.
+
+    He-normal convolutions (biases 0), BatchNorm reset, linear weights uniform in
+    :math:`\pm 1/\sqrt{\text{fan-in}}` (biases 0).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    module.weight, mode="fan_out", nonlinearity="relu", generator=generator
+                )
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.in_features)
+                nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+                nn.init.zeros_(module.bias)
+
+
 class ConvBlock(nn.Sequential):
     """``Conv2d(3x3, no bias) -> BatchNorm2d -> ReLU``, keeping the spatial size."""
 
@@ -107,19 +129,8 @@ class GAPNet(nn.Module):
         return self.classifier.in_features
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise every weight from ``generator`` (He-normal convs, uniform head)."""
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.kaiming_normal_(
-                        module.weight, mode="fan_out", nonlinearity="relu", generator=generator
-                    )
-                elif isinstance(module, nn.BatchNorm2d):
-                    module.reset_parameters()
-                elif isinstance(module, nn.Linear):
-                    bound = 1.0 / math.sqrt(module.in_features)
-                    nn.init.uniform_(module.weight, -bound, bound, generator=generator)
-                    nn.init.zeros_(module.bias)
+        """Re-initialise every weight from ``generator`` (see :func:`init_weights`)."""
+        init_weights(self, generator)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images."""
