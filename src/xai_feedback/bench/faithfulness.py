@@ -86,6 +86,7 @@ def _sweep(
             store=args.out / "runs",
             executor=pool,
             seed=args.seed,
+            squared=args.squared,
         )
         curves = sweep.run(train, test)
     seconds = time.perf_counter() - start
@@ -102,6 +103,7 @@ def _road(args: argparse.Namespace, base: nn.Module, test: ImageDataset) -> dict
         test.labels,
         methods,
         fractions=args.fractions,
+        squared=args.squared,
         generator=torch.Generator().manual_seed(args.seed),
     )
     for key, c in curves.items():
@@ -200,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=lambda s: [float(f) for f in s.split(",")],
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--squared",
+        action="store_true",
+        help="rank pixels by squared attributions (use another --out: runs are cached there)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=0, help="0: all 1437 training images")
