@@ -179,3 +179,13 @@ def test_executors_give_the_same_curves(digits: tuple, kind: str) -> None:
     assert parallel["roar"].to_dict() == serial["roar"].to_dict()
     assert isinstance(Curves.from_dict(parallel["roar"].to_dict()), Curves)
     assert MeanClassifier  # the helper module imports in workers too
+
+
+def test_store_refuses_runs_made_with_other_settings(digits: tuple, tmp_path: Path) -> None:
+    train, test = digits
+    kw = {"fractions": (0.5,), "repeats": 1, "progress": False, "store": tmp_path}
+    ROAR(train_means, {}, **kw).run(train, test)
+    with pytest.raises(RangeError, match="squared"):
+        ROAR(train_means, {}, squared=True, **kw).run(train, test)
+    with pytest.raises(RangeError, match="another `store`"):
+        ROAR(train_means, {}, fill="zero", **kw).run(train, test)

@@ -284,6 +284,8 @@ class RetrainSweep:
                 "`train` and `test` images must share (C, H, W), got "
                 f"{tuple(train.images.shape[1:])} and {tuple(test.images.shape[1:])}."
             )
+        if self.store is not None:
+            self._check_manifest()
         records: dict[_Task, dict[str, Any]] = {}
         pending: list[_Task] = []
         for task in self.tasks():
@@ -295,6 +297,22 @@ class RetrainSweep:
         if pending:
             self._execute(pending, train, test, records)
         return self._curves(records)
+
+    def _check_manifest(self) -> None:
+        """Refuse to mix runs made with other settings into one store."""
+        from xai_feedback.bench._io import read_json, write_json_atomic
+
+        assert self.store is not None
+        path = self.store.root / "sweep.json"
+        settings = {"fill": self.fill, "squared": self.squared, "seed": self.seed}
+        stored = read_json(path)
+        if stored is not None and stored != settings:
+            raise RangeError(
+                f"the store {self.store.root} holds runs made with {stored}, but this sweep "
+                f"uses {settings}: use another `store` (or delete it)."
+            )
+        if stored is None:
+            write_json_atomic(path, settings)
 
     def _payload(
         self,
