@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xai_feedback.bench._io import read_json, write_json_atomic
+from xai_feedback._io import read_json, write_json_atomic
 
 __all__ = ["Curves", "RunStore"]
 

@@ -25,8 +25,6 @@ Reference:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -40,6 +38,7 @@ import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_number, check_shape
+from xai_feedback._io import read_json, save_tensor_atomic, write_json_atomic
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.evaluation.results import Curves, RunStore
@@ -124,18 +123,6 @@ def _run(p: _Payload) -> dict[str, Any]:
             "traceback": traceback.format_exc(),
             "seconds": time.perf_counter() - start,
         }
-
-
-def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RetrainSweep:
@@ -260,7 +247,7 @@ class RetrainSweep:
             )
         scores = attribution_scores(attributions.detach().float().cpu(), squared=self.squared)
         if path is not None:
-            _save_tensor_atomic(path, scores)
+            save_tensor_atomic(path, scores)
         return scores
 
     def tasks(self) -> list[_Task]:
@@ -300,8 +287,6 @@ class RetrainSweep:
 
     def _check_manifest(self) -> None:
         """Refuse to mix runs made with other settings into one store."""
-        from xai_feedback.bench._io import read_json, write_json_atomic
-
         assert self.store is not None
         path = self.store.root / "sweep.json"
         settings = {"fill": self.fill, "squared": self.squared, "seed": self.seed}
