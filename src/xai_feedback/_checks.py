@@ -19,6 +19,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_floating",
+    "check_fractions",
     "check_int",
     "check_maps",
     "check_number",
@@ -162,6 +163,16 @@ def check_number(
             f"`{name}` must be {'<' if strict_maximum else '<='} {maximum}, got {value}."
         )
     return number
+
+
+def check_fractions(fractions: Iterable[Any], name: str = "fractions") -> list[float]:
+    """Return ``fractions`` sorted, if non-empty and each strictly between 0 and 1."""
+    values = list(fractions)
+    if not values:
+        raise RangeError(f"`{name}` must not be empty.")
+    for f in values:
+        check_number(f, name, minimum=0, maximum=1, strict_minimum=True, strict_maximum=True)
+    return sorted(float(f) for f in values)
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str] | Mapping[str, Any]) -> str:

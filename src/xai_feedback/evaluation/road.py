@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_number, check_shape
-from xai_feedback.errors import DTypeError, RangeError
+from xai_feedback._checks import check_choice, check_fractions, check_int, check_shape
+from xai_feedback.errors import DTypeError
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.functional.masking import REMOVALS, attribution_scores, rank_mask, remove_pixels
 
@@ -32,18 +32,19 @@ ORDERS = ("morf", "lerf")
 Attributions = torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_fractions(fractions: Sequence[float]) -> list[float]:
-    if not fractions:
-        raise RangeError("`fractions` must not be empty.")
-    for f in fractions:
-        check_number(f, "fractions", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True)
-    return sorted(float(f) for f in fractions)
-
-
 def method_scores(
-    name: str, method: Attributions, images: torch.Tensor, labels: torch.Tensor, squared: bool
+    name: str,
+    method: Attributions,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    squared: bool,
+    what: str = "attributions",
 ) -> torch.Tensor:
-    """Per-pixel scores ``(N, H, W)`` of one method: given attributions or an explainer's."""
+    """Per-pixel scores ``(N, H, W)`` of one method: given attributions or an explainer's.
+
+    The attributions must match the images' ``N``, ``H`` and ``W``; errors name them
+    ``methods[name] <what>``.
+    """
     attributions = method(images, labels) if callable(method) else method
     if not isinstance(attributions, torch.Tensor):
         raise DTypeError(
@@ -51,7 +52,7 @@ def method_scores(
         )
     n, _, h, w = images.shape
     pattern = "N H W" if attributions.dim() == 3 else "N C H W"
-    check_shape(attributions, pattern, f"methods[{name!r}] attributions", N=n, H=h, W=w)
+    check_shape(attributions, pattern, f"methods[{name!r}] {what}", N=n, H=h, W=w)
     return attribution_scores(attributions.detach().to(images.device), squared=squared)
 
 
@@ -105,7 +106,7 @@ def road(
     """
     dims = check_shape(images, "N C H W", "images")
     check_shape(labels, "N", "labels", N=dims["N"])
-    fractions = _check_fractions(fractions)
+    fractions = check_fractions(fractions)
     for order in orders:
         check_choice(order, "orders", ORDERS)
     check_choice(fill, "fill", REMOVALS)

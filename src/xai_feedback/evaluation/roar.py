@@ -37,12 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_number, check_shape
+from xai_feedback._checks import check_choice, check_fractions, check_int
 from xai_feedback._io import read_json, save_tensor_atomic, write_json_atomic
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.evaluation.results import Curves, RunStore
-from xai_feedback.functional.masking import REMOVALS, attribution_scores, rank_mask, remove_pixels
+from xai_feedback.evaluation.road import Attributions, method_scores
+from xai_feedback.functional.masking import REMOVALS, rank_mask, remove_pixels
 
 __all__ = ["KAR", "MODES", "ROAR", "Explainer", "RetrainSweep", "TrainFn"]
 
@@ -198,17 +199,11 @@ class RetrainSweep:
             )
         for mode in modes:
             check_choice(mode, "modes", MODES)
-        if not fractions:
-            raise RangeError("`fractions` must not be empty.")
-        for f in fractions:
-            check_number(
-                f, "fractions", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
-            )
         self.train_fn = train_fn
         self.eval_fn: EvalFn = eval_fn if eval_fn is not None else _default_eval
         self.methods = dict(methods)
         self.modes = tuple(modes)
-        self.fractions = sorted(float(f) for f in fractions)
+        self.fractions = check_fractions(fractions)
         self.repeats = check_int(repeats, "repeats", minimum=1)
         self.fill = check_choice(fill, "fill", REMOVALS)
         self.squared = squared
@@ -227,25 +222,19 @@ class RetrainSweep:
         if path is not None and path.exists():
             cached: torch.Tensor = torch.load(path)
             return cached
-        method = self.methods[name]
-        if isinstance(method, tuple):
-            attributions = method[0] if split == "train" else method[1]
-            if not isinstance(attributions, torch.Tensor):
+        entry = self.methods[name]
+        method: Attributions
+        if isinstance(entry, tuple):
+            method = entry[0] if split == "train" else entry[1]
+            if not isinstance(method, torch.Tensor):
                 raise DTypeError(
-                    f"`methods[{name!r}]` must hold tensors, got {type(attributions).__name__}."
+                    f"`methods[{name!r}]` must hold tensors, got {type(method).__name__}."
                 )
         else:
-            attributions = method(data.images, data.labels)
-        n, _, h, w = data.images.shape
-        if attributions.dim() == 3:
-            check_shape(
-                attributions, "N H W", f"methods[{name!r}] {split} attributions", N=n, H=h, W=w
-            )
-        else:
-            check_shape(
-                attributions, "N C H W", f"methods[{name!r}] {split} attributions", N=n, H=h, W=w
-            )
-        scores = attribution_scores(attributions.detach().float().cpu(), squared=self.squared)
+            method = entry
+        what = f"{split} attributions"
+        scores = method_scores(name, method, data.images, data.labels, self.squared, what)
+        scores = scores.float().cpu()
         if path is not None:
             save_tensor_atomic(path, scores)
         return scores
