@@ -11,6 +11,11 @@ import torch
 
 from xai_feedback._checks import check_choice, check_floating, check_number, check_shape
 from xai_feedback.errors import ShapeError
+from xai_feedback.functional.imputation import (
+    blur_images,
+    linear_imputation,
+    noisy_linear_imputation,
+)
 
 __all__ = [
     "FILLS",
@@ -197,12 +202,6 @@ def remove_pixels(
         >>> remove_pixels(x, m, "dataset_mean", dataset_mean=torch.tensor([0.5]))
         tensor([[[[1.0000, 0.5000, 3.0000]]]])
     """
-    from xai_feedback.functional.imputation import (
-        blur_images,
-        linear_imputation,
-        noisy_linear_imputation,
-    )
-
     check_choice(fill, "fill", REMOVALS)
     if fill == "linear":
         return linear_imputation(images, mask)

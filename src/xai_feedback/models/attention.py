@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_floating, check_int, check_shape
-from xai_feedback.models.gapnet import init_weights
+from xai_feedback.errors import ShapeError
+from xai_feedback.models.gapnet import ConvBlock, init_weights
 
 __all__ = [
     "CBAM",
@@ -137,19 +138,9 @@ class AttentionModel(nn.Module):
         check_shape(images, "B C H W", "images", C=in_channels)
         check_floating(images, "images")
         if min(images.shape[-2:]) < side:
-            from xai_feedback.errors import ShapeError
-
             raise ShapeError(
                 f"`images` must be at least {side}x{side}, got shape {tuple(images.shape)}."
             )
-
-
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class SimpleCNN(AttentionModel):
@@ -187,7 +178,7 @@ class SimpleCNN(AttentionModel):
         layers: list[nn.Module] = []
         channels = in_channels
         for i, out in enumerate((width, 2 * width, 4 * width)):
-            layers.append(nn.Sequential(*_conv_bn_relu(channels, out)))
+            layers.append(ConvBlock(channels, out))
             if cbam:
                 layers.append(CBAM(out))
             if i < 2:
