@@ -135,6 +135,8 @@ def test_ace_bad_inputs() -> None:
     bad[0, 0, 0] = float("nan")
     with pytest.raises(RangeError, match="`x` must be finite"):
         ace(bad, y)
+    with pytest.raises(ShapeError, match="same shape"):
+        supersmooth(x[0, :, 0], y[0, :40])
     with pytest.raises(RangeError, match="constant in problem"):
         ace(x, torch.ones(2, 50, dtype=torch.float64))
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from xai_feedback._checks import check_finite, check_floating, check_int, check_number, check_shape
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import RangeError, ShapeError
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -283,7 +283,7 @@ def supersmooth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     check_floating(x, "x")
     check_floating(y, "y")
     if x.shape != y.shape or x.dim() == 0:
-        raise RangeError(
+        raise ShapeError(
             f"`x` and `y` must have the same shape (..., n), got {x.shape} and {y.shape}."
         )
     _check_observations(x.shape[-1])
