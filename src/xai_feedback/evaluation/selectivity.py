@@ -131,8 +131,8 @@ def selectivity(
                     pixel_mask = ~pixel_mask
                 if not bool(pixel_mask.any()):
                     current = images
-                elif bool(pixel_mask.all()):
-                    current = _all_removed(images, fill, dataset_mean)
+                elif fill in _FROM_KEPT_PIXELS and bool(pixel_mask.all()):
+                    current = _mean_images(images, dataset_mean)
                 else:
                     current = remove_pixels(
                         images, pixel_mask, fill, dataset_mean=dataset_mean, generator=generator
@@ -158,14 +158,11 @@ def selectivity(
     return out
 
 
-def _all_removed(
-    images: torch.Tensor, fill: str, dataset_mean: torch.Tensor | None
-) -> torch.Tensor:
-    """Every pixel removed: imputation has nothing to start from, so it falls back to the mean."""
-    if fill in ("linear", "noisy_linear", "blur"):
-        mean = images.mean(dim=(0, 2, 3)) if dataset_mean is None else dataset_mean
-        return mean.to(images).view(1, -1, 1, 1).expand_as(images).clone()
-    mask = torch.ones(
-        images.shape[0], images.shape[2], images.shape[3], dtype=torch.bool, device=images.device
-    )
-    return remove_pixels(images, mask, fill, dataset_mean=dataset_mean)
+_FROM_KEPT_PIXELS = ("linear", "noisy_linear", "blur")
+"""Fills computed from the kept pixels: with every pixel removed they fall back to the mean."""
+
+
+def _mean_images(images: torch.Tensor, dataset_mean: torch.Tensor | None) -> torch.Tensor:
+    """Images filled with the per-channel mean (``dataset_mean``, else the batch's)."""
+    mean = images.mean(dim=(0, 2, 3)) if dataset_mean is None else dataset_mean
+    return mean.to(images).view(1, -1, 1, 1).expand_as(images).clone()
