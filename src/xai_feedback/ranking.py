@@ -121,6 +121,16 @@ def capture(
     Raises:
         LayerError: The layer's output is not 4-D or the model's output not ``(N, K)``.
         RangeError: NaN or infinite activations.
+
+    Shape:
+        - images: :math:`(N, C, H, W)`; activations :math:`(N, C', h, w)`; logits :math:`(N, K)`.
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
+        >>> acts, logits = capture(model, "features", torch.rand(6, 1, 28, 28), batch_size=4)
+        >>> acts.shape, logits.shape
+        (torch.Size([6, 16, 14, 14]), torch.Size([6, 10]))
     """
     check_int(batch_size, "batch_size", minimum=1)
     was_training = model.training
@@ -243,6 +253,10 @@ def pcace(
         RangeError: ``class_idx`` out of range, too few images, ``n_components`` too large,
             NaN activations, or a class logit constant over the images.
         LayerError: The layer yields no 4-D activations.
+
+    Shape:
+        - images: :math:`(N, C, H, W)`; scores and ranking :math:`(C',)` for a layer of
+          :math:`C'` channels.
 
     Example:
         >>> from xai_feedback.models import GAPNet

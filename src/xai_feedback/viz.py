@@ -50,6 +50,19 @@ def plot_channel_ranking(
 
     Returns:
         The matplotlib figure.
+
+    Shape:
+        - activations: :math:`(N, C, h, w)`; images: :math:`(N, c, H, W)`.
+
+    Example:
+        Needs matplotlib (not run as a doctest; ``tests/test_ranking.py`` runs it):
+
+        >>> from xai_feedback.models import GAPNet  # doctest: +SKIP
+        >>> from xai_feedback.ranking import capture, pcace  # doctest: +SKIP
+        >>> model, x = GAPNet(width=4), torch.rand(20, 1, 28, 28)  # doctest: +SKIP
+        >>> result = pcace(model, "features", x, class_idx=0)  # doctest: +SKIP
+        >>> acts, _ = capture(model, "features", x)  # doctest: +SKIP
+        >>> plot_channel_ranking(result, acts, x).savefig("channels.png")  # doctest: +SKIP
     """
     dims = check_shape(activations, "N C h w", "activations")
     check_shape(images, "N c H W", "images", N=dims["N"])

@@ -96,6 +96,10 @@ def road(
         ``{"morf": Curves, "lerf": Curves}`` of accuracy, and ``"morf_probability"``,
         ``"lerf_probability"``: the mean softmax probability of the true class.
 
+    Shape:
+        - images: :math:`(N, C, H, W)`; labels: :math:`(N,)`; attributions:
+          :math:`(N, C, H, W)` or :math:`(N, H, W)`.
+
     Example:
         >>> from xai_feedback.models import GAPNet
         >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0)).eval()

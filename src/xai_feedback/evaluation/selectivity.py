@@ -74,6 +74,10 @@ def selectivity(
         ``{"accuracy": Curves, "probability": Curves}``; the x axis is the fraction of patches
         removed (revealed for insertion), starting at 0.
 
+    Shape:
+        - images: :math:`(N, C, H, W)`; labels: :math:`(N,)`; maps from ``methods``:
+          :math:`(N, C, H, W)` or :math:`(N, H, W)`.
+
     Example:
         >>> from xai_feedback.models import GAPNet
         >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0)).eval()

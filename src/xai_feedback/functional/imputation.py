@@ -172,6 +172,9 @@ def noisy_linear_imputation(
 def blur_images(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     r"""Gaussian blur of each channel (reflect padding, radius :math:`\lceil 3\sigma \rceil`).
 
+    Shape:
+        - images: :math:`(B, C, H, W)`; output the same.
+
     Example:
         >>> x = torch.full((1, 1, 5, 5), 0.5)
         >>> torch.allclose(blur_images(x, 1.0), x)

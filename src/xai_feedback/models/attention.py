@@ -282,6 +282,9 @@ class ResidualAttentionNet(AttentionModel):
     unit (``4 width``, stride 2) -> attention module -> unit (``8 width``, stride 2) ->
     BN-ReLU (``features``) -> GAP -> linear. 28 px inputs give 7x7 maps.
 
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)` with ``H, W >= 8``; output: :math:`(B, K)`.
+
     Example:
         >>> model = ResidualAttentionNet(width=4, generator=torch.Generator().manual_seed(0))
         >>> model(torch.rand(2, 1, 32, 32)).shape, model.attention_maps()["stage1"].shape
@@ -357,6 +360,9 @@ class WARN(AttentionModel):
     a gated mix :math:`z = \sum_i \gamma_i z_i` of the network's own GAP + linear output and
     the attention outputs, with :math:`\gamma = \mathrm{softmax}(\Gamma \bar F)` from the last
     features. CAM and Grad-CAM use the network's own head (``classifier``).
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)` with ``H, W >= 4``; output: :math:`(B, K)`.
 
     Example:
         >>> model = WARN(widen=1, units=1, generator=torch.Generator().manual_seed(0))
