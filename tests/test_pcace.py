@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from xai_feedback import DTypeError, LayerError, RangeError
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.ranking import capture, channel_components, pcace
+from xai_feedback.pcace import capture, channel_components, pcace
 from xai_feedback.training import fit
 
 ace_ref = pytest.importorskip("ace.ace")
