@@ -98,8 +98,10 @@ def _is_head(module: nn.Module) -> bool:
     return _has(module, (nn.Linear,)) or any(_is_global_pool(m) for m in module.modules())
 
 
-def _is_spatial(module: nn.Module) -> bool:
-    """Could produce the feature map: anything but pass-through and pooling modules."""
+def _is_spatial(name: str, module: nn.Module) -> bool:
+    """Could produce the feature map: anything but pass-through, pooling and pre-logits."""
+    if name == "pre_logits":  # timm: the head's first part (e.g. VGG's ConvMlp), after pooling
+        return False
     if isinstance(module, _PASSTHROUGH) or _is_global_pool(module):
         return False
     return not isinstance(
@@ -113,7 +115,7 @@ def _search(module: nn.Module, prefix: str) -> str | None:
         if not _is_head(child):
             continue
         for name, before in reversed(children[:i]):
-            if _is_spatial(before):
+            if _is_spatial(name, before):
                 return prefix + name
         return None
     # No head at this level: descend into the single child that holds the convolutions and
