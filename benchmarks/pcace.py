@@ -6,7 +6,7 @@ Parts (``--parts``):
   the batched ACE against ``ace.ace.ACESolver`` run problem by problem, in the same process:
   agreement (max abs difference of transforms and correlations, rankings) and speed-up.
 - ``real``: a reference GAP CNN trained on the digits; the channels of its ``features`` layer
-  ranked for one class by :func:`xai_feedback.ranking.pcace` and by scikit-learn's
+  ranked for one class by :func:`xai_feedback.pcace.pcace` and by scikit-learn's
   StandardScaler + PCA + the ``ace`` package, channel by channel; agreement and speed-up.
 - ``scaling``: time of the batched ACE as channels (16 ... 512) and observations
   (100 ... 1000) grow, with the reference's per-problem time at each ``n``.
@@ -99,7 +99,7 @@ def _real(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
     from xai_feedback.data import load_digits
     from xai_feedback.models import GAPNet
-    from xai_feedback.ranking import capture, pcace
+    from xai_feedback.pcace import capture, pcace
     from xai_feedback.training import accuracy, fit
 
     train, test = load_digits("train"), load_digits("test")

@@ -30,13 +30,13 @@ from xai_feedback.data import confounded_digits, load_digits
 from xai_feedback.demo import ConfoundSetup
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
-from xai_feedback.training import accuracy, fit
-from xai_feedback.transforms import (
+from xai_feedback.proxy import (
     ProxyAttention,
     ProxySchedule,
     explain,
     train_with_proxy,
 )
+from xai_feedback.training import accuracy, fit
 
 __all__ = ["main", "seed_style_proxies"]
 

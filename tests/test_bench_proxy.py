@@ -7,7 +7,7 @@ import torch
 from xai_feedback.cli import find_benchmarks, load_benchmark
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.transforms import ProxyAttention, explain
+from xai_feedback.proxy import ProxyAttention, explain
 
 bench = load_benchmark("proxy", find_benchmarks(Path(__file__).parent))
 

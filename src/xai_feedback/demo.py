@@ -16,6 +16,7 @@ import torch
 
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
 from xai_feedback.data.digits import Kind
+from xai_feedback.functional.kernels import DEFAULT_SIGMA
 from xai_feedback.losses import CentrePenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective
@@ -23,7 +24,7 @@ from xai_feedback.training import Objective, accuracy, cross_entropy_objective, 
 
 __all__ = ["CAM_LAMBDA", "CAM_SIGMA", "ConfoundRun", "ConfoundSetup", "demo", "run_confounded"]
 
-CAM_SIGMA = 0.7
+CAM_SIGMA = DEFAULT_SIGMA
 """``sigma`` of the Gaussian centre penalty (:class:`~xai_feedback.losses.CentrePenalty`)."""
 CAM_LAMBDA = 10.0
 """Weight of the CAM penalty. Both chosen by ``xai-feedback bench decoy --select`` on a
