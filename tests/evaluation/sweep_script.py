@@ -1,8 +1,8 @@
 """A small KAR sweep into a store, run as a separate process by the fault tests.
 
 ``python -m tests.evaluation.sweep_script STORE OUT [HANG_AT]`` writes the curves to ``OUT``
-(JSON). With ``HANG_AT=n`` the n-th run record's rename never happens: the process hangs in
-the middle of writing it (the test then kills it).
+(JSON). With ``HANG_AT=n`` the n-th run record's rename never happens: the process touches
+``$SWEEP_HANGING`` and hangs in the middle of writing it (the test then kills it).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _hang_at(n: int) -> None:
         if Path(dst).name.startswith("f"):  # a run record
             count += 1
             if count == n:
+                Path(os.environ["SWEEP_HANGING"]).touch()  # tell the test: kill me now
                 time.sleep(3600)
         real(src, dst)
 

@@ -326,9 +326,11 @@ def test_killed_worker_is_recorded_and_retried(
 
 def test_parent_killed_mid_write_loses_nothing(tmp_path: Path, reference: dict[str, Any]) -> None:
     store = tmp_path / "s"
-    proc = _script(store, tmp_path / "out.json", "3", env=_env(tmp_path, "log1"))
+    hanging = tmp_path / "hanging"
+    env = {**_env(tmp_path, "log1"), "SWEEP_HANGING": str(hanging)}
+    proc = _script(store, tmp_path / "out.json", "3", env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(store.rglob("f*.tmp")):
+    while time.time() < deadline and not hanging.exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
