@@ -90,6 +90,15 @@ def test_records_made_from_other_inputs_are_never_reused(
         KAR(train_means, {"intensity": intensity}, store=store, train_config={"v": 2}, **KW).run(
             train, test
         )
+    with pytest.raises(StoreError, match="method"):
+        cfg = {"intensity": {"layer": "conv2"}}
+        KAR(train_means, {"intensity": intensity}, store=store, method_config=cfg, **KW).run(
+            train, test
+        )
+    with pytest.raises(StoreError, match="data"):
+        KAR(train_means, {"intensity": intensity}, store=store, dataset_id="digits", **KW).run(
+            train, test
+        )
     # recompute: the numbers of the new inputs, identical to a run without a store
     fresh = KAR(train_means, {"intensity": darkness}, **KW).run(train, test)
     redone = KAR(

@@ -38,7 +38,8 @@ __all__ = ["fingerprint", "identity", "tensor_digest"]
 _DIGESTS: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}
 """``id(tensor) -> (weak reference, version, digest)`` (tensors compare elementwise, so no
 ``WeakKeyDictionary``); an entry goes when its tensor does."""
-_MAX_DEPTH = 6
+_MAX_DEPTH = 8
+"""Callables (closures, partials, bound methods) nested deeper count by their type only."""
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -54,7 +55,7 @@ def tensor_digest(tensor: torch.Tensor) -> str:
         return cached[2]
     flat = tensor.detach().to("cpu").contiguous()
     h = hashlib.sha256(f"{flat.dtype}{tuple(flat.shape)}".encode())
-    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    h.update(flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     digest = h.hexdigest()
     key = id(tensor)
     with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
@@ -116,14 +117,14 @@ def identity(obj: Any, depth: int = 0) -> Any:
     """
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
-    if depth > _MAX_DEPTH:
-        return {"object": _qualname(type(obj))}
     if isinstance(obj, torch.Tensor):
         return {"tensor": tensor_digest(obj)}
     if isinstance(obj, Mapping):
-        return {str(k): identity(v, depth + 1) for k, v in obj.items()}
+        return {str(k): identity(v, depth) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [identity(v, depth + 1) for v in obj]
+        return [identity(v, depth) for v in obj]
+    if depth > _MAX_DEPTH:  # callables nested this deep count by type
+        return {"object": _qualname(type(obj))}
     if isinstance(obj, nn.Module):
         return _module_identity(obj)
     if isinstance(obj, functools.partial):

@@ -258,7 +258,10 @@ class RetrainSweep:
     def _method_identity(self, name: str) -> Any:
         if name == "random":
             return "random"
-        return {"source": identity(self.methods[name]), "config": self.method_config.get(name)}
+        return {
+            "source": identity(self.methods[name]),
+            "config": identity(self.method_config.get(name)),
+        }
 
     def _key(self, task: Task, base: dict[str, Any]) -> Fingerprint:
         """Fingerprint of one run: the sweep's inputs, its method, fraction and seeds."""

@@ -22,6 +22,7 @@ Rules (documented in ``docs/faithfulness.rst``, "Result store"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import string
@@ -39,7 +40,7 @@ from filelock import FileLock, Timeout
 from xai_feedback._checks import check_choice
 from xai_feedback._io import load_tensor, read_json, save_tensor_atomic, write_json_atomic
 from xai_feedback.errors import DTypeError, RangeError, XAIFeedbackError
-from xai_feedback.evaluation.fingerprint import canonical_json, fingerprint
+from xai_feedback.evaluation.fingerprint import canonical_json
 
 __all__ = ["ON_CORRUPT", "ON_MISMATCH", "Fingerprint", "RunStore", "StoreError", "escape_name"]
 
@@ -89,8 +90,8 @@ class Fingerprint:
     @classmethod
     def of(cls, document: Mapping[str, Any]) -> Fingerprint:
         """Fingerprint of a JSON-ready document (see :func:`~.fingerprint.identity`)."""
-        doc = json.loads(canonical_json(document))
-        return cls(doc, fingerprint(doc))
+        text = canonical_json(document)
+        return cls(json.loads(text), hashlib.sha256(text.encode()).hexdigest())
 
 
 def _differences(stored: Any, expected: Mapping[str, Any]) -> list[str]:
