@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_shape
-from xai_feedback.errors import DTypeError, RangeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError
 from xai_feedback.evaluation._scores import method_scores
 from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
 from xai_feedback.evaluation.results import Curves
@@ -108,9 +108,10 @@ class _Walk:
         current: torch.Tensor,
     ) -> torch.Tensor:
         """Patch scores for the next step: the fixed ones or a new map of ``current``."""
-        if fixed is not None or entry is None:
-            assert fixed is not None  # the random order is always fixed
+        if fixed is not None:
             return fixed
+        if entry is None:
+            raise MissingInputError(f"method {name!r} has neither a fixed order nor a source.")
         with torch.enable_grad():
             scores = method_scores(name, entry, current, self.labels, self.squared)
         return _patch_scores(scores, self.patch)

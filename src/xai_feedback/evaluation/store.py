@@ -39,7 +39,7 @@ from filelock import FileLock, Timeout
 
 from xai_feedback._checks import check_choice
 from xai_feedback._io import load_tensor, read_json, save_tensor_atomic, write_json_atomic
-from xai_feedback.errors import DTypeError, RangeError, XAIFeedbackError
+from xai_feedback.errors import DTypeError, RangeError, StoreError
 from xai_feedback.evaluation.fingerprint import canonical_json
 
 __all__ = ["ON_CORRUPT", "ON_MISMATCH", "Fingerprint", "RunStore", "StoreError", "escape_name"]
@@ -54,9 +54,6 @@ ON_CORRUPT = ("raise", "recompute")
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_.=")
 _MAX_NAME = 200
 
-
-class StoreError(XAIFeedbackError, RuntimeError):
-    """A result store cannot be used as asked: stale or corrupt record, lock, disk, path."""
 
 
 def escape_name(name: str) -> str:
