@@ -28,7 +28,7 @@ import shutil
 import string
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,16 @@ from xai_feedback._io import load_tensor, read_json, save_tensor_atomic, write_j
 from xai_feedback.errors import DTypeError, RangeError, StoreError
 from xai_feedback.evaluation.fingerprint import canonical_json
 
-__all__ = ["ON_CORRUPT", "ON_MISMATCH", "Fingerprint", "RunStore", "StoreError", "escape_name"]
+__all__ = [
+    "ON_CORRUPT",
+    "ON_MISMATCH",
+    "Fingerprint",
+    "RunStore",
+    "StoreError",
+    "check_json_object",
+    "check_run_record",
+    "escape_name",
+]
 
 OnMismatch = Literal["raise", "recompute"]
 OnCorrupt = Literal["raise", "recompute"]
@@ -53,7 +62,6 @@ ON_CORRUPT = ("raise", "recompute")
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_.=")
 _MAX_NAME = 200
-
 
 
 def escape_name(name: str) -> str:
@@ -98,10 +106,15 @@ def _differences(stored: Any, expected: Mapping[str, Any]) -> list[str]:
     return [k for k in keys if stored.get(k) != expected.get(k)]
 
 
-def _check_record(record: Any) -> dict[str, Any] | None:
-    """``record`` if it looks like a run record (``ValueError`` otherwise)."""
-    if record is None:
-        return None
+def check_json_object(record: Any) -> dict[str, Any]:
+    """``record`` if it is a JSON object (``ValueError`` otherwise): any benchmark's record."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object, got {type(record).__name__}")
+    return record
+
+
+def check_run_record(record: Any) -> dict[str, Any]:
+    """``record`` if it is a sweep's run record (``ValueError`` otherwise)."""
     if not isinstance(record, dict) or record.get("status") not in ("ok", "failed"):
         raise ValueError("not a run record (no 'status' of 'ok' or 'failed')")
     value = record.get("value")
@@ -118,6 +131,10 @@ class RunStore:
         on_mismatch: ``"raise"`` or ``"recompute"`` for a record with another fingerprint.
         on_corrupt: ``"recompute"`` or ``"raise"`` for a record that cannot be read.
         lock_timeout: Seconds to wait for the store's lock before :class:`StoreError`.
+        record_check: What a readable record must look like (raises ``ValueError``
+            otherwise, and the record counts as corrupt): a sweep's run record
+            (:func:`check_run_record`, the default) or any JSON object
+            (:func:`check_json_object`, for benchmarks' own records).
 
     Example:
         >>> import tempfile
@@ -138,8 +155,10 @@ class RunStore:
         on_mismatch: OnMismatch = "raise",
         on_corrupt: OnCorrupt = "recompute",
         lock_timeout: float = 120.0,
+        record_check: Callable[[Any], dict[str, Any]] = check_run_record,
     ) -> None:
         self.root = Path(root)
+        self.record_check = record_check
         self.on_mismatch = check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
         self.on_corrupt = check_choice(on_corrupt, "on_corrupt", ON_CORRUPT)
         self.lock_timeout = float(lock_timeout)
@@ -192,7 +211,8 @@ class RunStore:
         path = self.path(parts)
         with self.locked():
             try:
-                record = _check_record(read_json(path))
+                raw = read_json(path)
+                record = None if raw is None else self.record_check(raw)
             except (ValueError, AttributeError) as error:
                 self._corrupt(path, error)
                 return None
