@@ -212,11 +212,6 @@ def test_syncbatchnorm_equals_the_global_batch_or_refuses_cpu(ddp_results: dict)
     _close(result["grads"], grads, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hooks.py does not unwrap DDP yet: CAMHook(ddp) finds no `cam_layer` on the wrapper "
-    "and silently hooks the last Conv2d (pre-BatchNorm); use CAMHook(ddp.module) until it does",
-)
 def test_camhook_on_the_ddp_wrapper(ddp_results: dict) -> None:
     """``CAMHook(ddp_model)`` must hook the wrapped model's CAM layer, not a lookalike."""
     x, y = _batch()
