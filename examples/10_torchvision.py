@@ -25,9 +25,8 @@ loss = F.cross_entropy(logits, labels) + 10.0 * CentrePenalty()(maps)
 optimizer.zero_grad()
 loss.backward()
 optimizer.step()
-print(
-    f"resnet18: layer {hook.layer_name!r}, maps {tuple(maps.shape)}, loss {float(loss.detach()):.3f}"
-)
+value = float(loss.detach())
+print(f"resnet18: layer {hook.layer_name!r}, maps {tuple(maps.shape)}, loss {value:.3f}")
 
 # 2. explanation only, on models whose head is not GAP + linear: Grad-CAM
 for name in ("vgg11_bn", "convnext_tiny", "densenet121", "efficientnet_b0"):

@@ -14,7 +14,7 @@ from xai_feedback.errors import DTypeError, RangeError, ShapeError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from xai_feedback.ranking import PCACEResult
+    from xai_feedback.pcace import PCACEResult
 
 __all__ = ["BETTER", "plot_channel_ranking", "plot_curves", "plot_maps"]
 
@@ -45,9 +45,9 @@ def plot_channel_ranking(
     the image in grey with the channel's activation map (upsampled, scaled per row) on top.
 
     Args:
-        result: A :class:`~xai_feedback.ranking.PCACEResult`.
+        result: A :class:`~xai_feedback.pcace.PCACEResult`.
         activations: The layer's activations ``(N, C, h, w)`` (see
-            :func:`~xai_feedback.ranking.capture`).
+            :func:`~xai_feedback.pcace.capture`).
         images: The images ``(N, c, H, W)`` they came from.
         top: Best channels shown.
         bottom: Worst channels shown.
@@ -63,7 +63,7 @@ def plot_channel_ranking(
         Needs matplotlib (not run as a doctest; ``tests/test_ranking.py`` runs it):
 
         >>> from xai_feedback.models import GAPNet  # doctest: +SKIP
-        >>> from xai_feedback.ranking import capture, pcace  # doctest: +SKIP
+        >>> from xai_feedback.pcace import capture, pcace  # doctest: +SKIP
         >>> model, x = GAPNet(width=4), torch.rand(20, 1, 28, 28)  # doctest: +SKIP
         >>> result = pcace(model, "features", x, class_idx=0)  # doctest: +SKIP
         >>> acts, _ = capture(model, "features", x)  # doctest: +SKIP
