@@ -4,9 +4,16 @@ Needs torchvision (and optionally timm): the integration environment has both
 (``nox -s integration``). Random-init models: no weights are downloaded.
 """
 
+import sys
+
 import torch
 import torch.nn.functional as F
-import torchvision
+
+try:
+    import torchvision
+except ImportError:
+    print("torchvision is not installed: run this example in the integration environment")
+    sys.exit(0)
 
 from xai_feedback.attribution import cam_maps
 from xai_feedback.hooks import CAMHook
