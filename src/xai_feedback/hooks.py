@@ -419,7 +419,8 @@ class CAMHook(ActivationHook):
             raise LayerError(
                 f"the head's weight has {head.weight.shape[1]} inputs but layer "
                 f"{self.layer_name!r} has {acts.shape[1]} channels: method 'cam' needs the "
-                "layer that feeds the head."
+                "layer that feeds the head (a global-average-pool + linear head). Use "
+                "method='grad_cam' or 'hires_cam', defined for any layer."
             )
         signed = spec.from_head(acts, head.weight, classes, relu=False)
         if check:
