@@ -20,6 +20,7 @@ from xai_feedback._checks import (
     check_choice,
     check_finite,
     check_int,
+    check_labels,
     check_maps,
     check_number,
     check_shape,
@@ -49,6 +50,7 @@ def _prepare_maps(
         if target is None:
             raise RangeError("`target` is required with classes='target' and all-class maps.")
         check_shape(target, "B", "target", B=int(maps.shape[0]))
+        check_labels(target, "target", int(maps.shape[1]))  # -1 would pick the last class
         maps = maps[torch.arange(maps.shape[0], device=maps.device), target]
     if not signed:
         maps = torch.relu(maps)

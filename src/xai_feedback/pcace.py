@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_model_input,
+    check_shape,
+)
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
 from xai_feedback.functional.ace import ace
 from xai_feedback.hooks import ActivationHook
@@ -141,7 +147,10 @@ def capture(
         model.eval()
         with ActivationHook(model, layer) as hook:
             for batch in _batches(images, batch_size):
-                out = model(batch.to(device))
+                batch = batch.to(device)
+                check_model_input(model, batch, "images")
+                check_finite(batch, "images")
+                out = model(batch)
                 act = hook.activations
                 if act.dim() != 4:
                     raise LayerError(

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_floating, check_int, check_shape
+from xai_feedback._checks import check_choice, check_int, check_model_input, check_shape
 from xai_feedback.errors import ShapeError
 from xai_feedback.models.gapnet import ConvBlock, init_weights
 
@@ -136,7 +136,7 @@ class AttentionModel(nn.Module):
 
     def _check(self, images: torch.Tensor, in_channels: int, side: int) -> None:
         check_shape(images, "B C H W", "images", C=in_channels)
-        check_floating(images, "images")
+        check_model_input(self, images)
         if min(images.shape[-2:]) < side:
             raise ShapeError(
                 f"`images` must be at least {side}x{side}, got shape {tuple(images.shape)}."

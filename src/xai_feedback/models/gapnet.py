@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_floating, check_int, check_shape
+from xai_feedback._checks import check_int, check_model_input, check_shape
 from xai_feedback.errors import ShapeError
 
 __all__ = ["ConvBlock", "GAPNet"]
@@ -135,7 +135,7 @@ class GAPNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images."""
         check_shape(images, "B C H W", "images", C=self.in_channels)
-        check_floating(images, "images")
+        check_model_input(self, images)  # dtype and device: metadata only, no synchronisation
         side = 2**self.pools
         if images.shape[-1] < side or images.shape[-2] < side:
             raise ShapeError(
