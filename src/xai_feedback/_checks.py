@@ -112,8 +112,11 @@ def check_floating(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise :class:`RangeError` if ``x`` holds NaN or infinite values (reads the data)."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    """Raise :class:`RangeError` if ``x`` holds NaN or infinite values (reads the data).
+
+    A tensor on the ``meta`` device has no data and passes.
+    """
+    if x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise RangeError(f"`{name}` must be finite, got {n_bad} NaN or infinite value(s).")
     return x
@@ -122,7 +125,7 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
 def check_unit_range(x: torch.Tensor, name: str) -> torch.Tensor:
     """Raise :class:`RangeError` unless every value of ``x`` lies in [0, 1] (reads the data)."""
     check_finite(x, name)
-    if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+    if x.numel() and x.device.type != "meta" and (bool(x.min() < 0) or bool(x.max() > 1)):
         raise RangeError(
             f"`{name}` must lie in [0, 1], got values in "
             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]."

@@ -103,6 +103,19 @@ def linear_imputation(
         return images.clone()
     if bool(mask.flatten(1).all(dim=1).any()):
         raise RangeError("`mask` removes every pixel of an image: nothing to impute from.")
+    # the solve is linear: run it on each image and channel divided by its largest magnitude,
+    # so that the squared residuals neither overflow (1e20 in float32) nor underflow (1e-20),
+    # either of which silently stopped the iterations early
+    peak = images.detach().abs().amax(dim=(2, 3), keepdim=True)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    filled = _solve(images / peak, mask, tol, max_iter) * peak
+    unknown = mask.unsqueeze(1)
+    return torch.where(unknown, filled, images)
+
+
+def _solve(images: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Conjugate gradients of ROAD's system on checked, unit-scale ``images``."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
     kernel = torch.tensor(NEIGHBOUR_WEIGHTS, dtype=images.dtype, device=images.device)
     kernel = kernel.view(1, 1, 3, 3)
 
