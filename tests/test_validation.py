@@ -297,3 +297,13 @@ def test_linear_imputation_float32_at_extreme_scales_matches_float64(scale: floa
     out = linear_imputation(x, mask).double()
     ref = linear_imputation(x.double(), mask)
     torch.testing.assert_close(out / scale, ref / scale, rtol=1e-4, atol=1e-5)
+
+
+def test_one_image_with_a_1x1_map_in_training_mode() -> None:
+    # before: ValueError "Expected more than 1 value per channel when training" from BatchNorm
+    model = GAPNet(width=1, depth=2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ShapeError, match=r"`images` of shape \(1, 1, 2, 2\).*training mode"):
+        model(torch.rand(1, 1, 2, 2))
+    assert model(torch.rand(2, 1, 2, 2)).shape == (2, 10)  # two images are fine
+    model.eval()
+    assert torch.isfinite(model(torch.rand(1, 1, 2, 2))).all()  # and eval mode

@@ -35,6 +35,27 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def check_training_batch(
+    model: nn.Module, images: torch.Tensor, halvings: int, *, ceil: bool = False
+) -> None:
+    """Refuse one image whose smallest feature map is 1x1 in training mode (metadata only).
+
+    BatchNorm then sees one value per channel and cannot normalise it; the error names the
+    input and the way out instead of PyTorch's message from deep inside the network.
+    """
+    if not model.training or images.shape[0] != 1:
+        return
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    for _ in range(halvings):
+        h, w = ((h + 1) // 2, (w + 1) // 2) if ceil else (h // 2, w // 2)
+    if h * w == 1:
+        raise ShapeError(
+            f"`images` of shape {tuple(images.shape)} give one value per channel at the "
+            f"smallest feature map (1x1) in training mode, where BatchNorm needs more: "
+            f"use a batch of at least 2, larger images, or model.eval()."
+        )
+
+
 class ConvBlock(nn.Sequential):
     """``Conv2d(3x3, no bias) -> BatchNorm2d -> ReLU``, keeping the spatial size."""
 
@@ -142,5 +163,6 @@ class GAPNet(nn.Module):
                 f"`images` must be at least {side}x{side} ({self.pools} 2x2 poolings), "
                 f"got shape {tuple(images.shape)}."
             )
+        check_training_batch(self, images, self.pools)
         logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(images)), 1))
         return logits
