@@ -307,3 +307,10 @@ def test_one_image_with_a_1x1_map_in_training_mode() -> None:
     assert model(torch.rand(2, 1, 2, 2)).shape == (2, 10)  # two images are fine
     model.eval()
     assert torch.isfinite(model(torch.rand(1, 1, 2, 2))).all()  # and eval mode
+
+
+def test_extreme_single_cell_maps_and_mean_fills_stay_finite() -> None:
+    # minmax of one huge cell is 0 (eps / peak underflows); a mean of 1e37s does not overflow
+    assert torch.equal(normalize_maps(torch.tensor([[[-1.9e37]]]), "minmax"), torch.zeros(1, 1, 1))
+    x = torch.full((1, 1, 4, 4), 3e37)
+    torch.testing.assert_close(fill_values(x, "mean").flatten(), torch.tensor([3e37]))

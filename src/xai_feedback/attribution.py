@@ -165,7 +165,7 @@ def cam_maps(
     check_floating(images, "images")
     check_int(batch_size, "batch_size", minimum=1)
     if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch (B = 0); maps need at least one image.")
+        raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
     check_model_input(model, images)
     check_finite(images, "images")
     frozen = _frozen_parameters(model)
@@ -295,7 +295,9 @@ def attribute(
     check_floating(images, "images")
     check_int(batch_size, "batch_size", minimum=1)
     if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch (B = 0); attributions need an image.")
+        raise ShapeError(
+            "`images` is an empty batch: attributions need at least one image, got B = 0."
+        )
     check_model_input(model, images)
     check_finite(images, "images")
     flags = [(m, m.training) for m in model.modules()]

@@ -34,6 +34,7 @@ from xai_feedback._checks import (
     check_finite,
     check_int,
     check_model_input,
+    check_nonempty,
     check_shape,
 )
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
@@ -95,6 +96,7 @@ class PCACEResult:
 def _batches(images: torch.Tensor | Iterable[Any], batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         check_shape(images, "N C H W", "images")
+        check_nonempty(images, "images")
         yield from torch.split(images, batch_size)
         return
     for item in images:
@@ -163,7 +165,7 @@ def capture(
                 logits.append(out)
     finally:
         model.train(was_training)
-    if not acts:
+    if not acts or sum(int(a.shape[0]) for a in acts) == 0:
         raise ShapeError("`images` is empty: PCACE needs at least one image, got 0.")
     activations = torch.cat(acts)
     if not bool(torch.isfinite(activations).all()):

@@ -94,6 +94,8 @@ def proxy_images(
     """
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(f"`images` must have at least one pixel, got shape {tuple(images.shape)}.")
     mdims = check_shape(maps, "B h w", "maps")
     check_floating(maps, "maps")
     if mdims["B"] != dims["B"]:

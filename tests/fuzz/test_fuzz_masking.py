@@ -19,6 +19,7 @@ from tests.fuzz.strategies import (
     close,
     expect_error,
     make,
+    mostly,
     outcome,
     seeds,
     shapes,
@@ -44,7 +45,7 @@ fractions = st.one_of(st.floats(0, 1), st.sampled_from([-0.1, 1.5, float("nan")]
 
 @FAST
 @given(
-    maps=specs(st.one_of(MAPS, MAPS, any_rank()), bad_dtype=0.1),
+    maps=specs(mostly(MAPS, MAPS, any_rank()), bad_dtype=0.1),
     fraction=fractions,
     largest=st.booleans(),
     seed=seeds,
@@ -80,7 +81,7 @@ def test_topk_mask_counts_exactly(maps: Spec, fraction: float, largest: bool, se
 
 @FAST
 @given(
-    att=specs(st.one_of(MAPS, shapes((0, 2), (1, 3), (1, 4), (1, 4)), any_rank()), bad_dtype=0.1),
+    att=specs(mostly(MAPS, shapes((0, 2), (1, 3), (1, 4), (1, 4)), any_rank()), bad_dtype=0.1),
     fraction=fractions,
     most=st.booleans(),
     squared=st.booleans(),
@@ -121,7 +122,7 @@ def test_rank_and_threshold_masks(
 
 @FAST
 @given(
-    images=specs(st.one_of(IMAGES, IMAGES, any_rank()), bad_dtype=0.1),
+    images=specs(mostly(IMAGES, IMAGES, any_rank()), bad_dtype=0.1),
     fill=st.sampled_from(
         ["zero", "mean", "max", "min", "dataset_mean", "blur", "linear", "noisy_linear", "median"]
     ),
@@ -185,7 +186,7 @@ def test_remove_pixels(images: Spec, fill: str, give_mean: bool, mask_kind: str,
 
 @FAST
 @given(
-    images=specs(st.one_of(IMAGES, IMAGES, any_rank()), bad_dtype=0.1),
+    images=specs(mostly(IMAGES, IMAGES, any_rank()), bad_dtype=0.1),
     sigma=st.one_of(st.floats(0.1, 4.0), st.sampled_from([0.0, -1.0, float("inf")])),
     seed=seeds,
 )
@@ -224,7 +225,7 @@ def test_blur_images_any_size(images: Spec, sigma: float, seed: int) -> None:
 
 @FAST
 @given(
-    images=specs(st.one_of(IMAGES, any_rank()), bad_dtype=0.1),
+    images=specs(mostly(IMAGES, any_rank()), bad_dtype=0.1),
     fill=st.sampled_from(["zero", "mean", "max", "min", "dataset_mean"]),
     strength=st.floats(-0.5, 1.5),
     seed=seeds,

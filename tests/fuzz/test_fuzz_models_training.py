@@ -14,6 +14,7 @@ from tests.fuzz.strategies import (
     assert_finite,
     expect_error,
     make,
+    mostly,
     outcome,
     seeds,
     shapes,
@@ -47,7 +48,11 @@ SIDE = {"gapnet": 2, "simplecnn": 4, "resattnet": 8, "warn": 4}
 @given(
     name=st.sampled_from(sorted(SIDE)),
     images=specs(
-        st.one_of(shapes((0, 3), (1, 2), (1, 9), (1, 9)), any_rank()),
+        mostly(
+            shapes((0, 3), (1, 1), (1, 11), (1, 11)),
+            shapes((1, 3), (1, 1), (8, 11), (8, 11)),
+            any_rank(),
+        ),
         dtypes=(torch.float32, torch.float64),
         kinds=("uniform", "normal", "huge"),
         bad_dtype=0.1,
@@ -92,20 +97,31 @@ def test_model_forward(name: str, images: Spec, train: bool, seed: int) -> None:
 @FAST
 @given(
     images=specs(
-        st.one_of(shapes((0, 4), (1, 2), (1, 5), (1, 5)), any_rank()),
+        mostly(shapes((0, 4), (1, 2), (1, 5), (1, 5)), any_rank()),
         kinds=("uniform", "nan", "inf"),
         bad_dtype=0.1,
     ),
-    labels=st.lists(st.integers(-2, 4), max_size=4),
-    float_labels=st.booleans(),
+    delta=mostly(st.just(0), st.sampled_from([-1, 1])),
+    negative=st.integers(0, 5).map(lambda i: i == 0),
+    float_labels=st.integers(0, 5).map(lambda i: i == 0),
     masks=st.booleans(),
-    name=st.one_of(st.just("x"), st.just(3)),
+    name=mostly(st.just("x"), st.just(3)),
     seed=seeds,
 )
 def test_image_dataset(
-    images: Spec, labels: list[int], float_labels: bool, masks: bool, name: str | int, seed: int
+    images: Spec,
+    delta: int,
+    negative: bool,
+    float_labels: bool,
+    masks: bool,
+    name: str | int,
+    seed: int,
 ) -> None:
     x = make(images, seed)
+    n = max((x.shape[0] if x.dim() else 1) + delta, 0)
+    labels = torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    if negative and labels:
+        labels[-1] = -1
     y = torch.tensor(labels, dtype=torch.float32 if float_labels else torch.long)
     m = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool) if masks and x.dim() == 4 else None
     data, error = outcome(
@@ -117,11 +133,15 @@ def test_image_dataset(
     if x.dim() != 4 or not images.dtype.is_floating_point or len(labels) != x.shape[0]:
         expect_error(error, ShapeError, DTypeError)
         return
-    if (float_labels and labels) or not isinstance(name, str):
-        expect_error(error, DTypeError)
-        return
-    if any(v < 0 for v in labels) or (not images.finite and x.numel()):
-        expect_error(error, RangeError, DTypeError)
+    faults = []
+    if float_labels:
+        faults.append(DTypeError)
+    if not isinstance(name, str):
+        faults.append(DTypeError)
+    if (negative and labels) or (not images.finite and x.numel()):
+        faults.append(RangeError)
+    if faults:
+        expect_error(error, *faults)
         return
     assert data is not None, error
     assert len(data) == x.shape[0]

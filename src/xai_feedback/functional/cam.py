@@ -219,7 +219,10 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
         out = unit / torch.sqrt(unit.pow(2).sum(dim=-1, keepdim=True) + eps_u / scale)
     else:
         low = unit.amin(dim=-1, keepdim=True)
-        out = (unit - low) / (unit.amax(dim=-1, keepdim=True) - low + eps_u)
+        den = unit.amax(dim=-1, keepdim=True) - low + eps_u
+        # eps / peak underflows to 0 for peaks near the dtype's limit: a constant map is then
+        # 0 / 0, and maps to 0 as with eps
+        out = (unit - low) / torch.where(den > 0, den, torch.ones_like(den))
     return out.view_as(maps)
 
 

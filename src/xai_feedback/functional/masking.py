@@ -111,7 +111,13 @@ def fill_values(
         return mean.view(1, -1, 1, 1).expand(dims["B"], -1, 1, 1)
     check_finite(images, "images")  # a NaN pixel would make the whole fill NaN
     flat = images.flatten(2)
-    stat = {"mean": flat.mean(dim=2), "max": flat.amax(dim=2), "min": flat.amin(dim=2)}[fill]
+    if fill == "mean":  # divided by the peak first: a sum of 1e37s must not overflow
+        peak = flat.abs().amax(dim=2, keepdim=True) if flat.shape[2] else flat.new_ones(1)
+        peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+        plain = flat.mean(dim=2)  # exact as before wherever the sum does not overflow
+        stat = torch.where(plain.isfinite(), plain, (flat / peak).mean(dim=2) * peak.squeeze(2))
+    else:
+        stat = flat.amax(dim=2) if fill == "max" else flat.amin(dim=2)
     return stat[:, :, None, None]
 
 

@@ -52,7 +52,9 @@ def masks_to_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         tensor([[[0.5000, 0.0000],
                  [0.0000, 0.5000]]])
     """
-    check_shape(masks, "B H W", "masks")
+    dims = check_shape(masks, "B H W", "masks")
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(f"`masks` must have at least one pixel, got shape {tuple(masks.shape)}.")
     if not isinstance(size, tuple | list) or len(size) != 2:
         raise ShapeError(f"`size` must be a pair (h, w), got {size!r}.")
     check_int(size[0], "size[0]", minimum=1)
