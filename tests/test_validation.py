@@ -314,3 +314,15 @@ def test_extreme_single_cell_maps_and_mean_fills_stay_finite() -> None:
     assert torch.equal(normalize_maps(torch.tensor([[[-1.9e37]]]), "minmax"), torch.zeros(1, 1, 1))
     x = torch.full((1, 1, 4, 4), 3e37)
     torch.testing.assert_close(fill_values(x, "mean").flatten(), torch.tensor([3e37]))
+
+
+def test_fill_values_without_pixels_and_imputation_of_a_removed_image() -> None:
+    # before: IndexError / RuntimeError from amax over no pixels; a message without "got"
+    with pytest.raises(ShapeError, match=r"`images` must have at least one pixel.*\(1, 1, 0, 3\)"):
+        fill_values(torch.zeros(1, 1, 0, 3), "max")
+    with pytest.raises(
+        RangeError, match=r"`mask` must keep.*every pixel removed in image\(s\) \[1\]"
+    ):
+        linear_imputation(
+            torch.rand(2, 1, 2, 2), torch.tensor([[[0, 1], [1, 1]], [[1, 1], [1, 1]]]).bool()
+        )

@@ -31,9 +31,9 @@ T = TypeVar("T")
 COUNTS: Counter[tuple[str, str, str]] = Counter()
 """``(area, input class, outcome)`` -> number of generated cases that passed."""
 
-FAST = settings(max_examples=100, deadline=None, derandomize=True, database=None)
+FAST = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 """Settings of the cheap kernels."""
-SLOW = settings(max_examples=20, deadline=None, derandomize=True, database=None)
+SLOW = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 """Settings of properties that run a model (forward and backward passes)."""
 
 KINDS = ("uniform", "normal", "zeros", "constant", "huge", "tiny", "nan", "inf", "-inf")

@@ -67,7 +67,7 @@ def _target_ok(kind: object, b: int) -> bool:
     return len(values) == b and all(0 <= v < K for v in values)
 
 
-@settings(SLOW, max_examples=20)
+@settings(SLOW, max_examples=60)
 @given(
     images=specs(
         mostly(
@@ -213,7 +213,7 @@ def test_cam_maps_and_explain(
         close(out, direct)
 
 
-@settings(SLOW, max_examples=6)
+@settings(SLOW, max_examples=15)
 @given(
     n=st.integers(0, 8),
     class_idx=st.one_of(st.integers(-1, K), st.just(1.0)),

@@ -44,7 +44,7 @@ def _model(name: str) -> torch.nn.Module:
 SIDE = {"gapnet": 2, "simplecnn": 4, "resattnet": 8, "warn": 4}
 
 
-@settings(FAST, max_examples=60)
+@settings(FAST, max_examples=300)
 @given(
     name=st.sampled_from(sorted(SIDE)),
     images=specs(

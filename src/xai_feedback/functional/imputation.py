@@ -101,8 +101,13 @@ def linear_imputation(
     max_iter = 4 * (h + w) if max_iter is None else check_int(max_iter, "max_iter", minimum=1)
     if b == 0 or not bool(mask.any()):
         return images.clone()
-    if bool(mask.flatten(1).all(dim=1).any()):
-        raise RangeError("`mask` removes every pixel of an image: nothing to impute from.")
+    full = mask.flatten(1).all(dim=1)
+    if bool(full.any()):
+        bad = full.nonzero().flatten().tolist()[:10]
+        raise RangeError(
+            "`mask` must keep at least one pixel of each image (nothing to impute from), "
+            f"got every pixel removed in image(s) {bad}."
+        )
     # the solve is linear: run it on each image and channel divided by its largest magnitude,
     # so that the squared residuals neither overflow (1e20 in float32) nor underflow (1e-20),
     # either of which silently stopped the iterations early

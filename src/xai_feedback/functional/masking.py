@@ -16,7 +16,7 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback.errors import MissingInputError, RangeError
+from xai_feedback.errors import MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.imputation import (
     blur_images,
     linear_imputation,
@@ -110,9 +110,14 @@ def fill_values(
         mean = dataset_mean.to(device=images.device, dtype=images.dtype)
         return mean.view(1, -1, 1, 1).expand(dims["B"], -1, 1, 1)
     check_finite(images, "images")  # a NaN pixel would make the whole fill NaN
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(
+            f"`images` must have at least one pixel for fill={fill!r}, "
+            f"got shape {tuple(images.shape)}."
+        )
     flat = images.flatten(2)
     if fill == "mean":  # divided by the peak first: a sum of 1e37s must not overflow
-        peak = flat.abs().amax(dim=2, keepdim=True) if flat.shape[2] else flat.new_ones(1)
+        peak = flat.abs().amax(dim=2, keepdim=True)
         peak = torch.where(peak > 0, peak, torch.ones_like(peak))
         plain = flat.mean(dim=2)  # exact as before wherever the sum does not overflow
         stat = torch.where(plain.isfinite(), plain, (flat / peak).mean(dim=2) * peak.squeeze(2))
