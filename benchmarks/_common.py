@@ -19,6 +19,7 @@ import torch
 
 from xai_feedback._io import write_json_atomic
 from xai_feedback.evaluation import RunStore
+from xai_feedback.evaluation.store import check_json_object
 
 __all__ = [
     "RunStore",
@@ -29,10 +30,18 @@ __all__ = [
     "parse",
     "parser",
     "resume",
+    "run_store",
     "write_json_atomic",
 ]
 
 RESULTS = Path("benchmarks/results")
+
+
+def run_store(root: Path) -> RunStore:
+    """A locked, safely named store whose records are the benchmark's own JSON objects."""
+    return RunStore(root, record_check=check_json_object)
+
+
 NO_MATPLOTLIB = "matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')"
 
 

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; choose from {list(MODELS)}")
     train, test = load_digits("train"), load_digits("test")
-    store = common.RunStore(args.out / "runs")
+    store = common.run_store(args.out / "runs")
     last: dict[str, nn.Module] = {}
     rows = []
     for name in args.models:

@@ -73,8 +73,13 @@ METHODS: dict[str, Method] = {
             lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA, signed=False), CAM_LAMBDA),
         ),
         Method(
+            "gradcam",
+            "Gaussian penalty on the signed Grad-CAMs of all classes (CAM scale, CAM's lambda)",
+            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"),
+        ),
+        Method(
             "gradcam-target",
-            "Gaussian penalty on the signed Grad-CAM of the target class",
+            "Gaussian penalty on the signed Grad-CAM of the target class (CAM scale)",
             lambda: cam_penalty_objective(
                 CentrePenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
             ),
@@ -290,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.select:
         return _select(args)
 
-    store = common.RunStore(args.out / "runs")
+    store = common.run_store(args.out / "runs")
     records: list[dict[str, float | int | str]] = []
     jobs = [(c, m, s) for c in args.confounds for s in range(args.seeds) for m in args.methods]
     figure_models: dict[str, dict[str, GAPNet]] = {c: {} for c in args.confounds}

@@ -172,7 +172,7 @@ def _accuracy(args: argparse.Namespace) -> None:
         for s in range(args.seeds)
         for arm in ("baseline", "proxy")
     ]
-    store = common.RunStore(args.out / "runs")
+    store = common.run_store(args.out / "runs")
     for dataset, arm, seed in tqdm(jobs, desc="proxy benchmark"):
         run = partial(_run, args, schedule, dataset, arm, seed)
         parts = [dataset, arm, f"seed{seed}"]

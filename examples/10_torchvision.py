@@ -4,9 +4,16 @@ Needs torchvision (and optionally timm): the integration environment has both
 (``nox -s integration``). Random-init models: no weights are downloaded.
 """
 
+import sys
+
 import torch
 import torch.nn.functional as F
-import torchvision
+
+try:
+    import torchvision
+except ImportError:
+    print("torchvision is not installed: run this example in the integration environment")
+    sys.exit(0)
 
 from xai_feedback.attribution import cam_maps
 from xai_feedback.hooks import CAMHook
@@ -25,9 +32,8 @@ loss = F.cross_entropy(logits, labels) + 10.0 * CentrePenalty()(maps)
 optimizer.zero_grad()
 loss.backward()
 optimizer.step()
-print(
-    f"resnet18: layer {hook.layer_name!r}, maps {tuple(maps.shape)}, loss {float(loss.detach()):.3f}"
-)
+value = float(loss.detach())
+print(f"resnet18: layer {hook.layer_name!r}, maps {tuple(maps.shape)}, loss {value:.3f}")
 
 # 2. explanation only, on models whose head is not GAP + linear: Grad-CAM
 for name in ("vgg11_bn", "convnext_tiny", "densenet121", "efficientnet_b0"):

@@ -38,7 +38,10 @@ def cam_penalty_objective(
         penalty: A :class:`~xai_feedback.losses.CentrePenalty` (no annotations) or a
             :class:`~xai_feedback.losses.MaskPenalty` (uses ``batch.masks``).
         schedule: A loss schedule, or a constant penalty weight.
-        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`).
+        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`), on the CAM scale
+            (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
+            penalty as ``"cam"``, so one penalty weight serves all). The maps are signed; the
+            penalty's ``signed`` flag decides whether only positive evidence is penalised.
         layer: Layer whose maps are penalised (default: the feature map feeding the global
             pooling, :func:`xai_feedback.layers.resolve_layer`).
 
@@ -61,7 +64,10 @@ def cam_penalty_objective(
             ce = F.cross_entropy(logits, batch.labels)
             if pen_w == 0:
                 return ce_w * ce, logits
-            maps = hook.cam(logits, batch.labels, method=method, all_classes=all_classes)
+            # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
+            maps = hook.cam(
+                logits, batch.labels, method=method, all_classes=all_classes, relu=False
+            )
         if isinstance(penalty, MaskPenalty):
             if batch.masks is None:
                 raise MissingInputError(
