@@ -326,3 +326,51 @@ def test_fill_values_without_pixels_and_imputation_of_a_removed_image() -> None:
         linear_imputation(
             torch.rand(2, 1, 2, 2), torch.tensor([[[0, 1], [1, 1]], [[1, 1], [1, 1]]]).bool()
         )
+
+
+# ---------------------------------------------------------------- evaluation (after h-eval)
+
+
+def _eval_setup() -> tuple[GAPNet, torch.Tensor, torch.Tensor]:
+    model = GAPNet(width=2, generator=torch.Generator().manual_seed(0)).eval()
+    return model, torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+
+
+def test_road_and_selectivity_refuse_empty_nan_and_bad_labels() -> None:
+    from xai_feedback.evaluation import road, selectivity
+
+    model, x, y = _eval_setup()
+    nan = _with_nan(x)
+    # before: ZeroDivisionError (road) / curves of nothing (selectivity)
+    with pytest.raises(ShapeError, match="`images` must be a non-empty batch"):
+        road(model, x[:0], y[:0], {"a": x[:0]}, fractions=[0.5])
+    with pytest.raises(ShapeError, match="`images` must be a non-empty batch"):
+        selectivity(model, x[:0], y[:0], {"a": lambda i, y: i}, patch=4)
+    # before: RuntimeError "index 12 is out of bounds" / "index -1 is out of bounds"
+    with pytest.raises(RangeError, match=r"`labels` must hold classes in \[0, 10\).*12"):
+        road(model, x, torch.tensor([0, 1, 2, 12]), {"a": x}, fractions=[0.5])
+    with pytest.raises(RangeError, match=r"`labels`.*\[-1, 2\]"):
+        selectivity(model, x, torch.tensor([0, 1, 2, -1]), {"a": lambda i, y: i}, patch=4)
+    # NaN attributions are named by their method
+    with pytest.raises(RangeError, match=r"`methods\['a'\] attributions` must be finite"):
+        road(model, x, y, {"a": nan}, fractions=[0.5])
+    with pytest.raises(RangeError, match=r"`methods\['a'\] attributions` must be finite"):
+        selectivity(model, x, y, {"a": lambda i, y: nan}, patch=4)
+    with pytest.raises(RangeError, match="`images` must be finite"):
+        road(model, nan, y, {"a": x}, fractions=[0.5])
+    with pytest.raises(RangeError, match=r"`fractions` must be distinct, got \[0.5\]"):
+        road(model, x, y, {"a": x}, fractions=[0.5, 0.2, 0.5])  # before: torch.cat error
+    with pytest.raises(DTypeError, match="`images` must have the model's dtype"):
+        road(model, x.double(), y, {"a": x}, fractions=[0.5])
+
+
+def test_retrain_sweeps_refuse_empty_data_and_duplicate_fractions() -> None:
+    from xai_feedback.evaluation import ROAR
+
+    data = ImageDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
+    empty = data.subset(torch.zeros(4, dtype=torch.bool))
+    sweep = ROAR(lambda d, g: GAPNet(width=1), {"a": data.images}, fractions=[0.5], progress=False)
+    with pytest.raises(ShapeError, match="`train` must be a non-empty dataset"):
+        sweep.run(empty, data)
+    with pytest.raises(RangeError, match="`fractions` must be distinct"):
+        ROAR(lambda d, g: GAPNet(width=1), {"a": data.images}, fractions=[0.5, 0.5])
