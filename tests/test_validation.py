@@ -374,3 +374,12 @@ def test_retrain_sweeps_refuse_empty_data_and_duplicate_fractions() -> None:
         sweep.run(empty, data)
     with pytest.raises(RangeError, match="`fractions` must be distinct"):
         ROAR(lambda d, g: GAPNet(width=1), {"a": data.images}, fractions=[0.5, 0.5])
+
+
+def test_model_input_dtype_may_differ_under_autocast() -> None:
+    model = GAPNet(width=1, depth=2, generator=torch.Generator().manual_seed(0)).eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.bfloat16)
+    with pytest.raises(DTypeError, match="model's dtype"):
+        model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).shape == (2, 10)

@@ -252,7 +252,8 @@ def check_model_input(model: torch.nn.Module, images: Any, name: str = "images")
 
     Metadata only (no synchronisation): a float64 batch into a float32 model, or a CPU
     batch into a CUDA model, is refused with both sides named instead of failing deep
-    inside a convolution. A model without parameters accepts anything.
+    inside a convolution. A model without parameters accepts anything; under
+    ``torch.autocast`` for the images' device the dtypes may differ (autocast casts them).
 
     Raises:
         DTypeError: ``images`` is not a floating tensor, or its dtype or device differs from
@@ -267,7 +268,8 @@ def check_model_input(model: torch.nn.Module, images: Any, name: str = "images")
     ref = _model_reference(model)
     if ref is None:
         return tensor
-    if ref.is_floating_point() and images.dtype != ref.dtype:
+    autocast = images.device.type != "meta" and torch.is_autocast_enabled(images.device.type)
+    if ref.is_floating_point() and images.dtype != ref.dtype and not autocast:
         raise DTypeError(
             f"`{name}` must have the model's dtype {ref.dtype}, got {images.dtype} "
             f"(convert with images.to({ref.dtype}) or model.to({images.dtype}))."
