@@ -270,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench decoy --help``."""
     from tqdm.auto import tqdm
 
+    from xai_feedback._progress import progress_enabled
+
     quick = ["--confounds", "swatch4", "--methods", "vanilla,cam", "--seeds", "1", "--epochs", "1"]
     parser = common.parser("decoy", __doc__, seeds=5, quick=[*quick, "--width", "4"])
     parser.add_argument("--confounds", default="frame,swatch8,swatch4", type=lambda s: s.split(","))
@@ -300,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [(c, m, s) for c in args.confounds for s in range(args.seeds) for m in args.methods]
     figure_models: dict[str, dict[str, GAPNet]] = {c: {} for c in args.confounds}
     start = time.perf_counter()
-    for confound, method_name, seed in tqdm(jobs, desc="decoy benchmark"):
+    for confound, method_name, seed in tqdm(
+        jobs, desc="decoy benchmark", disable=not progress_enabled(True)
+    ):
         parts = [confound, method_name, f"seed{seed}"]
         weights = args.out / "runs" / confound / method_name / f"seed{seed}.pt"
         cached = common.cached(store, parts, fresh=args.fresh, epochs=args.epochs)

@@ -164,6 +164,8 @@ def _run(
 def _accuracy(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    from xai_feedback._progress import progress_enabled
+
     schedule = _parse_schedule(args.schedule)
     records = []
     jobs = [
@@ -173,7 +175,9 @@ def _accuracy(args: argparse.Namespace) -> None:
         for arm in ("baseline", "proxy")
     ]
     store = common.run_store(args.out / "runs")
-    for dataset, arm, seed in tqdm(jobs, desc="proxy benchmark"):
+    for dataset, arm, seed in tqdm(
+        jobs, desc="proxy benchmark", disable=not progress_enabled(True)
+    ):
         run = partial(_run, args, schedule, dataset, arm, seed)
         parts = [dataset, arm, f"seed{seed}"]
         records.append(common.resume(store, parts, run, schedule=args.schedule))

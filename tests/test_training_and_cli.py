@@ -79,3 +79,22 @@ def test_cli_unknown_benchmark(
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(["bench", "nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_one_flag_silences_every_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xai_feedback._progress import ENV_FLAG, progress_enabled
+    from xai_feedback.data import load_digits
+    from xai_feedback.models import GAPNet
+    from xai_feedback.training import fit
+
+    data = load_digits("train").subset(torch.arange(32))
+    monkeypatch.setenv(ENV_FLAG, "1")
+    assert progress_enabled(True) and not progress_enabled(False)
+    fit(GAPNet(width=4), data, epochs=1, batch_size=16, progress="flagged")
+    assert "flagged" in capsys.readouterr().err
+    monkeypatch.setenv(ENV_FLAG, "0")
+    assert not progress_enabled(True)
+    fit(GAPNet(width=4), data, epochs=1, batch_size=16, progress="flagged")
+    assert "flagged" not in capsys.readouterr().err

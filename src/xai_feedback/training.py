@@ -7,7 +7,6 @@ shuffling) and differ only in their *objective*.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from xai_feedback._checks import (
     check_nonempty,
     check_number,
 )
+from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError
 
@@ -116,8 +116,6 @@ def fit(
         >>> len(history.loss)
         1
     """
-    from tqdm.auto import tqdm
-
     check_int(epochs, "epochs", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
     check_number(lr, "lr", minimum=0, strict_minimum=True)
@@ -131,14 +129,8 @@ def fit(
     )
     history = History()
     desc = progress if isinstance(progress, str) else "train"
-    # In logs (CI, files) refresh rarely; in a terminal, smoothly.
-    interval = 0.1 if sys.stderr.isatty() else 5.0
-    bar = tqdm(
-        total=epochs * steps_per_epoch,
-        desc=desc,
-        disable=not progress,
-        leave=False,
-        mininterval=interval,
+    bar = progress_bar(
+        total=epochs * steps_per_epoch, desc=desc, enabled=bool(progress), leave=False
     )
     model.train()
     step = 0

@@ -39,6 +39,7 @@ import torch
 
 import xai_feedback
 from xai_feedback._checks import check_choice, check_fractions, check_int, check_nonempty
+from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.evaluation._dispatch import dispatch
@@ -353,8 +354,6 @@ class RetrainSweep:
         records: dict[Task, Record],
         base: dict[str, Any],
     ) -> None:
-        from tqdm.auto import tqdm
-
         cpu = torch.device("cpu")
         data = (train.to(cpu), test.to(cpu))
         needed = [n for n in self.methods if n in {t.method for t in pending}]
@@ -363,7 +362,7 @@ class RetrainSweep:
             for n in needed
         }
         mean = data[0].images.mean(dim=(0, 2, 3))
-        bar = tqdm(total=len(pending), desc="ROAR/KAR runs", disable=not self.progress)
+        bar = progress_bar(total=len(pending), desc="ROAR/KAR runs", enabled=self.progress)
 
         def finish(task: Task, record: Record) -> None:
             record.update(
