@@ -7,6 +7,7 @@ data and are used where a silent NaN would be worse than a synchronisation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,7 +22,10 @@ __all__ = [
     "check_floating",
     "check_fractions",
     "check_int",
+    "check_labels",
     "check_maps",
+    "check_model_input",
+    "check_nonempty",
     "check_number",
     "check_same_batch",
     "check_shape",
@@ -108,8 +112,11 @@ def check_floating(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise :class:`RangeError` if ``x`` holds NaN or infinite values (reads the data)."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    """Raise :class:`RangeError` if ``x`` holds NaN or infinite values (reads the data).
+
+    A tensor on the ``meta`` device has no data and passes.
+    """
+    if x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise RangeError(f"`{name}` must be finite, got {n_bad} NaN or infinite value(s).")
     return x
@@ -118,7 +125,7 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
 def check_unit_range(x: torch.Tensor, name: str) -> torch.Tensor:
     """Raise :class:`RangeError` unless every value of ``x`` lies in [0, 1] (reads the data)."""
     check_finite(x, name)
-    if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+    if x.numel() and x.device.type != "meta" and (bool(x.min() < 0) or bool(x.max() > 1)):
         raise RangeError(
             f"`{name}` must lie in [0, 1], got values in "
             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]."
@@ -166,13 +173,113 @@ def check_number(
 
 
 def check_fractions(fractions: Iterable[Any], name: str = "fractions") -> list[float]:
-    """Return ``fractions`` sorted, if non-empty and each strictly between 0 and 1."""
+    """Return ``fractions`` sorted, if non-empty, distinct and each strictly between 0 and 1.
+
+    Raises:
+        DTypeError: ``fractions`` is not an iterable of real numbers (a string, a number).
+        RangeError: Empty, a value outside (0, 1), or a value given twice.
+    """
+    if isinstance(fractions, str | bytes) or not isinstance(fractions, Iterable):
+        raise DTypeError(
+            f"`{name}` must be an iterable of numbers in (0, 1), got {type(fractions).__name__}."
+        )
     values = list(fractions)
     if not values:
         raise RangeError(f"`{name}` must not be empty.")
     for f in values:
         check_number(f, name, minimum=0, maximum=1, strict_minimum=True, strict_maximum=True)
-    return sorted(float(f) for f in values)
+    ordered = sorted(float(f) for f in values)
+    repeated = sorted({a for a, b in itertools.pairwise(ordered) if a == b})
+    if repeated:
+        raise RangeError(f"`{name}` must be distinct, got {repeated} more than once.")
+    return ordered
+
+
+def check_nonempty(x: torch.Tensor, name: str, what: str = "batch") -> int:
+    """Raise :class:`ShapeError` if ``x`` has no rows (first dimension 0); return the count.
+
+    Example:
+        >>> check_nonempty(torch.zeros(3, 2), "images")
+        3
+    """
+    check_tensor(x, name)
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ShapeError(
+            f"`{name}` must be a non-empty {what} (at least one row), got shape {tuple(x.shape)}."
+        )
+    return int(x.shape[0])
+
+
+def check_labels(labels: Any, name: str = "labels", num_classes: int | None = None) -> torch.Tensor:
+    """Check integer class labels in ``[0, num_classes)``; negative labels are never wrapped.
+
+    Reads the data (one synchronisation) to check the range.
+
+    Raises:
+        DTypeError: Not a tensor, or not an integer dtype (float or bool).
+        RangeError: A label below 0 or at least ``num_classes``.
+
+    Example:
+        >>> check_labels(torch.tensor([0, 2]), "labels", 3)
+        tensor([0, 2])
+    """
+    tensor = check_tensor(labels, name)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise DTypeError(f"`{name}` must hold integer class indices, got dtype {tensor.dtype}.")
+    if tensor.numel() == 0 or tensor.device.type == "meta":
+        return tensor
+    low, high = int(tensor.min()), int(tensor.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        expected = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+        raise RangeError(
+            f"`{name}` must hold classes in {expected} (negative indices are not wrapped), "
+            f"got values in [{low}, {high}]."
+        )
+    return tensor
+
+
+def _model_reference(model: torch.nn.Module) -> torch.Tensor | None:
+    for param in model.parameters():
+        return param
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            return buffer
+    return None
+
+
+def check_model_input(model: torch.nn.Module, images: Any, name: str = "images") -> torch.Tensor:
+    """Raise unless ``images`` match the dtype and device of ``model``'s first parameter.
+
+    Metadata only (no synchronisation): a float64 batch into a float32 model, or a CPU
+    batch into a CUDA model, is refused with both sides named instead of failing deep
+    inside a convolution. A model without parameters accepts anything; under
+    ``torch.autocast`` for the images' device the dtypes may differ (autocast casts them).
+
+    Raises:
+        DTypeError: ``images`` is not a floating tensor, or its dtype or device differs from
+            the model's (dtype and device together are the tensor's type, e.g.
+            ``torch.cuda.FloatTensor``).
+
+    Example:
+        >>> check_model_input(torch.nn.Linear(2, 1), torch.zeros(1, 2)).dtype
+        torch.float32
+    """
+    tensor = check_floating(images, name)
+    ref = _model_reference(model)
+    if ref is None:
+        return tensor
+    autocast = images.device.type != "meta" and torch.is_autocast_enabled(images.device.type)
+    if ref.is_floating_point() and images.dtype != ref.dtype and not autocast:
+        raise DTypeError(
+            f"`{name}` must have the model's dtype {ref.dtype}, got {images.dtype} "
+            f"(convert with images.to({ref.dtype}) or model.to({images.dtype}))."
+        )
+    if images.device != ref.device:
+        raise DTypeError(
+            f"`{name}` must be on the model's device {ref.device}, got {images.device} "
+            f"(move one with .to(device))."
+        )
+    return tensor
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str] | Mapping[str, Any]) -> str:

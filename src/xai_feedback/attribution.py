@@ -23,8 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_floating, check_int, check_number, check_shape
-from xai_feedback.errors import ShapeError
+from xai_feedback._checks import (
+    check_choice,
+    check_finite,
+    check_floating,
+    check_int,
+    check_model_input,
+    check_number,
+    check_shape,
+)
+from xai_feedback.errors import RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.hooks import Target, resolve_targets
 from xai_feedback.layers import resolve_layer
@@ -157,7 +165,9 @@ def cam_maps(
     check_floating(images, "images")
     check_int(batch_size, "batch_size", minimum=1)
     if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch (B = 0); maps need at least one image.")
+        raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
+    check_model_input(model, images)
+    check_finite(images, "images")
     frozen = _frozen_parameters(model)
     try:
         chunks = []
@@ -285,7 +295,11 @@ def attribute(
     check_floating(images, "images")
     check_int(batch_size, "batch_size", minimum=1)
     if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch (B = 0); attributions need an image.")
+        raise ShapeError(
+            "`images` is an empty batch: attributions need at least one image, got B = 0."
+        )
+    check_model_input(model, images)
+    check_finite(images, "images")
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -375,6 +389,11 @@ def _ensemble(
             f"got {tuple(noise.shape)}."
         )
     noisy = images.repeat_interleave(n_samples, dim=0) + noise.to(images)
+    if not bool(torch.isfinite(noisy).all()):
+        raise RangeError(
+            f"`noise` (or `noise_level`={noise_level}) must keep the noisy images finite, "
+            f"got {int((~torch.isfinite(noisy)).sum())} NaN or infinite value(s)."
+        )
     samples = _chunked(fn, noisy, classes.repeat_interleave(n_samples), batch_size)
     samples = samples.view(b, n_samples, *samples.shape[1:])
     mean = samples.mean(dim=1)

@@ -20,6 +20,7 @@ from xai_feedback._checks import (
     check_choice,
     check_finite,
     check_int,
+    check_labels,
     check_maps,
     check_number,
     check_shape,
@@ -47,8 +48,11 @@ def _prepare_maps(
     check_finite(maps, "maps")  # a NaN map would silently poison the weights
     if classes == "target" and maps.dim() == 4:
         if target is None:
-            raise RangeError("`target` is required with classes='target' and all-class maps.")
+            raise RangeError(
+                "`target` is required with classes='target' and all-class maps, got None."
+            )
         check_shape(target, "B", "target", B=int(maps.shape[0]))
+        check_labels(target, "target", int(maps.shape[1]))  # -1 would pick the last class
         maps = maps[torch.arange(maps.shape[0], device=maps.device), target]
     if not signed:
         maps = torch.relu(maps)

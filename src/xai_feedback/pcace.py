@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_model_input,
+    check_nonempty,
+    check_shape,
+)
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
 from xai_feedback.functional.ace import ace
 from xai_feedback.hooks import ActivationHook
@@ -89,6 +96,7 @@ class PCACEResult:
 def _batches(images: torch.Tensor | Iterable[Any], batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         check_shape(images, "N C H W", "images")
+        check_nonempty(images, "images")
         yield from torch.split(images, batch_size)
         return
     for item in images:
@@ -141,7 +149,10 @@ def capture(
         model.eval()
         with ActivationHook(model, layer) as hook:
             for batch in _batches(images, batch_size):
-                out = model(batch.to(device))
+                batch = batch.to(device)
+                check_model_input(model, batch, "images")
+                check_finite(batch, "images")
+                out = model(batch)
                 act = hook.activations
                 if act.dim() != 4:
                     raise LayerError(
@@ -154,7 +165,7 @@ def capture(
                 logits.append(out)
     finally:
         model.train(was_training)
-    if not acts:
+    if not acts or sum(int(a.shape[0]) for a in acts) == 0:
         raise ShapeError("`images` is empty: PCACE needs at least one image, got 0.")
     activations = torch.cat(acts)
     if not bool(torch.isfinite(activations).all()):

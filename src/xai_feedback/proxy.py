@@ -22,6 +22,7 @@ from torch import nn
 
 from xai_feedback._checks import (
     check_choice,
+    check_finite,
     check_floating,
     check_int,
     check_number,
@@ -93,6 +94,8 @@ def proxy_images(
     """
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(f"`images` must have at least one pixel, got shape {tuple(images.shape)}.")
     mdims = check_shape(maps, "B h w", "maps")
     check_floating(maps, "maps")
     if mdims["B"] != dims["B"]:
@@ -111,6 +114,8 @@ def proxy_images(
     check_number(strength, "strength", minimum=0, maximum=1)
     if dims["B"] == 0:
         return images.clone()
+    check_finite(images, "images")
+    check_finite(maps, "maps")  # a NaN map normalises to NaN and silently selects nothing
     norm = normalize_maps(maps.to(images.dtype), "minmax")
     if (mdims["h"], mdims["w"]) != (dims["H"], dims["W"]):
         norm = resize_maps(norm, (dims["H"], dims["W"])).clamp(0.0, 1.0)
@@ -200,6 +205,8 @@ def mine_hard_examples(
         check_number(fraction, "fraction", minimum=0, maximum=1)
     else:
         raise MissingInputError("one of `fraction` or `count` must be given, got neither.")
+    check_floating(logits, "logits")
+    check_finite(logits, "logits")  # NaN logits would rank arbitrarily
     labels = resolve_targets(labels, logits)  # integer classes in [0, K): never wrapped
     loss = F.cross_entropy(logits.detach(), labels, reduction="none")
     candidates = torch.arange(dims["N"], device=logits.device)

@@ -15,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_int, check_number
+from xai_feedback._checks import (
+    check_int,
+    check_model_input,
+    check_nonempty,
+    check_number,
+)
 from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
+from xai_feedback.errors import DTypeError, RangeError
 
 __all__ = ["Batch", "History", "Objective", "accuracy", "cross_entropy_objective", "fit", "predict"]
 
@@ -95,6 +101,12 @@ def fit(
     Returns:
         The per-epoch :class:`History`.
 
+    Raises:
+        ShapeError: ``data`` is empty.
+        DTypeError: ``data`` is not an :class:`ImageDataset`, or its images' dtype or device
+            differs from the model's.
+        RangeError: A label outside ``[0, K)`` for a model of ``K`` outputs.
+
     Example:
         >>> from xai_feedback.data import load_digits
         >>> from xai_feedback.models import GAPNet
@@ -108,7 +120,8 @@ def fit(
     check_int(batch_size, "batch_size", minimum=1)
     check_number(lr, "lr", minimum=0, strict_minimum=True)
     check_number(weight_decay, "weight_decay", minimum=0)
-    n = len(data)
+    n = _check_data(model, data)
+    _check_label_range(model, data)
     steps_per_epoch = -(-n // batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -155,9 +168,49 @@ def fit(
     return history
 
 
+def _check_data(model: nn.Module, data: ImageDataset) -> int:
+    """Checks of ``fit``'s and ``accuracy``'s inputs; returns the number of examples."""
+    if not isinstance(model, nn.Module):
+        raise DTypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+    if not isinstance(data, ImageDataset):
+        raise DTypeError(f"`data` must be an ImageDataset, got {type(data).__name__}.")
+    n = check_nonempty(data.images, "data", "dataset")
+    check_model_input(model, data.images, "data.images")
+    return n
+
+
+@torch.no_grad()
+def _check_label_range(model: nn.Module, data: ImageDataset) -> None:
+    """Labels against the model's outputs: one image's forward in eval mode (flags restored)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        logits = model(data.images[:1])
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise RangeError(f"`model` must return logits of shape (B, K), got {shape}.")
+    highest = int(data.labels.max())  # labels are checked >= 0 by ImageDataset
+    if highest >= logits.shape[1]:
+        raise RangeError(
+            f"`data.labels` must hold classes in [0, {logits.shape[1]}) for a model of "
+            f"{logits.shape[1]} outputs, got a label {highest}."
+        )
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Return ``(N, K)`` logits in evaluation mode, restoring the model's training flag."""
+    """Return ``(N, K)`` logits in evaluation mode, restoring the model's training flag.
+
+    Raises:
+        ShapeError: ``images`` is an empty batch.
+        DTypeError: ``images``' dtype or device differs from the model's.
+    """
+    check_nonempty(images, "images")
+    check_model_input(model, images)
+    check_int(batch_size, "batch_size", minimum=1)
     was_training = model.training
     model.eval()
     try:
@@ -169,8 +222,12 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
 
 
 def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (evaluation mode, no gradients)."""
-    if len(data) == 0:
-        return float("nan")
+    """Top-1 accuracy of ``model`` on ``data`` (evaluation mode, no gradients).
+
+    Raises:
+        ShapeError: ``data`` is empty (an accuracy of no examples is undefined; it used to
+            be NaN).
+    """
+    _check_data(model, data)
     logits = predict(model, data.images, batch_size)
     return float((logits.argmax(1) == data.labels).float().mean())

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from xai_feedback._checks import check_floating, check_int, check_number, check_shape
+from xai_feedback._checks import (
+    check_finite,
+    check_floating,
+    check_int,
+    check_labels,
+    check_number,
+    check_shape,
+)
+from xai_feedback.errors import DTypeError, RangeError
 
 __all__ = ["ImageDataset", "train_val_split"]
 
@@ -38,8 +46,13 @@ class ImageDataset:
         dims = check_shape(self.images, "N C H W", "images")
         check_floating(self.images, "images")
         check_shape(self.labels, "N", "labels", N=dims["N"])
+        check_labels(self.labels, "labels")  # integer classes >= 0 (reads the labels once)
         if self.masks is not None:
             check_shape(self.masks, "N H W", "masks", N=dims["N"], H=dims["H"], W=dims["W"])
+        if self.images.device.type != "meta":
+            check_finite(self.images, "images")
+        if not isinstance(self.name, str):
+            raise DTypeError(f"`name` must be a str, got {type(self.name).__name__}.")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -89,13 +102,21 @@ def train_val_split(
         val_fraction, "val_fraction", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
     )
     check_int(seed, "seed", minimum=0)
+    if not isinstance(dataset, ImageDataset):
+        raise DTypeError(f"`dataset` must be an ImageDataset, got {type(dataset).__name__}.")
     index = torch.arange(len(dataset))
-    train_idx, val_idx = train_test_split(
-        index.numpy(),
-        test_size=val_fraction,
-        random_state=seed,
-        stratify=dataset.labels.cpu().numpy(),
-    )
+    try:
+        train_idx, val_idx = train_test_split(
+            index.numpy(),
+            test_size=val_fraction,
+            random_state=seed,
+            stratify=dataset.labels.cpu().numpy(),
+        )
+    except ValueError as error:  # too few examples per class for a stratified split
+        raise RangeError(
+            f"`dataset` ({len(dataset)} examples) cannot be split stratified with "
+            f"`val_fraction`={val_fraction}: {error}"
+        ) from error
     return (
         dataset.subset(torch.as_tensor(train_idx)),
         dataset.subset(torch.as_tensor(val_idx)),

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_choice, check_int
+from xai_feedback._checks import check_choice, check_int, check_labels, check_shape
 from xai_feedback.data._dataset import ImageDataset
-from xai_feedback.errors import MissingInputError, RangeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError
 
 __all__ = [
     "CANVAS",
@@ -104,6 +104,8 @@ def load_digits(split: Split = "train", *, dtype: torch.dtype = torch.float32) -
         ((1437, 1, 28, 28), (1437,))
     """
     check_choice(split, "split", ("train", "test"))
+    if not isinstance(dtype, torch.dtype):
+        raise DTypeError(f"`dtype` must be a torch.dtype, got {type(dtype).__name__}.")
     if not dtype.is_floating_point:
         raise RangeError(f"`dtype` must be a floating-point dtype, got {dtype}.")
     x_train, y_train, x_test, y_test = _digits_numpy()
@@ -129,12 +131,17 @@ def confound_masks(
         ``(H, W)`` for a frame, ``(N, H, W)`` for swatches (one per corner given).
     """
     check_choice(kind, "kind", CONFOUND_DEFAULTS)
+    check_int(canvas, "canvas", minimum=1)
+    check_int(size, "size", minimum=1, maximum=canvas)
     rows = torch.arange(canvas)
     if kind == "frame":
         dist = torch.minimum(rows, canvas - 1 - rows)
         return torch.minimum(dist[:, None], dist[None, :]) < size
     if corners is None:
         raise MissingInputError("`corners` must be given for swatch confounds, got None.")
+    check_shape(corners, "N", "corners")
+    check_labels(corners, "corners", 4)
+    corners = corners.cpu()
     top = torch.where(corners >= 2, canvas - size, 0)
     left = torch.where(corners % 2 == 1, canvas - size, 0)
     in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)

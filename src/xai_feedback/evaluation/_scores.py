@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from xai_feedback._checks import check_shape
-from xai_feedback.errors import DTypeError
+from xai_feedback._checks import (
+    check_finite,
+    check_labels,
+    check_model_input,
+    check_nonempty,
+    check_shape,
+)
+from xai_feedback.errors import DTypeError, ShapeError
 from xai_feedback.evaluation._types import AttributionSource
 from xai_feedback.functional.masking import attribution_scores
 
-__all__ = ["method_scores"]
+__all__ = ["check_evaluation_inputs", "method_scores", "true_class_probability"]
+
+
+def check_evaluation_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Check an evaluator's images and labels (no forward: evaluators count their calls).
+
+    Images non-empty, finite, of the model's dtype and device; integer labels >= 0 (the upper
+    bound is checked against the first probabilities, :func:`true_class_probability`).
+
+    Raises:
+        ShapeError: An empty batch (the curves would divide by zero).
+        DTypeError: Images of another dtype or device than the model; non-integer labels.
+        RangeError: Non-finite images; a negative label (never wrapped).
+    """
+    check_nonempty(images, "images")
+    check_model_input(model, images)
+    check_finite(images, "images")
+    check_labels(labels, "labels")
+
+
+def true_class_probability(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``p[i, labels[i]]``, refusing labels beyond the model's ``K`` outputs (never wrapped).
+
+    Example:
+        >>> true_class_probability(torch.tensor([[0.2, 0.8]]), torch.tensor([1]))
+        tensor([0.8000])
+    """
+    if p.dim() != 2:
+        raise ShapeError(f"`model` must return logits of shape (N, K), got {tuple(p.shape)}.")
+    check_labels(labels, "labels", int(p.shape[1]))
+    return p.gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 def method_scores(
@@ -38,4 +75,6 @@ def method_scores(
     n, _, h, w = images.shape
     pattern = "N H W" if attributions.dim() == 3 else "N C H W"
     check_shape(attributions, pattern, f"methods[{name!r}] {what}", N=n, H=h, W=w)
+    # NaN would sort first and silently take the top ranks of every removal order
+    check_finite(attributions, f"methods[{name!r}] {what}")
     return attribution_scores(attributions.detach().to(images.device), squared=squared)

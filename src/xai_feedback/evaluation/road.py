@@ -24,7 +24,11 @@ from torch import nn
 
 from xai_feedback._checks import check_choice, check_fractions, check_int, check_shape
 from xai_feedback.errors import DTypeError
-from xai_feedback.evaluation._scores import method_scores
+from xai_feedback.evaluation._scores import (
+    check_evaluation_inputs,
+    method_scores,
+    true_class_probability,
+)
 from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.functional.masking import REMOVALS, rank_mask, remove_pixels
@@ -77,7 +81,7 @@ def _point(
         )
         p = model(x).softmax(dim=1)
         correct += float((p.argmax(dim=1) == y).sum())
-        prob += float(p.gather(1, y.view(-1, 1)).sum())
+        prob += float(true_class_probability(p, y).sum())
     return correct / len(images), prob / len(images)
 
 
@@ -171,6 +175,7 @@ def road(
         check_choice(order, "orders", ORDERS)
     check_choice(fill, "fill", REMOVALS)
     check_int(batch_size, "batch_size", minimum=1)
+    check_evaluation_inputs(model, images, labels)
     scores = _all_scores(methods, images, labels, squared, random_baseline, generator)
     removal = _Removal(fill, noise, batch_size, dataset_mean, generator)
     curves = _empty_curves(orders, fractions)

@@ -38,7 +38,7 @@ from typing import Any, TypeAlias
 import torch
 
 import xai_feedback
-from xai_feedback._checks import check_choice, check_fractions, check_int
+from xai_feedback._checks import check_choice, check_fractions, check_int, check_nonempty
 from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
@@ -97,6 +97,8 @@ def _check_data(train: Any, test: Any) -> None:
     for data, name in ((train, "train"), (test, "test")):
         if not isinstance(data, ImageDataset):
             raise DTypeError(f"`{name}` must be an ImageDataset, got {type(data).__name__}.")
+    check_nonempty(train.images, "train", "dataset")
+    check_nonempty(test.images, "test", "dataset")
     if train.images.shape[1:] != test.images.shape[1:]:
         raise ShapeError(
             "`train` and `test` images must share (C, H, W), got "

@@ -26,7 +26,11 @@ from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_shape
 from xai_feedback.errors import DTypeError, MissingInputError, RangeError
-from xai_feedback.evaluation._scores import method_scores
+from xai_feedback.evaluation._scores import (
+    check_evaluation_inputs,
+    method_scores,
+    true_class_probability,
+)
 from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.functional.masking import REMOVALS, remove_pixels
@@ -128,7 +132,7 @@ class _Walk:
                 p = self.model(current).softmax(dim=1)
             x, y = fractions[step], self.labels
             out["accuracy"].add(name, x, float((p.argmax(1) == y).float().mean()))
-            out["probability"].add(name, x, float(p.gather(1, y.view(-1, 1)).mean()))
+            out["probability"].add(name, x, float(true_class_probability(p, y).mean()))
             if step == self.steps:
                 break
             ranking = self.ranking(name, entry, fixed, current).masked_fill(removed, float("-inf"))
@@ -215,6 +219,7 @@ def selectivity(
     n_patches = -(-h // patch) * -(-w // patch)
     steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
     _check_methods(methods, mode)
+    check_evaluation_inputs(model, images, labels)
     fractions = [s / n_patches for s in range(steps + 1)]
     out = {
         "accuracy": Curves(mode, "accuracy", fractions),

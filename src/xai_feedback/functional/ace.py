@@ -36,7 +36,7 @@ from typing import cast
 import torch
 
 from xai_feedback._checks import check_finite, check_floating, check_int, check_number, check_shape
-from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.errors import DTypeError, RangeError, ShapeError
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -214,10 +214,16 @@ def fixed_span_smooth(x: torch.Tensor, y: torch.Tensor, span: float) -> torch.Te
     """
     dims = check_shape(x, "P n", "x")
     check_shape(y, "P n", "y", **dims)
+    check_floating(x, "x")
+    check_floating(y, "y")
     check_number(span, "span", minimum=0, maximum=1, strict_minimum=True)
     _check_observations(dims["n"])
+    check_finite(x, "x")
+    check_finite(y, "y")
     half = _half_widths(dims["n"], (span,))
-    return _Plan(x, half).smooth(y, half)[0][0]
+    work = _working_dtype(x.dtype)
+    smooth = _Plan(x.to(work), half).smooth(y.to(work), half)[0][0]
+    return _check_result(smooth.to(x.dtype), "the smooth")
 
 
 def _supersmooth_sorted(
@@ -247,6 +253,21 @@ def _supersmooth_sorted(
     return torch.where(plan.constant, y.mean(dim=-1, keepdim=True), result)
 
 
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for narrower floats: float32 window sums lose small-scale data (NaN results)."""
+    return torch.float64 if torch.finfo(dtype).bits < 64 else dtype
+
+
+def _check_result(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuse a non-finite result of finite inputs (values beyond the dtype's range)."""
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise RangeError(
+            f"{what} is not finite for finite `x` and `y`: their values exceed what the "
+            f"dtype can hold in squared sums; rescale `x` and `y` (e.g. standardise them)."
+        )
+    return values
+
+
 def _check_observations(n: int) -> None:
     if n < MIN_OBSERVATIONS:
         raise RangeError(
@@ -269,7 +290,12 @@ def supersmooth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y: Ordinates of the same shape.
 
     Returns:
-        The smooth at each observation, in the input order, ``(..., n)``.
+        The smooth at each observation, in the input order, ``(..., n)``, in ``x``'s dtype
+        (computed in float64 for narrower dtypes).
+
+    Raises:
+        ShapeError: ``x`` and ``y`` differ in shape.
+        RangeError: Fewer than 5 observations, or NaN/infinite values.
 
     Shape:
         - x, y: :math:`(..., n)`; output :math:`(..., n)`.
@@ -287,10 +313,14 @@ def supersmooth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             f"`x` and `y` must have the same shape (..., n), got {x.shape} and {y.shape}."
         )
     _check_observations(x.shape[-1])
-    flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]).to(x.dtype)
+    check_finite(x, "x")
+    check_finite(y, "y")
+    work = _working_dtype(x.dtype)
+    flat_x, flat_y = x.reshape(-1, x.shape[-1]).to(work), y.reshape(-1, x.shape[-1]).to(work)
     order = torch.sort(flat_x, dim=-1, stable=True).indices
     smooth = _supersmooth_sorted(flat_x.gather(-1, order), flat_y.gather(-1, order))
-    return torch.empty_like(smooth).scatter_(-1, order, smooth).view_as(x)
+    smooth = torch.empty_like(smooth).scatter_(-1, order, smooth).view_as(x).to(x.dtype)
+    return _check_result(smooth, "the smooth")
 
 
 @dataclass(frozen=True)
@@ -384,14 +414,17 @@ def ace(
         delrsq: Convergence threshold on :math:`R^2`.
         maxit: Most inner and most outer iterations.
         nterm: Outer iterations over which :math:`R^2` must be stable.
-        dtype: Dtype to compute in (float64 by default); ``None`` keeps ``x``'s.
+        dtype: Dtype of the results (float64 by default); ``None`` keeps ``x``'s. Narrower
+            dtypes (float32) are computed in float64 and cast back: in float32 the window
+            sums of small-scale data cancel and ACE returned NaN.
 
     Returns:
         An :class:`ACEResult` on the device of ``x``.
 
     Raises:
         ShapeError: ``x`` is not ``(P, n, k)`` or ``y`` not ``(P, n)``.
-        RangeError: Fewer than 5 observations, NaN/infinite values, or a constant response.
+        RangeError: Fewer than 5 observations, NaN/infinite values, a constant response, or
+            values so large that the squared sums overflow even in float64.
 
     Shape:
         - x: :math:`(P, n, k)`; y: :math:`(P, n)`.
@@ -415,7 +448,28 @@ def ace(
     _check_observations(dims["n"])
     check_finite(x, "x")
     check_finite(y, "y")
-    dtype = x.dtype if dtype is None else dtype
+    out_dtype = x.dtype if dtype is None else dtype
+    if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
+        raise DTypeError(f"`dtype` must be a floating-point dtype or None, got {out_dtype}.")
+    result = _ace(x, y, delrsq, maxit, nterm, _working_dtype(out_dtype))
+    _check_result(result.correlation, "ACE's correlation")
+    _check_result(result.x_transforms, "ACE's transforms")
+    if out_dtype == result.correlation.dtype:
+        return result
+    return ACEResult(
+        result.x_transforms.to(out_dtype),
+        result.y_transform.to(out_dtype),
+        result.correlation.to(out_dtype),
+        result.rsq.to(out_dtype),
+        result.iterations,
+    )
+
+
+def _ace(
+    x: torch.Tensor, y: torch.Tensor, delrsq: float, maxit: int, nterm: int, dtype: torch.dtype
+) -> ACEResult:
+    """:func:`ace` on checked inputs, computed in ``dtype``."""
+    dims = {"P": x.shape[0], "n": x.shape[1], "k": x.shape[2]}
     p, n, k = dims["P"], dims["n"], dims["k"]
     xs = x.to(dtype).transpose(1, 2)  # (P, k, n)
     ys = y.to(dtype=dtype, device=x.device)

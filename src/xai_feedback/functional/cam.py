@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_choice, check_floating, check_maps, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_floating,
+    check_int,
+    check_labels,
+    check_maps,
+    check_shape,
+)
 from xai_feedback.errors import ShapeError
 
 __all__ = [
@@ -30,6 +37,7 @@ def _check_acts_grads(acts: torch.Tensor, grads: torch.Tensor) -> None:
     check_floating(acts, "acts")
     sizes = dict(zip(["B", "C", "h", "w"], acts.shape, strict=True))
     check_shape(grads, "B C h w", "grads", **sizes)
+    check_floating(grads, "grads")
 
 
 def cam_from_head(
@@ -50,6 +58,10 @@ def cam_from_head(
     Returns:
         ``(B, h, w)`` with a target, ``(B, K, h, w)`` without.
 
+    Raises:
+        DTypeError: ``target`` is not an integer tensor.
+        RangeError: A class outside ``[0, K)`` (``-1`` is refused, never the last class).
+
     Shape:
         - acts: :math:`(B, C, h, w)`; weight: :math:`(K, C)`; target: :math:`(B,)`
 
@@ -61,10 +73,12 @@ def cam_from_head(
     """
     dims = check_shape(acts, "B C h w", "acts")
     check_floating(acts, "acts")
-    check_shape(weight, "K C", "weight", C=dims["C"])
+    wdims = check_shape(weight, "K C", "weight", C=dims["C"])
+    check_floating(weight, "weight")
     if target is None:
         return torch.einsum("kc,bchw->bkhw", weight, acts)
     check_shape(target, "B", "target", B=dims["B"])
+    check_labels(target, "target", wdims["K"])  # weight[-1] would silently be the last class
     return torch.einsum("bc,bchw->bhw", weight[target], acts)
 
 
@@ -164,6 +178,10 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
     - ``"energy"``: ``m / sqrt(sum m^2 + eps)`` (unit L2 energy),
     - ``"none"``: unchanged.
 
+    Each map is first divided by its largest magnitude (exactly, so the result is the same
+    up to rounding): maps near the dtype's limits (``1e30`` in float32) do not overflow in
+    the sums of squares, which used to turn them silently into zeros.
+
     Args:
         maps: Maps ``(..., h, w)`` with at least one leading (batch) dimension.
         mode: One of :data:`NORMALIZATIONS`.
@@ -185,15 +203,26 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
     if mode == "none":
         return maps
     flat = maps.flatten(-2)
+    if flat.shape[-1] == 0:  # no cells: nothing to normalise
+        return maps.clone()
+    peak = flat.abs().amax(dim=-1, keepdim=True)
     if mode == "max":
-        out = flat / (flat.abs().amax(dim=-1, keepdim=True) + eps)
-    elif mode == "sum":
-        out = flat / (flat.abs().sum(dim=-1, keepdim=True) + eps)
+        return (flat / (peak + eps)).view_as(maps)
+    # m / (S(m) + eps) == u / (S(u) + eps / p) with u = m / p, p the peak: u lies in [-1, 1]
+    # (NaN/inf maps propagate; a zero peak gives u = 0 and a zero map, as before)
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+    unit = flat / scale
+    eps_u = eps / scale
+    if mode == "sum":
+        out = unit / (unit.abs().sum(dim=-1, keepdim=True) + eps_u)
     elif mode == "energy":
-        out = flat / torch.sqrt(flat.pow(2).sum(dim=-1, keepdim=True) + eps)
+        out = unit / torch.sqrt(unit.pow(2).sum(dim=-1, keepdim=True) + eps_u / scale)
     else:
-        low = flat.amin(dim=-1, keepdim=True)
-        out = (flat - low) / (flat.amax(dim=-1, keepdim=True) - low + eps)
+        low = unit.amin(dim=-1, keepdim=True)
+        den = unit.amax(dim=-1, keepdim=True) - low + eps_u
+        # eps / peak underflows to 0 for peaks near the dtype's limit: a constant map is then
+        # 0 / 0, and maps to 0 as with eps
+        out = (unit - low) / torch.where(den > 0, den, torch.ones_like(den))
     return out.view_as(maps)
 
 
@@ -213,7 +242,17 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
         torch.Size([2, 28, 28])
     """
     check_choice(mode, "mode", ("bilinear", "nearest", "area"))
-    check_maps(maps)
+    h, w = check_maps(maps)
+    if not isinstance(size, tuple | list) or len(size) != 2:
+        raise ShapeError(f"`size` must be a pair (H, W), got {size!r}.")
+    check_int(size[0], "size[0]", minimum=1)
+    check_int(size[1], "size[1]", minimum=1)
+    if h * w == 0:
+        raise ShapeError(
+            f"`maps` must have at least one cell to resize, got shape {tuple(maps.shape)}."
+        )
+    if maps.numel() == 0:  # an empty batch: nothing to interpolate
+        return maps.new_zeros(*maps.shape[:-2], int(size[0]), int(size[1]))
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
     kwargs = {"align_corners": False} if mode == "bilinear" else {}

@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_floating, check_int, check_number, check_shape
+from xai_feedback._checks import (
+    check_finite,
+    check_floating,
+    check_int,
+    check_number,
+    check_shape,
+)
 from xai_feedback.errors import RangeError
 
 __all__ = ["NEIGHBOUR_WEIGHTS", "blur_images", "linear_imputation", "noisy_linear_imputation"]
@@ -40,6 +46,7 @@ def _check_mask(images: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
     check_shape(mask, "B H W", "mask", B=dims["B"], H=dims["H"], W=dims["W"])
     if mask.dtype != torch.bool:
         raise RangeError(f"`mask` must be a boolean tensor (True = removed), got {mask.dtype}.")
+    check_finite(images, "images")  # a NaN neighbour would silently spread through the solve
     return dims
 
 
@@ -94,8 +101,26 @@ def linear_imputation(
     max_iter = 4 * (h + w) if max_iter is None else check_int(max_iter, "max_iter", minimum=1)
     if b == 0 or not bool(mask.any()):
         return images.clone()
-    if bool(mask.flatten(1).all(dim=1).any()):
-        raise RangeError("`mask` removes every pixel of an image: nothing to impute from.")
+    full = mask.flatten(1).all(dim=1)
+    if bool(full.any()):
+        bad = full.nonzero().flatten().tolist()[:10]
+        raise RangeError(
+            "`mask` must keep at least one pixel of each image (nothing to impute from), "
+            f"got every pixel removed in image(s) {bad}."
+        )
+    # the solve is linear: run it on each image and channel divided by its largest magnitude,
+    # so that the squared residuals neither overflow (1e20 in float32) nor underflow (1e-20),
+    # either of which silently stopped the iterations early
+    peak = images.detach().abs().amax(dim=(2, 3), keepdim=True)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    filled = _solve(images / peak, mask, tol, max_iter) * peak
+    unknown = mask.unsqueeze(1)
+    return torch.where(unknown, filled, images)
+
+
+def _solve(images: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Conjugate gradients of ROAD's system on checked, unit-scale ``images``."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
     kernel = torch.tensor(NEIGHBOUR_WEIGHTS, dtype=images.dtype, device=images.device)
     kernel = kernel.view(1, 1, 3, 3)
 
@@ -172,6 +197,12 @@ def noisy_linear_imputation(
 def blur_images(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     r"""Gaussian blur of each channel (reflect padding, radius :math:`\lceil 3\sigma \rceil`).
 
+    Reflect padding needs a radius below the side, so each axis's radius is clipped to its
+    side minus one (a 1-pixel axis is not blurred): any image size, square or not, works.
+
+    Raises:
+        RangeError: ``sigma`` not > 0, or non-finite images.
+
     Shape:
         - images: :math:`(B, C, H, W)`; output the same.
 
@@ -183,12 +214,21 @@ def blur_images(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
     check_number(sigma, "sigma", minimum=0, strict_minimum=True)
-    radius = min(int(3 * sigma + 0.999), max(dims["H"], dims["W"]) - 1)
-    grid = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    g = torch.exp(-(grid**2) / (2 * sigma**2))
-    g = g / g.sum()
+    check_finite(images, "images")
+    if images.numel() == 0:
+        return images.clone()
+    full = int(3 * sigma + 0.999)
+    # reflect padding must stay below each side: clip the radius per axis (the old code
+    # clipped both to max(H, W) - 1, which failed on small non-square images)
+    radius_h, radius_w = min(full, dims["H"] - 1), min(full, dims["W"] - 1)
+
+    def kernel(radius: int) -> torch.Tensor:
+        grid = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+        g = torch.exp(-(grid**2) / (2 * sigma**2))
+        return g / g.sum()
+
     x = images.reshape(-1, 1, dims["H"], dims["W"])
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, -1))
-    x = F.conv2d(x, g.view(1, 1, -1, 1))
+    x = F.pad(x, (radius_w, radius_w, radius_h, radius_h), mode="reflect")
+    x = F.conv2d(x, kernel(radius_w).view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel(radius_h).view(1, 1, -1, 1))
     return x.view(images.shape)

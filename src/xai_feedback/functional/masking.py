@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from xai_feedback._checks import check_choice, check_floating, check_number, check_shape
-from xai_feedback.errors import MissingInputError
+from xai_feedback._checks import (
+    check_choice,
+    check_finite,
+    check_floating,
+    check_number,
+    check_shape,
+)
+from xai_feedback.errors import MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.imputation import (
     blur_images,
     linear_imputation,
@@ -46,6 +52,7 @@ def threshold_mask(maps: torch.Tensor, threshold: float) -> torch.Tensor:
     """
     check_floating(maps, "maps")
     check_number(threshold, "threshold", minimum=0, maximum=1)
+    check_finite(maps, "maps")  # NaN > t is False: a NaN map would silently select nothing
     return maps > threshold
 
 
@@ -65,6 +72,7 @@ def topk_mask(maps: torch.Tensor, fraction: float, *, largest: bool = True) -> t
     dims = check_shape(maps, "B H W", "maps")
     check_floating(maps, "maps")
     check_number(fraction, "fraction", minimum=0, maximum=1)
+    check_finite(maps, "maps")  # NaN sorts first: it would silently take the top ranks
     n = dims["H"] * dims["W"]
     k = round(fraction * n)
     flat = maps.flatten(1)
@@ -87,6 +95,7 @@ def fill_values(
         tensor([2.])
     """
     dims = check_shape(images, "B C H W", "images")
+    check_floating(images, "images")
     check_choice(fill, "fill", FILLS)
     if fill == "zero":
         return torch.zeros(dims["B"], dims["C"], 1, 1, device=images.device, dtype=images.dtype)
@@ -96,10 +105,24 @@ def fill_values(
                 "`dataset_mean` (C,) is required with fill='dataset_mean', got None."
             )
         check_shape(dataset_mean, "C", "dataset_mean", C=dims["C"])
+        check_floating(dataset_mean, "dataset_mean")
+        check_finite(dataset_mean, "dataset_mean")
         mean = dataset_mean.to(device=images.device, dtype=images.dtype)
         return mean.view(1, -1, 1, 1).expand(dims["B"], -1, 1, 1)
+    check_finite(images, "images")  # a NaN pixel would make the whole fill NaN
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(
+            f"`images` must have at least one pixel for fill={fill!r}, "
+            f"got shape {tuple(images.shape)}."
+        )
     flat = images.flatten(2)
-    stat = {"mean": flat.mean(dim=2), "max": flat.amax(dim=2), "min": flat.amin(dim=2)}[fill]
+    if fill == "mean":  # divided by the peak first: a sum of 1e37s must not overflow
+        peak = flat.abs().amax(dim=2, keepdim=True)
+        peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+        plain = flat.mean(dim=2)  # exact as before wherever the sum does not overflow
+        stat = torch.where(plain.isfinite(), plain, (flat / peak).mean(dim=2) * peak.squeeze(2))
+    else:
+        stat = flat.amax(dim=2) if fill == "max" else flat.amin(dim=2)
     return stat[:, :, None, None]
 
 
@@ -143,6 +166,9 @@ def attribution_scores(attributions: torch.Tensor, *, squared: bool = False) -> 
         tensor([[[2., 4.]]])
     """
     check_floating(attributions, "attributions")
+    if attributions.dim() != 3:
+        check_shape(attributions, "B C H W", "attributions")
+    check_finite(attributions, "attributions")  # NaN would silently win the ranking
     if attributions.dim() == 3:
         return attributions**2 if squared else attributions
     check_shape(attributions, "B C H W", "attributions")
@@ -205,6 +231,12 @@ def remove_pixels(
         tensor([[[[1.0000, 0.5000, 3.0000]]]])
     """
     check_choice(fill, "fill", REMOVALS)
+    dims = check_shape(images, "B C H W", "images")
+    check_floating(images, "images")
+    check_shape(mask, "B H W", "mask", B=dims["B"], H=dims["H"], W=dims["W"])
+    if mask.dtype != torch.bool:
+        raise RangeError(f"`mask` must be a boolean tensor (True = removed), got {mask.dtype}.")
+    check_finite(images, "images")
     if fill == "linear":
         return linear_imputation(images, mask)
     if fill == "noisy_linear":

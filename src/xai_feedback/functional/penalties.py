@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_maps, check_shape
+from xai_feedback._checks import check_floating, check_int, check_maps, check_shape
+from xai_feedback.errors import RangeError, ShapeError
 
 __all__ = ["centre_penalty", "input_gradient_penalty", "mask_penalty", "masks_to_maps"]
 
@@ -51,7 +52,13 @@ def masks_to_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         tensor([[[0.5000, 0.0000],
                  [0.0000, 0.5000]]])
     """
-    check_shape(masks, "B H W", "masks")
+    dims = check_shape(masks, "B H W", "masks")
+    if dims["H"] * dims["W"] == 0:
+        raise ShapeError(f"`masks` must have at least one pixel, got shape {tuple(masks.shape)}.")
+    if not isinstance(size, tuple | list) or len(size) != 2:
+        raise ShapeError(f"`size` must be a pair (h, w), got {size!r}.")
+    check_int(size[0], "size[0]", minimum=1)
+    check_int(size[1], "size[1]", minimum=1)
     m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
     if tuple(m.shape[-2:]) == tuple(size):
         return m
@@ -79,7 +86,12 @@ def mask_penalty(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         0.25
     """
     h, w = check_maps(maps)
-    check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
+    dims = check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
+    if dims["H"] * dims["W"] == 0 or h * w == 0:
+        raise ShapeError(
+            f"`maps` and `masks` must have at least one cell, got maps {tuple(maps.shape)} "
+            f"and masks {tuple(masks.shape)}."
+        )
     cover = masks_to_maps(masks, (h, w)).to(maps.dtype)
     if maps.dim() == 4:
         cover = cover.unsqueeze(1)
@@ -114,9 +126,14 @@ def input_gradient_penalty(
     dims = check_shape(images, "B C H W", "images")
     check_shape(logits, "B K", "logits", B=dims["B"])
     check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
-    if not images.requires_grad:
-        raise ValueError(
-            "`images` must require grad (call images.requires_grad_() before the forward)."
+    check_floating(images, "images")
+    check_floating(logits, "logits")
+    if not images.requires_grad or not logits.requires_grad:
+        raise RangeError(
+            "`images` must require grad and `logits` must be computed from them (call "
+            "images.requires_grad_() before the forward), got "
+            f"images.requires_grad={images.requires_grad}, "
+            f"logits.requires_grad={logits.requires_grad}."
         )
     log_p = F.log_softmax(logits, dim=1).sum()
     (grad,) = torch.autograd.grad(log_p, images, create_graph=True)

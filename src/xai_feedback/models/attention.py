@@ -24,9 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_floating, check_int, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_int,
+    check_model_input,
+    check_number,
+    check_shape,
+)
 from xai_feedback.errors import ShapeError
-from xai_feedback.models.gapnet import ConvBlock, init_weights
+from xai_feedback.models.gapnet import ConvBlock, check_training_batch, init_weights
 
 __all__ = [
     "CBAM",
@@ -136,7 +142,7 @@ class AttentionModel(nn.Module):
 
     def _check(self, images: torch.Tensor, in_channels: int, side: int) -> None:
         check_shape(images, "B C H W", "images", C=in_channels)
-        check_floating(images, "images")
+        check_model_input(self, images)
         if min(images.shape[-2:]) < side:
             raise ShapeError(
                 f"`images` must be at least {side}x{side}, got shape {tuple(images.shape)}."
@@ -172,6 +178,8 @@ class SimpleCNN(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        check_int(in_channels, "in_channels", minimum=1)
+        check_int(num_classes, "num_classes", minimum=1)
         check_int(width, "width", minimum=1)
         self.head = check_choice(head, "head", ("gap", "fc"))
         self.in_channels = in_channels
@@ -193,6 +201,7 @@ class SimpleCNN(AttentionModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)``."""
         self._check(images, self.in_channels, 4)
+        check_training_batch(self, images, 2)
         feats = self.features(images)
         if self.head == "gap":
             pooled = feats.mean(dim=(2, 3))
@@ -300,6 +309,8 @@ class ResidualAttentionNet(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        check_int(in_channels, "in_channels", minimum=1)
+        check_int(num_classes, "num_classes", minimum=1)
         check_int(width, "width", minimum=1)
         self.in_channels = in_channels
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -382,6 +393,9 @@ class WARN(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        check_int(in_channels, "in_channels", minimum=1)
+        check_int(num_classes, "num_classes", minimum=1)
+        check_number(dropout, "dropout", minimum=0, maximum=1, strict_maximum=True)
         check_int(widen, "widen", minimum=1)
         check_int(units, "units", minimum=1)
         check_int(heads, "heads", minimum=1)
@@ -407,6 +421,7 @@ class WARN(AttentionModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)``."""
         self._check(images, self.in_channels, 4)
+        check_training_batch(self, images, 2, ceil=True)
         x2 = self.group2(self.group1(self.stem(images)))
         x3 = self.group3(x2)
         feats = self.features(x3)

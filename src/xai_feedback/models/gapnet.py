@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_floating, check_int, check_shape
+from xai_feedback._checks import check_int, check_model_input, check_shape
 from xai_feedback.errors import ShapeError
 
 __all__ = ["ConvBlock", "GAPNet"]
@@ -33,6 +33,27 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
                 bound = 1.0 / math.sqrt(module.in_features)
                 nn.init.uniform_(module.weight, -bound, bound, generator=generator)
                 nn.init.zeros_(module.bias)
+
+
+def check_training_batch(
+    model: nn.Module, images: torch.Tensor, halvings: int, *, ceil: bool = False
+) -> None:
+    """Refuse one image whose smallest feature map is 1x1 in training mode (metadata only).
+
+    BatchNorm then sees one value per channel and cannot normalise it; the error names the
+    input and the way out instead of PyTorch's message from deep inside the network.
+    """
+    if not model.training or images.shape[0] != 1:
+        return
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    for _ in range(halvings):
+        h, w = ((h + 1) // 2, (w + 1) // 2) if ceil else (h // 2, w // 2)
+    if h * w == 1:
+        raise ShapeError(
+            f"`images` of shape {tuple(images.shape)} give one value per channel at the "
+            f"smallest feature map (1x1) in training mode, where BatchNorm needs more: "
+            f"use a batch of at least 2, larger images, or model.eval()."
+        )
 
 
 class ConvBlock(nn.Sequential):
@@ -135,12 +156,13 @@ class GAPNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images."""
         check_shape(images, "B C H W", "images", C=self.in_channels)
-        check_floating(images, "images")
+        check_model_input(self, images)  # dtype and device: metadata only, no synchronisation
         side = 2**self.pools
         if images.shape[-1] < side or images.shape[-2] < side:
             raise ShapeError(
                 f"`images` must be at least {side}x{side} ({self.pools} 2x2 poolings), "
                 f"got shape {tuple(images.shape)}."
             )
+        check_training_batch(self, images, self.pools)
         logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(images)), 1))
         return logits
