@@ -126,7 +126,7 @@ def test_clear_errors() -> None:
         CentrePenalty(classes="some")
     with pytest.raises(ShapeError, match=r"`maps` must have shape \(B, h, w\) or \(B, K, h, w\)"):
         CentrePenalty()(torch.rand(7, 7))
-    with pytest.raises(RangeError, match="`target` is required"):
+    with pytest.raises(MissingInputError, match="`target` is required"):
         CentrePenalty(classes="target")(torch.rand(2, 10, 7, 7))
     with pytest.raises(ShapeError, match="`target`"):
         CentrePenalty(classes="target")(torch.rand(2, 10, 7, 7), torch.tensor([1]))

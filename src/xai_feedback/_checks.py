@@ -111,11 +111,25 @@ def check_floating(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+def on_accelerator(x: torch.Tensor) -> bool:
+    """Whether reading ``x``'s data from Python would synchronise with a device."""
+    return x.device.type not in ("cpu", "meta")
+
+
+def check_finite(x: torch.Tensor, name: str, *, sync: bool = True) -> torch.Tensor:
     """Raise :class:`RangeError` if ``x`` holds NaN or infinite values (reads the data).
 
-    A tensor on the ``meta`` device has no data and passes.
+    A tensor on the ``meta`` device has no data and passes. With ``sync=False`` (the
+    training-step path), a tensor on an accelerator is checked by a device-side assertion
+    (``torch._assert_async``, no host synchronisation; a failure aborts the device's stream
+    with the same message); on the CPU the check is the same as with ``sync=True``.
     """
+    if not sync and on_accelerator(x):
+        if x.is_floating_point():
+            torch._assert_async(
+                torch.isfinite(x).all(), f"`{name}` must be finite, got NaN or infinite values."
+            )
+        return x
     if x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise RangeError(f"`{name}` must be finite, got {n_bad} NaN or infinite value(s).")
@@ -210,10 +224,13 @@ def check_nonempty(x: torch.Tensor, name: str, what: str = "batch") -> int:
     return int(x.shape[0])
 
 
-def check_labels(labels: Any, name: str = "labels", num_classes: int | None = None) -> torch.Tensor:
+def check_labels(
+    labels: Any, name: str = "labels", num_classes: int | None = None, *, sync: bool = True
+) -> torch.Tensor:
     """Check integer class labels in ``[0, num_classes)``; negative labels are never wrapped.
 
-    Reads the data (one synchronisation) to check the range.
+    Reads the data (one synchronisation) to check the range; with ``sync=False``, labels on an
+    accelerator are checked by a device-side assertion instead (see :func:`check_finite`).
 
     Raises:
         DTypeError: Not a tensor, or not an integer dtype (float or bool).
@@ -228,12 +245,20 @@ def check_labels(labels: Any, name: str = "labels", num_classes: int | None = No
         raise DTypeError(f"`{name}` must hold integer class indices, got dtype {tensor.dtype}.")
     if tensor.numel() == 0 or tensor.device.type == "meta":
         return tensor
+    if not sync and on_accelerator(tensor):
+        top = num_classes if num_classes is not None else torch.iinfo(torch.int64).max
+        expected = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
+        torch._assert_async(
+            ((tensor >= 0) & (tensor < top)).all(),
+            f"`{name}` must hold classes in {expected} (negative indices are not wrapped).",
+        )
+        return tensor
     low, high = int(tensor.min()), int(tensor.max())
     if low < 0 or (num_classes is not None and high >= num_classes):
         expected = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise RangeError(
-            f"`{name}` must hold classes in {expected} (negative indices are not wrapped), "
-            f"got values in [{low}, {high}]."
+            f"`{name}` must hold classes in {expected}, got values in [{low}, {high}] "
+            "(negative indices are not wrapped)."
         )
     return tensor
 

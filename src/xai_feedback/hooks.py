@@ -33,8 +33,8 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_shape
-from xai_feedback.errors import DTypeError, HookError, LayerError, RangeError, ShapeError
+from xai_feedback._checks import check_choice, check_labels, check_shape
+from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_head, unwrap_model
 from xai_feedback.layers import resolve_layer as _resolve
@@ -85,14 +85,9 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
         raise DTypeError(
             f"`target` must be a tensor, a callable or None, got {type(target).__name__}."
         )
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise DTypeError(f"`target` must hold integer class indices, got dtype {target.dtype}.")
     check_shape(target, "B", "target", B=dims["B"])
-    if target.numel() and (bool(target.min() < 0) or bool(target.max() >= dims["K"])):
-        raise RangeError(
-            f"`target` must hold classes in [0, {dims['K']}), got values in "
-            f"[{int(target.min())}, {int(target.max())}]."
-        )
+    # in the training step: no host synchronisation on accelerators (device-side assertion)
+    check_labels(target, "target", dims["K"], sync=False)
     return target.to(device=logits.device, dtype=torch.long)
 
 

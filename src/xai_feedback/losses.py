@@ -25,7 +25,7 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import MissingInputError, RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, centre_weight
 from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
@@ -45,14 +45,14 @@ def _prepare_maps(
     maps: torch.Tensor, target: torch.Tensor | None, classes: str, signed: bool, normalize: str
 ) -> torch.Tensor:
     check_maps(maps)
-    check_finite(maps, "maps")  # a NaN map would silently poison the weights
+    check_finite(maps, "maps", sync=False)  # a NaN map would silently poison the weights
     if classes == "target" and maps.dim() == 4:
         if target is None:
-            raise RangeError(
+            raise MissingInputError(
                 "`target` is required with classes='target' and all-class maps, got None."
             )
         check_shape(target, "B", "target", B=int(maps.shape[0]))
-        check_labels(target, "target", int(maps.shape[1]))  # -1 would pick the last class
+        check_labels(target, "target", int(maps.shape[1]), sync=False)  # -1: never wrapped
         maps = maps[torch.arange(maps.shape[0], device=maps.device), target]
     if not signed:
         maps = torch.relu(maps)

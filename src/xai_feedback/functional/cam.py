@@ -78,7 +78,7 @@ def cam_from_head(
     if target is None:
         return torch.einsum("kc,bchw->bkhw", weight, acts)
     check_shape(target, "B", "target", B=dims["B"])
-    check_labels(target, "target", wdims["K"])  # weight[-1] would silently be the last class
+    check_labels(target, "target", wdims["K"], sync=False)  # weight[-1]: never wrapped
     return torch.einsum("bc,bchw->bhw", weight[target], acts)
 
 
