@@ -7,8 +7,8 @@ import torch
 
 from xai_feedback.data import confounded_digits, load_digits
 from xai_feedback.models import GAPNet
+from xai_feedback.proxy import ProxyAttention, ProxySchedule, train_with_proxy
 from xai_feedback.training import accuracy
-from xai_feedback.transforms import ProxyAttention, ProxySchedule, train_with_proxy
 
 torch.set_num_threads(2)
 train = confounded_digits("train", "frame", seed=0)

@@ -7,7 +7,7 @@ import torch
 
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.ranking import capture, pcace
+from xai_feedback.pcace import capture, pcace
 from xai_feedback.training import accuracy, fit
 
 torch.set_num_threads(2)

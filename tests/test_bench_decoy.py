@@ -4,11 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from xai_feedback.bench import decoy
-from xai_feedback.bench._io import read_json, write_json_atomic
+from xai_feedback._io import read_json, write_json_atomic
+from xai_feedback.cli import find_benchmarks, load_benchmark
 from xai_feedback.data import confounded_digits
 from xai_feedback.functional import resize_maps
 from xai_feedback.models import GAPNet
+
+decoy = load_benchmark("decoy", find_benchmarks(Path(__file__).parent))
 
 
 def test_write_json_atomic_roundtrip(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from xai_feedback.bench import proxy as bench
+from xai_feedback.cli import find_benchmarks, load_benchmark
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.transforms import ProxyAttention, explain
+from xai_feedback.proxy import ProxyAttention, explain
+
+bench = load_benchmark("proxy", find_benchmarks(Path(__file__).parent))
 
 
 def test_seed_style_pipeline_agrees_with_batched_one() -> None:

@@ -62,7 +62,13 @@ def test_cam_equals_hires_cam_times_hw_for_gap_head() -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         cam = hook.cam(logits, torch.tensor([0, 9]))
-        hires = hook.cam(logits, torch.tensor([0, 9]), method="hires_cam", relu=False)
+        hires = hook.cam(
+            logits, torch.tensor([0, 9]), method="hires_cam", relu=False, scale="paper"
+        )
+        # on the CAM scale (the default), HiResCAM and Grad-CAM *equal* CAM for a GAP head
+        for method in ("hires_cam", "grad_cam"):
+            same = hook.cam(logits, torch.tensor([0, 9]), method=method, relu=False)
+            assert torch.allclose(cam, same, atol=1e-10)
     assert torch.allclose(cam, hires * 196, atol=1e-10)
 
 

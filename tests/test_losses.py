@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.conftest import gradcheck64
-from xai_feedback import RangeError, ShapeError
+from xai_feedback import MissingInputError, RangeError, ShapeError
 from xai_feedback.data import confounded_digits
 from xai_feedback.functional import centre_penalty, centre_weight, mask_penalty
 from xai_feedback.losses import (
@@ -92,7 +92,7 @@ def test_objective_uses_schedule_and_penalty() -> None:
     ce = torch.nn.functional.cross_entropy(logits, data.labels)
     assert torch.allclose(off, ce) and float(on) > float(off)
     mask_obj = cam_penalty_objective(MaskPenalty(), 1.0)
-    with pytest.raises(RangeError, match="needs `masks`"):
+    with pytest.raises(MissingInputError, match="needs `masks`"):
         mask_obj(model, Batch(data.images, data.labels, None, 0, 0, 1))
     rrr, _ = rrr_objective(1.0)(model, batch(0))
     assert rrr.requires_grad and float(rrr) > float(ce)

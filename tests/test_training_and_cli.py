@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,6 +72,10 @@ def test_demo_shows_the_shortcut(capsys: pytest.CaptureFixture[str]) -> None:
     assert values["confound-test accuracy"] < 0.6 < values["train accuracy"]
 
 
-def test_cli_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unknown_benchmark(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("XAI_FEEDBACK_BENCHMARKS", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(["bench", "nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err

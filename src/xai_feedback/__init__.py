@@ -4,19 +4,23 @@ from xai_feedback.errors import (
     DTypeError,
     HookError,
     LayerError,
+    MissingInputError,
     RangeError,
     ShapeError,
+    StoreError,
     XAIFeedbackError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DTypeError",
     "HookError",
     "LayerError",
+    "MissingInputError",
     "RangeError",
     "ShapeError",
+    "StoreError",
     "XAIFeedbackError",
     "__version__",
 ]

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["read_json", "save_tensor_atomic", "write_json_atomic"]
+__all__ = ["load_tensor", "read_json", "save_tensor_atomic", "write_json_atomic"]
 
 
 def _write_atomic(path: Path, write: Callable[[IO[Any]], None], mode: str) -> None:
@@ -30,6 +30,21 @@ def _write_atomic(path: Path, write: Callable[[IO[Any]], None], mode: str) -> No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (POSIX); best effort where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -37,9 +52,14 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     _write_atomic(path, lambda h: json.dump(payload, h, indent=2, sort_keys=True), "w")
 
 
-def save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
-    """``torch.save`` ``tensor`` to ``path`` atomically (temporary file + rename)."""
+def save_tensor_atomic(path: Path, tensor: torch.Tensor | dict[str, Any]) -> None:
+    """``torch.save`` a tensor (or a dict of tensors and strings) atomically."""
     _write_atomic(path, lambda h: torch.save(tensor, h), "wb")
+
+
+def load_tensor(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, no code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

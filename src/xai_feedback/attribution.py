@@ -1,4 +1,4 @@
-r"""One attribution API over captum: gradient methods, Grad-CAM and SmoothGrad ensembles.
+r"""One attribution API over every registered method: captum's, the CAM family, ensembles.
 
 ``attribute(model, images, target, method=..., ensemble=...)`` returns batched tensors on the
 input's device: ``(B, C, H, W)`` attributions, or ``(B, H, W)`` maps with ``reduce=``. The model
@@ -18,29 +18,31 @@ computed in chunks of at most ``batch_size`` noisy images, so memory stays bound
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_floating, check_int, check_number, check_shape
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import ShapeError
 from xai_feedback.functional.cam import resize_maps
-from xai_feedback.hooks import Target, resolve_layer, resolve_targets
+from xai_feedback.hooks import Target, resolve_targets
+from xai_feedback.layers import resolve_layer
+from xai_feedback.methods import AttributionFn, CaptumMethod, Method, get_method, method_names
 
-__all__ = ["ENSEMBLES", "METHODS", "REDUCTIONS", "attribute", "ensemble_noise", "reduce_channels"]
+__all__ = [
+    "ENSEMBLES",
+    "METHODS",
+    "REDUCTIONS",
+    "attribute",
+    "cam_maps",
+    "ensemble_noise",
+    "explain",
+    "reduce_channels",
+]
 
-METHODS = (
-    "saliency",
-    "input_x_gradient",
-    "deconvnet",
-    "guided_backprop",
-    "integrated_gradients",
-    "grad_cam",
-    "guided_grad_cam",
-)
-"""Attribution methods understood by :func:`attribute`."""
+METHODS = method_names()
+"""Every method :func:`attribute` understands: one registry (:mod:`xai_feedback.methods`)."""
 
 ENSEMBLES = ("none", "smoothgrad", "smoothgrad_sq", "vargrad")
 """Noise ensembles understood by :func:`attribute`."""
@@ -105,45 +107,101 @@ def ensemble_noise(
     return eps.flatten(0, 1)
 
 
-def _captum_method(
-    model: nn.Module, method: str, layer: nn.Module | None, options: dict[str, Any]
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    from captum import attr
+def _frozen_parameters(model: nn.Module) -> list[nn.Parameter]:
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
-    if method == "saliency":
-        sal = attr.Saliency(model)
-        return lambda x, t: sal.attribute(x, target=t, abs=options.get("abs", True))
-    if method == "input_x_gradient":
-        ixg = attr.InputXGradient(model)
-        return lambda x, t: ixg.attribute(x, target=t)
-    if method == "deconvnet":
-        dec = attr.Deconvolution(model)
-        return lambda x, t: dec.attribute(x, target=t)
-    if method == "guided_backprop":
-        gbp = attr.GuidedBackprop(model)
-        return lambda x, t: gbp.attribute(x, target=t)
-    if method == "integrated_gradients":
-        ig = attr.IntegratedGradients(model)
-        steps = check_int(options.get("n_steps", 50), "n_steps", minimum=1)
-        return lambda x, t: ig.attribute(
-            x,
-            target=t,
-            baselines=options.get("baselines", 0.0),
-            n_steps=steps,
-            internal_batch_size=options.get("internal_batch_size"),
-        )
-    assert layer is not None
-    if method == "grad_cam":
-        gc = attr.LayerGradCam(model, layer)
 
-        def grad_cam(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            maps = gc.attribute(x, target=t, relu_attributions=options.get("relu", True))
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            return resize_maps(maps.squeeze(1), size).unsqueeze(1)
+def cam_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    method: str = "grad_cam",
+    *,
+    layer: nn.Module | str | None = None,
+    relu: bool | None = None,
+    scale: str = "cam",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Maps ``(B, h, w)`` of a CAM-family method at the layer's resolution, for explanation.
 
-        return grad_cam
-    ggc = attr.GuidedGradCam(model, layer)
-    return lambda x, t: ggc.attribute(x, target=t)
+    Runs :class:`~xai_feedback.hooks.CAMHook` in eval mode (every ``training`` flag restored)
+    with the graph cut before the layer and the parameters frozen for the call (restored in
+    ``finally``), so the forward records no autograd history it does not need. The maps are
+    detached; to train through maps, use :class:`~xai_feedback.hooks.CAMHook` directly.
+
+    Args:
+        model: A classifier returning ``(B, K)`` logits (wrappers are unwrapped).
+        images: ``(B, C, H, W)``.
+        target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
+        method: A method of the ``"cam"`` family (:data:`~xai_feedback.hooks.CAM_METHODS`).
+        layer: The layer (default: the feature map feeding the global pooling).
+        relu: Keep only positive evidence (default: the method's own default).
+        scale: ``"cam"`` or ``"paper"`` (see :mod:`xai_feedback.methods`).
+        batch_size: Images per forward.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> cam_maps(GAPNet(width=4), torch.rand(3, 1, 28, 28), None, "hires_cam").shape
+        torch.Size([3, 14, 14])
+    """
+    from xai_feedback.hooks import CAMHook
+
+    get_method(method, "cam")
+    dims = check_shape(images, "B C H W", "images")
+    check_floating(images, "images")
+    check_int(batch_size, "batch_size", minimum=1)
+    if dims["B"] == 0:
+        raise ShapeError("`images` is an empty batch (B = 0); maps need at least one image.")
+    frozen = _frozen_parameters(model)
+    try:
+        chunks = []
+        for i in range(0, dims["B"], batch_size):
+            x = images[i : i + batch_size]
+            t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
+            with CAMHook(model, layer, eval_mode=True, leaf=True) as hook:
+                logits = model(x)
+                maps = hook.cam(
+                    logits, t, method=method, relu=relu, scale=scale, create_graph=False
+                )
+            chunks.append(maps.detach())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return torch.cat(chunks)
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    method: str,
+    batch_size: int = 256,
+    *,
+    layer: nn.Module | str | None = None,
+) -> torch.Tensor:
+    """``(B, h, w)`` maps of ``images`` by any registered method, for using maps.
+
+    CAM-family methods give maps at the layer's resolution (:func:`cam_maps`, CAM scale);
+    attribution methods give pixel maps ``(B, H, W)`` through :func:`attribute` with
+    ``reduce="abs_sum"``. Proxy attention and the faithfulness benchmarks call this.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)` or :math:`(B, H, W)`
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> explain(GAPNet(width=4), torch.rand(2, 1, 28, 28), None, "saliency").shape
+        torch.Size([2, 28, 28])
+    """
+    if get_method(method).family == "cam":
+        return cam_maps(model, images, target, method, layer=layer, batch_size=batch_size)
+    return attribute(model, images, target, method=method, reduce="abs_sum", batch_size=batch_size)
 
 
 def attribute(
@@ -160,31 +218,45 @@ def attribute(
     reduce: str = "none",
     layer: nn.Module | str | None = None,
     generator: torch.Generator | None = None,
-    **options: Any,
+    abs: bool | None = None,
+    n_steps: int | None = None,
+    baselines: float | torch.Tensor | None = None,
+    internal_batch_size: int | None = None,
+    relu: bool | None = None,
+    scale: str | None = None,
 ) -> torch.Tensor:
-    r"""Attributions of ``model``'s ``target`` scores for ``images``, through captum.
+    r"""Attributions of ``model``'s ``target`` scores for ``images``, by any registered method.
 
     Args:
-        model: A classifier returning ``(B, K)`` logits.
+        model: A classifier returning ``(B, K)`` logits (wrappers are unwrapped).
         images: Inputs ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted class).
-        method: One of :data:`METHODS`. ``"grad_cam"`` is resized (bilinearly) to the input and
-            returned with one channel.
+        method: One of :data:`METHODS`: the captum methods, and the CAM family
+            (:data:`~xai_feedback.hooks.CAM_METHODS`), computed by the project's kernels
+            (:func:`cam_maps`), resized bilinearly to the input and returned with one channel.
         ensemble: One of :data:`ENSEMBLES`.
         n_samples: Noisy copies per image for the ensembles.
         noise_level: Noise std relative to each image's range (Smilkov et al.: 0.1-0.2).
         noise: Explicit noise ``(B * n_samples, C, H, W)`` (image-major), instead of drawing it.
-        batch_size: Most noisy images per captum call (bounds memory).
+        batch_size: Most (noisy) images per call (bounds memory).
         reduce: Channel reduction to ``(B, H, W)`` (:func:`reduce_channels`), or ``"none"``.
-        layer: Layer for ``"grad_cam"`` / ``"guided_grad_cam"`` (default: the model's CAM layer).
+        layer: Layer of the CAM family and ``"guided_grad_cam"`` (default: the feature map
+            feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`).
         generator: Random generator for the ensemble noise.
-        **options: Method options: ``abs`` (saliency, default True), ``n_steps``,
-            ``baselines`` and ``internal_batch_size`` (integrated gradients), ``relu``
-            (Grad-CAM, default True).
+        abs: ``"saliency"``: absolute gradients (default True).
+        n_steps: ``"integrated_gradients"``: steps (default 50).
+        baselines: ``"integrated_gradients"``: baseline (default 0).
+        internal_batch_size: ``"integrated_gradients"``: captum's internal batch size.
+        relu: CAM family: keep positive evidence only (default: the method's default).
+        scale: CAM family: ``"cam"`` (default) or ``"paper"`` (:mod:`xai_feedback.methods`).
 
     Returns:
-        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for Grad-CAM), or ``(B, H, W)`` maps
-        when ``reduce`` is not ``"none"``; detached, on the images' device and dtype.
+        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM family), or ``(B, H, W)``
+        maps when ``reduce`` is not ``"none"``; detached, on the images' device and dtype.
+
+    Raises:
+        RangeError: Unknown method, ensemble or reduction, or an option the method does not
+            take (e.g. ``n_steps`` with ``"saliency"``).
 
     Shape:
         - images: :math:`(B, C, H, W)`; output: :math:`(B, C, H, W)` or :math:`(B, H, W)`
@@ -196,61 +268,118 @@ def attribute(
         >>> attribute(model, x, torch.tensor([1, 2]), method="saliency", reduce="sum").shape
         torch.Size([2, 28, 28])
     """
-    check_choice(method, "method", METHODS)
+    spec = get_method(method)
+    given = {
+        "abs": abs,
+        "n_steps": n_steps,
+        "baselines": baselines,
+        "internal_batch_size": internal_batch_size,
+        "relu": relu,
+        "scale": scale,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    spec.check_options(options)
     check_choice(ensemble, "ensemble", ENSEMBLES)
     check_choice(reduce, "reduce", REDUCTIONS)
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
     check_int(batch_size, "batch_size", minimum=1)
-    cam_layer = resolve_layer(model, layer) if method in ("grad_cam", "guided_grad_cam") else None
+    if dims["B"] == 0:
+        raise ShapeError("`images` is an empty batch (B = 0); attributions need an image.")
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
-            if isinstance(target, torch.Tensor):  # one image tells the number of classes
-                k = int(model(images[:1]).shape[1])
-                logits = images.new_zeros(dims["B"], k)
-            else:
-                logits = torch.cat(
-                    [model(images[i : i + batch_size]) for i in range(0, dims["B"], batch_size)]
-                )
-        classes = resolve_targets(target, logits)
-        captum_fn = _captum_method(model, method, cam_layer, options)
-
-        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return captum_fn(x.detach().requires_grad_(), t).detach()
-
+        classes = _classes(model, images, target, batch_size)
+        fn = _method_fn(model, spec, layer, options, batch_size)
         if ensemble == "none":
-            chunks = [
-                fn(images[i : i + batch_size], classes[i : i + batch_size])
-                for i in range(0, dims["B"], batch_size)
-            ]
-            result = torch.cat(chunks)
+            result = _chunked(fn, images, classes, batch_size)
         else:
-            check_int(n_samples, "n_samples", minimum=1)
-            if noise is None:
-                noise = ensemble_noise(images, n_samples, noise_level, generator=generator)
-            expected = (dims["B"] * n_samples, dims["C"], dims["H"], dims["W"])
-            if tuple(noise.shape) != expected:
-                raise RangeError(
-                    f"`noise` must have shape {expected} (B * n_samples, C, H, W), "
-                    f"got {tuple(noise.shape)}."
-                )
-            noisy = images.repeat_interleave(n_samples, dim=0) + noise.to(images)
-            noisy_targets = classes.repeat_interleave(n_samples)
-            chunks = [
-                fn(noisy[i : i + batch_size], noisy_targets[i : i + batch_size])
-                for i in range(0, len(noisy), batch_size)
-            ]
-            samples = torch.cat(chunks).view(dims["B"], n_samples, *chunks[0].shape[1:])
-            mean = samples.mean(dim=1)
-            if ensemble == "smoothgrad":
-                result = mean
-            elif ensemble == "smoothgrad_sq":
-                result = samples.pow(2).mean(dim=1)
-            else:
-                result = samples.pow(2).mean(dim=1) - mean.pow(2)
+            result = _ensemble(
+                fn, images, classes, ensemble, n_samples, noise_level, noise, batch_size, generator
+            )
     finally:
         for module, flag in flags:
             module.training = flag
     return reduce_channels(result, reduce)
+
+
+def _classes(
+    model: nn.Module, images: torch.Tensor, target: Target, batch_size: int
+) -> torch.Tensor:
+    """Target classes, checked against the number of classes (one image's forward)."""
+    with torch.no_grad():
+        if isinstance(target, torch.Tensor):  # one image tells the number of classes
+            k = int(model(images[:1]).shape[1])
+            logits = images.new_zeros(images.shape[0], k)
+        else:
+            logits = torch.cat(
+                [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+            )
+    return resolve_targets(target, logits)
+
+
+def _method_fn(
+    model: nn.Module,
+    spec: Method,
+    layer: nn.Module | str | None,
+    options: dict[str, Any],
+    batch_size: int,
+) -> AttributionFn:
+    """``fn(images, classes) -> (b, C, H, W)`` detached attributions of one chunk."""
+    if isinstance(spec, CaptumMethod):
+        module = resolve_layer(model, layer).module if spec.needs_layer else None
+        captum_fn = spec.build(model, module, options)
+        return lambda x, t: captum_fn(x.detach().requires_grad_(), t).detach()
+    scale = str(options.get("scale", "cam"))
+    relu = options.get("relu")
+
+    def cam_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        maps = cam_maps(
+            model, x, t, spec.name, layer=layer, relu=relu, scale=scale, batch_size=batch_size
+        )
+        return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
+
+    return cam_fn
+
+
+def _chunked(
+    fn: AttributionFn, images: torch.Tensor, classes: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    chunks = [
+        fn(images[i : i + batch_size], classes[i : i + batch_size])
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def _ensemble(
+    fn: AttributionFn,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    ensemble: str,
+    n_samples: int,
+    noise_level: float,
+    noise: torch.Tensor | None,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """SmoothGrad / SmoothGrad² / VarGrad over ``n_samples`` noisy copies per image."""
+    check_int(n_samples, "n_samples", minimum=1)
+    b, c, h, w = images.shape
+    if noise is None:
+        noise = ensemble_noise(images, n_samples, noise_level, generator=generator)
+    expected = (b * n_samples, c, h, w)
+    if tuple(noise.shape) != expected:
+        raise ShapeError(
+            f"`noise` must have shape {expected} (B * n_samples, C, H, W), "
+            f"got {tuple(noise.shape)}."
+        )
+    noisy = images.repeat_interleave(n_samples, dim=0) + noise.to(images)
+    samples = _chunked(fn, noisy, classes.repeat_interleave(n_samples), batch_size)
+    samples = samples.view(b, n_samples, *samples.shape[1:])
+    mean = samples.mean(dim=1)
+    if ensemble == "smoothgrad":
+        return mean
+    if ensemble == "smoothgrad_sq":
+        return samples.pow(2).mean(dim=1)
+    return samples.pow(2).mean(dim=1) - mean.pow(2)

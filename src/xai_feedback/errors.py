@@ -1,8 +1,25 @@
-"""Exceptions raised by xai_feedback.
+"""Exceptions raised by xai_feedback, and the one rule for which class each failure raises.
 
 Every error derives from :class:`XAIFeedbackError` *and* from the built-in exception a
 user would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so both
-``except XAIFeedbackError`` and ``except ValueError`` work.
+``except XAIFeedbackError`` and ``except ValueError`` work. Every message names the
+argument, what was expected and what was received.
+
+========================================================  ==========================
+Failure                                                   Class (builtin)
+========================================================  ==========================
+wrong Python type, or a tensor of the wrong dtype         :class:`DTypeError` (TypeError)
+wrong rank or size, sizes that disagree, an empty batch   :class:`ShapeError` (ValueError)
+a required input absent (``None`` where it is needed)     :class:`MissingInputError` (ValueError)
+a value out of range, not finite, not one of the choices  :class:`RangeError` (ValueError)
+a layer that does not exist or does not give what is      :class:`LayerError` (ValueError)
+needed (not 4-D, does not feed the head)
+a hook used outside its block, or capturing nothing       :class:`HookError` (RuntimeError)
+a result store that cannot be used as asked (settings     :class:`StoreError` (RuntimeError)
+that differ, a locked or corrupt record)
+========================================================  ==========================
+
+Runtime contracts are never ``assert`` statements (they vanish under ``python -O``).
 """
 
 from __future__ import annotations
@@ -11,8 +28,10 @@ __all__ = [
     "DTypeError",
     "HookError",
     "LayerError",
+    "MissingInputError",
     "RangeError",
     "ShapeError",
+    "StoreError",
     "XAIFeedbackError",
 ]
 
@@ -33,9 +52,17 @@ class RangeError(XAIFeedbackError, ValueError):
     """A value lies outside its allowed range, is not finite, or is not one of the choices."""
 
 
+class MissingInputError(XAIFeedbackError, ValueError):
+    """A required input is absent (``None`` where the computation needs it)."""
+
+
 class LayerError(XAIFeedbackError, ValueError):
     """A layer does not exist in the model or does not produce what is needed."""
 
 
 class HookError(XAIFeedbackError, RuntimeError):
     """A hook was used outside its ``with`` block or captured nothing."""
+
+
+class StoreError(XAIFeedbackError, RuntimeError):
+    """A result store cannot be used as asked (foreign settings, a lock, a corrupt record)."""

@@ -1,140 +1,21 @@
-"""Shared experiment runner for the demo and the benchmarks on confounded digits.
+"""Deprecated alias of :mod:`xai_feedback.demo` (kept for one release).
 
-One function trains the reference CNN with a given objective on a confounded training set
-and reports the three numbers that make a shortcut visible: training accuracy, accuracy on
-clean test digits, and accuracy on the confound's test set (where the confound no longer
-gives the class away).
+``xai_feedback.experiments`` held the confounded-digits runner that the demo and the benchmarks
+shared; it now lives in :mod:`xai_feedback.demo` and the benchmarks live outside the package, in
+the repository's ``benchmarks/`` folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
 
-import torch
-
-from xai_feedback.data import ImageDataset, confounded_digits, load_digits
-from xai_feedback.data.digits import Kind
-from xai_feedback.models import GAPNet
-from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
+from xai_feedback.demo import ConfoundRun, ConfoundSetup, run_confounded
 
 __all__ = ["ConfoundRun", "ConfoundSetup", "run_confounded"]
 
-
-@dataclass(frozen=True)
-class ConfoundSetup:
-    """Which confound, and how the reference CNN is trained on it."""
-
-    kind: Kind = "frame"
-    size: int | None = None
-    epochs: int = 12
-    width: int = 16
-    pools: int = 1
-    batch_size: int = 64
-    lr: float = 3e-3
-
-    def datasets(self, seed: int = 0, oracle: bool = False) -> dict[str, ImageDataset]:
-        """Training set (tied grey, or random grey for the oracle), clean and confound tests."""
-        return {
-            "train": confounded_digits(
-                "train",
-                self.kind,
-                size=self.size,
-                seed=seed,
-                rule="random" if oracle else "tied",
-            ),
-            "clean_test": load_digits("test"),
-            "confound_test": confounded_digits(
-                "test",
-                self.kind,
-                size=self.size,
-                seed=seed,
-            ),
-        }
-
-
-@dataclass(frozen=True)
-class ConfoundRun:
-    """Result of one training run on confounded digits.
-
-    Attributes:
-        method: The run's label.
-        seed: Its seed.
-        train_accuracy: Accuracy on its own training data.
-        seconds_per_epoch: Mean wall time of an epoch.
-        accuracies: Accuracy on each evaluation set, by name.
-    """
-
-    method: str
-    seed: int
-    train_accuracy: float
-    seconds_per_epoch: float
-    accuracies: dict[str, float]
-
-    @property
-    def clean_accuracy(self) -> float:
-        """Accuracy on the clean test digits."""
-        return self.accuracies["clean_test"]
-
-    @property
-    def confound_accuracy(self) -> float:
-        """Accuracy on the confound's test set (grey no longer tied to the label)."""
-        return self.accuracies["confound_test"]
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready dictionary."""
-        return asdict(self)
-
-
-def run_confounded(
-    setup: ConfoundSetup,
-    *,
-    method: str = "vanilla",
-    objective: Objective = cross_entropy_objective,
-    seed: int = 0,
-    oracle: bool = False,
-    progress: bool = False,
-    device: torch.device | str = "cpu",
-    train_data: ImageDataset | None = None,
-    evals: dict[str, ImageDataset] | None = None,
-) -> tuple[ConfoundRun, GAPNet]:
-    """Train a fresh :class:`GAPNet` on ``setup``'s confounded digits and evaluate it.
-
-    Args:
-        setup: The confound and training hyper-parameters.
-        method: A label for the result.
-        objective: The training objective (cross-entropy by default).
-        seed: Seed of the weights, the shuffling and the confound's random draws.
-        oracle: Train with the confound's grey randomised (no shortcut to learn).
-        progress: Show a progress bar while training.
-        device: Where to train.
-        train_data: Train on this instead of ``setup``'s training set (e.g. a split of it).
-        evals: Evaluate on these instead of the clean and confound test sets.
-
-    Returns:
-        The :class:`ConfoundRun` and the trained model.
-    """
-    if train_data is None or evals is None:
-        data = setup.datasets(seed, oracle)
-        train_data = data.pop("train") if train_data is None else train_data
-        evals = data if evals is None else evals
-    train = train_data.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    model = GAPNet(width=setup.width, pools=setup.pools, generator=generator).to(device)
-    history = fit(
-        model,
-        train,
-        epochs=setup.epochs,
-        batch_size=setup.batch_size,
-        lr=setup.lr,
-        objective=objective,
-        generator=generator,
-        progress=f"{method} (seed {seed})" if progress else False,
-    )
-    run = ConfoundRun(
-        method=method,
-        seed=seed,
-        train_accuracy=accuracy(model, train),
-        seconds_per_epoch=history.seconds_per_epoch,
-        accuracies={name: accuracy(model, d.to(device)) for name, d in evals.items()},
-    )
-    return run, model
+warnings.warn(
+    "xai_feedback.experiments is deprecated and will be removed in the next release; "
+    "import ConfoundSetup, ConfoundRun and run_confounded from xai_feedback.demo",
+    DeprecationWarning,
+    stacklevel=2,
+)

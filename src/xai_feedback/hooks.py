@@ -3,75 +3,70 @@
 The maps stay in the autograd graph: gradients come from ``torch.autograd.grad(...,
 create_graph=True)``, so a penalty on the maps trains the model, and ``param.grad`` is never
 touched. Hooks are removed when the ``with`` block ends, also when it raises.
+
+Which layer (:mod:`xai_feedback.layers`): a module, a dotted name, or ``None`` for the
+spatial feature map that feeds the model's global pooling and classifier. Wrapped models
+(``nn.DataParallel``, ``DistributedDataParallel``, ``torch.compile``) are unwrapped.
+
+Safety rules, each enforced by an error rather than a silently wrong map:
+
+- **Per-call state.** A hook captures only forwards run by the thread that entered its
+  ``with`` block, so two hooks on one model used from two threads never mix activations.
+- **In-place operations.** Code after the layer may modify its output in place
+  (``ReLU(inplace=True)``, ``out += identity``, ``x.relu_()``). ``inplace="raise"`` (the
+  default for a layer you name) detects it from the tensor's version counter and raises;
+  ``"copy"`` hands the network a copy, so the captured tensor stays the layer's own output;
+  ``"follow"`` (the default for the resolved feature layer, e.g. DenseNet's functional ReLU
+  after ``features``) explains the tensor as modified, which is what feeds the pooling.
+- **torch.compile.** A compiled graph may not run hooks added after compilation; then the
+  hook never fires and the first use raises, naming the cause.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_shape
 from xai_feedback.errors import DTypeError, HookError, LayerError, RangeError, ShapeError
-from xai_feedback.functional.cam import (
-    cam_from_head,
-    grad_cam,
-    grad_cam_pp,
-    hires_cam,
-    normalize_maps,
-    resize_maps,
-)
+from xai_feedback.functional.cam import normalize_maps, resize_maps
+from xai_feedback.layers import find_head, unwrap_model
+from xai_feedback.layers import resolve_layer as _resolve
+from xai_feedback.methods import CAM, SCALES, CAMMethod, get_method, method_names
 
-__all__ = ["CAM_METHODS", "ActivationHook", "CAMHook", "Target", "resolve_layer", "resolve_targets"]
+__all__ = [
+    "CAM_METHODS",
+    "INPLACE_POLICIES",
+    "ActivationHook",
+    "CAMHook",
+    "Target",
+    "resolve_layer",
+    "resolve_targets",
+]
 
-CAM_METHODS = ("cam", "grad_cam", "hires_cam", "grad_cam_pp")
-"""Map methods understood by :meth:`CAMHook.cam`."""
+CAM_METHODS = method_names("cam")
+"""Map methods understood by :meth:`CAMHook.cam` (the ``"cam"`` family of the registry)."""
+
+INPLACE_POLICIES = ("raise", "copy", "follow")
+"""What a hook does when later code modifies the captured tensor in place."""
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 """Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
 
+_CAM_VERIFIED: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    """Return the module named by ``layer`` (a module, a dotted name, or ``None``).
-
-    ``None`` picks the model's ``cam_layer`` attribute when it has one (the reference models
-    do), else the last ``nn.Conv2d`` of the model.
-
-    Raises:
-        LayerError: The name does not exist, the module is not part of ``model``, or there is
-            no default.
-    """
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            raise LayerError("`layer` is a module that is not part of `model`.")
-        return layer
-    if layer is None:
-        name = getattr(model, "cam_layer", None)
-        if isinstance(name, str):
-            layer = name
-        else:
-            convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-            if not convs:
-                raise LayerError(
-                    "`layer` was not given and `model` has no `cam_layer` attribute and no Conv2d."
-                )
-            return convs[-1]
-    if not isinstance(layer, str):
-        raise DTypeError(
-            f"`layer` must be an nn.Module, a dotted name or None, got {type(layer).__name__}."
-        )
-    modules: dict[str, nn.Module] = dict(model.named_modules())
-    if layer not in modules:
-        close = [n for n in modules if n and (layer in n or n in layer)][:5]
-        raise LayerError(
-            f"`layer` {layer!r} is not a module of the model"
-            + (f"; similar names: {close}" if close else "")
-            + "."
-        )
-    return modules[layer]
+    """The module named by ``layer`` (see :func:`xai_feedback.layers.resolve_layer`)."""
+    return _resolve(model, layer).module
 
 
 def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
@@ -79,7 +74,7 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
 
     Raises:
         ShapeError: Wrong number of targets.
-        RangeError: A class outside ``[0, K)``.
+        RangeError: A class outside ``[0, K)`` (negative indices are refused, never wrapped).
     """
     dims = check_shape(logits, "B K", "logits")
     if target is None:
@@ -101,19 +96,37 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     return target.to(device=logits.device, dtype=torch.long)
 
 
+def _check_not_data_parallel_on_gpus(model: nn.Module) -> None:
+    ids = getattr(model, "device_ids", None)
+    if type(model).__name__ == "DataParallel" and ids and len(ids) > 1:
+        raise HookError(
+            "nn.DataParallel over several GPUs runs its replicas in worker threads, whose "
+            "activations a hook cannot attribute to your call; use DistributedDataParallel "
+            "(one process per GPU) or explain `model.module`."
+        )
+
+
 class ActivationHook:
     """Capture the output of one layer on every forward pass inside a ``with`` block.
 
     The captured tensor is *not* detached: it is part of the autograd graph of the forward
-    that produced it. Each forward overwrites it.
+    that produced it. Each forward overwrites it. Only forwards run by the thread that entered
+    the block are captured.
 
     Args:
-        model: The model.
-        layer: A module of ``model``, its dotted name, or ``None`` (see :func:`resolve_layer`).
+        model: The model, possibly wrapped (DataParallel, DDP, ``torch.compile``).
+        layer: A module of ``model``, its dotted name, or ``None`` (the feature map feeding
+            the global pooling; see :func:`xai_feedback.layers.resolve_layer`).
         leaf: Replace the layer's output by a leaf tensor that requires grad, cutting the
             graph before the layer. For explanation only (no training through the maps): with
             the parameters frozen, the forward then records no autograd history before the
             layer, which is about twice as fast.
+        inplace: One of :data:`INPLACE_POLICIES` (see the module docstring). ``None``:
+            ``"follow"`` for the resolved default layer, ``"raise"`` for a layer you name.
+
+    Attributes:
+        layer: The hooked module.
+        layer_name: Its dotted name in the unwrapped model.
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -125,30 +138,56 @@ class ActivationHook:
     """
 
     def __init__(
-        self, model: nn.Module, layer: nn.Module | str | None = None, *, leaf: bool = False
+        self,
+        model: nn.Module,
+        layer: nn.Module | str | None = None,
+        *,
+        leaf: bool = False,
+        inplace: Literal["raise", "copy", "follow"] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise DTypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+        if inplace is not None:
+            check_choice(inplace, "inplace", INPLACE_POLICIES)
         self.model = model
+        self.module = unwrap_model(model)
         self.leaf = leaf
-        self.layer = resolve_layer(model, layer)
+        self.layer_name, self.layer = _resolve(model, layer)
+        self.inplace: str = inplace or ("follow" if layer is None else "raise")
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._owner: int | None = None
         self._acts: torch.Tensor | None = None
+        self._version = 0
 
     def _forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if threading.get_ident() != self._owner:
+            return None  # another thread's forward: not ours to capture or change
         if not isinstance(output, torch.Tensor):
             raise LayerError(
-                f"the hooked layer ({type(module).__name__}) returned "
+                f"the hooked layer {self.layer_name!r} ({type(module).__name__}) returned "
                 f"{type(output).__name__}, not a tensor."
             )
+        passed = output
         if self.leaf and output.is_floating_point():
-            output = output.detach().requires_grad_()
-        self._acts = output
-        return output
+            if getattr(output, "_xai_feedback_cut", False):
+                captured = output  # a nested leaf hook already cut the graph here
+            else:
+                cut = output.detach().requires_grad_()
+                captured = passed = cut.clone()  # not a leaf: in-place ops downstream work
+                captured._xai_feedback_cut = True  # type: ignore[attr-defined]
+        else:
+            captured = output
+        if self.inplace == "copy":
+            passed = captured.clone()
+        self._acts = captured
+        self._version = captured._version
+        return passed if passed is not output else None
 
     def __enter__(self) -> ActivationHook:
         if self._handle is not None:
             raise HookError("this hook is already active (nested `with` on the same hook).")
+        _check_not_data_parallel_on_gpus(self.model)
+        self._owner = threading.get_ident()
         self._handle = self.layer.register_forward_hook(self._forward_hook)
         return self
 
@@ -163,6 +202,7 @@ class ActivationHook:
                 self._handle.remove()
         finally:
             self._handle = None
+            self._owner = None
             self._acts = None
 
     @property
@@ -172,12 +212,37 @@ class ActivationHook:
 
     @property
     def activations(self) -> torch.Tensor:
-        """The layer's output from the most recent forward pass inside the block."""
+        """The layer's output from the most recent forward pass inside the block.
+
+        Raises:
+            HookError: Outside the block; the layer has not run (also: a compiled graph that
+                bypasses hooks); or the output was modified in place with ``inplace="raise"``.
+        """
         if self._handle is None:
             raise HookError("activations are only available inside the hook's `with` block.")
+        if threading.get_ident() != self._owner:
+            raise HookError("a hook's activations belong to the thread that entered its block.")
         if self._acts is None:
+            compiled = type(self.model).__name__ == "OptimizedModule"
             raise HookError(
-                "the hooked layer has not run yet: call the model inside the block first."
+                f"the hooked layer {self.layer_name!r} has not run yet: call the model inside "
+                "the block first."
+                + (
+                    " The model is compiled (torch.compile): a graph compiled before the hook "
+                    "was registered does not run it. Enter the hook before the first call of "
+                    "the compiled model, or explain the uncompiled model "
+                    "(`model._orig_mod`)."
+                    if compiled
+                    else ""
+                )
+            )
+        if self.inplace == "raise" and self._acts._version != self._version:
+            raise HookError(
+                f"the output of layer {self.layer_name!r} was modified in place after it was "
+                "captured (e.g. by ReLU(inplace=True), `out += identity` or `x.relu_()`), so "
+                "it no longer holds the layer's output. Pass inplace='copy' to keep the "
+                "layer's own output, inplace='follow' to explain the modified tensor, or hook "
+                "a module after the in-place operation."
             )
         return self._acts
 
@@ -185,23 +250,26 @@ class ActivationHook:
 class CAMHook(ActivationHook):
     r"""Differentiable class activation maps of a layer, batched, on the input's device.
 
-    Inside the ``with`` block, run the model, then ask for maps of its logits:
+    Inside the ``with`` block, run the model, then ask for maps of its logits with any method
+    of the ``"cam"`` family of :mod:`xai_feedback.methods`:
 
-    - ``"cam"``: exact CAM from a GAP + linear head
-      (:func:`~xai_feedback.functional.cam_from_head`), needs no gradient; signed evidence
-      (``relu=False``) is its default, as training needs,
+    - ``"cam"``: exact CAM from a GAP + linear head, needs no gradient; signed evidence
+      (``relu=False``) is its default, as training needs. The head is verified once per
+      model and layer: the maps' means plus the bias must reproduce the logits;
     - ``"grad_cam"``, ``"hires_cam"``, ``"grad_cam_pp"``: from ``dy/dA`` computed by
-      ``torch.autograd.grad(create_graph=...)``.
+      ``torch.autograd.grad(create_graph=...)``, on the CAM scale by default (for a GAP +
+      linear head Grad-CAM equals CAM), so a penalty weight transfers between methods.
 
     Args:
-        model: The model.
-        layer: The layer whose output ``A`` (4-D) is explained; ``None`` uses
-            ``model.cam_layer`` or the last Conv2d.
+        model: The model, possibly wrapped (DataParallel, DDP, ``torch.compile``).
+        layer: The layer whose output ``A`` (4-D) is explained; ``None``: the feature map
+            feeding the global pooling (``model.cam_layer`` for the reference models).
         head: The linear head for ``"cam"`` (module or dotted name); ``None`` uses
             ``model.classifier`` when it is an ``nn.Linear``, else the last ``nn.Linear``.
         eval_mode: Put the model in eval mode for the block (restoring every module's
             ``training`` flag on exit). Off by default, for use inside training steps.
         leaf: Cut the graph before the layer (explanation only; see :class:`ActivationHook`).
+        inplace: In-place policy (see :class:`ActivationHook`).
 
     Note:
         Gradient methods take one gradient of the summed target scores for the whole batch.
@@ -215,8 +283,8 @@ class CAMHook(ActivationHook):
         >>> with CAMHook(model) as hook:
         ...     logits = model(x)
         ...     maps = hook.cam(logits, y, method="grad_cam")
-        >>> maps.shape, maps.requires_grad
-        (torch.Size([2, 14, 14]), True)
+        >>> maps.shape, maps.requires_grad, hook.layer_name
+        (torch.Size([2, 14, 14]), True, 'features')
     """
 
     def __init__(
@@ -227,8 +295,9 @@ class CAMHook(ActivationHook):
         head: nn.Module | str | None = None,
         eval_mode: bool = False,
         leaf: bool = False,
+        inplace: Literal["raise", "copy", "follow"] | None = None,
     ) -> None:
-        super().__init__(model, layer, leaf=leaf)
+        super().__init__(model, layer, leaf=leaf, inplace=inplace)
         self._head_spec = head
         self.eval_mode = eval_mode
         self._flags: list[tuple[nn.Module, bool]] = []
@@ -256,25 +325,24 @@ class CAMHook(ActivationHook):
     @property
     def head(self) -> nn.Linear:
         """The linear head used by ``method="cam"``."""
-        spec = self._head_spec
-        if spec is None:
-            spec = getattr(self.model, "classifier", None)
-            if not isinstance(spec, nn.Linear):
-                linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-                if not linears:
-                    raise LayerError("method 'cam' needs a linear head: `model` has no nn.Linear.")
-                spec = linears[-1]
-        module = resolve_layer(self.model, spec)
+        if self._head_spec is None:
+            return find_head(self.module).module  # type: ignore[return-value]
+        module = _resolve(self.model, self._head_spec).module
         if not isinstance(module, nn.Linear):
             raise LayerError(f"`head` must be an nn.Linear, got {type(module).__name__}.")
         return module
 
-    def _acts4d(self) -> torch.Tensor:
+    def _acts4d(self, batch: int) -> torch.Tensor:
         acts = self.activations
         if acts.dim() != 4:
             raise LayerError(
-                "the hooked layer must produce a 4-D (B, C, h, w) output, "
+                f"the hooked layer {self.layer_name!r} must produce a 4-D (B, C, h, w) output, "
                 f"got shape {tuple(acts.shape)}."
+            )
+        if acts.shape[0] != batch:
+            raise ShapeError(
+                f"`logits` has batch size {batch} but the hooked activations have "
+                f"{acts.shape[0]}: pass the logits of the most recent forward."
             )
         return acts
 
@@ -289,6 +357,8 @@ class CAMHook(ActivationHook):
         normalize: str = "none",
         size: tuple[int, int] | None = None,
         create_graph: bool = True,
+        scale: str = "cam",
+        check: bool = True,
     ) -> torch.Tensor:
         r"""Maps of ``logits`` (from the forward inside this block).
 
@@ -303,58 +373,125 @@ class CAMHook(ActivationHook):
             normalize: Per-map normalisation (:func:`~xai_feedback.functional.normalize_maps`).
             size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly.
             create_graph: Keep the gradient in the graph (needed to train through the maps).
+            scale: ``"cam"`` (Grad-CAM and HiResCAM times ``h w``, Grad-CAM++ times 2: on the
+                scale of CAM) or ``"paper"`` (the published definitions); see
+                :mod:`xai_feedback.methods`.
+            check: For ``"cam"``, verify (once per model, layer and head) that the layer feeds
+                a global-average-pool + linear head. Turn off for a head that is not exact in
+                training mode (e.g. dropout before the linear layer).
 
         Returns:
             Maps ``(B, h, w)``, or ``(B, K, h, w)`` with ``all_classes``.
 
+        Raises:
+            LayerError: ``"cam"`` on a layer whose maps do not reproduce the logits (use
+                ``"grad_cam"`` or ``"hires_cam"`` there), or a layer that is not 4-D.
+
         Shape:
             - logits: :math:`(B, K)`; output: :math:`(B, h, w)` or :math:`(B, K, h, w)`
         """
-        check_choice(method, "method", CAM_METHODS)
+        spec = cast(CAMMethod, get_method(method, "cam"))
+        check_choice(scale, "scale", SCALES)
         dims = check_shape(logits, "B K", "logits")
-        acts = self._acts4d()
-        if acts.shape[0] != dims["B"]:
-            raise ShapeError(
-                f"`logits` has batch size {dims['B']} but the hooked activations have "
-                f"{acts.shape[0]}: pass the logits of the most recent forward."
-            )
-        if not all_classes:
-            classes = resolve_targets(target, logits)
-        if relu is None:
-            relu = method != "cam"
-        if method == "cam":
-            weight = self.head.weight
-            if weight.shape[1] != acts.shape[1]:
-                raise LayerError(
-                    f"the head's weight has {weight.shape[1]} inputs but the hooked layer has "
-                    f"{acts.shape[1]} channels: method 'cam' needs the layer that feeds the head."
-                )
-            maps = cam_from_head(acts, weight, None if all_classes else classes)
-            maps = torch.relu(maps) if relu else maps
+        acts = self._acts4d(dims["B"])
+        classes = None if all_classes else resolve_targets(target, logits)
+        use_relu = spec.default_relu if relu is None else relu
+        if isinstance(spec, CAM):
+            maps = self._head_maps(spec, acts, logits, classes, use_relu, check)
         else:
-            kernel = {"grad_cam": grad_cam, "hires_cam": hires_cam, "grad_cam_pp": grad_cam_pp}[
-                method
-            ]
-            if not acts.requires_grad:
-                raise HookError(
-                    f"method {method!r} needs gradients, but the activations do not require grad "
-                    "(was the forward run under torch.no_grad()?)."
-                )
-            if all_classes:
-                per_class = []
-                for k in range(dims["K"]):  # one gradient per class (K is small)
-                    (grads,) = torch.autograd.grad(
-                        logits[:, k].sum(), acts, create_graph=create_graph, retain_graph=True
-                    )
-                    per_class.append(kernel(acts, grads, relu=relu))
-                maps = torch.stack(per_class, dim=1)
+            maps = self._gradient_maps(spec, acts, logits, classes, use_relu, create_graph)
+            if scale == "cam":
+                maps = maps * spec.cam_scale(int(acts.shape[2]), int(acts.shape[3]))
+        maps = normalize_maps(maps, normalize)
+        return resize_maps(maps, size) if size is not None else maps
+
+    def _head_maps(
+        self,
+        spec: CAM,
+        acts: torch.Tensor,
+        logits: torch.Tensor,
+        classes: torch.Tensor | None,
+        relu: bool,
+        check: bool,
+    ) -> torch.Tensor:
+        head = self.head
+        if head.weight.shape[1] != acts.shape[1]:
+            raise LayerError(
+                f"the head's weight has {head.weight.shape[1]} inputs but layer "
+                f"{self.layer_name!r} has {acts.shape[1]} channels: method 'cam' needs the "
+                "layer that feeds the head."
+            )
+        signed = spec.from_head(acts, head.weight, classes, relu=False)
+        if check:
+            self._verify_cam(head, signed, logits, classes)
+        return torch.relu(signed) if relu else signed
+
+    def _verify_cam(
+        self,
+        head: nn.Linear,
+        signed: torch.Tensor,
+        logits: torch.Tensor,
+        classes: torch.Tensor | None,
+    ) -> None:
+        key = (self.layer_name, str(id(head)))
+        done = _CAM_VERIFIED.setdefault(self.module, set())
+        if key in done or signed.shape[0] == 0:
+            return
+        with torch.no_grad():
+            means = signed.mean(dim=(-2, -1))
+            bias = head.bias if head.bias is not None else torch.zeros_like(head.weight[:, 0])
+            if classes is None:
+                expected, got = logits, means + bias
             else:
-                score = logits.gather(1, classes[:, None]).sum()
+                expected, got = logits.gather(1, classes[:, None])[:, 0], means + bias[classes]
+            low_precision = logits.dtype in (torch.float16, torch.bfloat16)
+            rtol = 2e-2 if low_precision else 1e-3
+            tol = rtol * (1.0 + expected.abs().amax())
+            ok = bool(((got.to(expected.dtype) - expected).abs() <= tol).all())
+        if not ok:
+            raise LayerError(
+                f"method 'cam' is only defined for a layer that feeds a global-average-pool + "
+                f"linear head, and layer {self.layer_name!r} does not: its class maps' means "
+                "plus the bias do not reproduce the logits. Use method='grad_cam' or "
+                "'hires_cam' (defined for any layer), or pass the layer that feeds the "
+                "pooling. (A head with dropout in training mode also fails this check; "
+                "pass check=False there.)"
+            )
+        done.add(key)
+
+    def _gradient_maps(
+        self,
+        spec: CAMMethod,
+        acts: torch.Tensor,
+        logits: torch.Tensor,
+        classes: torch.Tensor | None,
+        relu: bool,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        if not acts.requires_grad:
+            raise HookError(
+                f"method {spec.name!r} needs gradients, but the activations do not require grad "
+                "(was the forward run under torch.no_grad()?)."
+            )
+
+        def grads_of(score: torch.Tensor) -> torch.Tensor:
+            try:
                 (grads,) = torch.autograd.grad(
                     score, acts, create_graph=create_graph, retain_graph=True
                 )
-                maps = kernel(acts, grads, relu=relu)
-        maps = normalize_maps(maps, normalize)
-        if size is not None:
-            maps = resize_maps(maps, size)
-        return maps
+            except RuntimeError as err:
+                if "not have been used in the graph" in str(err):
+                    raise HookError(
+                        f"the logits do not depend on the captured output of layer "
+                        f"{self.layer_name!r} (another hook replaced it, or the logits come "
+                        "from another forward)."
+                    ) from err
+                raise
+            return grads
+
+        if classes is not None:
+            return spec.maps(acts, grads_of(logits.gather(1, classes[:, None]).sum()), relu=relu)
+        per_class = [  # one gradient per class (K is small in training)
+            spec.maps(acts, grads_of(logits[:, k].sum()), relu=relu) for k in range(logits.shape[1])
+        ]
+        return torch.stack(per_class, dim=1)

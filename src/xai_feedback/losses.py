@@ -26,7 +26,7 @@ from xai_feedback._checks import (
 )
 from xai_feedback.errors import RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
-from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight
+from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, centre_weight
 from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
 
 __all__ = [
@@ -65,7 +65,8 @@ class CentrePenalty(nn.Module):
     normalisation. Add ``lambda * P`` to the cross-entropy.
 
     Args:
-        sigma: Width of the Gaussian (> 0); 0.5 on [-1, 1] coordinates by default.
+        sigma: Width of the Gaussian (> 0) on [-1, 1] coordinates; default
+            :data:`~xai_feedback.functional.kernels.DEFAULT_SIGMA` (0.7).
         classes: ``"all"`` (penalise the maps of every class, default) or ``"target"``.
         signed: Penalise signed evidence (default) rather than its ReLU.
         normalize: Per-map normalisation before weighting (``"none"`` by default; "energy"
@@ -79,7 +80,7 @@ class CentrePenalty(nn.Module):
         - output: scalar
 
     Example:
-        >>> penalty = CentrePenalty(sigma=0.5)
+        >>> penalty = CentrePenalty()  # sigma 0.7
         >>> maps = torch.zeros(2, 10, 7, 7, requires_grad=True)
         >>> float(penalty(maps))
         0.0
@@ -87,7 +88,7 @@ class CentrePenalty(nn.Module):
 
     def __init__(
         self,
-        sigma: float = 0.5,
+        sigma: float = DEFAULT_SIGMA,
         *,
         classes: str = "all",
         signed: bool = True,

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_choice
-from xai_feedback.errors import RangeError
-from xai_feedback.hooks import CAM_METHODS, CAMHook
+from xai_feedback.errors import MissingInputError
+from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
     CentrePenalty,
     ConstantSchedule,
@@ -20,6 +19,7 @@ from xai_feedback.losses import (
     MaskPenalty,
     RRRPenalty,
 )
+from xai_feedback.methods import get_method
 from xai_feedback.training import Batch, Objective
 
 __all__ = ["cam_penalty_objective", "rrr_objective"]
@@ -38,8 +38,12 @@ def cam_penalty_objective(
         penalty: A :class:`~xai_feedback.losses.CentrePenalty` (no annotations) or a
             :class:`~xai_feedback.losses.MaskPenalty` (uses ``batch.masks``).
         schedule: A loss schedule, or a constant penalty weight.
-        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`).
-        layer: Layer whose maps are penalised (default: the model's CAM layer).
+        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`), on the CAM scale
+            (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
+            penalty as ``"cam"``, so one penalty weight serves all). The maps are signed; the
+            penalty's ``signed`` flag decides whether only positive evidence is penalised.
+        layer: Layer whose maps are penalised (default: the feature map feeding the global
+            pooling, :func:`xai_feedback.layers.resolve_layer`).
 
     Example:
         >>> from xai_feedback.data import confounded_digits
@@ -49,7 +53,7 @@ def cam_penalty_objective(
         >>> objective = cam_penalty_objective(CentrePenalty(), 1.0)
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
-    check_choice(method, "method", CAM_METHODS)
+    get_method(method, "cam")
     sched = ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
     all_classes = penalty.classes == "all"
 
@@ -60,10 +64,15 @@ def cam_penalty_objective(
             ce = F.cross_entropy(logits, batch.labels)
             if pen_w == 0:
                 return ce_w * ce, logits
-            maps = hook.cam(logits, batch.labels, method=method, all_classes=all_classes)
+            # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
+            maps = hook.cam(
+                logits, batch.labels, method=method, all_classes=all_classes, relu=False
+            )
         if isinstance(penalty, MaskPenalty):
             if batch.masks is None:
-                raise RangeError("a MaskPenalty needs `masks` in the training data, got None.")
+                raise MissingInputError(
+                    "a MaskPenalty needs `masks` in the training data, got None."
+                )
             value = penalty(maps, batch.masks, batch.labels)
         else:
             value = penalty(maps, batch.labels)
@@ -81,7 +90,7 @@ def rrr_objective(
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.masks is None:
-            raise RangeError("RRR needs `masks` in the training data, got None.")
+            raise MissingInputError("RRR needs `masks` in the training data, got None.")
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
         images = batch.images.detach().requires_grad_(pen_w != 0)
         logits = model(images)

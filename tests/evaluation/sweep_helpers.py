@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -44,3 +45,53 @@ def train_crash_on_half(data: ImageDataset, generator: torch.Generator) -> nn.Mo
     if "0.5" in data.name:
         raise RuntimeError("simulated crash")
     return train_means(data, generator)
+
+
+def intensity(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Attributions = the images (bright pixels first)."""
+    return images
+
+
+def darkness(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Another explainer: dark pixels first."""
+    return 1 - images
+
+
+def train_means_again(data: ImageDataset, generator: torch.Generator) -> nn.Module:
+    """Another training function with the same results as :func:`train_means`."""
+    return train_means(data, generator)
+
+
+def train_needs_masks(data: ImageDataset, generator: torch.Generator) -> nn.Module:
+    """Fails unless the sweep hands the training data's masks over."""
+    if data.masks is None:
+        raise RuntimeError("train_fn received masks=None")
+    return train_means(data, generator)
+
+
+def train_crash_if_env(data: ImageDataset, generator: torch.Generator) -> nn.Module:
+    """Crashes on fraction 0.5 while SWEEP_CRASH is set (a transient failure)."""
+    if os.environ.get("SWEEP_CRASH") and "0.5" in data.name:
+        raise RuntimeError("transient crash")
+    return train_means(data, generator)
+
+
+def train_kill_worker_once(data: ImageDataset, generator: torch.Generator) -> nn.Module:
+    """SIGKILLs its own process at the first fraction-0.5 training (marker: SWEEP_KILL_MARKER)."""
+    marker = os.environ.get("SWEEP_KILL_MARKER")
+    if marker and "0.5" in data.name:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return train_means(data, generator)
+
+
+def small_digits() -> tuple[ImageDataset, ImageDataset]:
+    """The fault tests' data: 200 training and 60 test digits."""
+    from xai_feedback.data import load_digits
+
+    train, test = load_digits("train"), load_digits("test")
+    return train.subset(torch.arange(200)), test.subset(torch.arange(60))

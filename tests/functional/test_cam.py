@@ -91,11 +91,13 @@ def test_grad_cam_matches_captum_layer_gradcam() -> None:
 
     with CAMHook(model, "3") as hook:
         logits = model(x)
-        maps = hook.cam(logits, target, method="grad_cam")
-        signed = hook.cam(logits, target, method="grad_cam", relu=False)
+        maps = hook.cam(logits, target, method="grad_cam", scale="paper")
+        signed = hook.cam(logits, target, method="grad_cam", relu=False, scale="paper")
+        cam_scale = hook.cam(logits, target, method="grad_cam")
     assert float(expected_signed.detach().min()) < 0  # the comparison covers both signs
     assert torch.allclose(maps, expected, atol=1e-5)
     assert torch.allclose(signed, expected_signed, atol=1e-5)
+    assert torch.allclose(cam_scale, expected * 64, atol=1e-4)  # the CAM scale: times h*w
 
 
 @pytest.mark.parametrize("mode", ["max", "sum", "minmax", "energy"])

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xai_feedback import RangeError, ShapeError
+from xai_feedback import MissingInputError, RangeError, ShapeError
 from xai_feedback.functional import apply_mask, blend, fill_values, threshold_mask, topk_mask
 
 
@@ -69,7 +69,7 @@ def test_bad_inputs() -> None:
         threshold_mask(torch.rand(1, 2, 2), -0.1)
     with pytest.raises(RangeError, match="`fill` must be one of"):
         fill_values(torch.rand(1, 1, 2, 2), "median")
-    with pytest.raises(ShapeError, match="`dataset_mean`"):
+    with pytest.raises(MissingInputError, match="`dataset_mean`"):
         fill_values(torch.rand(1, 3, 2, 2), "dataset_mean")
     with pytest.raises(ShapeError, match="`mask`"):
         apply_mask(torch.rand(1, 1, 2, 2), torch.zeros(1, 3, 3, dtype=torch.bool), torch.zeros(1))

@@ -78,10 +78,14 @@ def test_grad_cam_hook_equals_captum(name: str) -> None:
     x = torch.rand(3, 1, 28, 28, generator=G().manual_seed(2))
     y = torch.tensor([1, 4, 7])
     with CAMHook(model) as hook:
-        maps = hook.cam(model(x), y, method="grad_cam", relu=True)
+        logits = model(x)
+        maps = hook.cam(logits, y, method="grad_cam", relu=True, scale="paper")
+        cam_scale = hook.cam(logits, y, method="grad_cam", relu=True)
     layer = dict(model.named_modules())[model.cam_layer]
     ref = attr.LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True)
     assert torch.allclose(maps, ref.squeeze(1), atol=1e-5)
+    h, w = maps.shape[-2:]
+    assert torch.allclose(cam_scale, ref.squeeze(1) * (h * w), atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["simple_gap", "simple_cbam", "resattnet"])

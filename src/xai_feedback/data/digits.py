@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from xai_feedback._checks import check_choice, check_int
 from xai_feedback.data._dataset import ImageDataset
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import MissingInputError, RangeError
 
 __all__ = [
     "CANVAS",
@@ -134,7 +134,7 @@ def confound_masks(
         dist = torch.minimum(rows, canvas - 1 - rows)
         return torch.minimum(dist[:, None], dist[None, :]) < size
     if corners is None:
-        raise RangeError("`corners` must be given for swatch confounds, got None.")
+        raise MissingInputError("`corners` must be given for swatch confounds, got None.")
     top = torch.where(corners >= 2, canvas - size, 0)
     left = torch.where(corners % 2 == 1, canvas - size, 0)
     in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)

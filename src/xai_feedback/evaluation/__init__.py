@@ -4,21 +4,43 @@ All rank pixels with the same kernel (:func:`xai_feedback.functional.masking.ran
 proxy attention uses, remove exactly ``round(f * H * W)`` pixels per image, and return
 :class:`Curves` (mean ± std per fraction, AUC, table, plot, JSON). A random ranking is always
 part of the comparison.
+
+Vocabulary: :data:`AttributionSource` is "a callable or a tensor giving attributions";
+:data:`RETRAIN_MODES` (``"roar"``, ``"kar"``), :data:`ORDERS` (ROAD's ``"morf"``, ``"lerf"``)
+and :data:`SELECTIVITY_MODES` name the modes. ``MODES`` is a deprecated alias of
+:data:`RETRAIN_MODES`.
 """
 
-from xai_feedback.evaluation.results import Curves, RunStore
+from typing import Any
+
+from xai_feedback.evaluation._types import AttributionSource, EvalFn, ExplainFn, TrainFn
+from xai_feedback.evaluation.results import Curves
 from xai_feedback.evaluation.road import ORDERS, road
-from xai_feedback.evaluation.roar import KAR, MODES, ROAR, RetrainSweep
-from xai_feedback.evaluation.selectivity import selectivity
+from xai_feedback.evaluation.roar import KAR, RETRAIN_MODES, ROAR, MethodSpec, RetrainSweep
+from xai_feedback.evaluation.selectivity import SELECTIVITY_MODES, selectivity
+from xai_feedback.evaluation.store import RunStore, StoreError
 
 __all__ = [
     "KAR",
-    "MODES",
     "ORDERS",
+    "RETRAIN_MODES",
     "ROAR",
+    "SELECTIVITY_MODES",
+    "AttributionSource",
     "Curves",
+    "EvalFn",
+    "ExplainFn",
+    "MethodSpec",
     "RetrainSweep",
     "RunStore",
+    "StoreError",
+    "TrainFn",
     "road",
     "selectivity",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    from xai_feedback.evaluation._types import deprecated_alias
+
+    return deprecated_alias(__name__, name, {"MODES": ("RETRAIN_MODES", RETRAIN_MODES)})

@@ -1,4 +1,4 @@
-"""Curves of a faithfulness metric over removal fractions, and the run store behind a sweep."""
+"""Curves of a faithfulness metric over removal fractions (the run store is in ``store``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xai_feedback._io import read_json, write_json_atomic
+from xai_feedback._io import write_json_atomic
 
-__all__ = ["Curves", "RunStore"]
+__all__ = ["Curves"]
 
 
 def _key(fraction: float) -> str:
@@ -43,6 +43,18 @@ class Curves:
     def methods(self) -> list[str]:
         """Methods with at least one value, in insertion order."""
         return list(self.values)
+
+    @property
+    def failed(self) -> int:
+        """Number of failed runs."""
+        return sum(len(errors) for by_f in self.failures.values() for errors in by_f.values())
+
+    def _cell(self, method: str, fraction: float, mean: float, std: float, digits: int) -> str:
+        failed = len(self.failures.get(method, {}).get(_key(fraction), []))
+        value = "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        if not failed:
+            return value
+        return f"failed ({failed})" if value == "-" else f"{value} ({failed} failed)"
 
     def add(self, method: str, fraction: float, value: float) -> None:
         """Record one value."""
@@ -81,18 +93,21 @@ class Curves:
         return area / (xs[-1] - xs[0])
 
     def table(self, digits: int = 3) -> str:
-        """Markdown table: one row per method, mean ± std per fraction, and the AUC."""
+        """Markdown table: one row per method, mean ± std per fraction, and the AUC.
+
+        Methods whose runs failed have a row too; failed points read ``failed (n)``.
+        """
         head = " | ".join(f"{f:g}" for f in self.fractions)
         lines = [
             f"| {self.name}: {self.metric} | {head} | AUC |",
             "|---" * (len(self.fractions) + 2) + "|",
         ]
-        for method in self.methods:
-            cells = [
-                f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(m) else "-"
-                for m, s in zip(self.mean(method), self.std(method), strict=True)
-            ]
-            lines.append(f"| {method} | {' | '.join(cells)} | {self.auc(method):.{digits}f} |")
+        for method in dict.fromkeys([*self.values, *self.failures]):
+            stats = zip(self.fractions, self.mean(method), self.std(method), strict=True)
+            cells = [self._cell(method, f, m, s, digits) for f, m, s in stats]
+            auc = self.auc(method)
+            auc_cell = "-" if math.isnan(auc) else f"{auc:.{digits}f}"
+            lines.append(f"| {method} | {' | '.join(cells)} | {auc_cell} |")
         return "\n".join(lines)
 
     def plot(self, ax: Any = None) -> Any:
@@ -138,25 +153,9 @@ class Curves:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-class RunStore:
-    """One JSON file per finished run under ``root``, each written atomically when it finishes.
+def __getattr__(name: str) -> Any:
+    if name == "RunStore":  # moved to xai_feedback.evaluation.store (lazy: store imports us)
+        from xai_feedback.evaluation.store import RunStore
 
-    A sweep asks :meth:`get` before running anything, so a restarted sweep redoes nothing that
-    finished; a half-written file cannot exist (temporary file + rename).
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def path(self, parts: Sequence[str]) -> Path:
-        """File of the run named by ``parts``."""
-        safe = ["".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in p) for p in parts]
-        return self.root.joinpath(*safe[:-1], safe[-1] + ".json")
-
-    def get(self, parts: Sequence[str]) -> dict[str, Any] | None:
-        """The stored record, or ``None``."""
-        return read_json(self.path(parts))
-
-    def put(self, parts: Sequence[str], record: dict[str, Any]) -> None:
-        """Store a record atomically."""
-        write_json_atomic(self.path(parts), record)
+        return RunStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,46 +14,102 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
 
 import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_fractions, check_int, check_shape
 from xai_feedback.errors import DTypeError
+from xai_feedback.evaluation._scores import method_scores
+from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
 from xai_feedback.evaluation.results import Curves
-from xai_feedback.functional.masking import REMOVALS, attribution_scores, rank_mask, remove_pixels
+from xai_feedback.functional.masking import REMOVALS, rank_mask, remove_pixels
 
-__all__ = ["ORDERS", "road"]
+__all__ = ["ORDERS", "method_scores", "road"]
 
 ORDERS = ("morf", "lerf")
-"""Most-relevant-first and least-relevant-first removal."""
-
-Attributions = torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Removal orders: most-relevant-first (``"morf"``) and least-relevant-first (``"lerf"``)."""
 
 
-def method_scores(
-    name: str,
-    method: Attributions,
+def __getattr__(name: str) -> Any:
+    return deprecated_alias(
+        __name__, name, {"Attributions": ("AttributionSource", AttributionSource)}
+    )
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """How ROAD removes pixels: fill, noise, batch size and the random source."""
+
+    fill: str
+    noise: float
+    batch_size: int
+    dataset_mean: torch.Tensor | None
+    generator: torch.Generator | None
+
+
+def _point(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    fraction: float,
+    most_relevant: bool,
+    removal: _Removal,
+) -> tuple[float, float]:
+    """Accuracy and mean true-class probability after removing ``fraction`` of the pixels."""
+    correct = prob = 0.0
+    for start in range(0, len(images), removal.batch_size):
+        part = slice(start, start + removal.batch_size)
+        y = labels[part]
+        mask = rank_mask(scores[part], fraction, most_relevant=most_relevant)
+        x = remove_pixels(
+            images[part],
+            mask,
+            removal.fill,
+            dataset_mean=removal.dataset_mean,
+            noise=removal.noise,
+            generator=removal.generator,
+        )
+        p = model(x).softmax(dim=1)
+        correct += float((p.argmax(dim=1) == y).sum())
+        prob += float(p.gather(1, y.view(-1, 1)).sum())
+    return correct / len(images), prob / len(images)
+
+
+def _all_scores(
+    methods: Mapping[str, AttributionSource],
     images: torch.Tensor,
     labels: torch.Tensor,
     squared: bool,
-    what: str = "attributions",
-) -> torch.Tensor:
-    """Per-pixel scores ``(N, H, W)`` of one method: given attributions or an explainer's.
-
-    The attributions must match the images' ``N``, ``H`` and ``W``; errors name them
-    ``methods[name] <what>``.
-    """
-    attributions = method(images, labels) if callable(method) else method
-    if not isinstance(attributions, torch.Tensor):
+    random_baseline: bool,
+    generator: torch.Generator | None,
+) -> dict[str, torch.Tensor]:
+    if not isinstance(methods, Mapping):
         raise DTypeError(
-            f"`methods[{name!r}]` must be a tensor or a callable, got {type(method).__name__}."
+            f"`methods` must be a mapping name -> attributions, got {type(methods).__name__}."
         )
-    n, _, h, w = images.shape
-    pattern = "N H W" if attributions.dim() == 3 else "N C H W"
-    check_shape(attributions, pattern, f"methods[{name!r}] {what}", N=n, H=h, W=w)
-    return attribution_scores(attributions.detach().to(images.device), squared=squared)
+    scores: dict[str, torch.Tensor] = {}
+    if random_baseline:
+        n, _, h, w = images.shape
+        scores["random"] = torch.rand(n, h, w, generator=generator, device="cpu").to(images.device)
+    for name, method in methods.items():
+        scores[name] = method_scores(name, method, images, labels, squared)
+    return scores
+
+
+def _empty_curves(orders: Sequence[str], fractions: list[float]) -> dict[str, Curves]:
+    curves = {}
+    for order in orders:
+        curves[order] = Curves(f"ROAD {order.upper()}", "accuracy", fractions)
+        curves[f"{order}_probability"] = Curves(
+            f"ROAD {order.upper()}", "true-class probability", fractions
+        )
+    return curves
 
 
 @torch.no_grad()
@@ -61,7 +117,7 @@ def road(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    methods: Mapping[str, Attributions],
+    methods: Mapping[str, AttributionSource],
     *,
     fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     orders: Sequence[str] = ORDERS,
@@ -115,48 +171,16 @@ def road(
         check_choice(order, "orders", ORDERS)
     check_choice(fill, "fill", REMOVALS)
     check_int(batch_size, "batch_size", minimum=1)
-    if not isinstance(methods, Mapping):
-        raise DTypeError(
-            f"`methods` must be a mapping name -> attributions, got {type(methods).__name__}."
-        )
-    scores: dict[str, torch.Tensor] = {}
-    if random_baseline:
-        n, _, h, w = images.shape
-        scores["random"] = torch.rand(n, h, w, generator=generator, device="cpu").to(images.device)
-    for name, method in methods.items():
-        scores[name] = method_scores(name, method, images, labels, squared)
-    curves = {}
-    for order in orders:
-        curves[order] = Curves(f"ROAD {order.upper()}", "accuracy", fractions)
-        curves[f"{order}_probability"] = Curves(
-            f"ROAD {order.upper()}", "true-class probability", fractions
-        )
+    scores = _all_scores(methods, images, labels, squared, random_baseline, generator)
+    removal = _Removal(fill, noise, batch_size, dataset_mean, generator)
+    curves = _empty_curves(orders, fractions)
     was_training = model.training
     model.eval()
     try:
-        for name, s in scores.items():
-            for order in orders:
-                for f in fractions:
-                    correct = prob = 0.0
-                    for start in range(0, len(images), batch_size):
-                        x = images[start : start + batch_size]
-                        y = labels[start : start + batch_size]
-                        mask = rank_mask(
-                            s[start : start + batch_size], f, most_relevant=order == "morf"
-                        )
-                        x = remove_pixels(
-                            x,
-                            mask,
-                            fill,
-                            dataset_mean=dataset_mean,
-                            noise=noise,
-                            generator=generator,
-                        )
-                        p = model(x).softmax(dim=1)
-                        correct += float((p.argmax(dim=1) == y).sum())
-                        prob += float(p.gather(1, y.view(-1, 1)).sum())
-                    curves[order].add(name, f, correct / len(images))
-                    curves[f"{order}_probability"].add(name, f, prob / len(images))
+        for (name, s), order, f in product(scores.items(), orders, fractions):
+            acc, prob = _point(model, images, labels, s, f, order == "morf", removal)
+            curves[order].add(name, f, acc)
+            curves[f"{order}_probability"].add(name, f, prob)
     finally:
         model.train(was_training)
     return curves

@@ -17,32 +17,151 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_shape
-from xai_feedback.errors import DTypeError, RangeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError
+from xai_feedback.evaluation._scores import method_scores
+from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
 from xai_feedback.evaluation.results import Curves
-from xai_feedback.evaluation.road import Attributions, method_scores
 from xai_feedback.functional.masking import REMOVALS, remove_pixels
 
-__all__ = ["MODES", "selectivity"]
+__all__ = ["SELECTIVITY_MODES", "selectivity"]
 
-MODES = ("selectivity", "deletion", "insertion")
+SELECTIVITY_MODES = ("selectivity", "deletion", "insertion")
 """``selectivity`` recomputes the maps after each removal; the others keep the original ranking."""
+
+_FROM_KEPT_PIXELS = ("linear", "noisy_linear", "blur")
+"""Fills computed from the kept pixels: with every pixel removed they fall back to the mean."""
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_alias(__name__, name, {"MODES": ("SELECTIVITY_MODES", SELECTIVITY_MODES)})
 
 
 def _patch_scores(scores: torch.Tensor, patch: int) -> torch.Tensor:
     return F.avg_pool2d(scores.unsqueeze(1), patch, ceil_mode=True).flatten(1)  # (B, P)
 
 
+def _mean_images(images: torch.Tensor, dataset_mean: torch.Tensor | None) -> torch.Tensor:
+    """Images filled with the per-channel mean (``dataset_mean``, else the batch's)."""
+    mean = images.mean(dim=(0, 2, 3)) if dataset_mean is None else dataset_mean
+    return mean.to(images).view(1, -1, 1, 1).expand_as(images).clone()
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """One selectivity / deletion / insertion run: the model, the images and the settings."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    mode: str
+    patch: int
+    steps: int
+    fill: str
+    squared: bool
+    dataset_mean: torch.Tensor | None
+    generator: torch.Generator | None
+    patch_of: torch.Tensor  # (H, W): patch index of every pixel
+    n_patches: int
+
+    def pixel_mask(self, removed: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)`` pixels to remove, from the ``(N, P)`` removed (revealed) patches."""
+        n, (h, w) = removed.shape[0], self.patch_of.shape
+        mask = removed.gather(1, self.patch_of.flatten().expand(n, -1)).view(n, h, w)
+        return ~mask if self.mode == "insertion" else mask
+
+    def current(self, removed: torch.Tensor) -> torch.Tensor:
+        """The images with the removed patches filled."""
+        mask = self.pixel_mask(removed)
+        if not bool(mask.any()):
+            return self.images
+        if self.fill in _FROM_KEPT_PIXELS and bool(mask.all()):
+            return _mean_images(self.images, self.dataset_mean)
+        return remove_pixels(
+            self.images, mask, self.fill, dataset_mean=self.dataset_mean, generator=self.generator
+        )
+
+    def fixed_ranking(self, name: str, entry: AttributionSource | None) -> torch.Tensor | None:
+        """Patch scores ``(N, P)`` used at every step (``None``: recomputed each step)."""
+        if entry is None:
+            n = self.images.shape[0]
+            return torch.rand(n, self.n_patches, generator=self.generator, device="cpu").to(
+                self.images.device
+            )
+        if self.mode == "selectivity":
+            return None
+        scores = method_scores(name, entry, self.images, self.labels, self.squared)
+        return _patch_scores(scores, self.patch)
+
+    def ranking(
+        self,
+        name: str,
+        entry: AttributionSource | None,
+        fixed: torch.Tensor | None,
+        current: torch.Tensor,
+    ) -> torch.Tensor:
+        """Patch scores for the next step: the fixed ones or a new map of ``current``."""
+        if fixed is not None:
+            return fixed
+        if entry is None:
+            raise MissingInputError(f"method {name!r} has neither a fixed order nor a source.")
+        with torch.enable_grad():
+            scores = method_scores(name, entry, current, self.labels, self.squared)
+        return _patch_scores(scores, self.patch)
+
+    def run(self, name: str, entry: AttributionSource | None, out: dict[str, Curves]) -> None:
+        """Walk ``steps`` steps for one method, recording accuracy and probability."""
+        fractions = out["accuracy"].fractions
+        fixed = self.fixed_ranking(name, entry)
+        n = self.images.shape[0]
+        removed = torch.zeros(n, self.n_patches, dtype=torch.bool, device=self.images.device)
+        for step in range(self.steps + 1):
+            current = self.current(removed)
+            with torch.no_grad():
+                p = self.model(current).softmax(dim=1)
+            x, y = fractions[step], self.labels
+            out["accuracy"].add(name, x, float((p.argmax(1) == y).float().mean()))
+            out["probability"].add(name, x, float(p.gather(1, y.view(-1, 1)).mean()))
+            if step == self.steps:
+                break
+            ranking = self.ranking(name, entry, fixed, current).masked_fill(removed, float("-inf"))
+            removed = removed.scatter(1, ranking.argmax(dim=1, keepdim=True), True)
+
+
+def _check_methods(methods: Any, mode: str) -> None:
+    if not isinstance(methods, Mapping):
+        raise DTypeError(
+            f"`methods` must be a mapping name -> explainer, got {type(methods).__name__}."
+        )
+    if mode != "selectivity":
+        return
+    for name, method in methods.items():
+        if not callable(method):
+            raise RangeError(
+                f"mode='selectivity' recomputes the maps: `methods[{name!r}]` must be a "
+                f"callable explain(images, labels), got {type(method).__name__}."
+            )
+
+
+def _patch_index(h: int, w: int, patch: int, device: torch.device) -> torch.Tensor:
+    """``(H, W)`` patch index of every pixel (patches numbered row by row)."""
+    cols = -(-w // patch)
+    rows = torch.arange(h, device=device) // patch
+    return rows.view(-1, 1) * cols + (torch.arange(w, device=device) // patch).view(1, -1)
+
+
 def selectivity(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    methods: Mapping[str, Attributions],
+    methods: Mapping[str, AttributionSource],
     *,
     mode: str = "selectivity",
     patch: int = 4,
@@ -89,84 +208,40 @@ def selectivity(
     """
     dims = check_shape(images, "N C H W", "images")
     check_shape(labels, "N", "labels", N=dims["N"])
-    check_choice(mode, "mode", MODES)
+    check_choice(mode, "mode", SELECTIVITY_MODES)
     check_choice(fill, "fill", REMOVALS)
     check_int(patch, "patch", minimum=1, maximum=min(dims["H"], dims["W"]))
-    n, h, w = dims["N"], dims["H"], dims["W"]
-    rows, cols = -(-h // patch), -(-w // patch)
-    n_patches = rows * cols
+    h, w = dims["H"], dims["W"]
+    n_patches = -(-h // patch) * -(-w // patch)
     steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
-    if not isinstance(methods, Mapping):
-        raise DTypeError(
-            f"`methods` must be a mapping name -> explainer, got {type(methods).__name__}."
-        )
-    if mode == "selectivity":
-        for name, method in methods.items():
-            if not callable(method):
-                raise RangeError(
-                    f"mode='selectivity' recomputes the maps: `methods[{name!r}]` must be a "
-                    f"callable explain(images, labels), got {type(method).__name__}."
-                )
+    _check_methods(methods, mode)
     fractions = [s / n_patches for s in range(steps + 1)]
     out = {
         "accuracy": Curves(mode, "accuracy", fractions),
         "probability": Curves(mode, "true-class probability", fractions),
     }
-    all_methods: dict[str, Attributions | None] = {"random": None} if random_baseline else {}
+    all_methods: dict[str, AttributionSource | None] = {"random": None} if random_baseline else {}
     all_methods.update(methods)
-    # pixel -> patch index, to expand patch masks to pixel masks
-    patch_of = (torch.arange(h, device=images.device) // patch).view(-1, 1) * cols + (
-        torch.arange(w, device=images.device) // patch
-    ).view(1, -1)
+    patch_of = _patch_index(h, w, patch, images.device)
+    walk = _Walk(
+        model,
+        images,
+        labels,
+        mode,
+        patch,
+        steps,
+        fill,
+        squared,
+        dataset_mean,
+        generator,
+        patch_of,
+        n_patches,
+    )
     was_training = model.training
     model.eval()
     try:
         for name, entry in all_methods.items():
-            if entry is None:
-                fixed = torch.rand(n, n_patches, generator=generator, device="cpu").to(
-                    images.device
-                )
-            elif mode != "selectivity":
-                fixed = _patch_scores(method_scores(name, entry, images, labels, squared), patch)
-            removed = torch.zeros(n, n_patches, dtype=torch.bool, device=images.device)
-            for step in range(steps + 1):
-                pixel_mask = removed.gather(1, patch_of.flatten().expand(n, -1)).view(n, h, w)
-                if mode == "insertion":
-                    pixel_mask = ~pixel_mask
-                if not bool(pixel_mask.any()):
-                    current = images
-                elif fill in _FROM_KEPT_PIXELS and bool(pixel_mask.all()):
-                    current = _mean_images(images, dataset_mean)
-                else:
-                    current = remove_pixels(
-                        images, pixel_mask, fill, dataset_mean=dataset_mean, generator=generator
-                    )
-                with torch.no_grad():
-                    p = model(current).softmax(dim=1)
-                x = fractions[step]
-                out["accuracy"].add(name, x, float((p.argmax(1) == labels).float().mean()))
-                out["probability"].add(name, x, float(p.gather(1, labels.view(-1, 1)).mean()))
-                if step == steps:
-                    break
-                if entry is not None and mode == "selectivity":
-                    with torch.enable_grad():
-                        ranking = _patch_scores(
-                            method_scores(name, entry, current, labels, squared), patch
-                        )
-                else:
-                    ranking = fixed
-                ranking = ranking.masked_fill(removed, float("-inf"))
-                removed = removed.scatter(1, ranking.argmax(dim=1, keepdim=True), True)
+            walk.run(name, entry, out)
     finally:
         model.train(was_training)
     return out
-
-
-_FROM_KEPT_PIXELS = ("linear", "noisy_linear", "blur")
-"""Fills computed from the kept pixels: with every pixel removed they fall back to the mean."""
-
-
-def _mean_images(images: torch.Tensor, dataset_mean: torch.Tensor | None) -> torch.Tensor:
-    """Images filled with the per-channel mean (``dataset_mean``, else the batch's)."""
-    mean = images.mean(dim=(0, 2, 3)) if dataset_mean is None else dataset_mean
-    return mean.to(images).view(1, -1, 1, 1).expand_as(images).clone()

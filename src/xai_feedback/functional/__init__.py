@@ -19,7 +19,12 @@ from xai_feedback.functional.imputation import (
     linear_imputation,
     noisy_linear_imputation,
 )
-from xai_feedback.functional.kernels import KERNEL_SHAPES, centre_weight, normalized_grid
+from xai_feedback.functional.kernels import (
+    DEFAULT_SIGMA,
+    KERNEL_SHAPES,
+    centre_weight,
+    normalized_grid,
+)
 from xai_feedback.functional.masking import (
     FILLS,
     REMOVALS,
@@ -40,6 +45,7 @@ from xai_feedback.functional.penalties import (
 )
 
 __all__ = [
+    "DEFAULT_SIGMA",
     "FILLS",
     "KERNEL_SHAPES",
     "NORMALIZATIONS",

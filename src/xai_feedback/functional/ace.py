@@ -31,6 +31,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -227,8 +228,7 @@ def _supersmooth_sorted(
         plan = _Plan(x, _half_widths(x.shape[-1], SPANS))
     tweeter, mid, bass = plan.half
     primaries, residuals = plan.smooth(y, [tweeter, mid, bass], residuals=True)
-    assert residuals is not None
-    r = plan.smooth(residuals, [mid] * 3)[0]
+    r = plan.smooth(cast(torch.Tensor, residuals), [mid] * 3)[0]  # residuals=True: a tensor
     # the span with the smallest smoothed residual, the first one on ties (like argmin)
     spans = torch.tensor(SPANS, dtype=x.dtype, device=x.device)
     # differences at rounding level (equal residuals, e.g. a locally constant y) count as ties

@@ -6,7 +6,7 @@ import torch
 
 from xai_feedback._checks import check_choice, check_int, check_number
 
-__all__ = ["KERNEL_SHAPES", "centre_weight", "normalized_grid"]
+__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "centre_weight", "normalized_grid"]
 
 KERNEL_SHAPES = ("gaussian", "flat")
 """Kernel shapes understood by :func:`centre_weight`."""
@@ -36,10 +36,15 @@ def normalized_grid(
     return grid_y, grid_x
 
 
+DEFAULT_SIGMA = 0.7
+"""The one default width of the centre penalty, on [-1, 1] coordinates: chosen on a
+validation split of the frame-confounded digits (``benchmarks/decoy.py``)."""
+
+
 def centre_weight(
     h: int,
     w: int,
-    sigma: float = 0.5,
+    sigma: float = DEFAULT_SIGMA,
     *,
     shape: str = "gaussian",
     radius: float = 0.7,

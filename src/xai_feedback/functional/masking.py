@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from xai_feedback._checks import check_choice, check_floating, check_number, check_shape
-from xai_feedback.errors import ShapeError
+from xai_feedback.errors import MissingInputError
 from xai_feedback.functional.imputation import (
     blur_images,
     linear_imputation,
@@ -92,7 +92,9 @@ def fill_values(
         return torch.zeros(dims["B"], dims["C"], 1, 1, device=images.device, dtype=images.dtype)
     if fill == "dataset_mean":
         if dataset_mean is None:
-            raise ShapeError("`dataset_mean` (C,) is required with fill='dataset_mean', got None.")
+            raise MissingInputError(
+                "`dataset_mean` (C,) is required with fill='dataset_mean', got None."
+            )
         check_shape(dataset_mean, "C", "dataset_mean", C=dims["C"])
         mean = dataset_mean.to(device=images.device, dtype=images.dtype)
         return mean.view(1, -1, 1, 1).expand(dims["B"], -1, 1, 1)

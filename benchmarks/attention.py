@@ -4,22 +4,22 @@ Trains SimpleCNN (plain FC head), SimpleCNN with the CAM (GAP) head, SimpleCNN +
 Residual Attention Network and WARN with the same recipe (Adam + one-cycle, ``--epochs``,
 batch 64) for ``--seeds`` seeds each; each run is written atomically to ``OUT/runs`` and a
 rerun resumes. The figure shows, for a few test images, each model's attention maps and its
-Grad-CAM of the predicted class.
+Grad-CAM of the predicted class. Run: ``python benchmarks/attention.py [--seeds 3]`` or
+``xai-feedback bench attention``.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import _common as common
 import torch
 from torch import nn
 
-from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import load_digits
 from xai_feedback.models import WARN, AttentionModel, ResidualAttentionNet, SimpleCNN
 from xai_feedback.training import accuracy, fit
@@ -40,12 +40,7 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
-def _figure(models: dict[str, nn.Module], path: Path, n_images: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(models: dict[str, nn.Module], plt: Any, n_images: int = 4) -> Any:
     from xai_feedback.hooks import CAMHook
 
     test = load_digits("test")
@@ -77,35 +72,27 @@ def _figure(models: dict[str, nn.Module], path: Path, n_images: int = 4) -> None
             if c == 0:
                 ax.set_ylabel(label, fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench attention --help``."""
-    parser = argparse.ArgumentParser(
-        prog="xai-feedback bench attention",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--seeds", type=int, default=3)
+    parser = common.parser("attention", __doc__, seeds=3, quick=["--seeds", "1", "--epochs", "1"])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--models", default=",".join(MODELS), type=lambda s: s.split(","))
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention"))
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     for name in args.models:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; choose from {list(MODELS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     train, test = load_digits("train"), load_digits("test")
+    store = common.RunStore(args.out / "runs")
     last: dict[str, nn.Module] = {}
     rows = []
     for name in args.models:
         results: list[dict[str, Any]] = []
         for seed in range(args.seeds):
-            path = args.out / "runs" / f"{_slug(name)}_seed{seed}.json"
-            record = read_json(path)
+            parts = [f"{_slug(name)}_seed{seed}"]
+            record = common.cached(store, parts)
             g = torch.Generator().manual_seed(seed)
             model = MODELS[name](g)
             if record is None or seed == args.seeds - 1:  # the last seed's model feeds the figure
@@ -121,30 +108,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "parameters": sum(p.numel() for p in model.parameters()),
                         "threads": torch.get_num_threads(),
                     }
-                    write_json_atomic(path, record)
+                    store.put(parts, record)
             results.append(record)
             last[name] = model
-        accs = [r["test_accuracy"] for r in results]
         rows.append(
-            f"| {name} | {mean_std(accs)} | {results[0]['parameters']:,} | "
-            f"{statistics.fmean(r['seconds_per_epoch'] for r in results):.1f} | {len(results)} |"
+            [
+                name,
+                common.mean_std([r["test_accuracy"] for r in results]),
+                f"{results[0]['parameters']:,}",
+                f"{statistics.fmean(r['seconds_per_epoch'] for r in results):.1f}",
+                len(results),
+            ]
         )
+    header = ["model", "test accuracy", "parameters", "s / epoch", "seeds"]
     table = "\n".join(
         [
             f"Digits (1437 train / 360 test), {args.epochs} epochs, "
             f"{torch.get_num_threads()} threads",
             "",
-            "| model | test accuracy | parameters | s / epoch | seeds |",
-            "|---|---|---|---|---|",
-            *rows,
+            common.markdown_table(header, rows),
         ]
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attention_models.md").write_text(table + "\n")
     print(table)
-    try:
-        _figure(last, args.out / "attention_maps.png")
-        print(f"figure: {args.out / 'attention_maps.png'}")
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')")
+    common.figure(args.out / "attention_maps.png", partial(_figure, last), dpi=100)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,8 @@ trained without a shortcut), over several seeds, it reports mean ± std of the c
 accuracy, the clean-test accuracy, the share of CAM energy on the confound, and the time per
 epoch relative to vanilla measured in the same run. Each run is written atomically to
 ``OUT/runs/<confound>/<method>/seed<N>.json`` as soon as it ends, so an interrupted benchmark
-resumes where it stopped.
+resumes where it stopped. Run: ``python benchmarks/decoy.py [--seeds 5]`` or
+``xai-feedback bench decoy``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from typing import Any
 
+import _common as common
 import torch
 
-from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.digits import Kind
-from xai_feedback.experiments import ConfoundSetup, run_confounded
+from xai_feedback.demo import CAM_LAMBDA, CAM_SIGMA, ConfoundSetup, run_confounded
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CentrePenalty, MaskPenalty
 from xai_feedback.models import GAPNet
@@ -44,9 +46,7 @@ class Method:
 
 
 # Hyper-parameters chosen on a validation split carved from the training images
-# (``--select``), never on the test sets.
-CAM_LAMBDA = 10.0
-CAM_SIGMA = 0.7
+# (``--select``), never on the test sets; the CAM penalty's are the demo's.
 MASK_LAMBDA = 10.0
 RRR_LAMBDA = 1000.0
 
@@ -169,17 +169,15 @@ def run_one(
 
 
 def _column(records: list[dict[str, float | int | str]], key: str) -> str:
-    return mean_std([float(r[key]) for r in records])
+    return common.mean_std([float(r[key]) for r in records])
 
 
 def _table(
     records: list[dict[str, float | int | str]], confounds: Sequence[str], methods: Sequence[str]
 ) -> str:
-    header = (
-        "| confound | method | confound-test acc | clean-test acc | energy on confound | "
-        "epoch time vs vanilla | n |\n|---|---|---|---|---|---|---|"
-    )
-    lines = [header]
+    header = ["confound", "method", "confound-test acc", "clean-test acc", "energy on confound"]
+    header += ["epoch time vs vanilla", "n"]
+    lines = []
     for confound in confounds:
         rows = [r for r in records if r["confound"] == confound]
         vanilla = [float(r["seconds_per_epoch"]) for r in rows if r["method"] == "vanilla"]
@@ -189,20 +187,13 @@ def _table(
             if not rs:
                 continue
             ratio = statistics.fmean(float(r["seconds_per_epoch"]) for r in rs) / base
-            lines.append(
-                f"| {confound} | {method} | {_column(rs, 'confound_test_accuracy')} | "
-                f"{_column(rs, 'clean_test_accuracy')} | "
-                f"{_column(rs, 'confound_energy_share')} | {ratio:.2f}x | {len(rs)} |"
-            )
-    return "\n".join(lines)
+            accuracies = [_column(rs, f"{k}_accuracy") for k in ("confound_test", "clean_test")]
+            energy = _column(rs, "confound_energy_share")
+            lines.append([confound, method, *accuracies, energy, f"{ratio:.2f}x", len(rs)])
+    return common.markdown_table(header, lines)
 
 
-def _figure(models: dict[str, GAPNet], confound: str, path: Path, n_images: int = 6) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(plt: Any, models: dict[str, GAPNet], confound: str, n_images: int = 6) -> Any:
     kind, size = CONFOUNDS[confound]
     test = confounded_digits("test", kind, size=size, seed=0)
     images = test.images[:n_images]
@@ -227,9 +218,7 @@ def _figure(models: dict[str, GAPNet], confound: str, path: Path, n_images: int 
                 ax.set_ylabel(name, fontsize=7)
     fig.suptitle(f"signed CAM of the predicted class, {confound} confound test images", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _cam_factory(sigma: float, lam: float) -> Callable[[], Objective]:
@@ -276,19 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench decoy --help``."""
     from tqdm.auto import tqdm
 
-    parser = argparse.ArgumentParser(
-        prog="xai-feedback bench decoy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    quick = ["--confounds", "swatch4", "--methods", "vanilla,cam", "--seeds", "1", "--epochs", "1"]
+    parser = common.parser("decoy", __doc__, seeds=5, quick=[*quick, "--width", "4"])
     parser.add_argument("--confounds", default="frame,swatch8,swatch4", type=lambda s: s.split(","))
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
-    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--pools", type=int, default=1, help="GAPNet poolings (1: 14x14 CAMs)")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decoy"))
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
     parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
     parser.add_argument(
@@ -297,31 +280,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--lambdas", default="3,10,20", type=lambda s: [float(v) for v in s.split(",")]
     )
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     for name in args.confounds:
         if name not in CONFOUNDS:
             parser.error(f"unknown confound {name!r}; choose from {sorted(CONFOUNDS)}")
     for name in args.methods:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from {sorted(METHODS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.select:
         return _select(args)
 
+    store = common.RunStore(args.out / "runs")
     records: list[dict[str, float | int | str]] = []
     jobs = [(c, m, s) for c in args.confounds for s in range(args.seeds) for m in args.methods]
     figure_models: dict[str, dict[str, GAPNet]] = {c: {} for c in args.confounds}
     start = time.perf_counter()
     for confound, method_name, seed in tqdm(jobs, desc="decoy benchmark"):
-        path = args.out / "runs" / confound / method_name / f"seed{seed}.json"
-        weights = path.with_suffix(".pt")
-        cached = None if args.fresh else read_json(path)
-        if (
-            cached is not None
-            and cached.get("epochs") == args.epochs
-            and (seed or weights.exists())
-        ):
+        parts = [confound, method_name, f"seed{seed}"]
+        weights = args.out / "runs" / confound / method_name / f"seed{seed}.pt"
+        cached = common.cached(store, parts, fresh=args.fresh, epochs=args.epochs)
+        if cached is not None and (seed or weights.exists()):
             records.append(cached)
             if seed == 0:
                 model = GAPNet(width=args.width, pools=args.pools)
@@ -342,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.save(model.state_dict(), tmp)
             tmp.replace(weights)
             figure_models[confound][method_name] = model
-        write_json_atomic(path, record)
+        store.put(parts, record)
         records.append(record)
     table = _table(records, args.confounds, args.methods)
     print(
@@ -354,13 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:16s} {METHODS[name].description}")
     print()
     print(table)
-    (args.out / "table.md").parent.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(table + "\n")
-    try:
-        for confound, models in figure_models.items():
-            if models:
-                _figure(models, confound, args.out / f"cams_{confound}.png")
-                print(f"figure: {args.out / f'cams_{confound}.png'}")
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')")
+    for confound, models in figure_models.items():
+        draw = partial(_figure, models=models, confound=confound)
+        if models and not common.figure(args.out / f"cams_{confound}.png", draw):
+            break
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

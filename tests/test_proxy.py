@@ -6,7 +6,7 @@ import torch
 from xai_feedback import RangeError, ShapeError
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.transforms import (
+from xai_feedback.proxy import (
     ProxyAttention,
     ProxySchedule,
     explain,
@@ -74,8 +74,11 @@ def test_mine_hard_examples() -> None:
     assert mine_hard_examples(logits, labels, fraction=1.0).tolist()[0] == 1
     assert len(mine_hard_examples(logits, labels, fraction=0.2)) == math.ceil(0.2 * 3)
     assert mine_hard_examples(logits, labels, by="loss", count=2).tolist()[0] == 1
-    none = mine_hard_examples(logits, logits.argmax(1), fraction=0.5)
+    with pytest.warns(RuntimeWarning, match="mined nothing: 0 of 5 examples are candidates"):
+        none = mine_hard_examples(logits, logits.argmax(1), fraction=0.5)
     assert none.shape == (0,) and none.dtype == torch.long  # nothing wrong: empty, no crash
+    with pytest.raises(RangeError, match=r"classes in \[0, 2\), got values in \[-1, 1\]"):
+        mine_hard_examples(logits, torch.tensor([0, 0, 0, 1, -1]))  # never wrapped to class 1
 
 
 def test_schedule_validation() -> None:

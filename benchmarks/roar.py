@@ -13,6 +13,7 @@ Parts (``--parts``):
 
 Attributions come from one base model (GAPNet, width 16, two poolings) trained on the unmodified
 digits; every ROAR/KAR run trains the same architecture from scratch on modified images.
+Run: ``python benchmarks/roar.py [--repeats 3]`` or ``xai-feedback bench roar``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ import multiprocessing
 import time
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+import _common as common
 import torch
 from torch import nn
 
-from xai_feedback.bench._io import write_json_atomic
 from xai_feedback.data import ImageDataset, load_digits
 from xai_feedback.evaluation import Curves, RetrainSweep, road
 from xai_feedback.models import GAPNet
@@ -172,28 +172,21 @@ def _speed(args: argparse.Namespace, base: nn.Module, test: ImageDataset) -> dic
     }
 
 
-def _figure(curves: dict[str, Curves], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(curves: dict[str, Curves], plt: Any) -> Any:
     keys = [k for k in ("roar", "kar", "road_morf", "road_lerf") if k in curves]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         curves[key].plot(ax=ax)
         ax.set_title(key.replace("_", " ").upper(), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench roar --help``."""
-    parser = argparse.ArgumentParser(
-        prog="xai-feedback bench roar",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    quick = ["--methods", "saliency", "--fractions", "0.5", "--repeats", "1", "--workers", "1"]
+    quick += ["--train-size", "200", "--speed-images", "20"]
+    parser = common.parser("roar", __doc__, out="faithfulness", threads=False, quick=quick)
     parser.add_argument("--parts", default="sweep,road,speed,figure")
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
     parser.add_argument(
@@ -211,8 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=0, help="0: all 1437 training images")
     parser.add_argument("--speed-images", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/faithfulness"))
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     for name in args.methods:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from {sorted(METHODS)}")
@@ -262,13 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         except ImportError:
             print("Quantus is not installed: no speed comparison (pip install quantus)")
-    write_json_atomic(args.out / "summary.json", summary)
+    common.write_json_atomic(args.out / "summary.json", summary)
     report = "\n".join(lines)
     (args.out / "faithfulness.md").write_text(report + "\n")
     print(report)
     if "figure" in parts and curves:
-        try:
-            _figure(curves, args.out / "faithfulness.png")
-        except ImportError:
-            print("matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')")
+        common.figure(args.out / "faithfulness.png", partial(_figure, curves))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from xai_feedback import DTypeError, LayerError, RangeError
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.ranking import capture, channel_components, pcace
+from xai_feedback.pcace import capture, channel_components, pcace
 from xai_feedback.training import fit
 
 ace_ref = pytest.importorskip("ace.ace")
@@ -136,26 +134,3 @@ def test_channel_figure(trained: tuple[GAPNet, torch.Tensor]) -> None:
     assert f"c{result.top(1)[0]}" in fig.axes[0].get_ylabel()
     with pytest.raises(RangeError, match="n_images"):
         plot_channel_ranking(result, acts, images, n_images=len(images) + 1)
-
-
-def test_bench_pcace_synthetic_part(tmp_path: Path) -> None:
-    from xai_feedback.bench import BENCHMARKS
-
-    code = BENCHMARKS["pcace"](
-        [
-            "--parts",
-            "synthetic",
-            "--problems",
-            "3",
-            "--observations",
-            "40",
-            "--repeats",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
-    payload = json.loads((tmp_path / "pcace.json").read_text())
-    assert payload["synthetic"]["same_ranking"] is True
-    assert payload["synthetic"]["max_abs_diff_correlation"] < 1e-6

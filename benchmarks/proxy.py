@@ -10,6 +10,7 @@
    pytorch-grad-cam itself needs torchvision, which cannot be installed beside the CPU torch
    build this project uses, so its steps are reproduced here with NumPy/SciPy.
 Each accuracy run is written atomically to ``OUT/runs/...json`` and resumed if present.
+Run: ``python benchmarks/proxy.py [--seeds 5]`` or ``xai-feedback bench proxy``.
 """
 
 from __future__ import annotations
@@ -18,23 +19,24 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
+from typing import Any
 
+import _common as common
 import numpy as np
 import torch
 
-from xai_feedback.bench._io import mean_std, read_json, write_json_atomic
 from xai_feedback.data import confounded_digits, load_digits
-from xai_feedback.experiments import ConfoundSetup
+from xai_feedback.demo import ConfoundSetup
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
-from xai_feedback.training import accuracy, fit
-from xai_feedback.transforms import (
+from xai_feedback.proxy import (
     ProxyAttention,
     ProxySchedule,
     explain,
     train_with_proxy,
 )
+from xai_feedback.training import accuracy, fit
 
 __all__ = ["main", "seed_style_proxies"]
 
@@ -125,6 +127,40 @@ def _throughput(args: argparse.Namespace) -> None:
     print(f"  speed-up: {ratio:.1f}x; identical pixels: {agree:.4f}")
 
 
+def _run(
+    args: argparse.Namespace, schedule: ProxySchedule, dataset: str, arm: str, seed: int
+) -> dict[str, Any]:
+    if dataset == "digits":
+        train, tests = load_digits("train"), {"clean_test": load_digits("test")}
+    else:
+        tests = ConfoundSetup(kind="frame").datasets(seed)
+        train = tests.pop("train")
+    g = torch.Generator().manual_seed(seed)
+    model = GAPNet(width=args.width, generator=g)
+    plan = schedule if arm == "proxy" else schedule.without_proxies()
+    start = time.perf_counter()
+    history = train_with_proxy(
+        model,
+        train,
+        plan,
+        proxy=ProxyAttention(threshold=args.threshold),
+        method=args.method,
+        fraction=args.fraction,
+        generator=g,
+    )
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "arm": arm,
+        "seed": seed,
+        "schedule": args.schedule,
+        "seconds": time.perf_counter() - start,
+        "proxies": sum(r.hard_examples for r in history.rounds),
+    }
+    for name, test in tests.items():
+        record[f"{name}_accuracy"] = accuracy(model, test)
+    return record
+
+
 def _accuracy(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
@@ -136,66 +172,31 @@ def _accuracy(args: argparse.Namespace) -> None:
         for s in range(args.seeds)
         for arm in ("baseline", "proxy")
     ]
+    store = common.RunStore(args.out / "runs")
     for dataset, arm, seed in tqdm(jobs, desc="proxy benchmark"):
-        path = args.out / "runs" / dataset / arm / f"seed{seed}.json"
-        cached = read_json(path)
-        if cached is not None and cached.get("schedule") == args.schedule:
-            records.append(cached)
-            continue
-        if dataset == "digits":
-            train, tests = load_digits("train"), {"clean_test": load_digits("test")}
-        else:
-            tests = ConfoundSetup(kind="frame").datasets(seed)
-            train = tests.pop("train")
-        g = torch.Generator().manual_seed(seed)
-        model = GAPNet(width=args.width, generator=g)
-        plan = schedule if arm == "proxy" else schedule.without_proxies()
-        start = time.perf_counter()
-        history = train_with_proxy(
-            model,
-            train,
-            plan,
-            proxy=ProxyAttention(threshold=args.threshold),
-            method=args.method,
-            fraction=args.fraction,
-            generator=g,
-        )
-        record: dict[str, object] = {
-            "dataset": dataset,
-            "arm": arm,
-            "seed": seed,
-            "schedule": args.schedule,
-            "seconds": time.perf_counter() - start,
-            "proxies": sum(r.hard_examples for r in history.rounds),
-        }
-        for name, test in tests.items():
-            record[f"{name}_accuracy"] = accuracy(model, test)
-        write_json_atomic(path, record)
-        records.append(record)
+        run = partial(_run, args, schedule, dataset, arm, seed)
+        parts = [dataset, arm, f"seed{seed}"]
+        records.append(common.resume(store, parts, run, schedule=args.schedule))
     print(
         f"\nProxy attention: GAPNet(width={args.width}), schedule {args.schedule} vs the same "
         f"epochs without 'p', {args.seeds} seeds, {args.method} maps, threshold {args.threshold}, "
         f"fraction {args.fraction} of the misclassified training images; fixed test split."
     )
-    print("| data | arm | clean-test acc | confound-test acc | proxies made | seconds |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for dataset in args.datasets:
         for arm in ("baseline", "proxy"):
             rs = [r for r in records if r["dataset"] == dataset and r["arm"] == arm]
             cols = []
             for key in ("clean_test_accuracy", "confound_test_accuracy"):
-                cols.append(mean_std([float(r[key]) for r in rs if key in r], digits=4))
+                cols.append(common.mean_std([float(r[key]) for r in rs if key in r], digits=4))
             proxies = statistics.fmean(float(r["proxies"]) for r in rs)
             secs = statistics.fmean(float(r["seconds"]) for r in rs)
-            print(f"| {dataset} | {arm} | {cols[0]} | {cols[1]} | {proxies:.1f} | {secs:.1f} |")
+            rows.append([dataset, arm, *cols, f"{proxies:.1f}", f"{secs:.1f}"])
+    header = ["data", "arm", "clean-test acc", "confound-test acc", "proxies made", "seconds"]
+    print(common.markdown_table(header, rows))
 
 
-def _figure(args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(args: argparse.Namespace, plt: Any) -> Any:
     train = confounded_digits("train", "frame")
     g = torch.Generator().manual_seed(0)
     model = GAPNet(width=args.width, generator=g)
@@ -217,47 +218,37 @@ def _figure(args: argparse.Namespace) -> None:
                 axes[row, col].set_ylabel(title, fontsize=8)
     fig.suptitle("hard examples after one epoch: original / map / proxy image", fontsize=9)
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / "proxy_examples.png", dpi=110)
-    plt.close(fig)
-    print(f"figure: {args.out / 'proxy_examples.png'}")
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench proxy --help``."""
-    parser = argparse.ArgumentParser(
-        prog="xai-feedback bench proxy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    quick = ["--datasets", "frame", "--schedule", "1,p,1", "--seeds", "1", "--width", "4"]
+    parser = common.parser("proxy", __doc__, seeds=5, quick=[*quick, "--repeats", "2"])
     parser.add_argument("--datasets", default="digits,frame", type=lambda s: s.split(","))
     parser.add_argument("--schedule", default="4,p,4,p,4")
-    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--method", default="grad_cam_pp")
     parser.add_argument("--threshold", type=float, default=0.85)
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--batch", type=int, default=64, help="batch for the throughput test")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument(
         "--parts", default="throughput,accuracy,figure", type=lambda s: s.split(",")
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proxy"))
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     for name in args.datasets:
         if name not in ("digits", "frame"):
             parser.error(f"unknown dataset {name!r}; choose from ['digits', 'frame']")
     _parse_schedule(args.schedule)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if "throughput" in args.parts:
         _throughput(args)
     if "accuracy" in args.parts:
         _accuracy(args)
     if "figure" in args.parts:
-        try:
-            _figure(args)
-        except ImportError:
-            print("matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')")
+        common.figure(args.out / "proxy_examples.png", partial(_figure, args))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

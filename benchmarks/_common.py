@@ -1,0 +1,146 @@
+"""What every benchmark shares: arguments, resuming through the result store, tables, figures.
+
+A benchmark script builds its parser with :func:`parser`, reads its arguments with :func:`parse`
+(``--quick`` for a smoke-sized run into another folder, ``--threads``), keeps each finished run
+in a :class:`xai_feedback.evaluation.RunStore` (:func:`cached`, :func:`resume`), prints
+:func:`markdown_table` rows of :func:`mean_std` cells and draws an optional :func:`figure`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xai_feedback._io import write_json_atomic
+from xai_feedback.evaluation import RunStore
+
+__all__ = [
+    "RunStore",
+    "cached",
+    "figure",
+    "markdown_table",
+    "mean_std",
+    "parse",
+    "parser",
+    "resume",
+    "write_json_atomic",
+]
+
+RESULTS = Path("benchmarks/results")
+NO_MATPLOTLIB = "matplotlib is not installed: no figure (pip install 'xai-feedback[plot]')"
+
+
+def parser(
+    name: str,
+    doc: str | None,
+    *,
+    out: str | None = None,
+    seeds: int | None = None,
+    threads: bool = True,
+    quick: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """Parser of ``xai-feedback bench NAME`` with the shared options.
+
+    ``--out`` (default ``benchmarks/results/<out or name>``), ``--seeds`` when ``seeds`` is
+    given, ``--threads`` (torch threads, 0: torch's default) unless ``threads`` is false, and
+    ``--quick``: the options ``quick`` put before the command line (which can still override
+    them) and results in ``benchmarks/results/quick/<name>`` unless ``--out`` is given.
+    """
+    p = argparse.ArgumentParser(
+        prog=f"xai-feedback bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=RESULTS / (out or name))
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, default=seeds)
+    if threads:
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke-sized run ({' '.join(quick) or 'the defaults'}) into "
+        f"{RESULTS / 'quick' / name} unless --out is given",
+    )
+    p.set_defaults(_quick=list(quick), _name=name)
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` (default: the command line); apply ``--quick`` and ``--threads``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args = p.parse_args([*args._quick, *argv])
+        if not any(a == "--out" or a.startswith("--out=") for a in argv):
+            args.out = RESULTS / "quick" / args._name
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def cached(
+    store: RunStore, parts: Sequence[str], *, fresh: bool = False, **expected: Any
+) -> dict[str, Any] | None:
+    """The finished run ``parts`` if stored with these ``expected`` values (else ``None``)."""
+    if fresh:
+        return None
+    record = store.get(parts)
+    if record is None or any(record.get(k) != v for k, v in expected.items()):
+        return None
+    return record
+
+
+def resume(
+    store: RunStore,
+    parts: Sequence[str],
+    run: Callable[[], dict[str, Any]],
+    *,
+    fresh: bool = False,
+    **expected: Any,
+) -> dict[str, Any]:
+    """The stored run ``parts`` (see :func:`cached`), or ``run()``, stored as soon as it ends."""
+    record = cached(store, parts, fresh=fresh, **expected)
+    if record is None:
+        record = run()
+        store.put(parts, record)
+    return record
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± std"`` of ``values`` (sample std; 0 for one value, ``"-"`` for none)."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table: the header row, the rule, then one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def figure(path: Path, draw: Callable[[Any], Any], dpi: int = 110) -> bool:
+    """Save ``draw(pyplot)`` (a figure) at ``path`` (Agg backend); False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(NO_MATPLOTLIB)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"figure: {path}")
+    return True

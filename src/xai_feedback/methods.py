@@ -1,0 +1,345 @@
+r"""One registry of explanation methods: one name, one definition, used everywhere.
+
+:class:`~xai_feedback.hooks.CAMHook`, :func:`~xai_feedback.attribution.attribute`,
+:func:`~xai_feedback.proxy.explain` and the penalties' objectives all look methods up here,
+so ``"grad_cam"`` means the same computation on every path.
+
+Two families:
+
+- **CAM methods** (:class:`CAMMethod`) turn a layer's activations ``A`` ``(B, C, h, w)`` (and
+  ``dy/dA``) into maps ``(B, h, w)`` with the kernels of :mod:`xai_feedback.functional.cam`:
+  ``"cam"``, ``"grad_cam"``, ``"hires_cam"``, ``"grad_cam_pp"``. They are differentiable and
+  run batched inside a training step.
+- **Attribution methods** (:class:`CaptumMethod`) attribute to input pixels through captum:
+  ``"saliency"``, ``"input_x_gradient"``, ``"deconvnet"``, ``"guided_backprop"``,
+  ``"integrated_gradients"``, ``"guided_grad_cam"``.
+
+Scale (``scale="cam"``, the default of :meth:`CAMHook.cam`)
+---------------------------------------------------------------
+The literature's gradient maps live on different scales: for a global-average-pool + linear
+head, :math:`\partial y_k / \partial A_c(h,w) = W_{kc} / (hw)`, so Grad-CAM and HiResCAM
+equal :math:`\mathrm{CAM}_k / (hw)`, while Grad-CAM++'s weights
+:math:`W^+_{kc} / (2 + \bar A_c W^+_{kc})` tend to :math:`W^+_{kc}/2` for small activations. A
+penalty weight tuned with one method is then useless with another. ``scale="cam"`` multiplies
+
+- Grad-CAM and HiResCAM by :math:`hw`: for a GAP + linear head they then **equal** CAM
+  (before the ReLU), exactly;
+- Grad-CAM++ by 2: its weights tend to the positive head weights :math:`W^+` as activations
+  tend to 0, i.e. to the CAM of the positive weights;
+
+so a penalty weight transfers between methods. ``scale="paper"`` gives the published
+definitions (those of captum, pytorch-grad-cam and torch-cam).
+
+Adding a method: subclass :class:`CAMMethod` or :class:`CaptumMethod`, set ``name``, and
+decorate the class with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from xai_feedback._checks import check_int
+from xai_feedback.errors import LayerError, RangeError
+from xai_feedback.functional.cam import cam_from_head, grad_cam, grad_cam_pp, hires_cam
+
+__all__ = [
+    "SCALES",
+    "AttributionFn",
+    "CAMMethod",
+    "CaptumMethod",
+    "Family",
+    "Method",
+    "get_method",
+    "method_names",
+    "register_method",
+]
+
+Family = Literal["cam", "attribution"]
+SCALES = ("cam", "paper")
+"""Map scales of the gradient CAM methods (see the module docstring)."""
+
+AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``fn(images, targets) -> attributions`` built by :meth:`CaptumMethod.build`."""
+
+
+class Method(ABC):
+    """An explanation method: a registered name, its family, the options it accepts."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    citation: ClassVar[str] = ""
+    options: ClassVar[frozenset[str]] = frozenset()
+    """Keyword options the method accepts (validated by :func:`check_options`)."""
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`~xai_feedback.errors.RangeError` for an option this method ignores."""
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            allowed = sorted(self.options) or "none"
+            raise RangeError(
+                f"method {self.name!r} does not take option(s) {unknown}; it accepts: {allowed}."
+            )
+
+
+class CAMMethod(Method):
+    """A map over a layer's activations ``(B, C, h, w) -> (B, h, w)``, differentiable."""
+
+    family: ClassVar[Family] = "cam"
+    options: ClassVar[frozenset[str]] = frozenset({"relu", "scale"})
+    needs_gradients: ClassVar[bool] = True
+    default_relu: ClassVar[bool] = True
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """Factor applied with ``scale="cam"`` (see the module docstring)."""
+        return 1.0
+
+    @abstractmethod
+    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+        """Maps from activations and ``dy/dA`` (gradient methods)."""
+
+
+class CaptumMethod(Method):
+    """An attribution to input pixels computed by a captum class."""
+
+    family: ClassVar[Family] = "attribution"
+    needs_layer: ClassVar[bool] = False
+
+    @abstractmethod
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """Return ``fn(images, targets) -> (B, C, H, W)`` attributions."""
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add an instance of ``cls`` to the registry under ``cls.name``.
+
+    Raises:
+        RangeError: The name is taken.
+    """
+    if cls.name in _REGISTRY:
+        raise RangeError(f"an explanation method named {cls.name!r} is already registered.")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def method_names(family: Family | None = None) -> tuple[str, ...]:
+    """Registered names, of one family or all, in registration order.
+
+    Example:
+        >>> method_names("cam")
+        ('cam', 'grad_cam', 'hires_cam', 'grad_cam_pp')
+    """
+    return tuple(n for n, m in _REGISTRY.items() if family is None or m.family == family)
+
+
+def get_method(name: str, family: Family | None = None) -> Method:
+    """The registered method called ``name`` (of ``family`` when given).
+
+    Raises:
+        RangeError: No such method (the message lists the choices).
+
+    Example:
+        >>> get_method("grad_cam").family
+        'cam'
+    """
+    method = _REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None or (family is not None and method.family != family):
+        raise RangeError(f"`method` must be one of {list(method_names(family))}, got {name!r}.")
+    return method
+
+
+# --- the CAM family ------------------------------------------------------------------------
+
+
+@register_method
+class CAM(CAMMethod):
+    """CAM (Zhou et al. 2016): head weights times activations, exact for a GAP + linear head.
+
+    Signed by default (``relu=False``): the map's mean plus the bias is the logit.
+    """
+
+    name = "cam"
+    citation = "B. Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016."
+    needs_gradients = False
+    default_relu = False
+
+    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+        """Not used: CAM needs the head (see :meth:`from_head`)."""
+        raise LayerError("method 'cam' is computed from the head's weights, not gradients.")
+
+    def from_head(
+        self, acts: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor | None, relu: bool
+    ) -> torch.Tensor:
+        """Maps of ``classes`` (``None``: every class, ``(B, K, h, w)``)."""
+        maps = cam_from_head(acts, weight, classes)
+        return torch.relu(maps) if relu else maps
+
+
+@register_method
+class GradCAM(CAMMethod):
+    """Grad-CAM (Selvaraju et al. 2017), :func:`~xai_feedback.functional.grad_cam`."""
+
+    name = "grad_cam"
+    citation = "R. R. Selvaraju et al., Grad-CAM, ICCV 2017."
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """``h * w``: equals CAM for a GAP + linear head."""
+        return float(h * w)
+
+    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+        """Grad-CAM maps."""
+        return grad_cam(acts, grads, relu=relu)
+
+
+@register_method
+class HiResCAM(CAMMethod):
+    """HiResCAM (Draelos & Carin 2020), :func:`~xai_feedback.functional.hires_cam`."""
+
+    name = "hires_cam"
+    citation = "R. L. Draelos, L. Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891."
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """``h * w``: equals CAM for a GAP + linear head."""
+        return float(h * w)
+
+    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+        """HiResCAM maps."""
+        return hires_cam(acts, grads, relu=relu)
+
+
+@register_method
+class GradCAMPlusPlus(CAMMethod):
+    """Grad-CAM++ (Chattopadhay et al. 2018), :func:`~xai_feedback.functional.grad_cam_pp`."""
+
+    name = "grad_cam_pp"
+    citation = "A. Chattopadhay et al., Grad-CAM++, WACV 2018."
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """2: the weights tend to the positive head weights as activations tend to 0."""
+        return 2.0
+
+    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+        """Grad-CAM++ maps."""
+        return grad_cam_pp(acts, grads, relu=relu)
+
+
+# --- the captum family ---------------------------------------------------------------------
+
+
+@register_method
+class Saliency(CaptumMethod):
+    """Gradient magnitude (Simonyan et al. 2014); option ``abs`` (default True)."""
+
+    name = "saliency"
+    options = frozenset({"abs"})
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``Saliency``."""
+        from captum import attr
+
+        sal = attr.Saliency(model)
+        use_abs = bool(options.get("abs", True))
+        return lambda x, t: sal.attribute(x, target=t, abs=use_abs)
+
+
+@register_method
+class InputXGradient(CaptumMethod):
+    """Input times gradient (Shrikumar et al. 2016)."""
+
+    name = "input_x_gradient"
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``InputXGradient``."""
+        from captum import attr
+
+        ixg = attr.InputXGradient(model)
+        return lambda x, t: ixg.attribute(x, target=t)
+
+
+@register_method
+class Deconvnet(CaptumMethod):
+    """DeconvNet (Zeiler & Fergus 2014)."""
+
+    name = "deconvnet"
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``Deconvolution``."""
+        from captum import attr
+
+        dec = attr.Deconvolution(model)
+        return lambda x, t: dec.attribute(x, target=t)
+
+
+@register_method
+class GuidedBackprop(CaptumMethod):
+    """Guided backpropagation (Springenberg et al. 2015)."""
+
+    name = "guided_backprop"
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``GuidedBackprop``."""
+        from captum import attr
+
+        gbp = attr.GuidedBackprop(model)
+        return lambda x, t: gbp.attribute(x, target=t)
+
+
+@register_method
+class IntegratedGradients(CaptumMethod):
+    """Integrated gradients (Sundararajan et al. 2017).
+
+    Options ``n_steps`` (50), ``baselines`` (0) and ``internal_batch_size``.
+    """
+
+    name = "integrated_gradients"
+    options = frozenset({"n_steps", "baselines", "internal_batch_size"})
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``IntegratedGradients``."""
+        from captum import attr
+
+        ig = attr.IntegratedGradients(model)
+        steps = check_int(options.get("n_steps", 50), "n_steps", minimum=1)
+        baselines = options.get("baselines", 0.0)
+        internal = options.get("internal_batch_size")
+        return lambda x, t: ig.attribute(
+            x, target=t, baselines=baselines, n_steps=steps, internal_batch_size=internal
+        )
+
+
+@register_method
+class GuidedGradCAM(CaptumMethod):
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM."""
+
+    name = "guided_grad_cam"
+    needs_layer = True
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class ``GuidedGradCam`` on ``layer``."""
+        from captum import attr
+
+        if layer is None:
+            raise LayerError("method 'guided_grad_cam' needs a layer.")
+        ggc = attr.GuidedGradCam(model, layer)
+        return lambda x, t: ggc.attribute(x, target=t)
