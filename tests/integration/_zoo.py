@@ -201,23 +201,27 @@ def reference_grads(
     return acts.detach(), grads, logits.detach()
 
 
-def ref_grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def _relu(maps: torch.Tensor, relu: bool) -> torch.Tensor:
+    return torch.relu(maps) if relu else maps
+
+
+def ref_grad_cam(acts: torch.Tensor, grads: torch.Tensor, relu: bool = True) -> torch.Tensor:
     """Grad-CAM as published (Selvaraju et al.): ReLU(sum_c mean_ij(dy/dA_c) A_c)."""
-    return torch.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+    return _relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1), relu)
 
 
-def ref_hires_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def ref_hires_cam(acts: torch.Tensor, grads: torch.Tensor, relu: bool = True) -> torch.Tensor:
     """HiResCAM (Draelos and Carin): ReLU(sum_c dy/dA_c * A_c)."""
-    return torch.relu((grads * acts).sum(1))
+    return _relu((grads * acts).sum(1), relu)
 
 
-def ref_grad_cam_pp(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def ref_grad_cam_pp(acts: torch.Tensor, grads: torch.Tensor, relu: bool = True) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al., exponential-score closed form, as pytorch-grad-cam)."""
     g2, g3 = grads.pow(2), grads.pow(3)
     denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
     alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
     weights = (alpha * torch.relu(grads)).sum(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * acts).sum(1))
+    return _relu((weights * acts).sum(1), relu)
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
