@@ -44,7 +44,25 @@ def test_default_layer_is_the_pooled_feature_map(arch: Arch) -> None:
         assert torch.allclose(acts, expected, atol=1e-6), (arch.name, name)
 
 
-@pytest.mark.parametrize("arch", ZOO, ids=ZOO_IDS)
+# Known deviation (reported to the lead): on DenseNet the default layer is `features` with the
+# in-place policy "follow" (it explains the output of DenseNet's F.relu(inplace=True)), but
+# passing that same name back, CAMHook(model, hook.layer_name), uses policy "raise" and fails
+# with HookError at the first access of the activations.
+EXPLICIT = [
+    pytest.param(
+        a,
+        id=a.name,
+        marks=pytest.mark.xfail(
+            strict=True, reason="explicit 'features' on DenseNet raises the in-place HookError"
+        )
+        if a.name == "densenet121"
+        else (),
+    )
+    for a in ZOO
+]
+
+
+@pytest.mark.parametrize("arch", EXPLICIT)
 def test_explicit_name_gives_the_same_layer_as_default(arch: Arch) -> None:
     model, x = model_of(arch), images(arch)
     with torch.no_grad(), CAMHook(model) as hook:
@@ -98,3 +116,14 @@ def test_two_parallel_pooled_branches_is_undecidable() -> None:
     with pytest.raises(LayerError), CAMHook(model) as hook:
         logits = model(x)
         hook.cam(logits, method="cam")
+
+
+def test_densenet_explicit_features_with_follow_is_the_pooled_relu_map() -> None:
+    # The documented way to name DenseNet's layer explicitly: follow the in-place relu.
+    arch = next(a for a in ZOO if a.name == "densenet121")
+    model, x = model_of(arch), images(arch)
+    with torch.no_grad():
+        expected = arch.features(model, x)
+    with torch.no_grad(), CAMHook(model, "features", inplace="follow") as hook:
+        model(x)
+        assert torch.allclose(hook.activations, expected, atol=1e-6)
