@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests lint typecheck docs demo examples``.
+"""Development sessions: ``nox -s tests lint typecheck docs demo examples``, and ``integration``.
 
 Every session installs the CPU build of torch that lies on this machine's disk first, so the
 project's loose ``torch>=2.1`` requirement is already satisfied and no CUDA build is pulled.
@@ -14,6 +14,10 @@ nox.options.sessions = ["lint", "typecheck", "tests", "docs", "demo", "examples"
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"
+# The integration tier (tests/integration) runs on real torchvision/timm models and peer
+# libraries, in its own environment: this torch/torchvision pair installs and runs on CPU.
+INTEGRATION_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+INTEGRATION_REQUIREMENTS = "tests/integration/requirements.txt"
 PYTHON = "3.11"
 SOURCES = ["src", "tests", "benchmarks", "examples", "docs/conf.py", "noxfile.py"]
 
@@ -66,3 +70,19 @@ def examples(session: nox.Session) -> None:
     _install(session, "plot")
     for script in sorted(Path("examples").glob("*.py")):
         session.run("python", str(script))
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Real torchvision/timm models (random init) against hand references and the peers."""
+    session.install(*INTEGRATION_TORCH)
+    session.install("-r", INTEGRATION_REQUIREMENTS)
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "tests/integration",
+        "-n",
+        "2",
+        *session.posargs,
+        env={"XAI_FEEDBACK_INTEGRATION": "1"},
+    )
