@@ -166,8 +166,12 @@ def test_densenet_functional_inplace_relu_is_followed_by_default() -> None:
     expected = torch.einsum("kc,bchw->bkhw", model.classifier.weight, relu_features)
     assert torch.allclose(cam, expected, atol=1e-5)
     assert torch.allclose(grad, expected, atol=1e-5)  # Grad-CAM on the CAM scale equals CAM
-    # naming the layer explicitly raises instead: the tensor was modified after capture
+    # naming the pooled layer gives the same maps (its name round-trips)
     with CAMHook(model, "features") as hook:
+        logits = model(x)
+        assert torch.allclose(hook.cam(logits, all_classes=True), cam, atol=1e-6)
+    # any other layer modified in place afterwards raises: `features.1`'s output is ReLU'd
+    with CAMHook(model, "features.1") as hook:
         logits = model(x)
         with pytest.raises(HookError, match="modified in place after it was captured"):
             hook.cam(logits, method="grad_cam")
@@ -221,11 +225,13 @@ def test_x_relu_inplace_after_hooked_layer_is_detected() -> None:
             return self.fc(y.mean(dim=(2, 3)))
 
     net = Net()
-    with CAMHook(net, "conv") as hook:
+    with CAMHook(net, "conv", inplace="raise") as hook:
         logits = net(_x())
         with pytest.raises(HookError, match="modified in place"):
             hook.cam(logits, method="hires_cam")
-    with CAMHook(net, "conv", inplace="follow") as hook:
+    # "conv" feeds the pooling (the mean), so its default policy follows the in-place ReLU
+    assert CAMHook(net, "conv").inplace == CAMHook(net).inplace == "follow"
+    with CAMHook(net, "conv") as hook:
         logits = net(_x())
         hires = hook.cam(logits, all_classes=True, method="hires_cam", relu=False)
         cam = hook.cam(logits, all_classes=True, method="cam")

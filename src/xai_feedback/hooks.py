@@ -14,10 +14,12 @@ Safety rules, each enforced by an error rather than a silently wrong map:
   ``with`` block, so two hooks on one model used from two threads never mix activations.
 - **In-place operations.** Code after the layer may modify its output in place
   (``ReLU(inplace=True)``, ``out += identity``, ``x.relu_()``). ``inplace="raise"`` (the
-  default for a layer you name) detects it from the tensor's version counter and raises;
+  default for a layer other than the pooled feature map) detects it from the tensor's
+  version counter and raises;
   ``"copy"`` hands the network a copy, so the captured tensor stays the layer's own output;
-  ``"follow"`` (the default for the resolved feature layer, e.g. DenseNet's functional ReLU
-  after ``features``) explains the tensor as modified, which is what feeds the pooling.
+  ``"follow"`` (the default for the feature map that feeds the pooling, whether named or
+  resolved, e.g. DenseNet's functional ReLU after ``features``) explains the tensor as
+  modified, which is what feeds the pooling.
 - **torch.compile.** A compiled graph may not run hooks added after compilation; then the
   hook never fires and the first use raises, naming the cause.
 """
@@ -36,7 +38,7 @@ from torch import nn
 from xai_feedback._checks import check_choice, check_labels, check_shape
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
-from xai_feedback.layers import find_head, unwrap_model
+from xai_feedback.layers import find_feature_layer, find_head, unwrap_model
 from xai_feedback.layers import resolve_layer as _resolve
 from xai_feedback.methods import CAM, SCALES, CAMMethod, get_method, method_names
 
@@ -91,6 +93,13 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     return target.to(device=logits.device, dtype=torch.long)
 
 
+def _default_name(model: nn.Module) -> str | None:
+    try:
+        return find_feature_layer(model)
+    except LayerError:
+        return None
+
+
 def _check_not_data_parallel_on_gpus(model: nn.Module) -> None:
     ids = getattr(model, "device_ids", None)
     if type(model).__name__ == "DataParallel" and ids and len(ids) > 1:
@@ -117,7 +126,8 @@ class ActivationHook:
             the parameters frozen, the forward then records no autograd history before the
             layer, which is about twice as fast.
         inplace: One of :data:`INPLACE_POLICIES` (see the module docstring). ``None``:
-            ``"follow"`` for the resolved default layer, ``"raise"`` for a layer you name.
+            ``"follow"`` for the feature map feeding the pooling (the default layer, also when
+            named), ``"raise"`` for any other layer.
 
     Attributes:
         layer: The hooked module.
@@ -148,7 +158,9 @@ class ActivationHook:
         self.module = unwrap_model(model)
         self.leaf = leaf
         self.layer_name, self.layer = _resolve(model, layer)
-        self.inplace: str = inplace or ("follow" if layer is None else "raise")
+        self.inplace: str = inplace or (
+            "follow" if layer is None or self.layer_name == _default_name(self.module) else "raise"
+        )
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._owner: int | None = None
         self._acts: torch.Tensor | None = None

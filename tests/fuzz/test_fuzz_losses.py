@@ -23,7 +23,7 @@ from tests.fuzz.strategies import (
     shapes,
     specs,
 )
-from xai_feedback.errors import DTypeError, RangeError, ShapeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError, ShapeError
 from xai_feedback.functional import (
     centre_penalty,
     centre_weight,
@@ -188,6 +188,9 @@ def test_penalty_modules(
     out, error = outcome("penalties/losses", label, call, ["maps", "target"])
     if kind == "nan" and b:
         expect_error(error, RangeError)
+        return
+    if bad_target and t is None:
+        expect_error(error, MissingInputError)
         return
     if bad_target:
         expect_error(error, RangeError, ShapeError)

@@ -44,22 +44,9 @@ def test_default_layer_is_the_pooled_feature_map(arch: Arch) -> None:
         assert torch.allclose(acts, expected, atol=1e-6), (arch.name, name)
 
 
-# Known deviation (reported to the lead): on DenseNet the default layer is `features` with the
-# in-place policy "follow" (it explains the output of DenseNet's F.relu(inplace=True)), but
-# passing that same name back, CAMHook(model, hook.layer_name), uses policy "raise" and fails
-# with HookError at the first access of the activations.
-EXPLICIT = [
-    pytest.param(
-        a,
-        id=a.name,
-        marks=pytest.mark.xfail(
-            strict=True, reason="explicit 'features' on DenseNet raises the in-place HookError"
-        )
-        if a.name == "densenet121"
-        else (),
-    )
-    for a in ZOO
-]
+# Naming the default layer back (CAMHook(model, hook.layer_name)) keeps its in-place policy
+# "follow": on DenseNet it explains the output of F.relu(inplace=True) as the default does.
+EXPLICIT = [pytest.param(a, id=a.name) for a in ZOO]
 
 
 @pytest.mark.parametrize("arch", EXPLICIT)
