@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-_NEEDED = ("torchvision", "timm", "pytorch_grad_cam", "torchcam", "captum")
+_NEEDED = ("torchvision", "timm", "pytorch_grad_cam", "torchcam", "captum", "lightning")
 _MISSING = [name for name in _NEEDED if importlib.util.find_spec(name) is None]
 
 if _MISSING:
