@@ -60,9 +60,18 @@ def test_accuracy_matches_manual_count() -> None:
 
 
 @pytest.mark.slow
-def test_demo_shows_the_shortcut(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--epochs", "8", "--vanilla-only"]) == 0
+def test_demo_shows_the_shortcut(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import importlib.util
+
+    figure = tmp_path / "maps.png"
+    assert main(["demo", "--epochs", "8", "--vanilla-only", "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "no figure: matplotlib is not installed" in out and not figure.exists()
+    else:
+        assert f"Figure: {figure}" in out
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert figure.stat().st_size > 10_000
     values = {}
     for line in out.splitlines():
         for key in ("train accuracy", "clean test accuracy", "confound-test accuracy"):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from xai_feedback.demo import DEMO_FIGURE
 from xai_feedback.errors import XAIFeedbackError
 
 __all__ = [
@@ -154,7 +155,13 @@ def _demo(args: argparse.Namespace) -> int:
     from xai_feedback.demo import ConfoundSetup, demo
 
     setup = ConfoundSetup(kind=args.kind, size=args.size, epochs=args.epochs, width=args.width)
-    demo(setup, seed=args.seed, vanilla_only=args.vanilla_only, threads=args.threads)
+    demo(
+        setup,
+        seed=args.seed,
+        vanilla_only=args.vanilla_only,
+        threads=args.threads,
+        figure=None if args.no_figure else args.figure,
+    )
     return 0
 
 
@@ -192,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     demo.add_argument("--vanilla-only", action="store_true", help="skip the CAM-penalty run")
+    demo.add_argument("--figure", default=DEMO_FIGURE, help="where to save the maps (PNG)")
+    demo.add_argument("--no-figure", action="store_true", help="do not save the maps")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser(
         "bench",

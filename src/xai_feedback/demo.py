@@ -11,6 +11,7 @@ the repository's ``benchmarks/`` folder reuse both (``xai-feedback bench decoy``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,16 @@ from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective
 from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
 
-__all__ = ["CAM_LAMBDA", "CAM_SIGMA", "ConfoundRun", "ConfoundSetup", "demo", "run_confounded"]
+__all__ = [
+    "CAM_LAMBDA",
+    "CAM_SIGMA",
+    "DEMO_FIGURE",
+    "ConfoundRun",
+    "ConfoundSetup",
+    "demo",
+    "run_confounded",
+    "save_demo_maps",
+]
 
 CAM_SIGMA = DEFAULT_SIGMA
 """``sigma`` of the Gaussian centre penalty (:class:`~xai_feedback.losses.CentrePenalty`)."""
@@ -158,8 +168,44 @@ def run_confounded(
     return run, model
 
 
+DEMO_FIGURE = "xai_feedback_demo_maps.png"
+"""The file the demo writes its maps to (in the current folder)."""
+
+
+def save_demo_maps(
+    models: dict[str, GAPNet], data: ImageDataset, path: str | Path, n: int = 6
+) -> Path | None:
+    """Plot the signed CAMs of the predicted class of ``n`` images for each model.
+
+    Returns:
+        The figure's path, or ``None`` when matplotlib is not installed (the ``plot`` extra).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from xai_feedback.attribution import cam_maps
+    from xai_feedback.viz import plot_maps
+
+    images, labels = data.images[:n], data.labels[:n]
+    rows = {name: cam_maps(model, images, None, "cam") for name, model in models.items()}
+    fig = plot_maps(images, rows, titles=[f"label {int(y)}" for y in labels])
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def demo(
-    setup: ConfoundSetup, *, seed: int = 0, vanilla_only: bool = False, threads: int = 0
+    setup: ConfoundSetup,
+    *,
+    seed: int = 0,
+    vanilla_only: bool = False,
+    threads: int = 0,
+    figure: str | Path | None = DEMO_FIGURE,
 ) -> list[ConfoundRun]:
     """Train ``setup`` with plain cross-entropy and with the CAM penalty; print the comparison.
 
@@ -168,6 +214,8 @@ def demo(
         seed: Seed of both runs.
         vanilla_only: Skip the CAM-penalty run.
         threads: Torch threads (0: leave torch's default).
+        figure: Where to save the CAM maps of both models on confound-test images
+            (``None``: no figure; skipped with a note without matplotlib).
 
     Returns:
         The runs, vanilla first.
@@ -182,14 +230,15 @@ def demo(
         f" sigma {CAM_SIGMA}, lambda {CAM_LAMBDA:g}; no annotations needed)...",
         flush=True,
     )
-    runs = [run_confounded(setup, method="vanilla", seed=seed, progress=True)[0]]
+    run, model = run_confounded(setup, method="vanilla", seed=seed, progress=True)
+    runs, models = [run], {"vanilla": model}
     if not vanilla_only:
         objective = cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA)
-        runs.append(
-            run_confounded(
-                setup, method="CAM penalty", objective=objective, seed=seed, progress=True
-            )[0]
+        run, model = run_confounded(
+            setup, method="CAM penalty", objective=objective, seed=seed, progress=True
         )
+        runs.append(run)
+        models["CAM penalty"] = model
     rows = [
         ("train accuracy (confound tied to label)", [r.train_accuracy for r in runs]),
         ("clean test accuracy (no confound)", [r.clean_accuracy for r in runs]),
@@ -211,4 +260,13 @@ def demo(
             f"The CAM penalty recovers {runs[1].confound_accuracy - runs[0].confound_accuracy:+.2f}"
             " on the confound test set (benchmark over 5 seeds: xai-feedback bench decoy)."
         )
+    if figure is not None:
+        saved = save_demo_maps(models, setup.datasets(seed)["confound_test"], figure)
+        if saved is None:
+            print("(no figure: matplotlib is not installed; pip install 'xai-feedback[plot]')")
+        else:
+            print(
+                f"Figure: {saved} -- the signed CAMs of the predicted class on confound-test"
+                " digits, one row per model (red: evidence for the class, blue: against)."
+            )
     return runs
