@@ -489,10 +489,18 @@ class CAMHook(ActivationHook):
                 )
             except RuntimeError as err:
                 if "not have been used in the graph" in str(err):
+                    compiled = type(self.model).__name__ == "OptimizedModule"
                     raise HookError(
                         f"the logits do not depend on the captured output of layer "
-                        f"{self.layer_name!r} (another hook replaced it, or the logits come "
-                        "from another forward)."
+                        f"{self.layer_name!r} ("
+                        + (
+                            "torch.compile traced the forward and its backward together, "
+                            "so the hooked tensor is not part of the logits' graph; explain "
+                            "`model._orig_mod` or compile with backend='eager'"
+                            if compiled
+                            else "another hook replaced it, or the logits come from another forward"
+                        )
+                        + ")."
                     ) from err
                 raise
             return grads
