@@ -253,52 +253,43 @@ class Saliency(CaptumMethod):
         return lambda x, t: sal.attribute(x, target=t, abs=use_abs)
 
 
+class _TargetOnlyCaptum(CaptumMethod):
+    """A captum method whose only argument is the target: ``captum_class(model)``."""
+
+    captum_class: ClassVar[str]
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """The captum class named :attr:`captum_class`."""
+        from captum import attr
+
+        method = getattr(attr, self.captum_class)(model)
+        return lambda x, t: method.attribute(x, target=t)
+
+
 @register_method
-class InputXGradient(CaptumMethod):
+class InputXGradient(_TargetOnlyCaptum):
     """Input times gradient (Shrikumar et al. 2016)."""
 
     name = "input_x_gradient"
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``InputXGradient``."""
-        from captum import attr
-
-        ixg = attr.InputXGradient(model)
-        return lambda x, t: ixg.attribute(x, target=t)
+    captum_class = "InputXGradient"
 
 
 @register_method
-class Deconvnet(CaptumMethod):
+class Deconvnet(_TargetOnlyCaptum):
     """DeconvNet (Zeiler & Fergus 2014)."""
 
     name = "deconvnet"
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``Deconvolution``."""
-        from captum import attr
-
-        dec = attr.Deconvolution(model)
-        return lambda x, t: dec.attribute(x, target=t)
+    captum_class = "Deconvolution"
 
 
 @register_method
-class GuidedBackprop(CaptumMethod):
+class GuidedBackprop(_TargetOnlyCaptum):
     """Guided backpropagation (Springenberg et al. 2015)."""
 
     name = "guided_backprop"
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``GuidedBackprop``."""
-        from captum import attr
-
-        gbp = attr.GuidedBackprop(model)
-        return lambda x, t: gbp.attribute(x, target=t)
+    captum_class = "GuidedBackprop"
 
 
 @register_method
