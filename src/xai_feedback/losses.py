@@ -27,7 +27,12 @@ from xai_feedback._checks import (
 from xai_feedback.errors import RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, centre_weight
-from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
+from xai_feedback.functional.penalties import (
+    centre_penalty,
+    dilate_masks,
+    input_gradient_penalty,
+    mask_penalty,
+)
 
 __all__ = [
     "CentrePenalty",
@@ -150,18 +155,26 @@ class MaskPenalty(nn.Module):
     """
 
     def __init__(
-        self, *, classes: str = "all", signed: bool = True, normalize: str = "none"
+        self,
+        *,
+        classes: str = "all",
+        signed: bool = True,
+        normalize: str = "none",
+        dilation: int = 0,
     ) -> None:
         super().__init__()
         self.classes = check_choice(classes, "classes", ("all", "target"))
         self.signed = bool(signed)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        self.dilation = check_int(dilation, "dilation", minimum=0)
 
     def forward(
         self, maps: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Return the penalty of ``maps`` inside ``masks``."""
         maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        if self.dilation:
+            masks = dilate_masks(masks, self.dilation)
         return mask_penalty(maps, masks)
 
 

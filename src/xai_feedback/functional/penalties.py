@@ -6,8 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from xai_feedback._checks import check_maps, check_shape
+from xai_feedback.errors import RangeError
 
-__all__ = ["centre_penalty", "input_gradient_penalty", "mask_penalty", "masks_to_maps"]
+__all__ = [
+    "centre_penalty",
+    "dilate_masks",
+    "input_gradient_penalty",
+    "mask_penalty",
+    "masks_to_maps",
+]
 
 
 def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -122,3 +129,34 @@ def input_gradient_penalty(
     (grad,) = torch.autograd.grad(log_p, images, create_graph=True)
     weighted = masks.to(grad.dtype).unsqueeze(1) * grad
     return weighted.pow(2).sum() / dims["B"]
+
+
+def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    r"""Grow boolean/float masks ``(B, H, W)`` by ``radius`` pixels (a square max filter).
+
+    .. math:: D_{bij} = \max_{|u - i| \le r,\ |v - j| \le r} M_{buv}
+
+    A CAM cell sees the input through its receptive field: a cell next to an annotated
+    region can carry that region's evidence while covering none of it. Dilating the mask by
+    about half the receptive field before :func:`masks_to_maps` marks every cell that can see
+    the region. ``radius=0`` returns the masks unchanged (as float).
+
+    Args:
+        masks: ``(B, H, W)`` masks.
+        radius: Dilation in pixels (>= 0).
+
+    Returns:
+        ``(B, H, W)`` float masks in [0, 1].
+
+    Example:
+        >>> m = torch.zeros(1, 5, 5, dtype=torch.bool); m[0, 2, 2] = True
+        >>> int(dilate_masks(m, 1).sum()), int(dilate_masks(m, 2).sum())
+        (9, 25)
+    """
+    check_shape(masks, "B H W", "masks")
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise RangeError(f"`radius` must be an int >= 0, got {radius!r}.")
+    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    if radius == 0:
+        return m
+    return F.max_pool2d(m.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
