@@ -6,18 +6,20 @@ Each family draws a *shortcut* on scikit-learn's digits (28x28, see
 is (the annotation a user would give). ``rule="none"`` draws nothing (clean images; the masks
 still say where the shortcut would be).
 
-======================  ===============================================================  =======
-family                  shortcut (level ``v``: the label when tied, random otherwise)    kind
-======================  ===============================================================  =======
-``"frame"``             2 px border around the canvas, grey ``(255 - 25 v) / 255``       periphery, thin, everywhere
-``"swatch"``            6x6 swatch in a random corner, same grey                          corner, small
-``"stripe"``            3 px stripe down the left side, same grey                         one side
-``"centre_dot"``        4x4 dot at the image centre, over the digit, same grey            centre (the centre prior must fail)
-``"background"``        every background pixel (ink < 0.05) at level ``0.05 v``            global, large, faint
-``"patch"``             4x4 patch at a uniformly random position, same grey               anywhere, non-local
-``"uncentred"``         no shortcut; the digit shrunk to 14x14 at a random position       objects off centre
-``"none"``              no shortcut (the clean digits)                                   control
-======================  ===============================================================  =======
+==================  ====================================================  ===================
+family              shortcut (``v``: the label if tied, else random)      kind
+==================  ====================================================  ===================
+``"frame"``         2 px border, grey ``(255 - 25 v) / 255``               periphery, thin
+``"swatch"``        6x6 swatch in a random corner, same grey              corner, small
+``"stripe"``        3 px stripe down the left side, same grey             one side
+``"centre_dot"``    4x4 dot at the centre, over the digit, same grey      centre
+``"background"``    every background pixel (ink < 0.05) at ``0.05 v``     global, faint
+``"patch"``         4x4 patch at a random position, same grey             anywhere, non-local
+``"uncentred"``     none; digit shrunk to 14x14 at a random position      objects off centre
+``"none"``          none (the clean digits)                               control
+==================  ====================================================  ===================
+
+The centre dot is where a centre prior must fail: the shortcut sits where the object is.
 
 For ``"uncentred"`` and ``"none"`` the masks are all ``False``; for ``"uncentred"`` the
 random positions are part of the images in every split and rule.
@@ -164,10 +166,7 @@ def make_confound(
 
     if family in SHORTCUT_FAMILIES and rule != "none":
         level = (labels if rule == "tied" else random_level).to(torch.float64)
-        if family == "background":
-            value = 0.05 * level
-        else:
-            value = (255.0 - 25.0 * level) / 255.0
+        value = 0.05 * level if family == "background" else (255.0 - 25.0 * level) / 255.0
         fill = value.to(dtype)[:, None, None, None]
         images = torch.where(masks[:, None], fill, images)
     return ImageDataset(images, labels, masks, f"confound-{family}-{rule}/{split}")
