@@ -140,3 +140,29 @@ def test_mask_penalty_dilation_by_hand() -> None:
     assert float(mask_penalty(maps, dilate_masks(masks, 1))) == pytest.approx(4 / 16)
     with pytest.raises(RangeError, match="dilation"):
         MaskPenalty(dilation=-1)
+
+
+def test_rrr_counterexample_objective_evaluates_ross_formula_at_the_probes() -> None:
+    from xai_feedback.counterexamples import Counterexamples, counterexamples
+    from xai_feedback.objectives import rrr_counterexample_objective
+
+    u, a, v, c, x, mask = _tiny_mlp(3)
+    model = _torch_mlp(u, a, v, c)
+    images = torch.from_numpy(x).reshape(4, 1, 2, 3)
+    masks = torch.from_numpy(mask).reshape(4, 2, 3) > 0.5
+    labels = torch.tensor([1, 0, 2, 2])
+    probe = Counterexamples(copies=2, generator=torch.Generator().manual_seed(9))
+    loss, logits = rrr_counterexample_objective(3.0, probe)(
+        model, Batch(images, labels, masks, 0, 0, 1)
+    )
+    probes = counterexamples(
+        images, masks, copies=2, generator=torch.Generator().manual_seed(9)
+    ).reshape(8, 6)
+    by_hand = _ross_by_hand(u, a, v, c, probes.numpy(), np.tile(mask, (2, 1)))
+    ce = torch.nn.functional.cross_entropy(model(images), labels)
+    assert float(loss.detach()) == pytest.approx(float(ce.detach()) + 3.0 * by_hand, rel=1e-10)
+    assert torch.allclose(logits, model(images))
+    # the probes differ from the images inside the mask only, so the penalty differs from
+    # plain RRR's (evaluated at the images themselves)
+    plain = _ross_by_hand(u, a, v, c, x, mask)
+    assert by_hand != pytest.approx(plain, rel=1e-3)
