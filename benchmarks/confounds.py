@@ -358,6 +358,97 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def decoy_mlp(generator: torch.Generator) -> nn.Module:
+    """Ross et al.'s Decoy-MNIST model in miniature: an MLP 784-50-30-10 with ReLUs."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 30), nn.ReLU(), nn.Linear(30, 10)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
+            else:
+                p.zero_()
+    return model
+
+
+MLP_RRR_LAMBDA = 1.0  # chosen with --mlp --select (validation split, seeds 0-2)
+
+
+def _mlp(args: argparse.Namespace) -> int:
+    """Decoy-MNIST (4x4 corner swatch, Ross et al. 2017) on the digits with an MLP."""
+    from xai_feedback.data import confounded_digits, load_digits
+
+    store = common.RunStore(args.out / "mlp")
+    tied = confounded_digits("train", "swatch", size=4)
+    arms = {
+        "vanilla": lambda lam, seed: cross_entropy_objective,
+        "rrr": lambda lam, seed: rrr_objective(lam),
+        "counterexamples": lambda lam, seed: counterexample_objective(
+            Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed))
+        ),
+        "oracle": lambda lam, seed: cross_entropy_objective,
+    }
+    if args.select:
+        jobs = [("rrr", lam, seed) for lam in args.rrr_lambdas for seed in range(3)]
+    else:
+        jobs = [(a, MLP_RRR_LAMBDA, seed) for a in arms for seed in range(args.seeds)]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for arm, lam, seed in jobs:
+
+        def run(arm: str = arm, lam: float = lam, seed: int = seed) -> dict[str, Any]:
+            rule = "random" if arm == "oracle" else "tied"
+            train = confounded_digits("train", "swatch", size=4, rule=rule, seed=seed)
+            if args.select:
+                train = train_val_split(tied, 0.2, seed=0)[0]
+                rand = confounded_digits("train", "swatch", size=4, rule="random")
+                evals = {"random": train_val_split(rand, 0.2, seed=0)[1]}
+            else:
+                evals = {
+                    "random": confounded_digits("test", "swatch", size=4, seed=seed),
+                    "clean": load_digits("test"),
+                }
+            g = torch.Generator().manual_seed(seed)
+            model = decoy_mlp(g)
+            hist = fit(
+                model,
+                train,
+                epochs=args.epochs,
+                lr=1e-3,
+                objective=arms[arm](lam, seed),
+                generator=g,
+            )
+            out = {
+                "arm": arm,
+                "lam": lam,
+                "seed": seed,
+                "epochs": args.epochs,
+                "train": hist.accuracy[-1],
+            }
+            out.update({k: accuracy(model, d) for k, d in evals.items()})
+            return out
+
+        name = f"{'select_' if args.select else ''}{arm}_l{lam:g}"
+        rec = common.resume(store, [name, f"seed{seed}"], run, fresh=args.fresh, epochs=args.epochs)
+        rows.setdefault(f"{arm} (lambda {lam:g})" if arm == "rrr" else arm, []).append(rec)
+    keys = ["train", "random"] + ([] if args.select else ["clean"])
+    table = common.markdown_table(
+        ["arm", *keys, "n"],
+        [
+            [a, *(common.mean_std([float(r[k]) for r in rs]) for k in keys), len(rs)]
+            for a, rs in rows.items()
+        ],
+    )
+    print(
+        f"Decoy MLP on the digits, 4x4 swatch, {args.epochs} epochs"
+        f"{' (validation split)' if args.select else ''}:\n{table}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.select:
+        (args.out / "mlp_table.md").write_text(table + "\n")
+    return 0
+
+
 def _floats(s: str) -> list[float]:
     return [float(v) for v in s.split(",") if v]
 
@@ -387,10 +478,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS), type=lambda s: s.split(","))
     parser.add_argument("--archs", default=",".join(ARCHS), type=lambda s: s.split(","))
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--width", type=int, default=16, help="GAPNet width")
+    parser.add_argument("--resnet-width", type=int, default=8, help="SmallResNet width")
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
     parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
     parser.add_argument("--select-family", default="frame")
+    parser.add_argument(
+        "--mlp",
+        action="store_true",
+        help="Decoy-MNIST MLP table (Ross et al. 2017); use --epochs 30",
+    )
     parser.add_argument("--sigmas", default="0.7", type=_floats)
     parser.add_argument("--lambdas", default="3,10", type=_floats)
     parser.add_argument("--dilations", default="0,4", type=lambda s: [int(v) for v in s.split(",")])
@@ -405,10 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in values:
             if v not in known:
                 parser.error(f"unknown {what} {v!r}; choose from {sorted(known)}")
+    if args.mlp:
+        return _mlp(args)
     if args.select:
         return _select(args)
 
     store = common.RunStore(args.out / "runs")
+    widths = {"gapnet": args.width, "resnet": args.resnet_width}
     jobs = [
         (seed, arch, family, arm)
         for seed in range(args.seeds)
@@ -425,16 +525,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store,
                 [arch, family, arm, f"seed{seed}"],
                 lambda arch=arch, family=family, arm=arm, seed=seed: run_one(  # type: ignore[misc]
-                    arch, family, ARMS[arm], seed, epochs=args.epochs, width=args.width
+                    arch, family, ARMS[arm], seed, epochs=args.epochs, width=widths[arch]
                 ),
                 fresh=args.fresh,
                 epochs=args.epochs,
-                width=args.width,
+                width=widths[arch],
             )
         )
     tables = _tables(records, args.archs, args.families, args.arms)
     print(
-        f"\nConfound battery: {args.epochs} epochs, width {args.width}, {args.seeds} seeds, "
+        f"\nConfound battery: {args.epochs} epochs, widths {widths}, {args.seeds} seeds, "
         f"torch threads {torch.get_num_threads()}, {time.perf_counter() - start:.0f} s"
     )
     for name in args.arms:
