@@ -166,3 +166,26 @@ def test_rrr_counterexample_objective_evaluates_ross_formula_at_the_probes() -> 
     # plain RRR's (evaluated at the images themselves)
     plain = _ross_by_hand(u, a, v, c, x, mask)
     assert by_hand != pytest.approx(plain, rel=1e-3)
+
+
+def test_receptive_field_cover_by_hand() -> None:
+    from xai_feedback.functional.penalties import receptive_field_cover
+
+    m = torch.zeros(1, 5, 5)
+    m[0, :, 0] = 1.0  # left column
+    r = receptive_field_cover(m, 3)
+    # a 3x3 window centred on column j holds 3 masked pixels if j <= 1 (of 9), except at the
+    # top and bottom rows where the window sticks out of the image (2 of 9)
+    expected = torch.zeros(5, 5)
+    expected[:, :2] = 3 / 9
+    expected[[0, -1], :2] = 2 / 9
+    assert torch.allclose(r[0], expected)
+    assert torch.equal(receptive_field_cover(m, 1), m)
+    ones = torch.ones(1, 4, 4)
+    assert float(receptive_field_cover(ones, 3)[0, 1, 1]) == pytest.approx(1.0)
+    with pytest.raises(RangeError, match="field"):
+        receptive_field_cover(m, 0)
+    # MaskPenalty(field=) weights cells by the cover
+    maps = torch.ones(1, 5, 5)
+    expected_penalty = float((expected**2).mean())
+    assert float(MaskPenalty(field=3)(maps, m > 0)) == pytest.approx(expected_penalty)

@@ -32,6 +32,7 @@ from xai_feedback.functional.penalties import (
     dilate_masks,
     input_gradient_penalty,
     mask_penalty,
+    receptive_field_cover,
 )
 
 __all__ = [
@@ -161,12 +162,14 @@ class MaskPenalty(nn.Module):
         signed: bool = True,
         normalize: str = "none",
         dilation: int = 0,
+        field: int = 1,
     ) -> None:
         super().__init__()
         self.classes = check_choice(classes, "classes", ("all", "target"))
         self.signed = bool(signed)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
         self.dilation = check_int(dilation, "dilation", minimum=0)
+        self.field = check_int(field, "field", minimum=1)
 
     def forward(
         self, maps: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
@@ -175,6 +178,8 @@ class MaskPenalty(nn.Module):
         maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
         if self.dilation:
             masks = dilate_masks(masks, self.dilation)
+        if self.field > 1:
+            masks = receptive_field_cover(masks, self.field)
         return mask_penalty(maps, masks)
 
 

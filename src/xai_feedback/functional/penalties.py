@@ -14,6 +14,7 @@ __all__ = [
     "input_gradient_penalty",
     "mask_penalty",
     "masks_to_maps",
+    "receptive_field_cover",
 ]
 
 
@@ -160,3 +161,38 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
     if radius == 0:
         return m
     return F.max_pool2d(m.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
+
+
+def receptive_field_cover(masks: torch.Tensor, field: int) -> torch.Tensor:
+    r"""Share of each pixel's ``field x field`` window that is masked (a box filter).
+
+    .. math:: R_{bij} = \frac{1}{f^2} \sum_{|u - i| < f/2,\ |v - j| < f/2} M_{buv}
+
+    (zero outside the image). A CAM cell's evidence can come from anywhere in its receptive
+    field; :func:`masks_to_maps` of ``R`` weights each cell by how much of what it sees is
+    annotated: 1 deep inside the region, falling off smoothly over one receptive field, so a
+    penalty pushes evidence away from the region the more a cell depends on it, instead of
+    only on the cells that lie on it (:func:`dilate_masks` is the hard version).
+
+    Args:
+        masks: ``(B, H, W)`` masks.
+        field: Window side in pixels (>= 1; odd sides centre the window exactly, even sides
+            put the extra pixel after the centre).
+
+    Returns:
+        ``(B, H, W)`` float shares in [0, 1].
+
+    Example:
+        >>> m = torch.zeros(1, 3, 3); m[0, 1, 1] = 1.0
+        >>> receptive_field_cover(m, 3)[0, 0, 0] * 9
+        tensor(1.)
+    """
+    check_shape(masks, "B H W", "masks")
+    if isinstance(field, bool) or not isinstance(field, int) or field < 1:
+        raise RangeError(f"`field` must be an int >= 1, got {field!r}.")
+    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    if field == 1:
+        return m
+    before, after = (field - 1) // 2, field // 2
+    padded = F.pad(m.unsqueeze(1), (before, after, before, after))
+    return F.avg_pool2d(padded, field, stride=1).squeeze(1)
