@@ -189,3 +189,78 @@ def test_receptive_field_cover_by_hand() -> None:
     maps = torch.ones(1, 5, 5)
     expected_penalty = float((expected**2).mean())
     assert float(MaskPenalty(field=3)(maps, m > 0)) == pytest.approx(expected_penalty)
+
+
+def _jacobian_by_hand(u, a, v, c, x, mask, signs):  # type: ignore[no-untyped-def]
+    """(1/B) sum_n || A_n * d/dx_n sum_k s_nk log p_nk ||^2 in NumPy."""
+    total = 0.0
+    k = v.shape[0]
+    for n in range(x.shape[0]):
+        h = np.tanh(u @ x[n] + a)
+        z = v @ h + c
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        dz_dx = v @ np.diag(1 - h**2) @ u
+        dlogp_dx = (np.eye(k) - p[None, :]) @ dz_dx  # row k: d log p_k / dx
+        grad = signs[n] @ dlogp_dx
+        total += float(((mask[n] * grad) ** 2).sum())
+    return total / x.shape[0]
+
+
+def test_projected_penalty_by_hand_and_its_expectation_is_the_jacobian_norm() -> None:
+    import itertools
+
+    from xai_feedback.functional.penalties import projected_input_gradient_penalty
+
+    u, a, v, c, x, mask = _tiny_mlp(4)
+    model = _torch_mlp(u, a, v, c)
+    images = torch.from_numpy(x).reshape(4, 1, 2, 3).requires_grad_(True)
+    masks = torch.from_numpy(mask).reshape(4, 2, 3)
+    logits = model(images)
+    ones = torch.ones(3, dtype=torch.float64)
+    same = projected_input_gradient_penalty(logits, images, masks, ones)
+    assert float(same.detach()) == pytest.approx(
+        float(input_gradient_penalty(logits, images, masks).detach()), rel=1e-12
+    )
+    signs = np.array([[1, -1, 1], [-1, -1, 1], [1, 1, -1], [-1, 1, 1]], dtype=float)
+    value = projected_input_gradient_penalty(logits, images, masks, torch.from_numpy(signs))
+    assert float(value.detach()) == pytest.approx(
+        _jacobian_by_hand(u, a, v, c, x, mask, signs), rel=1e-10
+    )
+    # averaged over all 2^K sign vectors: sum_k ||M * d log p_k / dx||^2 (cross terms cancel)
+    frobenius = sum(
+        _jacobian_by_hand(u, a, v, c, x, mask, np.tile(np.eye(3)[k], (4, 1))) for k in range(3)
+    )
+    mean = np.mean(
+        [
+            float(
+                projected_input_gradient_penalty(
+                    logits, images, masks, torch.tensor(s, dtype=torch.float64)
+                ).detach()
+            )
+            for s in itertools.product([1.0, -1.0], repeat=3)
+        ]
+    )
+    assert mean == pytest.approx(frobenius, rel=1e-10)
+
+
+def test_summed_log_probabilities_miss_evidence_moving_between_classes() -> None:
+    """The blind spot of Ross's sum: it is zero for a shortcut that trades class evidence."""
+    from xai_feedback.functional.penalties import rademacher
+
+    x = torch.zeros(6, 1, 2, 2, requires_grad=True)
+    s = x.sum((1, 2, 3))
+    logits = torch.stack([s, -s, torch.zeros_like(s)], dim=1)  # z0 up, z1 down: sum fixed
+    masks = torch.ones(6, 2, 2)
+    p = torch.softmax(logits, 1)[0]  # all 1/3 at x = 0
+    assert float(RRRPenalty()(logits, x, masks).detach()) == pytest.approx(0.0, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    signs = rademacher((6, 3), generator=torch.Generator().manual_seed(0))
+    value = RRRPenalty("all", generator=g)(logits, x, masks)
+    # d/dx sum_k s_k log p_k = s_0 - s_1 - (s_0 + s_1 + s_2) (p_0 - p_1) = s_0 - s_1 per pixel
+    per_image = 4 * (signs[:, 0] - signs[:, 1]) ** 2
+    assert float(p[0] - p[1]) == pytest.approx(0.0)
+    assert float(per_image.mean()) > 0
+    assert float(value.detach()) == pytest.approx(float(per_image.mean()))
+    with pytest.raises(RangeError, match="outputs"):
+        RRRPenalty("target")

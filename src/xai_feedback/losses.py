@@ -32,6 +32,8 @@ from xai_feedback.functional.penalties import (
     dilate_masks,
     input_gradient_penalty,
     mask_penalty,
+    projected_input_gradient_penalty,
+    rademacher,
     receptive_field_cover,
 )
 
@@ -186,10 +188,19 @@ class MaskPenalty(nn.Module):
 class RRRPenalty(nn.Module):
     r"""Right for the Right Reasons (Ross et al. 2017): masked input-gradient penalty.
 
-    .. math:: P = \frac{1}{B}\sum_b \Big\| M_b \odot \nabla_{x_b} \sum_k \log p_{bk} \Big\|^2
+    .. math:: P = \frac{1}{B}\sum_b \Big\| M_b \odot \nabla_{x_b} \sum_k v_{bk} \log p_{bk} \Big\|^2
 
-    The images must require grad before the forward pass; see
-    :func:`~xai_feedback.functional.input_gradient_penalty`.
+    ``outputs="sum"`` (default, Ross et al.): ``v = 1``, the gradient of the summed
+    log-probabilities. ``outputs="all"``: ``v`` random signs drawn at every call, an unbiased
+    one-backward estimate of the masked Jacobian's squared Frobenius norm
+    :math:`\sum_k \|M \odot \nabla_x \log p_k\|^2` (see
+    :func:`~xai_feedback.functional.penalties.projected_input_gradient_penalty` for why the
+    summed log-probabilities can miss a shortcut). The images must require grad before the
+    forward pass; see :func:`~xai_feedback.functional.input_gradient_penalty`.
+
+    Args:
+        outputs: ``"sum"`` or ``"all"``.
+        generator: Random generator of the signs (``outputs="all"``).
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -200,11 +211,26 @@ class RRRPenalty(nn.Module):
         True
     """
 
+    def __init__(self, outputs: str = "sum", *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.outputs = check_choice(outputs, "outputs", ("sum", "all"))
+        self.generator = generator
+
     def forward(
         self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor
     ) -> torch.Tensor:
         """Return the penalty."""
-        return input_gradient_penalty(logits, images, masks)
+        if self.outputs == "sum":
+            return input_gradient_penalty(logits, images, masks)
+        check_shape(logits, "B K", "logits")
+        signs = rademacher(
+            tuple(logits.shape), generator=self.generator, device=logits.device, dtype=logits.dtype
+        )
+        return projected_input_gradient_penalty(logits, images, masks, signs)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"outputs={self.outputs!r}"
 
 
 class LossSchedule:
