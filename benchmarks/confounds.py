@@ -22,24 +22,28 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import _common as common
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
-from xai_feedback.losses import CentrePenalty, MaskPenalty
+from xai_feedback.losses import CentrePenalty, MaskPenalty, RRRPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.models.gapnet import init_weights
 from xai_feedback.objectives import (
     cam_penalty_objective,
     counterexample_objective,
+    per_example_batchnorm,
+    rrr_counterexample_objective,
     rrr_objective,
 )
-from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
+from xai_feedback.training import Batch, Objective, accuracy, cross_entropy_objective, fit
 
 __all__ = ["ARCHS", "ARMS", "BasicBlock", "SmallResNet", "main", "run_one"]
 
@@ -299,6 +303,72 @@ def _figure(
     return fig
 
 
+SELECT_GRID = (
+    "centre:s=0.7;lam=10",
+    "mask:lam=10",
+    "mask:lam=100",
+    "mask:d=4;lam=10",
+    "mask:d=8;lam=10",
+    "mask:d=8;lam=100",
+    "mask:f=17;lam=300",
+    "rrr:lam=1000",
+    "rrr:lam=30000",
+    "rrr:lam=1000;bn=eval",
+    "rrr:lam=10;out=all",
+    "rrr:lam=100;out=all",
+    "rrr:lam=1000;out=all",
+    "rrr:lam=1000;out=all;bn=eval",
+    "rrrce:lam=1000",
+    "cf:fill=constant",
+    "cf:fill=noise",
+)
+"""The validation grid of item 1 (``--select``): arm specs ``name:key=value;...``."""
+
+
+def objective_from_spec(spec: str, seed: int) -> Objective:
+    """The objective an arm spec names (see :data:`SELECT_GRID`).
+
+    ``centre`` (``s`` sigma, ``lam``), ``mask`` (``d`` dilation, ``f`` receptive-field window,
+    ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
+    counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``), ``vanilla``.
+    Random draws use a generator seeded with ``1000 + seed``.
+    """
+    name, _, rest = spec.partition(":")
+    kw = dict(item.split("=") for item in rest.split(";") if item)
+    lam = float(kw.get("lam", 10))
+    g = torch.Generator().manual_seed(1000 + seed)
+    if name == "centre":
+        return cam_penalty_objective(CentrePenalty(float(kw.get("s", CENTRE_SIGMA))), lam)
+    if name == "mask":
+        penalty = MaskPenalty(dilation=int(kw.get("d", 0)), field=int(kw.get("f", 1)))
+        return cam_penalty_objective(penalty, lam)
+    if name == "rrr":
+        rrr = RRRPenalty(kw.get("out", "sum"), generator=g)
+        if kw.get("bn", "batch") == "batch":
+            return rrr_objective(lam, rrr)
+
+        def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(batch.images)
+            x = batch.images.detach().requires_grad_(True)
+            with per_example_batchnorm(model):
+                probe_logits = model(x)
+            assert batch.masks is not None
+            value = rrr(probe_logits, x, batch.masks)
+            return F.cross_entropy(logits, batch.labels) + lam * value, logits
+
+        return objective
+    if name == "rrrce":
+        return rrr_counterexample_objective(lam, Counterexamples(generator=g))
+    if name == "cf":
+        aug = Counterexamples(
+            int(kw.get("copies", 1)), fill=kw.get("fill", "constant"), generator=g
+        )
+        return counterexample_objective(aug)
+    if name == "vanilla":
+        return cross_entropy_objective
+    raise ValueError(f"unknown arm spec {spec!r}")
+
+
 def _select(args: argparse.Namespace) -> int:
     """Hyper-parameter grid on a validation split of one family's training images."""
     family = args.select_family
@@ -307,32 +377,12 @@ def _select(args: argparse.Namespace) -> int:
     _, val_random = train_val_split(make_confound(family, "train", rule="random"), 0.2, seed=0)
     _, val_clean = train_val_split(make_confound(family, "train", rule="none"), 0.2, seed=0)
     evals = {"val_tied": val, "val_random": val_random, "val_clean": val_clean}
-    grid: list[Arm] = []
-    for sigma in args.sigmas:
-        for lam in args.lambdas:
-            grid.append(
-                Arm(
-                    f"centre s{sigma} l{lam:g}",
-                    "",
-                    lambda seed, s=sigma, w=lam: cam_penalty_objective(CentrePenalty(s), w),
-                )
-            )
-    for dil in args.dilations:
-        for lam in args.mask_lambdas:
-            grid.append(
-                Arm(
-                    f"mask d{dil} l{lam:g}",
-                    "",
-                    lambda seed, d=dil, w=lam: cam_penalty_objective(MaskPenalty(dilation=d), w),
-                )
-            )
-    for lam in args.rrr_lambdas:
-        grid.append(Arm(f"rrr l{lam:g}", "", lambda seed, w=lam: rrr_objective(w)))
+    grid = [Arm(spec, "", partial(objective_from_spec, spec)) for spec in args.grid]
     store = common.RunStore(args.out / "select")
     print(f"validation: {len(val)} held-out {family} training images; tied / random / none")
     print("| arm | val (tied) | val (random) | val (no shortcut) |\n|---|---|---|---|")
     for arm in grid:
-        parts = ["gapnet", family, arm.name.replace(" ", "_"), "seed0"]
+        parts = ["gapnet", family, arm.name.replace(":", "_").replace(";", "_"), "seed0"]
         record = common.resume(
             store,
             parts,
@@ -488,11 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="Decoy-MNIST MLP table (Ross et al. 2017); use --epochs 30",
     )
-    parser.add_argument("--sigmas", default="0.7", type=_floats)
-    parser.add_argument("--lambdas", default="3,10", type=_floats)
-    parser.add_argument("--dilations", default="0,4", type=lambda s: [int(v) for v in s.split(",")])
-    parser.add_argument("--mask-lambdas", default="10", type=_floats)
-    parser.add_argument("--rrr-lambdas", default="1000", type=_floats)
+    parser.add_argument(
+        "--grid", default=",".join(SELECT_GRID), type=lambda s: s.split(","), help="--select arms"
+    )
+    parser.add_argument("--rrr-lambdas", default="1,10,100", type=_floats, help="--mlp --select")
     args = common.parse(parser, argv)
     for values, known, what in (
         (args.families, CONFOUND_FAMILIES, "family"),
