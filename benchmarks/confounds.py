@@ -128,7 +128,7 @@ ARCHS: dict[str, Callable[[int, torch.Generator], nn.Module]] = {
 CENTRE_SIGMA = 0.7
 CENTRE_LAMBDA = 10.0
 MASK_LAMBDA = 10.0
-MASK_DILATION = 0
+MASK_DILATION = 4
 RRR_LAMBDA = 1000.0
 
 
