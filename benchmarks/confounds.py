@@ -223,6 +223,9 @@ def run_one(
     }
     for name, data in evals.items():
         record[f"{name}_accuracy"] = accuracy(model, data)
+    # a RunStore record: status and the headline value (the first evaluation's accuracy)
+    record["status"] = "ok"
+    record["value"] = record[f"{next(iter(evals))}_accuracy"]
     return record
 
 
@@ -476,6 +479,7 @@ def _mlp(args: argparse.Namespace) -> int:
                 "train": hist.accuracy[-1],
             }
             out.update({k: accuracy(model, d) for k, d in evals.items()})
+            out.update(status="ok", value=out["random"])
             return out
 
         name = f"{'select_' if args.select else ''}{arm}_l{lam:g}"
