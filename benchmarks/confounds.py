@@ -251,21 +251,19 @@ def _tables(
                         row.append("= vanilla")
                         continue
                     row.append(common.mean_std([float(r[f"{key}_accuracy"]) for r in rs]))
-                n = {
-                    len(
-                        [
-                            r
-                            for r in records
-                            if (r["arch"], r["family"], r["arm"]) == (arch, family, a)
-                        ]
+                counts = [
+                    str(
+                        sum(
+                            (r["arch"], r["family"], r["arm"]) == (arch, family, a) for r in records
+                        )
                     )
                     for a in arms
                     if _applies(ARMS[a], family)
-                }
-                row.append("/".join(str(v) for v in sorted(n)))
+                ]
+                row.append(",".join(counts))
                 rows.append(row)
             parts.append(f"**{arch}, {title} accuracy** (mean ± std over seeds)\n")
-            parts.append(common.markdown_table(["family", *arms, "n"], rows) + "\n")
+            parts.append(common.markdown_table(["family", *arms, "n (per arm)"], rows) + "\n")
     return "\n".join(parts)
 
 
@@ -535,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=16, help="GAPNet width")
     parser.add_argument("--resnet-width", type=int, default=8, help="SmallResNet width")
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
+    parser.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished runs, train nothing"
+    )
     parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
     parser.add_argument("--select-family", default="frame")
     parser.add_argument(
@@ -573,6 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     start = time.perf_counter()
     for seed, arch, family, arm in tqdm(jobs, desc="confound battery"):
+        if args.report_only:
+            parts = [arch, family, arm, f"seed{seed}"]
+            found = common.cached(store, parts, epochs=args.epochs, width=widths[arch])
+            if found is not None:
+                records.append(found)
+            continue
         records.append(
             common.resume(
                 store,
@@ -587,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     tables = _tables(records, args.archs, args.families, args.arms)
     print(
-        f"\nConfound battery: {args.epochs} epochs, widths {widths}, {args.seeds} seeds, "
+        f"\nConfound battery: {args.epochs} epochs, widths {widths}, up to {args.seeds} seeds "
+        f"(n: runs per cell), "
         f"torch threads {torch.get_num_threads()}, {time.perf_counter() - start:.0f} s"
     )
     for name in args.arms:
