@@ -55,6 +55,7 @@ _SAFE = frozenset(string.ascii_letters + string.digits + "-_.=")
 _MAX_NAME = 200
 
 
+
 def escape_name(name: str) -> str:
     """The file-name component of ``name``: injective, never a separator, ``.`` or ``..``.
 
