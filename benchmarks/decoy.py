@@ -170,6 +170,9 @@ def run_one(
         record[f"{name}_accuracy"] = value
     if confound_test is not None:
         record["confound_energy_share"] = confound_energy_share(model, confound_test)
+    # a RunStore record: status and a headline value (the first evaluation's accuracy)
+    record["status"] = "ok"
+    record["value"] = record[f"{next(iter(evals))}_accuracy"]
     return record, model
 
 

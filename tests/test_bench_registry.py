@@ -20,7 +20,7 @@ from xai_feedback.cli import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"decoy", "proxy", "pcace", "roar", "attention"}
+NAMES = {"decoy", "proxy", "pcace", "roar", "attention", "confounds"}
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,15 @@ from xai_feedback._checks import (
 from xai_feedback.errors import MissingInputError, RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, centre_weight
-from xai_feedback.functional.penalties import centre_penalty, input_gradient_penalty, mask_penalty
+from xai_feedback.functional.penalties import (
+    centre_penalty,
+    dilate_masks,
+    input_gradient_penalty,
+    mask_penalty,
+    projected_input_gradient_penalty,
+    rademacher,
+    receptive_field_cover,
+)
 
 __all__ = [
     "CentrePenalty",
@@ -154,28 +162,49 @@ class MaskPenalty(nn.Module):
     """
 
     def __init__(
-        self, *, classes: str = "all", signed: bool = True, normalize: str = "none"
+        self,
+        *,
+        classes: str = "all",
+        signed: bool = True,
+        normalize: str = "none",
+        dilation: int = 0,
+        field: int = 1,
     ) -> None:
         super().__init__()
         self.classes = check_choice(classes, "classes", ("all", "target"))
         self.signed = bool(signed)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        self.dilation = check_int(dilation, "dilation", minimum=0)
+        self.field = check_int(field, "field", minimum=1)
 
     def forward(
         self, maps: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Return the penalty of ``maps`` inside ``masks``."""
         maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        if self.dilation:
+            masks = dilate_masks(masks, self.dilation)
+        if self.field > 1:
+            masks = receptive_field_cover(masks, self.field)
         return mask_penalty(maps, masks)
 
 
 class RRRPenalty(nn.Module):
     r"""Right for the Right Reasons (Ross et al. 2017): masked input-gradient penalty.
 
-    .. math:: P = \frac{1}{B}\sum_b \Big\| M_b \odot \nabla_{x_b} \sum_k \log p_{bk} \Big\|^2
+    .. math:: P = \frac{1}{B}\sum_b \Big\| M_b \odot \nabla_{x_b} \sum_k v_{bk} \log p_{bk} \Big\|^2
 
-    The images must require grad before the forward pass; see
-    :func:`~xai_feedback.functional.input_gradient_penalty`.
+    ``outputs="sum"`` (default, Ross et al.): ``v = 1``, the gradient of the summed
+    log-probabilities. ``outputs="all"``: ``v`` random signs drawn at every call, an unbiased
+    one-backward estimate of the masked Jacobian's squared Frobenius norm
+    :math:`\sum_k \|M \odot \nabla_x \log p_k\|^2` (see
+    :func:`~xai_feedback.functional.penalties.projected_input_gradient_penalty` for why the
+    summed log-probabilities can miss a shortcut). The images must require grad before the
+    forward pass; see :func:`~xai_feedback.functional.input_gradient_penalty`.
+
+    Args:
+        outputs: ``"sum"`` or ``"all"``.
+        generator: Random generator of the signs (``outputs="all"``).
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -186,11 +215,26 @@ class RRRPenalty(nn.Module):
         True
     """
 
+    def __init__(self, outputs: str = "sum", *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.outputs = check_choice(outputs, "outputs", ("sum", "all"))
+        self.generator = generator
+
     def forward(
         self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor
     ) -> torch.Tensor:
         """Return the penalty."""
-        return input_gradient_penalty(logits, images, masks)
+        if self.outputs == "sum":
+            return input_gradient_penalty(logits, images, masks)
+        check_shape(logits, "B K", "logits")
+        signs = rademacher(
+            tuple(logits.shape), generator=self.generator, device=logits.device, dtype=logits.dtype
+        )
+        return projected_input_gradient_penalty(logits, images, masks, signs)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"outputs={self.outputs!r}"
 
 
 class LossSchedule:

@@ -8,7 +8,16 @@ import torch.nn.functional as F
 from xai_feedback._checks import check_floating, check_int, check_maps, check_shape
 from xai_feedback.errors import RangeError, ShapeError
 
-__all__ = ["centre_penalty", "input_gradient_penalty", "mask_penalty", "masks_to_maps"]
+__all__ = [
+    "centre_penalty",
+    "dilate_masks",
+    "input_gradient_penalty",
+    "mask_penalty",
+    "masks_to_maps",
+    "projected_input_gradient_penalty",
+    "rademacher",
+    "receptive_field_cover",
+]
 
 
 def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -139,3 +148,139 @@ def input_gradient_penalty(
     (grad,) = torch.autograd.grad(log_p, images, create_graph=True)
     weighted = masks.to(grad.dtype).unsqueeze(1) * grad
     return weighted.pow(2).sum() / dims["B"]
+
+
+def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    r"""Grow boolean/float masks ``(B, H, W)`` by ``radius`` pixels (a square max filter).
+
+    .. math:: D_{bij} = \max_{|u - i| \le r,\ |v - j| \le r} M_{buv}
+
+    A CAM cell sees the input through its receptive field: a cell next to an annotated
+    region can carry that region's evidence while covering none of it. Dilating the mask by
+    about half the receptive field before :func:`masks_to_maps` marks every cell that can see
+    the region. ``radius=0`` returns the masks unchanged (as float).
+
+    Args:
+        masks: ``(B, H, W)`` masks.
+        radius: Dilation in pixels (>= 0).
+
+    Returns:
+        ``(B, H, W)`` float masks in [0, 1].
+
+    Example:
+        >>> m = torch.zeros(1, 5, 5, dtype=torch.bool); m[0, 2, 2] = True
+        >>> int(dilate_masks(m, 1).sum()), int(dilate_masks(m, 2).sum())
+        (9, 25)
+    """
+    check_shape(masks, "B H W", "masks")
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise RangeError(f"`radius` must be an int >= 0, got {radius!r}.")
+    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    if radius == 0:
+        return m
+    return F.max_pool2d(m.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
+
+
+def receptive_field_cover(masks: torch.Tensor, field: int) -> torch.Tensor:
+    r"""Share of each pixel's ``field x field`` window that is masked (a box filter).
+
+    .. math:: R_{bij} = \frac{1}{f^2} \sum_{|u - i| < f/2,\ |v - j| < f/2} M_{buv}
+
+    (zero outside the image). A CAM cell's evidence can come from anywhere in its receptive
+    field; :func:`masks_to_maps` of ``R`` weights each cell by how much of what it sees is
+    annotated: 1 deep inside the region, falling off smoothly over one receptive field, so a
+    penalty pushes evidence away from the region the more a cell depends on it, instead of
+    only on the cells that lie on it (:func:`dilate_masks` is the hard version).
+
+    Args:
+        masks: ``(B, H, W)`` masks.
+        field: Window side in pixels (>= 1; odd sides centre the window exactly, even sides
+            put the extra pixel after the centre).
+
+    Returns:
+        ``(B, H, W)`` float shares in [0, 1].
+
+    Example:
+        >>> m = torch.zeros(1, 3, 3); m[0, 1, 1] = 1.0
+        >>> receptive_field_cover(m, 3)[0, 0, 0] * 9
+        tensor(1.)
+    """
+    check_shape(masks, "B H W", "masks")
+    if isinstance(field, bool) or not isinstance(field, int) or field < 1:
+        raise RangeError(f"`field` must be an int >= 1, got {field!r}.")
+    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    if field == 1:
+        return m
+    before, after = (field - 1) // 2, field // 2
+    padded = F.pad(m.unsqueeze(1), (before, after, before, after))
+    return F.avg_pool2d(padded, field, stride=1).squeeze(1)
+
+
+def projected_input_gradient_penalty(
+    logits: torch.Tensor,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    directions: torch.Tensor,
+) -> torch.Tensor:
+    r"""Masked input-gradient penalty of the log-probabilities projected on ``directions``.
+
+    .. math:: P = \frac{1}{B} \sum_b \sum_{c,i,j}
+              \Big(M_{bij} \frac{\partial}{\partial x_{bcij}} \sum_k v_{bk} \log p_{bk}\Big)^2
+
+    ``v = 1`` is Ross et al.'s penalty (:func:`input_gradient_penalty`). With Rademacher
+    ``v`` (independent random signs), :math:`\mathbb E_v P` is the masked squared Frobenius
+    norm of the whole Jacobian, :math:`\frac1B\sum_b \sum_k \|M_b \odot \nabla_x \log p_{bk}\|^2`,
+    at the cost of one backward pass. That matters: the gradient of :math:`\sum_k \log p_k`
+    is one direction, :math:`\sum_k (1 - K p_k) \nabla z_k`, of the Jacobian, and a network
+    can route a shortcut through the others (evidence that moves *between* classes, which
+    leaves :math:`\sum_k z_k` unchanged, has zero gradient at a confident prediction and at a
+    tie between two classes alike).
+
+    Args:
+        logits: ``(B, K)`` logits computed from ``images``.
+        images: ``(B, C, H, W)`` inputs with ``requires_grad=True``.
+        masks: ``(B, H, W)`` annotation masks (1 where the model must not look).
+        directions: ``(B, K)`` or ``(K,)`` projection of the log-probabilities.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 1, 2, requires_grad=True)
+        >>> logits = torch.stack([x.sum(), -x.sum()])[None]  # evidence moves between classes
+        >>> m = torch.ones(1, 1, 2)
+        >>> float(projected_input_gradient_penalty(logits, x, m, torch.ones(2)).detach())
+        0.0
+        >>> v = torch.tensor([1.0, -1.0])
+        >>> float(projected_input_gradient_penalty(logits, x, m, v).detach())
+        8.0
+    """
+    dims = check_shape(images, "B C H W", "images")
+    check_shape(logits, "B K", "logits", B=dims["B"])
+    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    if directions.dim() == 1:
+        check_shape(directions, "K", "directions", K=int(logits.shape[1]))
+    else:
+        check_shape(directions, "B K", "directions", B=dims["B"], K=int(logits.shape[1]))
+    if not images.requires_grad:
+        raise ValueError(
+            "`images` must require grad (call images.requires_grad_() before the forward)."
+        )
+    projected = (F.log_softmax(logits, dim=1) * directions.to(logits.dtype)).sum()
+    (grad,) = torch.autograd.grad(projected, images, create_graph=True)
+    weighted = masks.to(grad.dtype).unsqueeze(1) * grad
+    return weighted.pow(2).sum() / dims["B"]
+
+
+def rademacher(
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Independent random signs (+1 or -1 with probability 1/2 each).
+
+    Example:
+        >>> sorted(set(rademacher((100,), generator=torch.Generator().manual_seed(0)).tolist()))
+        [-1.0, 1.0]
+    """
+    bits = torch.randint(0, 2, shape, generator=generator, device=device)
+    return (2 * bits - 1).to(dtype)

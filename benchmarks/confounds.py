@@ -1,0 +1,615 @@
+"""Benchmark: a battery of confounds x feedback methods x architectures (``bench confounds``).
+
+Families (:func:`xai_feedback.data.make_confound`): frame, corner swatch, left stripe, centre
+dot, background level, random-position patch, uncentred digits and no confound. Arms: vanilla,
+the Gaussian centre penalty (no annotations), the annotation-mask CAM penalty, RRR (input
+gradients, Ross et al. 2017), counterexample augmentation (Teso & Kersting 2019) and the oracle
+(trained with the shortcut's level random). Architectures: GAPNet and a small ResNet with
+torchvision's BasicBlock structure, adapted to 28x28 inputs. Every hyper-parameter below was
+fixed once, on a validation split of the *frame* family's training images with GAPNet
+(``--select``), and then used unchanged on every family and architecture.
+
+For families without a shortcut (uncentred, none) the annotation arms have empty masks and the
+oracle is vanilla: they are not run. Each finished run is written atomically to
+``OUT/runs/<arch>/<family>/<arm>/seed<N>.json``; a rerun resumes. Run
+``python benchmarks/confounds.py [--seeds 5] [--epochs 12]`` or ``xai-feedback bench confounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import _common as common
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai_feedback.counterexamples import Counterexamples
+from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
+from xai_feedback.data.confounds import SHORTCUT_FAMILIES
+from xai_feedback.losses import CentrePenalty, MaskPenalty, RRRPenalty
+from xai_feedback.models import GAPNet
+from xai_feedback.models.gapnet import init_weights
+from xai_feedback.objectives import (
+    cam_penalty_objective,
+    counterexample_objective,
+    per_example_batchnorm,
+    rrr_counterexample_objective,
+    rrr_objective,
+)
+from xai_feedback.training import Batch, Objective, accuracy, cross_entropy_objective, fit
+
+__all__ = ["ARCHS", "ARMS", "BasicBlock", "SmallResNet", "main", "run_one"]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock``: two 3x3 conv-BN, identity or 1x1-conv shortcut."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """A torchvision-style ResNet for 28x28 inputs (the CIFAR adaptation of He et al. 2016).
+
+    3x3 stem (no 7x7 conv, no max-pool), three stages of ``blocks`` BasicBlocks with
+    ``width, 2 width, 4 width`` channels and strides 1, 2, 1 (a 14x14 map, as GAPNet's),
+    global average pooling and ``fc``. ``layer3`` feeds the pooling: the CAM layer.
+    """
+
+    cam_layer = "layer3"
+
+    def __init__(
+        self,
+        width: int = 16,
+        blocks: int = 1,
+        num_classes: int = 10,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=False)
+        planes = [width, 2 * width, 4 * width]
+        strides = [1, 2, 1]
+        inplanes = width
+        stages = []
+        for p, s in zip(planes, strides, strict=True):
+            layers = [BasicBlock(inplanes, p, s)] + [BasicBlock(p, p) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            inplanes = p
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        if generator is not None:
+            init_weights(self, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)``."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        out: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return out
+
+
+ARCHS: dict[str, Callable[[int, torch.Generator], nn.Module]] = {
+    "gapnet": lambda width, g: GAPNet(width=width, pools=1, generator=g),
+    "resnet": lambda width, g: SmallResNet(width=width, generator=g),
+}
+
+# Fixed once with ``--select`` on a validation split of the frame family (GAPNet), never on
+# test sets and never per family or architecture.
+CENTRE_SIGMA = 0.7
+CENTRE_LAMBDA = 10.0
+MASK_LAMBDA = 10.0
+MASK_DILATION = 4
+RRR_LAMBDA = 1000.0
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A named way of training; ``oracle`` trains with the shortcut's level random."""
+
+    name: str
+    description: str
+    make: Callable[[int], Objective]  # seed -> objective
+    annotated: bool = False
+    oracle: bool = False
+
+
+ARMS: dict[str, Arm] = {
+    a.name: a
+    for a in [
+        Arm("vanilla", "cross-entropy", lambda seed: cross_entropy_objective),
+        Arm(
+            "centre",
+            f"Gaussian centre penalty, signed all-class CAMs, sigma {CENTRE_SIGMA}, "
+            f"lambda {CENTRE_LAMBDA:g}",
+            lambda seed: cam_penalty_objective(CentrePenalty(CENTRE_SIGMA), CENTRE_LAMBDA),
+        ),
+        Arm(
+            "mask",
+            f"annotation-mask penalty on signed all-class CAMs, dilation {MASK_DILATION} px, "
+            f"lambda {MASK_LAMBDA:g}",
+            lambda seed: cam_penalty_objective(MaskPenalty(dilation=MASK_DILATION), MASK_LAMBDA),
+            annotated=True,
+        ),
+        Arm(
+            "rrr",
+            f"RRR input-gradient penalty, lambda {RRR_LAMBDA:g}",
+            lambda seed: rrr_objective(RRR_LAMBDA),
+            annotated=True,
+        ),
+        Arm(
+            "counterexamples",
+            "one counterexample per image, annotated region set to a random constant",
+            lambda seed: counterexample_objective(
+                Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed))
+            ),
+            annotated=True,
+        ),
+        Arm(
+            "oracle",
+            "cross-entropy, shortcut level random",
+            lambda seed: cross_entropy_objective,
+            annotated=True,
+            oracle=True,
+        ),
+    ]
+}
+
+
+def _applies(arm: Arm, family: str) -> bool:
+    return family in SHORTCUT_FAMILIES or not arm.annotated
+
+
+def run_one(
+    arch: str,
+    family: str,
+    arm: Arm,
+    seed: int,
+    *,
+    epochs: int,
+    width: int,
+    train: ImageDataset | None = None,
+    evals: dict[str, ImageDataset] | None = None,
+) -> dict[str, Any]:
+    """Train one model and return its JSON-ready record."""
+    if train is None:
+        train = make_confound(family, "train", rule="random" if arm.oracle else "tied", seed=seed)
+    if evals is None:
+        evals = {
+            "confound_test": make_confound(family, "test", seed=seed),
+            "clean_test": make_confound(family, "test", rule="none", seed=seed),
+        }
+    generator = torch.Generator().manual_seed(seed)
+    model = ARCHS[arch](width, generator)
+    history = fit(model, train, epochs=epochs, objective=arm.make(seed), generator=generator)
+    record: dict[str, Any] = {
+        "arch": arch,
+        "family": family,
+        "arm": arm.name,
+        "seed": seed,
+        "epochs": epochs,
+        "width": width,
+        "train_accuracy": history.accuracy[-1],
+        "seconds_per_epoch": history.seconds_per_epoch,
+    }
+    for name, data in evals.items():
+        record[f"{name}_accuracy"] = accuracy(model, data)
+    # a RunStore record: status and the headline value (the first evaluation's accuracy)
+    record["status"] = "ok"
+    record["value"] = record[f"{next(iter(evals))}_accuracy"]
+    return record
+
+
+def _tables(
+    records: list[dict[str, Any]],
+    archs: Sequence[str],
+    families: Sequence[str],
+    arms: Sequence[str],
+) -> str:
+    parts = []
+    for arch in archs:
+        for key, title in (("confound_test", "confound-test"), ("clean_test", "clean-test")):
+            rows = []
+            for family in families:
+                row: list[object] = [family]
+                for arm in arms:
+                    rs = [
+                        r
+                        for r in records
+                        if (r["arch"], r["family"], r["arm"]) == (arch, family, arm)
+                    ]
+                    if not rs and not _applies(ARMS[arm], family):
+                        row.append("= vanilla")
+                        continue
+                    row.append(common.mean_std([float(r[f"{key}_accuracy"]) for r in rs]))
+                counts = [
+                    str(
+                        sum(
+                            (r["arch"], r["family"], r["arm"]) == (arch, family, a) for r in records
+                        )
+                    )
+                    for a in arms
+                    if _applies(ARMS[a], family)
+                ]
+                row.append(",".join(counts))
+                rows.append(row)
+            parts.append(f"**{arch}, {title} accuracy** (mean ± std over seeds)\n")
+            parts.append(common.markdown_table(["family", *arms, "n (per arm)"], rows) + "\n")
+    return "\n".join(parts)
+
+
+def _figure(
+    plt: Any,
+    records: list[dict[str, Any]],
+    archs: Sequence[str],
+    families: Sequence[str],
+    arms: Sequence[str],
+) -> Any:
+    fig, axes = plt.subplots(len(archs), 1, figsize=(11, 3.2 * len(archs)), squeeze=False)
+    width = 0.8 / len(arms)
+    for ax, arch in zip(axes[:, 0], archs, strict=True):
+        for i, arm in enumerate(arms):
+            means, errs = [], []
+            for family in families:
+                name = arm if _applies(ARMS[arm], family) else "vanilla"
+                vals = [
+                    float(r["confound_test_accuracy"])
+                    for r in records
+                    if (r["arch"], r["family"], r["arm"]) == (arch, family, name)
+                ]
+                means.append(sum(vals) / len(vals) if vals else math.nan)
+                n = len(vals)
+                mean = means[-1]
+                errs.append(
+                    math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+                )
+            xs = [f + (i - (len(arms) - 1) / 2) * width for f in range(len(families))]
+            ax.bar(xs, means, width, yerr=errs, label=arm, capsize=1.5)
+        ax.set_xticks(range(len(families)))
+        ax.set_xticklabels(families, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("confound-test acc")
+        ax.set_title(arch, fontsize=9)
+    axes[0, 0].legend(fontsize=7, ncol=len(arms), loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+SELECT_GRID = (
+    "centre:s=0.7;lam=10",
+    "mask:lam=10",
+    "mask:lam=100",
+    "mask:d=4;lam=10",
+    "mask:d=8;lam=10",
+    "mask:d=8;lam=100",
+    "mask:f=17;lam=300",
+    "rrr:lam=1000",
+    "rrr:lam=30000",
+    "rrr:lam=1000;bn=eval",
+    "rrr:lam=10;out=all",
+    "rrr:lam=100;out=all",
+    "rrr:lam=1000;out=all",
+    "rrr:lam=1000;out=all;bn=eval",
+    "rrrce:lam=1000",
+    "cf:fill=constant",
+    "cf:fill=noise",
+)
+"""The validation grid of item 1 (``--select``): arm specs ``name:key=value;...``."""
+
+
+def objective_from_spec(spec: str, seed: int) -> Objective:
+    """The objective an arm spec names (see :data:`SELECT_GRID`).
+
+    ``centre`` (``s`` sigma, ``lam``), ``mask`` (``d`` dilation, ``f`` receptive-field window,
+    ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
+    counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``), ``vanilla``.
+    Random draws use a generator seeded with ``1000 + seed``.
+    """
+    name, _, rest = spec.partition(":")
+    kw = dict(item.split("=") for item in rest.split(";") if item)
+    lam = float(kw.get("lam", 10))
+    g = torch.Generator().manual_seed(1000 + seed)
+    if name == "centre":
+        return cam_penalty_objective(CentrePenalty(float(kw.get("s", CENTRE_SIGMA))), lam)
+    if name == "mask":
+        penalty = MaskPenalty(dilation=int(kw.get("d", 0)), field=int(kw.get("f", 1)))
+        return cam_penalty_objective(penalty, lam)
+    if name == "rrr":
+        rrr = RRRPenalty(kw.get("out", "sum"), generator=g)
+        if kw.get("bn", "batch") == "batch":
+            return rrr_objective(lam, rrr)
+
+        def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(batch.images)
+            x = batch.images.detach().requires_grad_(True)
+            with per_example_batchnorm(model):
+                probe_logits = model(x)
+            assert batch.masks is not None
+            value = rrr(probe_logits, x, batch.masks)
+            return F.cross_entropy(logits, batch.labels) + lam * value, logits
+
+        return objective
+    if name == "rrrce":
+        return rrr_counterexample_objective(lam, Counterexamples(generator=g))
+    if name == "cf":
+        aug = Counterexamples(
+            int(kw.get("copies", 1)), fill=kw.get("fill", "constant"), generator=g
+        )
+        return counterexample_objective(aug)
+    if name == "vanilla":
+        return cross_entropy_objective
+    raise ValueError(f"unknown arm spec {spec!r}")
+
+
+def _select(args: argparse.Namespace) -> int:
+    """Hyper-parameter grid on a validation split of one family's training images."""
+    family = args.select_family
+    tied = make_confound(family, "train")
+    train, val = train_val_split(tied, 0.2, seed=0)
+    _, val_random = train_val_split(make_confound(family, "train", rule="random"), 0.2, seed=0)
+    _, val_clean = train_val_split(make_confound(family, "train", rule="none"), 0.2, seed=0)
+    evals = {"val_tied": val, "val_random": val_random, "val_clean": val_clean}
+    grid = [Arm(spec, "", partial(objective_from_spec, spec)) for spec in args.grid]
+    store = common.RunStore(args.out / "select")
+    print(f"validation: {len(val)} held-out {family} training images; tied / random / none")
+    print("| arm | val (tied) | val (random) | val (no shortcut) |\n|---|---|---|---|")
+    for arm in grid:
+        parts = ["gapnet", family, arm.name.replace(":", "_").replace(";", "_"), "seed0"]
+        record = common.resume(
+            store,
+            parts,
+            lambda arm=arm: run_one(
+                "gapnet",
+                family,
+                arm,
+                0,
+                epochs=args.epochs,
+                width=args.width,
+                train=train,
+                evals=evals,
+            ),
+            fresh=args.fresh,
+            epochs=args.epochs,
+            width=args.width,
+        )
+        print(
+            f"| {arm.name} | {record['val_tied_accuracy']:.3f} | "
+            f"{record['val_random_accuracy']:.3f} | {record['val_clean_accuracy']:.3f} |",
+            flush=True,
+        )
+    return 0
+
+
+def decoy_mlp(generator: torch.Generator) -> nn.Module:
+    """Ross et al.'s Decoy-MNIST model in miniature: an MLP 784-50-30-10 with ReLUs."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 30), nn.ReLU(), nn.Linear(30, 10)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
+            else:
+                p.zero_()
+    return model
+
+
+MLP_RRR_LAMBDA = 1.0  # chosen with --mlp --select (validation split, seeds 0-2)
+
+
+def _mlp(args: argparse.Namespace) -> int:
+    """Decoy-MNIST (4x4 corner swatch, Ross et al. 2017) on the digits with an MLP."""
+    from xai_feedback.data import confounded_digits, load_digits
+
+    store = common.RunStore(args.out / "mlp")
+    tied = confounded_digits("train", "swatch", size=4)
+    arms = {
+        "vanilla": lambda lam, seed: cross_entropy_objective,
+        "rrr": lambda lam, seed: rrr_objective(lam),
+        "counterexamples": lambda lam, seed: counterexample_objective(
+            Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed))
+        ),
+        "oracle": lambda lam, seed: cross_entropy_objective,
+    }
+    if args.select:
+        jobs = [("rrr", lam, seed) for lam in args.rrr_lambdas for seed in range(3)]
+    else:
+        jobs = [(a, MLP_RRR_LAMBDA, seed) for a in arms for seed in range(args.seeds)]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for arm, lam, seed in jobs:
+
+        def run(arm: str = arm, lam: float = lam, seed: int = seed) -> dict[str, Any]:
+            rule = "random" if arm == "oracle" else "tied"
+            train = confounded_digits("train", "swatch", size=4, rule=rule, seed=seed)
+            if args.select:
+                train = train_val_split(tied, 0.2, seed=0)[0]
+                rand = confounded_digits("train", "swatch", size=4, rule="random")
+                evals = {"random": train_val_split(rand, 0.2, seed=0)[1]}
+            else:
+                evals = {
+                    "random": confounded_digits("test", "swatch", size=4, seed=seed),
+                    "clean": load_digits("test"),
+                }
+            g = torch.Generator().manual_seed(seed)
+            model = decoy_mlp(g)
+            hist = fit(
+                model,
+                train,
+                epochs=args.epochs,
+                lr=1e-3,
+                objective=arms[arm](lam, seed),
+                generator=g,
+            )
+            out = {
+                "arm": arm,
+                "lam": lam,
+                "seed": seed,
+                "epochs": args.epochs,
+                "train": hist.accuracy[-1],
+            }
+            out.update({k: accuracy(model, d) for k, d in evals.items()})
+            out.update(status="ok", value=out["random"])
+            return out
+
+        name = f"{'select_' if args.select else ''}{arm}_l{lam:g}"
+        rec = common.resume(store, [name, f"seed{seed}"], run, fresh=args.fresh, epochs=args.epochs)
+        rows.setdefault(f"{arm} (lambda {lam:g})" if arm == "rrr" else arm, []).append(rec)
+    keys = ["train", "random"] + ([] if args.select else ["clean"])
+    table = common.markdown_table(
+        ["arm", *keys, "n"],
+        [
+            [a, *(common.mean_std([float(r[k]) for r in rs]) for k in keys), len(rs)]
+            for a, rs in rows.items()
+        ],
+    )
+    print(
+        f"Decoy MLP on the digits, 4x4 swatch, {args.epochs} epochs"
+        f"{' (validation split)' if args.select else ''}:\n{table}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.select:
+        (args.out / "mlp_table.md").write_text(table + "\n")
+    return 0
+
+
+def _floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",") if v]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; see ``xai-feedback bench confounds --help``."""
+    from tqdm.auto import tqdm
+
+    quick = [
+        "--families",
+        "frame,none",
+        "--arms",
+        "vanilla,counterexamples",
+        "--archs",
+        "gapnet",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+    ]
+    parser = common.parser("confounds", __doc__, seeds=5, quick=quick)
+    parser.add_argument(
+        "--families", default=",".join(CONFOUND_FAMILIES), type=lambda s: s.split(",")
+    )
+    parser.add_argument("--arms", default=",".join(ARMS), type=lambda s: s.split(","))
+    parser.add_argument("--archs", default=",".join(ARCHS), type=lambda s: s.split(","))
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--width", type=int, default=16, help="GAPNet width")
+    parser.add_argument("--resnet-width", type=int, default=8, help="SmallResNet width")
+    parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
+    parser.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished runs, train nothing"
+    )
+    parser.add_argument("--select", action="store_true", help="hyper-parameter grid on validation")
+    parser.add_argument("--select-family", default="frame")
+    parser.add_argument(
+        "--mlp",
+        action="store_true",
+        help="Decoy-MNIST MLP table (Ross et al. 2017); use --epochs 30",
+    )
+    parser.add_argument(
+        "--grid", default=",".join(SELECT_GRID), type=lambda s: s.split(","), help="--select arms"
+    )
+    parser.add_argument("--rrr-lambdas", default="1,10,100", type=_floats, help="--mlp --select")
+    args = common.parse(parser, argv)
+    for values, known, what in (
+        (args.families, CONFOUND_FAMILIES, "family"),
+        (args.arms, ARMS, "arm"),
+        (args.archs, ARCHS, "arch"),
+    ):
+        for v in values:
+            if v not in known:
+                parser.error(f"unknown {what} {v!r}; choose from {sorted(known)}")
+    if args.mlp:
+        return _mlp(args)
+    if args.select:
+        return _select(args)
+
+    store = common.RunStore(args.out / "runs")
+    widths = {"gapnet": args.width, "resnet": args.resnet_width}
+    jobs = [
+        (seed, arch, family, arm)
+        for seed in range(args.seeds)
+        for arch in args.archs
+        for family in args.families
+        for arm in args.arms
+        if _applies(ARMS[arm], family)
+    ]
+    records = []
+    start = time.perf_counter()
+    for seed, arch, family, arm in tqdm(jobs, desc="confound battery"):
+        if args.report_only:
+            parts = [arch, family, arm, f"seed{seed}"]
+            found = common.cached(store, parts, epochs=args.epochs, width=widths[arch])
+            if found is not None:
+                records.append(found)
+            continue
+        records.append(
+            common.resume(
+                store,
+                [arch, family, arm, f"seed{seed}"],
+                lambda arch=arch, family=family, arm=arm, seed=seed: run_one(  # type: ignore[misc]
+                    arch, family, ARMS[arm], seed, epochs=args.epochs, width=widths[arch]
+                ),
+                fresh=args.fresh,
+                epochs=args.epochs,
+                width=widths[arch],
+            )
+        )
+    tables = _tables(records, args.archs, args.families, args.arms)
+    print(
+        f"\nConfound battery: {args.epochs} epochs, widths {widths}, up to {args.seeds} seeds "
+        f"(n: runs per cell), "
+        f"torch threads {torch.get_num_threads()}, {time.perf_counter() - start:.0f} s"
+    )
+    for name in args.arms:
+        print(f"  {name:16s} {ARMS[name].description}")
+    print()
+    print(tables)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(tables + "\n")
+    common.figure(
+        args.out / "confounds.png",
+        lambda plt: _figure(plt, records, args.archs, args.families, args.arms),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""A battery of label-tied confounds on the digits, differing in where, what, how large, how local.
+
+Each family draws a *shortcut* on scikit-learn's digits (28x28, see
+:func:`~xai_feedback.data.load_digits`) whose value gives the class away in training
+(``rule="tied"``) and is random at test (``rule="random"``), with the boolean mask of where it
+is (the annotation a user would give). ``rule="none"`` draws nothing (clean images; the masks
+still say where the shortcut would be).
+
+==================  ====================================================  ===================
+family              shortcut (``v``: the label if tied, else random)      kind
+==================  ====================================================  ===================
+``"frame"``         2 px border, grey ``(255 - 25 v) / 255``               periphery, thin
+``"swatch"``        6x6 swatch in a random corner, same grey              corner, small
+``"stripe"``        3 px stripe down the left side, same grey             one side
+``"centre_dot"``    4x4 dot at the centre, over the digit, same grey      centre
+``"background"``    every background pixel (ink < 0.05) at ``0.05 v``     global, faint
+``"patch"``         4x4 patch at a random position, same grey             anywhere, non-local
+``"uncentred"``     none; digit shrunk to 14x14 at a random position      objects off centre
+``"none"``          none (the clean digits)                               control
+==================  ====================================================  ===================
+
+The centre dot is where a centre prior must fail: the shortcut sits where the object is.
+
+For ``"uncentred"`` and ``"none"`` the masks are all ``False``; for ``"uncentred"`` the
+random positions are part of the images in every split and rule.
+
+Example:
+    >>> train = make_confound("stripe", "train")
+    >>> tuple(train.images.shape), int(train.masks[0].sum())
+    ((1437, 1, 28, 28), 84)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from xai_feedback._checks import check_choice, check_int
+from xai_feedback.data._dataset import ImageDataset
+from xai_feedback.data.digits import CANVAS, MARGIN, confound_masks, load_digits
+
+__all__ = ["CONFOUND_FAMILIES", "SHORTCUT_FAMILIES", "make_confound"]
+
+CONFOUND_FAMILIES = (
+    "frame",
+    "swatch",
+    "stripe",
+    "centre_dot",
+    "background",
+    "patch",
+    "uncentred",
+    "none",
+)
+"""Every family of :func:`make_confound`."""
+SHORTCUT_FAMILIES = CONFOUND_FAMILIES[:6]
+"""The families that draw a shortcut (the others have empty masks)."""
+
+Split = Literal["train", "test"]
+_RULES = ("tied", "random", "none")
+_SWATCH = 6
+_STRIPE = 3
+_DOT = 4
+_PATCH = 4
+_SMALL = 14
+_INK = 0.05
+
+
+def _box_masks(top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, CANVAS, CANVAS)`` masks of ``size x size`` boxes with the given top-left corners."""
+    rows = torch.arange(CANVAS)
+    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)
+    in_cols = (rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + size)
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def _uncentre(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shrink each centred 20x20 digit to 14x14 and paste it at a random position."""
+    n = images.shape[0]
+    digit = images[:, :, MARGIN : CANVAS - MARGIN, MARGIN : CANVAS - MARGIN]
+    small = F.interpolate(digit, size=(_SMALL, _SMALL), mode="area")[:, 0]
+    top = torch.randint(0, CANVAS - _SMALL + 1, (n,), generator=generator)
+    left = torch.randint(0, CANVAS - _SMALL + 1, (n,), generator=generator)
+    grid = torch.arange(CANVAS)
+    rows = grid[None, :] - top[:, None]  # (N, CANVAS) source row of each canvas row
+    cols = grid[None, :] - left[:, None]
+    valid = ((rows >= 0) & (rows < _SMALL))[:, :, None] & ((cols >= 0) & (cols < _SMALL))[
+        :, None, :
+    ]
+    r = rows.clamp(0, _SMALL - 1)[:, :, None].expand(n, CANVAS, CANVAS)
+    c = cols.clamp(0, _SMALL - 1)[:, None, :].expand(n, CANVAS, CANVAS)
+    picked = small[torch.arange(n)[:, None, None], r, c]
+    return torch.where(valid, picked, torch.zeros((), dtype=images.dtype)).unsqueeze(1)
+
+
+def make_confound(
+    family: str,
+    split: Split = "train",
+    *,
+    rule: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> ImageDataset:
+    """Digits with one confound family of the battery (see the module docstring).
+
+    Args:
+        family: One of :data:`CONFOUND_FAMILIES`.
+        split: ``"train"`` or ``"test"`` (the fixed split of :func:`load_digits`).
+        rule: ``"tied"`` (level = label), ``"random"`` (level uniform in 0-9) or ``"none"``
+            (nothing drawn). Default: ``"tied"`` for training, ``"random"`` for test.
+        seed: Seed of every random draw (positions, corners, random levels); the same
+            ``(family, split, rule, seed)`` always gives the same data.
+        dtype: Floating dtype of the images.
+
+    Returns:
+        An :class:`~xai_feedback.data.ImageDataset` whose ``masks`` mark the shortcut.
+
+    Shape:
+        - images: :math:`(N, 1, 28, 28)` in [0, 1]
+        - masks: :math:`(N, 28, 28)`, bool
+
+    Example:
+        >>> train = make_confound("centre_dot", "train")
+        >>> dot = train.images[:, 0][train.masks].view(len(train), -1)[:, 0]
+        >>> bool(torch.allclose(dot * 255, 255 - 25 * train.labels.float()))
+        True
+    """
+    check_choice(family, "family", CONFOUND_FAMILIES)
+    check_choice(split, "split", ("train", "test"))
+    if rule is None:
+        rule = "tied" if split == "train" else "random"
+    check_choice(rule, "rule", _RULES)
+    check_int(seed, "seed", minimum=0)
+
+    clean = load_digits(split, dtype=dtype)
+    images, labels = clean.images, clean.labels
+    n = len(clean)
+    # one stream per (family, split, seed); the rule does not change positions or corners
+    family_id = CONFOUND_FAMILIES.index(family)
+    generator = torch.Generator().manual_seed(1_000_003 * seed + 2 * family_id + (split == "test"))
+    position = torch.randint(0, 4, (n,), generator=generator)
+    top = torch.randint(0, CANVAS - _PATCH + 1, (n,), generator=generator)
+    left = torch.randint(0, CANVAS - _PATCH + 1, (n,), generator=generator)
+    random_level = torch.randint(0, 10, (n,), generator=generator)
+
+    full = torch.ones(n, dtype=torch.long)
+    if family == "frame":
+        masks = confound_masks("frame", 2).expand(n, CANVAS, CANVAS).clone()
+    elif family == "swatch":
+        masks = confound_masks("swatch", _SWATCH, position)
+    elif family == "stripe":
+        masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
+        masks[:, :, :_STRIPE] = True
+    elif family == "centre_dot":
+        start = (CANVAS - _DOT) // 2
+        masks = _box_masks(full * start, full * start, _DOT)
+    elif family == "background":
+        masks = images[:, 0] < _INK
+    elif family == "patch":
+        masks = _box_masks(top, left, _PATCH)
+    else:
+        masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
+        if family == "uncentred":
+            images = _uncentre(images, generator)
+
+    if family in SHORTCUT_FAMILIES and rule != "none":
+        level = (labels if rule == "tied" else random_level).to(torch.float64)
+        value = 0.05 * level if family == "background" else (255.0 - 25.0 * level) / 255.0
+        fill = value.to(dtype)[:, None, None, None]
+        images = torch.where(masks[:, None], fill, images)
+    return ImageDataset(images, labels, masks, f"confound-{family}-{rule}/{split}")

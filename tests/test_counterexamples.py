@@ -1,0 +1,131 @@
+"""Counterexample augmentation: values, shapes, randomness and training use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xai_feedback.counterexamples import Counterexamples, counterexamples
+from xai_feedback.errors import RangeError, ShapeError, XAIFeedbackError
+from xai_feedback.objectives import counterexample_objective
+from xai_feedback.training import Batch
+
+
+def _data(b: int = 3, c: int = 2, h: int = 6, w: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(b, c, h, w, generator=g)
+    masks = torch.rand(b, h, w, generator=g) > 0.6
+    return images, masks
+
+
+def test_unmasked_pixels_unchanged_and_masked_in_range() -> None:
+    images, masks = _data()
+    out = counterexamples(
+        images, masks, copies=2, low=2.0, high=3.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.shape == (6, 2, 6, 5)
+    for r in range(2):
+        copy = out[r * 3 : (r + 1) * 3]
+        keep = ~masks[:, None].expand_as(images)
+        assert torch.equal(copy[keep], images[keep])
+        inside = copy[~keep]
+        assert bool((inside >= 2.0).all()) and bool((inside <= 3.0).all())
+
+
+def test_constant_fill_is_one_value_per_image_and_channel() -> None:
+    images, masks = _data()
+    out = counterexamples(
+        images, masks, fill="constant", generator=torch.Generator().manual_seed(0)
+    )
+    for b in range(3):
+        for c in range(2):
+            values = out[b, c][masks[b]]
+            assert values.numel() > 1
+            assert torch.allclose(values, values[0].expand_as(values))
+    # distinct images and channels draw distinct values (with probability 1)
+    firsts = torch.stack([out[b, c][masks[b]][0] for b in range(3) for c in range(2)])
+    assert len(torch.unique(firsts)) == 6
+
+
+def test_noise_fill_varies_per_pixel_and_is_uniform() -> None:
+    images = torch.zeros(4, 1, 50, 50)
+    masks = torch.ones(4, 50, 50, dtype=torch.bool)
+    out = counterexamples(images, masks, fill="noise", generator=torch.Generator().manual_seed(0))
+    # 10,000 uniform draws: mean 1/2 and variance 1/12 within a few standard errors
+    assert abs(float(out.mean()) - 0.5) < 0.01
+    assert abs(float(out.var()) - 1 / 12) < 0.005
+
+
+def test_fractional_mask_blends() -> None:
+    images = torch.full((1, 1, 2, 2), 0.2)
+    masks = torch.full((1, 2, 2), 0.5)
+    out = counterexamples(images, masks, low=1.0, high=1.0 + 1e-9, generator=None)
+    assert torch.allclose(out, torch.full_like(out, 0.5 * 0.2 + 0.5 * 1.0), atol=1e-6)
+
+
+def test_generator_reproducible_and_copies_differ() -> None:
+    images, masks = _data()
+    a = counterexamples(images, masks, copies=2, generator=torch.Generator().manual_seed(5))
+    b = counterexamples(images, masks, copies=2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert not torch.equal(a[:3], a[3:])
+
+
+def test_gradient_flows_through_unmasked_pixels_only() -> None:
+    images, masks = _data()
+    images.requires_grad_(True)
+    out = counterexamples(images, masks, generator=torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert images.grad is not None
+    expected = (~masks[:, None]).expand_as(images).to(images.dtype)
+    assert torch.equal(images.grad, expected)
+
+
+def test_module_appends_copies_with_labels_and_masks() -> None:
+    images, masks = _data()
+    labels = torch.tensor([4, 7, 1])
+    aug = Counterexamples(copies=2, generator=torch.Generator().manual_seed(0))
+    x, y, m = aug(images, labels, masks)
+    assert x.shape == (9, 2, 6, 5)
+    assert torch.equal(x[:3], images)
+    assert y.tolist() == [4, 7, 1] * 3
+    assert torch.equal(m, masks.repeat(3, 1, 1))
+    only = Counterexamples(
+        copies=1, keep_original=False, generator=torch.Generator().manual_seed(0)
+    )
+    x1, y1, _ = only(images, labels, masks)
+    assert x1.shape[0] == 3 and y1.tolist() == [4, 7, 1]
+
+
+def test_errors() -> None:
+    images, masks = _data()
+    with pytest.raises(ShapeError, match="masks"):
+        counterexamples(images, masks[:, :-1])
+    with pytest.raises(RangeError, match="copies"):
+        counterexamples(images, masks, copies=0)
+    with pytest.raises(RangeError, match="fill"):
+        counterexamples(images, masks, fill="zeros")
+    with pytest.raises(RangeError, match="high"):
+        Counterexamples(low=1.0, high=1.0)
+    with pytest.raises(XAIFeedbackError, match="images"):
+        counterexamples(images.long(), masks)
+
+
+def test_objective_breaks_a_shortcut_in_the_loss() -> None:
+    """The counterexample loss is the mean cross-entropy over originals and counterexamples."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 5, 3))
+    images, masks = _data()
+    labels = torch.tensor([0, 1, 2])
+    g = torch.Generator().manual_seed(3)
+    objective = counterexample_objective(Counterexamples(generator=g))
+    batch = Batch(images, labels, masks, 0, 0, 1)
+    loss, logits = objective(model, batch)
+    again = counterexamples(images, masks, generator=torch.Generator().manual_seed(3))
+    expected = torch.nn.functional.cross_entropy(
+        model(torch.cat([images, again])), labels.repeat(2)
+    )
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(logits, model(images))
+    with pytest.raises(XAIFeedbackError, match="masks"):
+        objective(model, Batch(images, labels, None, 0, 0, 1))
