@@ -233,7 +233,10 @@ def _train_runners(
     edge = torch.minimum(rows, h - 1 - rows)
     masks = (torch.minimum(edge[:, None], edge[None, :]) < h // 8).expand(len(x), h, w)
     batch = Batch(x, target, masks, 0, 0, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    # lr 0: the step does all its work (zero_grad, backward, the update's arithmetic) but the
+    # weights stay fixed, so every round times the same step; repeated real steps on one batch
+    # drove the random-init ResNet-50 to NaN maps after a few rounds (refused by the penalty).
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     objectives = {
         "vanilla step (cross-entropy)": cross_entropy_objective,
         "CAM-penalty step": cam_penalty_objective(CentrePenalty(), 1.0, layer=layer),
