@@ -34,7 +34,7 @@ from xai_feedback._checks import (
 )
 from xai_feedback.errors import RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
-from xai_feedback.hooks import Target, resolve_targets
+from xai_feedback.hooks import CAMHook, Target, resolve_targets
 from xai_feedback.layers import resolve_layer
 from xai_feedback.methods import AttributionFn, CaptumMethod, Method, get_method, method_names
 
@@ -158,8 +158,6 @@ def cam_maps(
         >>> cam_maps(GAPNet(width=4), torch.rand(3, 1, 28, 28), None, "hires_cam").shape
         torch.Size([3, 14, 14])
     """
-    from xai_feedback.hooks import CAMHook
-
     get_method(method, "cam")
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
@@ -168,10 +166,24 @@ def cam_maps(
         raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
     check_model_input(model, images)
     check_finite(images, "images")
+    return _cam_maps(model, images, target, method, layer, relu, scale, batch_size)
+
+
+def _cam_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    method: str,
+    layer: nn.Module | str | None,
+    relu: bool | None,
+    scale: str,
+    batch_size: int,
+) -> torch.Tensor:
+    """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
     frozen = _frozen_parameters(model)
     try:
         chunks = []
-        for i in range(0, dims["B"], batch_size):
+        for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size]
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
             with CAMHook(model, layer, eval_mode=True, leaf=True) as hook:
@@ -348,9 +360,7 @@ def _method_fn(
     relu = options.get("relu")
 
     def cam_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        maps = cam_maps(
-            model, x, t, spec.name, layer=layer, relu=relu, scale=scale, batch_size=batch_size
-        )
+        maps = _cam_maps(model, x, t, spec.name, layer, relu, scale, batch_size)
         return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
 
     return cam_fn

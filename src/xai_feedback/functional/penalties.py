@@ -68,7 +68,7 @@ def masks_to_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise ShapeError(f"`size` must be a pair (h, w), got {size!r}.")
     check_int(size[0], "size[0]", minimum=1)
     check_int(size[1], "size[1]", minimum=1)
-    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    m = _float_masks(masks)
     if tuple(m.shape[-2:]) == tuple(size):
         return m
     return F.adaptive_avg_pool2d(m.unsqueeze(1), size).squeeze(1)
@@ -132,22 +132,15 @@ def input_gradient_penalty(
         >>> round(float(input_gradient_penalty(logits, x, torch.ones(1, 2, 2)).detach()), 5)
         1.0
     """
-    dims = check_shape(images, "B C H W", "images")
-    check_shape(logits, "B K", "logits", B=dims["B"])
-    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
-    check_floating(images, "images")
-    check_floating(logits, "logits")
-    if not images.requires_grad or not logits.requires_grad:
-        raise RangeError(
-            "`images` must require grad and `logits` must be computed from them (call "
-            "images.requires_grad_() before the forward), got "
-            f"images.requires_grad={images.requires_grad}, "
-            f"logits.requires_grad={logits.requires_grad}."
-        )
-    log_p = F.log_softmax(logits, dim=1).sum()
-    (grad,) = torch.autograd.grad(log_p, images, create_graph=True)
-    weighted = masks.to(grad.dtype).unsqueeze(1) * grad
-    return weighted.pow(2).sum() / dims["B"]
+    check_shape(logits, "B K", "logits")
+    return projected_input_gradient_penalty(
+        logits, images, masks, logits.new_ones(int(logits.shape[1]))
+    )
+
+
+def _float_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Masks as floats: their own dtype if floating, else the default dtype."""
+    return masks.to(masks.dtype if masks.is_floating_point() else torch.get_default_dtype())
 
 
 def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
@@ -175,7 +168,7 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
     check_shape(masks, "B H W", "masks")
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise RangeError(f"`radius` must be an int >= 0, got {radius!r}.")
-    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    m = _float_masks(masks)
     if radius == 0:
         return m
     return F.max_pool2d(m.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
@@ -208,7 +201,7 @@ def receptive_field_cover(masks: torch.Tensor, field: int) -> torch.Tensor:
     check_shape(masks, "B H W", "masks")
     if isinstance(field, bool) or not isinstance(field, int) or field < 1:
         raise RangeError(f"`field` must be an int >= 1, got {field!r}.")
-    m = masks.to(torch.get_default_dtype() if not masks.is_floating_point() else masks.dtype)
+    m = _float_masks(masks)
     if field == 1:
         return m
     before, after = (field - 1) // 2, field // 2
@@ -259,9 +252,14 @@ def projected_input_gradient_penalty(
         check_shape(directions, "K", "directions", K=int(logits.shape[1]))
     else:
         check_shape(directions, "B K", "directions", B=dims["B"], K=int(logits.shape[1]))
-    if not images.requires_grad:
-        raise ValueError(
-            "`images` must require grad (call images.requires_grad_() before the forward)."
+    check_floating(images, "images")
+    check_floating(logits, "logits")
+    if not images.requires_grad or not logits.requires_grad:
+        raise RangeError(
+            "`images` must require grad and `logits` must be computed from them (call "
+            "images.requires_grad_() before the forward), got "
+            f"images.requires_grad={images.requires_grad}, "
+            f"logits.requires_grad={logits.requires_grad}."
         )
     projected = (F.log_softmax(logits, dim=1) * directions.to(logits.dtype)).sum()
     (grad,) = torch.autograd.grad(projected, images, create_graph=True)
