@@ -35,6 +35,11 @@ __all__ = [
 ]
 
 
+def _as_schedule(schedule: LossSchedule | float) -> LossSchedule:
+    """A loss schedule, or a constant penalty weight as one."""
+    return ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
+
+
 def cam_penalty_objective(
     penalty: CentrePenalty | MaskPenalty,
     schedule: LossSchedule | float = 1.0,
@@ -64,7 +69,7 @@ def cam_penalty_objective(
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
     get_method(method, "cam")
-    sched = ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
+    sched = _as_schedule(schedule)
     all_classes = penalty.classes == "all"
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +100,7 @@ def rrr_objective(
     schedule: LossSchedule | float = 1.0, penalty: RRRPenalty | None = None
 ) -> Objective:
     """Cross-entropy plus the RRR input-gradient penalty on ``batch.masks`` (Ross et al. 2017)."""
-    sched = ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
+    sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +189,7 @@ def rrr_counterexample_objective(
         >>> data = confounded_digits("train").subset(torch.arange(64))
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=rrr_counterexample_objective(10.0))
     """
-    sched = ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
+    sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
     aug = probe if probe is not None else Counterexamples()
 
