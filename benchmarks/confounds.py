@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback.counterexamples import Counterexamples
+from xai_feedback.counterexamples import Counterexamples, region_range
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
+from xai_feedback.functional import periphery_mask
 from xai_feedback.losses import CentrePenalty, MaskPenalty, RRRPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.models.gapnet import init_weights
@@ -130,6 +131,15 @@ CENTRE_LAMBDA = 10.0
 MASK_LAMBDA = 10.0
 MASK_DILATION = 4
 RRR_LAMBDA = 1000.0
+PERIPHERY_THRESHOLD = 0.5
+
+
+def _training_range(train: ImageDataset) -> tuple[float, float]:
+    """``(low=, high=)`` of the counterexample fill: the annotated region's range in ``train``."""
+    if train.masks is None:
+        raise ValueError("the cf_range arm needs masks")
+    low, high = region_range(train.images, train.masks)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,7 @@ class Arm:
 
     name: str
     description: str
-    make: Callable[[int], Objective]  # seed -> objective
+    make: Callable[[int, ImageDataset], Objective]  # (seed, training data) -> objective
     annotated: bool = False
     oracle: bool = False
 
@@ -146,38 +156,62 @@ class Arm:
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in [
-        Arm("vanilla", "cross-entropy", lambda seed: cross_entropy_objective),
+        Arm("vanilla", "cross-entropy", lambda seed, train: cross_entropy_objective),
         Arm(
             "centre",
             f"Gaussian centre penalty, signed all-class CAMs, sigma {CENTRE_SIGMA}, "
             f"lambda {CENTRE_LAMBDA:g}",
-            lambda seed: cam_penalty_objective(CentrePenalty(CENTRE_SIGMA), CENTRE_LAMBDA),
+            lambda seed, train: cam_penalty_objective(CentrePenalty(CENTRE_SIGMA), CENTRE_LAMBDA),
         ),
         Arm(
             "mask",
             f"annotation-mask penalty on signed all-class CAMs, dilation {MASK_DILATION} px, "
             f"lambda {MASK_LAMBDA:g}",
-            lambda seed: cam_penalty_objective(MaskPenalty(dilation=MASK_DILATION), MASK_LAMBDA),
+            lambda seed, train: cam_penalty_objective(
+                MaskPenalty(dilation=MASK_DILATION), MASK_LAMBDA
+            ),
             annotated=True,
         ),
         Arm(
             "rrr",
             f"RRR input-gradient penalty, lambda {RRR_LAMBDA:g}",
-            lambda seed: rrr_objective(RRR_LAMBDA),
+            lambda seed, train: rrr_objective(RRR_LAMBDA),
             annotated=True,
         ),
         Arm(
             "counterexamples",
             "one counterexample per image, annotated region set to a random constant",
-            lambda seed: counterexample_objective(
+            lambda seed, train: counterexample_objective(
                 Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed))
             ),
             annotated=True,
         ),
         Arm(
+            "cf_range",
+            "counterexamples, random constant drawn from the range the annotated region takes "
+            "in the training images",
+            lambda seed, train: counterexample_objective(
+                Counterexamples(
+                    low=_training_range(train)[0],
+                    high=_training_range(train)[1],
+                    generator=torch.Generator().manual_seed(10_000 + seed),
+                )
+            ),
+            annotated=True,
+        ),
+        Arm(
+            "periphery",
+            f"annotation-free counterexamples: the centre prior's periphery (sigma "
+            f"{CENTRE_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) set to a random constant",
+            lambda seed, train: counterexample_objective(
+                Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed)),
+                region=periphery_mask(28, 28, CENTRE_SIGMA, threshold=PERIPHERY_THRESHOLD),
+            ),
+        ),
+        Arm(
             "oracle",
             "cross-entropy, shortcut level random",
-            lambda seed: cross_entropy_objective,
+            lambda seed, train: cross_entropy_objective,
             annotated=True,
             oracle=True,
         ),
@@ -210,7 +244,7 @@ def run_one(
         }
     generator = torch.Generator().manual_seed(seed)
     model = ARCHS[arch](width, generator)
-    history = fit(model, train, epochs=epochs, objective=arm.make(seed), generator=generator)
+    history = fit(model, train, epochs=epochs, objective=arm.make(seed, train), generator=generator)
     record: dict[str, Any] = {
         "arch": arch,
         "family": family,
@@ -322,16 +356,25 @@ SELECT_GRID = (
     "rrrce:lam=1000",
     "cf:fill=constant",
     "cf:fill=noise",
+    "cf:range=data",
+    "centre:s=0.7;lam=30",
+    "centre:s=0.7;lam=100",
+    "centre:s=0.5;lam=10",
+    "pcf:t=0.4",
+    "pcf:t=0.5",
+    "pcf:t=0.6",
 )
 """The validation grid of item 1 (``--select``): arm specs ``name:key=value;...``."""
 
 
-def objective_from_spec(spec: str, seed: int) -> Objective:
+def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None) -> Objective:
     """The objective an arm spec names (see :data:`SELECT_GRID`).
 
     ``centre`` (``s`` sigma, ``lam``), ``mask`` (``d`` dilation, ``f`` receptive-field window,
     ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
-    counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``), ``vanilla``.
+    counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``, ``range=data``:
+    the fill's range from the annotated region in ``train``), ``pcf`` (annotation-free
+    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma), ``vanilla``.
     Random draws use a generator seeded with ``1000 + seed``.
     """
     name, _, rest = spec.partition(":")
@@ -361,10 +404,27 @@ def objective_from_spec(spec: str, seed: int) -> Objective:
     if name == "rrrce":
         return rrr_counterexample_objective(lam, Counterexamples(generator=g))
     if name == "cf":
+        low, high = (0.0, 1.0)
+        if kw.get("range") == "data":
+            if train is None:
+                raise ValueError("range=data needs the training data")
+            low, high = _training_range(train)
         aug = Counterexamples(
-            int(kw.get("copies", 1)), fill=kw.get("fill", "constant"), generator=g
+            int(kw.get("copies", 1)),
+            fill=kw.get("fill", "constant"),
+            low=low,
+            high=high,
+            generator=g,
         )
         return counterexample_objective(aug)
+    if name == "pcf":
+        region = periphery_mask(
+            28,
+            28,
+            float(kw.get("s", CENTRE_SIGMA)),
+            threshold=float(kw.get("t", PERIPHERY_THRESHOLD)),
+        )
+        return counterexample_objective(Counterexamples(generator=g), region=region)
     if name == "vanilla":
         return cross_entropy_objective
     raise ValueError(f"unknown arm spec {spec!r}")

@@ -32,6 +32,7 @@ from torch import nn
 
 from xai_feedback.data import ImageDataset, load_digits
 from xai_feedback.evaluation import Curves, RetrainSweep, road
+from xai_feedback.functional.masking import REMOVALS
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy, fit
 
@@ -87,6 +88,7 @@ def _sweep(
             executor=pool,
             seed=args.seed,
             squared=args.squared,
+            fill=args.fill,
         )
         curves = sweep.run(train, test)
     seconds = time.perf_counter() - start
@@ -199,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--squared",
         action="store_true",
         help="rank pixels by squared attributions (use another --out: runs are cached there)",
+    )
+    parser.add_argument(
+        "--fill",
+        default="dataset_mean",
+        choices=REMOVALS,
+        help="what replaces removed pixels in ROAR/KAR (use another --out per fill)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

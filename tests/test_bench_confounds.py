@@ -36,8 +36,18 @@ def test_annotation_arms_are_skipped_without_a_shortcut() -> None:
 
 
 def test_arm_specs_build_objectives() -> None:
+    from xai_feedback.data import make_confound
+
+    train = make_confound("background", "train")
     for spec in confounds.SELECT_GRID:
-        assert callable(confounds.objective_from_spec(spec, 0))
+        assert callable(confounds.objective_from_spec(spec, 0, train))
+    for arm in confounds.ARMS.values():
+        assert callable(arm.make(0, train))
+    # the data-range fill of the faint background level stays within its levels 0 ... 0.45
+    low, high = confounds._training_range(train)
+    assert low == 0.0 and high == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="training data"):
+        confounds.objective_from_spec("cf:range=data", 0)
     with pytest.raises(ValueError, match="unknown arm spec"):
         confounds.objective_from_spec("dropout:p=0.5", 0)
 

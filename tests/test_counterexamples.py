@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xai_feedback.counterexamples import Counterexamples, counterexamples
-from xai_feedback.errors import RangeError, ShapeError, XAIFeedbackError
+from xai_feedback.counterexamples import Counterexamples, counterexamples, region_range
+from xai_feedback.errors import (
+    DTypeError,
+    MissingInputError,
+    RangeError,
+    ShapeError,
+    XAIFeedbackError,
+)
+from xai_feedback.functional import centre_weight, periphery_mask
 from xai_feedback.objectives import counterexample_objective
 from xai_feedback.training import Batch
 
@@ -129,3 +136,71 @@ def test_objective_breaks_a_shortcut_in_the_loss() -> None:
     assert torch.allclose(logits, model(images))
     with pytest.raises(XAIFeedbackError, match="masks"):
         objective(model, Batch(images, labels, None, 0, 0, 1))
+
+
+def test_region_objective_needs_no_annotations() -> None:
+    """``region=``: the same (H, W) mask randomised in every image; batch masks are ignored."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 5, 3))
+    images, _ = _data()
+    labels = torch.tensor([0, 1, 2])
+    region = torch.zeros(6, 5, dtype=torch.bool)
+    region[0] = True
+    objective = counterexample_objective(
+        Counterexamples(generator=torch.Generator().manual_seed(3)), region=region
+    )
+    loss, logits = objective(model, Batch(images, labels, None, 0, 0, 1))
+    made = counterexamples(
+        images, region.expand(3, 6, 5), generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(made[:, :, 1:], images[:, :, 1:])  # outside the region: untouched
+    assert not torch.equal(made[:, :, 0], images[:, :, 0])
+    expected = torch.nn.functional.cross_entropy(model(torch.cat([images, made])), labels.repeat(2))
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(logits, model(images))
+    with pytest.raises(ShapeError, match="region"):
+        objective(model, Batch(images[:, :, :5], labels, None, 0, 0, 1))
+    with pytest.raises(ShapeError, match="region"):
+        counterexample_objective(region=region[None])
+    plain = counterexample_objective()
+    with pytest.raises(MissingInputError, match="region"):
+        plain(model, Batch(images, labels, None, 0, 0, 1))
+
+
+def test_periphery_mask_is_the_thresholded_centre_prior() -> None:
+    """Hand check: pixel (i, j) is periphery iff 1 - exp(-(x^2 + y^2) / (2 sigma^2)) >= t."""
+    import math
+
+    h, w, sigma, t = 28, 20, 0.6, 0.45
+    mask = periphery_mask(h, w, sigma, threshold=t)
+    assert mask.dtype == torch.bool and mask.shape == (h, w)
+    for i, j in [(0, 0), (3, 10), (14, 10), (6, 2), (27, 19), (10, 4)]:
+        y, x = (2 * i + 1) / h - 1, (2 * j + 1) / w - 1
+        weight = 1 - math.exp(-(x * x + y * y) / (2 * sigma * sigma))
+        assert bool(mask[i, j]) == (weight >= t), (i, j, weight)
+    assert torch.equal(mask, centre_weight(h, w, sigma) >= t)
+    # the default covers the frame confound's 2 px border and leaves the centre free
+    default = periphery_mask(28, 28)
+    border = torch.ones(28, 28, dtype=torch.bool)
+    border[2:-2, 2:-2] = False
+    assert bool(default[border].all()) and not bool(default[8:20, 8:20].any())
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(RangeError, match="threshold"):
+            periphery_mask(8, 8, threshold=bad)
+
+
+def test_region_range_matches_masked_min_and_max() -> None:
+    images, masks = _data(b=4, c=2)
+    low, high = region_range(images, masks)
+    values = images.permute(1, 0, 2, 3)[:, masks]
+    assert (low, high) == (float(values.min()), float(values.max()))
+    constant = torch.full((2, 1, 3, 3), 0.25)
+    lo, hi = region_range(constant, torch.ones(2, 3, 3, dtype=torch.bool))
+    assert lo == 0.25 and hi > lo  # a usable (low, high) for Counterexamples
+    Counterexamples(low=lo, high=hi)
+    with pytest.raises(ShapeError, match="at least one pixel"):
+        region_range(images, torch.zeros_like(masks))
+    with pytest.raises(DTypeError, match="boolean"):
+        region_range(images, masks.float())
+    with pytest.raises(ShapeError, match="masks"):
+        region_range(images, masks[:, :-1])

@@ -30,7 +30,7 @@ from torch import nn
 from xai_feedback._checks import check_choice, check_floating, check_int, check_number, check_shape
 from xai_feedback.errors import RangeError
 
-__all__ = ["COUNTEREXAMPLE_FILLS", "Counterexamples", "counterexamples"]
+__all__ = ["COUNTEREXAMPLE_FILLS", "Counterexamples", "counterexamples", "region_range"]
 
 COUNTEREXAMPLE_FILLS = ("constant", "noise")
 """``"constant"``: one random value per image and channel; ``"noise"``: one per pixel."""
@@ -173,3 +173,43 @@ class Counterexamples(nn.Module):
             f"copies={self.copies}, fill={self.fill!r}, low={self.low}, high={self.high}, "
             f"keep_original={self.keep_original}"
         )
+
+
+def region_range(images: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
+    """The smallest and largest pixel value inside the annotated regions of a data set.
+
+    Counterexamples should stay images the model could meet: a fill drawn from the range the
+    shortcut takes in the training data (``Counterexamples(low=lo, high=hi)``) randomises
+    the shortcut without painting regions brighter or darker than the data ever are (a faint
+    background level filled with white hides the digit). Call it once on the training set.
+
+    Args:
+        images: ``(N, C, H, W)`` training images.
+        masks: ``(N, H, W)`` boolean annotation masks.
+
+    Returns:
+        ``(low, high)``; ``high > low`` (widened by 1e-6 when the region is constant).
+
+    Raises:
+        ShapeError: If the masks mark no pixel.
+
+    Example:
+        >>> x = torch.zeros(2, 1, 4, 4); x[0, 0, 0] = 0.25; x[1, 0, 0] = 0.75
+        >>> m = torch.zeros(2, 4, 4, dtype=torch.bool); m[:, 0] = True
+        >>> region_range(x, m)
+        (0.25, 0.75)
+    """
+    dims = check_shape(images, "N C H W", "images")
+    check_floating(images, "images")
+    check_shape(masks, "N H W", "masks", N=dims["N"], H=dims["H"], W=dims["W"])
+    if masks.dtype != torch.bool:
+        from xai_feedback.errors import DTypeError
+
+        raise DTypeError(f"`masks` must be boolean, got {masks.dtype}.")
+    values = images.transpose(0, 1)[:, masks]  # (C, marked pixels)
+    if values.numel() == 0:
+        from xai_feedback.errors import ShapeError
+
+        raise ShapeError("`masks` must mark at least one pixel, got none.")
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high > low else (low, low + 1e-6)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xai_feedback._checks import check_shape
 from xai_feedback.counterexamples import Counterexamples, counterexamples
-from xai_feedback.errors import MissingInputError
+from xai_feedback.errors import MissingInputError, ShapeError
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
     CentrePenalty,
@@ -117,31 +118,57 @@ def rrr_objective(
     return objective
 
 
-def counterexample_objective(augment: Counterexamples | None = None) -> Objective:
+def counterexample_objective(
+    augment: Counterexamples | None = None, *, region: torch.Tensor | None = None
+) -> Objective:
     """Cross-entropy on each batch plus its counterexamples (Teso & Kersting 2019).
 
     Every step appends :class:`~xai_feedback.counterexamples.Counterexamples` of the batch
     (annotated region randomised, label kept) and takes the cross-entropy over all of them;
     the logits returned (for training accuracy) are those of the original images.
 
+    With ``region`` (one ``(H, W)`` mask for every image) no annotations are needed: the
+    region is randomised instead of the batch's masks. With
+    :func:`~xai_feedback.functional.periphery_mask` it is the annotation-free, data-side twin
+    of the centre penalty: the periphery, where the prior says no evidence is, stops
+    predicting the label (``xai-feedback bench confounds``, arm ``periphery``).
+
     Args:
         augment: The augmentation (default: one copy per image, a random constant fill).
+        region: ``(H, W)`` boolean or [0, 1] float mask used for every image instead of the
+            batch's ``masks`` (``None``: the batch's annotations are required).
 
     Example:
         >>> from xai_feedback.data import confounded_digits
+        >>> from xai_feedback.functional import periphery_mask
         >>> from xai_feedback.models import GAPNet
         >>> from xai_feedback.training import fit
         >>> data = confounded_digits("train").subset(torch.arange(64))
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=counterexample_objective())
+        >>> free = counterexample_objective(region=periphery_mask(28, 28))  # no annotations
+        >>> _ = fit(GAPNet(width=4), data.subset(torch.arange(8)), epochs=1, objective=free)
     """
     aug = augment if augment is not None else Counterexamples()
+    if region is not None:
+        check_shape(region, "H W", "region")
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("counterexamples need `masks` in the training data, got None.")
-        images, labels, _ = aug(batch.images, batch.labels, batch.masks)
-        logits = model(images)
         n = int(batch.labels.shape[0])
+        if region is not None:
+            h, w = batch.images.shape[-2:]
+            if tuple(region.shape) != (h, w):
+                raise ShapeError(
+                    f"`region` must match the images' (H, W) = {(h, w)}, got {tuple(region.shape)}."
+                )
+            masks = region.to(batch.images.device).expand(n, h, w)
+        elif batch.masks is None:
+            raise MissingInputError(
+                "counterexamples need `masks` in the training data (or `region=`), got None."
+            )
+        else:
+            masks = batch.masks
+        images, labels, _ = aug(batch.images, batch.labels, masks)
+        logits = model(images)
         head = logits[:n] if aug.keep_original else logits[-n:]
         return F.cross_entropy(logits, labels), head
 

@@ -24,6 +24,7 @@ from xai_feedback.functional.kernels import (
     KERNEL_SHAPES,
     centre_weight,
     normalized_grid,
+    periphery_mask,
 )
 from xai_feedback.functional.masking import (
     FILLS,
@@ -71,6 +72,7 @@ __all__ = [
     "noisy_linear_imputation",
     "normalize_maps",
     "normalized_grid",
+    "periphery_mask",
     "rank_mask",
     "remove_pixels",
     "resize_maps",

@@ -6,7 +6,7 @@ import torch
 
 from xai_feedback._checks import check_choice, check_int, check_number
 
-__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "centre_weight", "normalized_grid"]
+__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "centre_weight", "normalized_grid", "periphery_mask"]
 
 KERNEL_SHAPES = ("gaussian", "flat")
 """Kernel shapes understood by :func:`centre_weight`."""
@@ -91,3 +91,54 @@ def centre_weight(
         return 1 - torch.exp(-(x.pow(2) + y.pow(2)) / (2 * sigma**2))
     edge = torch.maximum(x.abs(), y.abs())
     return ((edge - radius) / sigma).clamp(0.0, 1.0)
+
+
+def periphery_mask(
+    h: int,
+    w: int,
+    sigma: float = DEFAULT_SIGMA,
+    *,
+    threshold: float = 0.5,
+    shape: str = "gaussian",
+    radius: float = 0.7,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    r"""Where the centre prior says there is no evidence: ``centre_weight >= threshold``.
+
+    .. math:: M_{ij} = [\, 1 - \exp(-(x_j^2 + y_i^2) / (2\sigma^2)) \ge t \,]
+
+    The annotation-free stand-in for a user's mask: with the same prior as the centre
+    penalty (:func:`centre_weight`, same ``sigma``), it marks the periphery, so that
+    :func:`~xai_feedback.objectives.counterexample_objective` (``region=``) can randomise it
+    (the data-side twin of the centre penalty). With the default ``sigma = 0.7`` and
+    ``t = 0.5`` on a 28x28 canvas it covers the outer 2 px at the edges' middles and
+    more towards the corners (a disc of radius :math:`\sigma\sqrt{2 \ln 2} \approx 0.82`
+    stays free).
+
+    Args:
+        h: Height of the mask.
+        w: Width of the mask.
+        sigma: Width of the prior, > 0.
+        threshold: Weight from which a pixel is periphery, in (0, 1).
+        shape: Kernel shape of :func:`centre_weight`.
+        radius: Flat kernel's zero square (``shape="flat"``).
+        device: Device of the result.
+
+    Returns:
+        Boolean mask, ``True`` in the periphery.
+
+    Shape:
+        - output: :math:`(h, w)`
+
+    Example:
+        >>> m = periphery_mask(28, 28)
+        >>> bool(m[0, 14]), bool(m[1, 14]), bool(m[2, 14]), bool(m[14, 14]), bool(m[2, 2])
+        (True, True, False, False, True)
+    """
+    check_number(threshold, "threshold", minimum=0, maximum=1)
+    if not 0 < threshold < 1:
+        from xai_feedback.errors import RangeError
+
+        raise RangeError(f"`threshold` must be in (0, 1), got {threshold}.")
+    weight = centre_weight(h, w, sigma, shape=shape, radius=radius, device=device)
+    return weight >= threshold
