@@ -363,6 +363,9 @@ SELECT_GRID = (
     "pcf:t=0.4",
     "pcf:t=0.5",
     "pcf:t=0.6",
+    "pcf:t=0.5;fill=swap",
+    "pcf:t=0.4;fill=swap",
+    "pcf:t=0.6;fill=swap",
 )
 """The validation grid of item 1 (``--select``): arm specs ``name:key=value;...``."""
 
@@ -374,7 +377,8 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
     ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
     counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``, ``range=data``:
     the fill's range from the annotated region in ``train``), ``pcf`` (annotation-free
-    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma), ``vanilla``.
+    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma, ``fill``),
+    ``vanilla``.
     Random draws use a generator seeded with ``1000 + seed``.
     """
     name, _, rest = spec.partition(":")
@@ -424,7 +428,8 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
             float(kw.get("s", CENTRE_SIGMA)),
             threshold=float(kw.get("t", PERIPHERY_THRESHOLD)),
         )
-        return counterexample_objective(Counterexamples(generator=g), region=region)
+        aug = Counterexamples(fill=kw.get("fill", "constant"), generator=g)
+        return counterexample_objective(aug, region=region)
     if name == "vanilla":
         return cross_entropy_objective
     raise ValueError(f"unknown arm spec {spec!r}")
@@ -466,6 +471,87 @@ def _select(args: argparse.Namespace) -> int:
             f"{record['val_random_accuracy']:.3f} | {record['val_clean_accuracy']:.3f} |",
             flush=True,
         )
+    return 0
+
+
+def level_probe(model: nn.Module, clean: ImageDataset) -> dict[str, Any]:
+    """Accuracy with every test frame at each trained grey, and where frameless digits go.
+
+    The frame's ten greys ``(255 - 25 v) / 255`` span [0.12, 1]; a frameless image has 0
+    there, *beyond* class 9's grey. A model that still leans on the frame, even slightly,
+    extrapolates that lean on clean images.
+    """
+    if clean.masks is None:
+        raise ValueError("the level probe needs the frame's masks")
+    model.eval()
+    at_level = []
+    with torch.no_grad():
+        region = clean.masks[:, None].expand_as(clean.images)
+        for level in range(10):
+            x = clean.images.masked_fill(region, (255.0 - 25.0 * level) / 255.0)
+            at_level.append(float((model(x).argmax(1) == clean.labels).float().mean()))
+        predicted = model(clean.images).argmax(1)
+    return {
+        "level_accuracy": at_level,
+        "clean_predicted_as_9": float((predicted == 9).float().mean()),
+        "clean_accuracy": float((predicted == clean.labels).float().mean()),
+    }
+
+
+def _levels(args: argparse.Namespace) -> int:
+    """Item 2: why the centre penalty's frame model fails on frameless digits (``--levels``)."""
+    store = common.RunStore(args.out / "levels")
+    rows = []
+    for arm_name in args.arms:
+        records = []
+        for seed in range(args.seeds):
+
+            def run(arm_name: str = arm_name, seed: int = seed) -> dict[str, Any]:
+                train = make_confound("frame", "train", rule="tied", seed=seed)
+                if ARMS[arm_name].oracle:
+                    train = make_confound("frame", "train", rule="random", seed=seed)
+                generator = torch.Generator().manual_seed(seed)
+                model = ARCHS["gapnet"](args.width, generator)
+                fit(
+                    model,
+                    train,
+                    epochs=args.epochs,
+                    objective=ARMS[arm_name].make(seed, train),
+                    generator=generator,
+                )
+                clean = make_confound("frame", "test", rule="none", seed=seed)
+                return {
+                    "arm": arm_name,
+                    "seed": seed,
+                    "epochs": args.epochs,
+                    "status": "ok",
+                    "value": 0.0,
+                    **level_probe(model, clean),
+                }
+
+            rec = common.resume(store, [arm_name, f"seed{seed}"], run, epochs=args.epochs)
+            records.append(rec)
+        levels = [[r["level_accuracy"][v] for r in records] for v in range(10)]
+        rows.append(
+            [
+                arm_name,
+                common.mean_std([r["clean_accuracy"] for r in records]),
+                common.mean_std([r["clean_predicted_as_9"] for r in records]),
+                common.mean_std([sum(r["level_accuracy"][:9]) / 9 for r in records]),
+                common.mean_std(levels[9]),
+                len(records),
+            ]
+        )
+    header = [
+        "arm",
+        "clean (grey 0)",
+        "clean predicted 9",
+        "frame at greys 0-8",
+        "frame at grey 9 (0.12)",
+        "n",
+    ]
+    print(f"frame family, GAPNet, {args.epochs} epochs: accuracy on the test digits")
+    print(common.markdown_table(header, rows))
     return 0
 
 
@@ -606,6 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--grid", default=",".join(SELECT_GRID), type=lambda s: s.split(","), help="--select arms"
     )
+    parser.add_argument(
+        "--levels",
+        action="store_true",
+        help="frame: accuracy per frame grey and on frameless digits (use --arms)",
+    )
     parser.add_argument("--rrr-lambdas", default="1,10,100", type=_floats, help="--mlp --select")
     args = common.parse(parser, argv)
     for values, known, what in (
@@ -620,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mlp(args)
     if args.select:
         return _select(args)
+    if args.levels:
+        return _levels(args)
 
     store = common.RunStore(args.out / "runs")
     widths = {"gapnet": args.width, "resnet": args.resnet_width}

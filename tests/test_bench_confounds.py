@@ -64,3 +64,25 @@ def test_smoke_run_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert confounds.main(argv) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("seed0.json")} == stamps
     assert "| frame |" in capsys.readouterr().out
+
+
+class _FrameReader(torch.nn.Module):
+    """Reads the class off the frame's grey alone: level v = (255 - 255 g) / 25."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x[:, 0, 0, :].mean(1)  # the top row is frame
+        level = ((255 - 255 * grey) / 25).round().clamp(0, 9).long()
+        return torch.nn.functional.one_hot(level, 10).float()
+
+
+def test_level_probe_on_a_pure_frame_reader() -> None:
+    from xai_feedback.data import make_confound
+
+    clean = make_confound("frame", "test", rule="none")
+    probe = confounds.level_probe(_FrameReader(), clean)
+    shares = torch.bincount(clean.labels, minlength=10).float() / len(clean.labels)
+    # at grey v every image is called v: accuracy = the share of class v
+    assert probe["level_accuracy"] == pytest.approx(shares.tolist(), abs=1e-6)
+    # frameless (grey 0, darker than class 9's 0.12): all called 9
+    assert probe["clean_predicted_as_9"] == 1.0
+    assert probe["clean_accuracy"] == pytest.approx(float(shares[9]), abs=1e-6)

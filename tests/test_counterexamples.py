@@ -204,3 +204,29 @@ def test_region_range_matches_masked_min_and_max() -> None:
         region_range(images, masks.float())
     with pytest.raises(ShapeError, match="masks"):
         region_range(images, masks[:, :-1])
+
+
+def test_swap_fill_takes_the_region_from_another_image() -> None:
+    """``fill="swap"``: inside the mask, image b gets image pi(b) != b of the batch."""
+    b = 6
+    images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 2, 4, 5).clone()
+    images[:, 1] += 100  # channels travel together
+    masks = torch.zeros(b, 4, 5, dtype=torch.bool)
+    masks[:, 0] = True
+    out = counterexamples(
+        images, masks, copies=3, fill="swap", generator=torch.Generator().manual_seed(0)
+    )
+    out = out.view(3, b, 2, 4, 5)
+    assert torch.equal(out[:, :, :, 1:], images[None, :, :, 1:].expand(3, -1, -1, -1, -1))
+    source = out[:, :, 0, 0, 0].long()  # which image each copy's region came from
+    assert torch.equal(out[:, :, 1, 0, 0], source.float() + 100)
+    own = torch.arange(b)
+    for r in range(3):
+        assert sorted(source[r].tolist()) == own.tolist()  # a permutation of the batch
+        assert not bool((source[r] == own).any())  # ... without fixed points
+    again = counterexamples(
+        images, masks, copies=3, fill="swap", generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(again.view(3, b, 2, 4, 5), out)
+    one = counterexamples(images[:1], masks[:1], fill="swap")
+    assert torch.equal(one, images[:1])  # nothing else to draw from

@@ -12,7 +12,10 @@ random fill :math:`r`, a counterexample is
 
 with ``r`` one uniform value per image and channel (``fill="constant"``: a random colour, the
 kind of value a decoy patch or a frame carries) or one uniform value per pixel
-(``fill="noise"``), both in ``[low, high]``.
+(``fill="noise"``), both in ``[low, high]``, or the same region of another image of the batch
+(``fill="swap"``: the shortcut as the data draw it, at another image's level; the choice for
+a region given by a prior rather than an annotation, see
+:func:`~xai_feedback.functional.periphery_mask`).
 
 Example:
     >>> images = torch.zeros(2, 1, 4, 4); masks = torch.zeros(2, 4, 4, dtype=torch.bool)
@@ -32,8 +35,9 @@ from xai_feedback.errors import RangeError
 
 __all__ = ["COUNTEREXAMPLE_FILLS", "Counterexamples", "counterexamples", "region_range"]
 
-COUNTEREXAMPLE_FILLS = ("constant", "noise")
-"""``"constant"``: one random value per image and channel; ``"noise"``: one per pixel."""
+COUNTEREXAMPLE_FILLS = ("constant", "noise", "swap")
+"""``"constant"``: one random value per image and channel; ``"noise"``: one per pixel;
+``"swap"``: the region's pixels of another image of the batch (a random permutation)."""
 
 
 def counterexamples(
@@ -52,15 +56,17 @@ def counterexamples(
               \qquad u \sim \mathcal U[\text{low}, \text{high}]
 
     where ``u`` is constant over each image and channel (``fill="constant"``) or drawn per
-    pixel (``fill="noise"``). Copy ``r`` of image ``b`` is row ``r * B + b`` of the result,
-    so its labels are ``labels.repeat(copies)``.
+    pixel (``fill="noise"``); with ``fill="swap"``, :math:`u_{(r, b)} = x_{\pi_r(b)}`, image
+    :math:`\pi_r(b) \ne b` of the batch for a random derangement :math:`\pi_r` (``low`` and
+    ``high`` unused; a batch of one image is returned unchanged). Copy ``r`` of image ``b``
+    is row ``r * B + b`` of the result, so its labels are ``labels.repeat(copies)``.
 
     Args:
         images: ``(B, C, H, W)`` float images.
         masks: ``(B, H, W)`` annotation masks, boolean or float in [0, 1] (1: randomise;
             fractional values blend).
         copies: Counterexamples per image (>= 1).
-        fill: ``"constant"`` or ``"noise"`` (:data:`COUNTEREXAMPLE_FILLS`).
+        fill: ``"constant"``, ``"noise"`` or ``"swap"`` (:data:`COUNTEREXAMPLE_FILLS`).
         low: Lower bound of the random values.
         high: Upper bound of the random values (> ``low``).
         generator: Random generator (reproducible draws); drawn on ``images``' device.
@@ -90,12 +96,33 @@ def counterexamples(
     if not high > low:
         raise RangeError(f"`high` must be greater than `low` ({low}), got {high}.")
     b, c, h, w = dims["B"], dims["C"], dims["H"], dims["W"]
-    shape = (copies, b, c, 1, 1) if fill == "constant" else (copies, b, c, h, w)
-    u = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
-    values = low + (high - low) * u
+    if fill == "swap":
+        values = images[_derangements(copies, b, generator, images.device)]  # (R, B, C, H, W)
+    else:
+        shape = (copies, b, c, 1, 1) if fill == "constant" else (copies, b, c, h, w)
+        u = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
+        values = low + (high - low) * u
     m = masks.to(images.dtype)[None, :, None]  # (1, B, 1, H, W)
     out = (1 - m) * images[None] + m * values
     return out.reshape(copies * b, c, h, w)
+
+
+def _derangements(
+    copies: int, b: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``(copies, b)`` random derangements ``pi_r(i) != i`` (identity for ``b = 1``).
+
+    A random permutation ``p`` and a cyclic shift ``s`` in ``1 .. b - 1``:
+    ``pi = p[(p^-1 + s) % b]`` sends each image ``s`` steps along ``p``'s order.
+    """
+    if b == 1:
+        return torch.zeros(copies, 1, dtype=torch.long, device=device)
+    perm = torch.stack(
+        [torch.randperm(b, generator=generator, device=device) for _ in range(copies)]
+    )
+    shift = torch.randint(1, b, (copies, 1), generator=generator, device=device)
+    inverse = torch.argsort(perm, dim=1)
+    return torch.gather(perm, 1, (inverse + shift) % b)
 
 
 class Counterexamples(nn.Module):
@@ -108,7 +135,7 @@ class Counterexamples(nn.Module):
 
     Args:
         copies: Counterexamples per image.
-        fill: ``"constant"`` or ``"noise"``.
+        fill: ``"constant"``, ``"noise"`` or ``"swap"``.
         low: Lower bound of the random values.
         high: Upper bound of the random values.
         keep_original: Keep the original images in front of their counterexamples.
