@@ -366,6 +366,7 @@ SELECT_GRID = (
     "pcf:t=0.5;fill=swap",
     "pcf:t=0.4;fill=swap",
     "pcf:t=0.6;fill=swap",
+    "pcf:t=0.5;fill=swap+constant",
 )
 """The validation grid of item 1 (``--select``): arm specs ``name:key=value;...``."""
 
@@ -377,7 +378,8 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
     ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
     counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``, ``range=data``:
     the fill's range from the annotated region in ``train``), ``pcf`` (annotation-free
-    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma, ``fill``),
+    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma, ``fill``:
+    one fill or several joined by ``+``, one copy each),
     ``vanilla``.
     Random draws use a generator seeded with ``1000 + seed``.
     """
@@ -428,8 +430,8 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
             float(kw.get("s", CENTRE_SIGMA)),
             threshold=float(kw.get("t", PERIPHERY_THRESHOLD)),
         )
-        aug = Counterexamples(fill=kw.get("fill", "constant"), generator=g)
-        return counterexample_objective(aug, region=region)
+        augs = [Counterexamples(fill=f, generator=g) for f in kw.get("fill", "constant").split("+")]
+        return counterexample_objective(augs, region=region)
     if name == "vanilla":
         return cross_entropy_objective
     raise ValueError(f"unknown arm spec {spec!r}")

@@ -230,3 +230,23 @@ def test_swap_fill_takes_the_region_from_another_image() -> None:
     assert torch.equal(again.view(3, b, 2, 4, 5), out)
     one = counterexamples(images[:1], masks[:1], fill="swap")
     assert torch.equal(one, images[:1])  # nothing else to draw from
+
+
+def test_several_augmentations_append_all_their_copies() -> None:
+    """Originals once, then each augmentation's counterexamples, in order; logits of originals."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 5, 3))
+    images, masks = _data()
+    labels = torch.tensor([0, 1, 2])
+    swap = Counterexamples(fill="swap", generator=torch.Generator().manual_seed(1))
+    const = Counterexamples(2, generator=torch.Generator().manual_seed(2))
+    loss, logits = counterexample_objective([swap, const])(
+        model, Batch(images, labels, masks, 0, 0, 1)
+    )
+    a = counterexamples(images, masks, fill="swap", generator=torch.Generator().manual_seed(1))
+    b = counterexamples(images, masks, copies=2, generator=torch.Generator().manual_seed(2))
+    expected = torch.nn.functional.cross_entropy(model(torch.cat([images, a, b])), labels.repeat(4))
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(logits, model(images))
+    with pytest.raises(MissingInputError, match="augment"):
+        counterexample_objective([])

@@ -6,7 +6,7 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -119,7 +119,9 @@ def rrr_objective(
 
 
 def counterexample_objective(
-    augment: Counterexamples | None = None, *, region: torch.Tensor | None = None
+    augment: Counterexamples | Sequence[Counterexamples] | None = None,
+    *,
+    region: torch.Tensor | None = None,
 ) -> Objective:
     """Cross-entropy on each batch plus its counterexamples (Teso & Kersting 2019).
 
@@ -134,7 +136,10 @@ def counterexample_objective(
     predicting the label (``xai-feedback bench confounds``, arm ``periphery``).
 
     Args:
-        augment: The augmentation (default: one copy per image, a random constant fill).
+        augment: The augmentation (default: one copy per image, a random constant fill), or
+            several, whose counterexamples are all appended (e.g. a ``"swap"`` and a
+            ``"constant"`` one: shortcut levels as the data draw them, and levels the data
+            never show, such as the shortcut's absence).
         region: ``(H, W)`` boolean or [0, 1] float mask used for every image instead of the
             batch's ``masks`` (``None``: the batch's annotations are required).
 
@@ -148,7 +153,14 @@ def counterexample_objective(
         >>> free = counterexample_objective(region=periphery_mask(28, 28))  # no annotations
         >>> _ = fit(GAPNet(width=4), data.subset(torch.arange(8)), epochs=1, objective=free)
     """
-    aug = augment if augment is not None else Counterexamples()
+    if augment is None:
+        augs: list[Counterexamples] = [Counterexamples()]
+    elif isinstance(augment, Counterexamples):
+        augs = [augment]
+    else:
+        augs = list(augment)
+    if not augs:
+        raise MissingInputError("`augment` must hold at least one Counterexamples, got none.")
     if region is not None:
         check_shape(region, "H W", "region")
 
@@ -167,10 +179,16 @@ def counterexample_objective(
             )
         else:
             masks = batch.masks
-        images, labels, _ = aug(batch.images, batch.labels, masks)
-        logits = model(images)
-        head = logits[:n] if aug.keep_original else logits[-n:]
-        return F.cross_entropy(logits, labels), head
+        # the originals once (if any augmentation keeps them), then every augmentation's copies
+        images = [batch.images] if any(a.keep_original for a in augs) else []
+        labels = [batch.labels] if images else []
+        for aug in augs:
+            x, y, _ = aug(batch.images, batch.labels, masks)
+            start = n if aug.keep_original else 0
+            images.append(x[start:])
+            labels.append(y[start:])
+        logits = model(torch.cat(images))
+        return F.cross_entropy(logits, torch.cat(labels)), logits[:n]
 
     return objective
 
