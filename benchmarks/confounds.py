@@ -3,7 +3,9 @@
 Families (:func:`xai_feedback.data.make_confound`): frame, corner swatch, left stripe, centre
 dot, background level, random-position patch, uncentred digits and no confound. Arms: vanilla,
 the Gaussian centre penalty (no annotations), the annotation-mask CAM penalty, RRR (input
-gradients, Ross et al. 2017), counterexample augmentation (Teso & Kersting 2019) and the oracle
+gradients, Ross et al. 2017), counterexample augmentation (Teso & Kersting 2019), the same with
+the fill drawn from the annotated region's range in the training data (``cf_range``),
+annotation-free counterexamples of the centre prior's periphery (``periphery``) and the oracle
 (trained with the shortcut's level random). Architectures: GAPNet and a small ResNet with
 torchvision's BasicBlock structure, adapted to 28x28 inputs. Every hyper-parameter below was
 fixed once, on a validation split of the *frame* family's training images with GAPNet
@@ -202,9 +204,13 @@ ARMS: dict[str, Arm] = {
         Arm(
             "periphery",
             f"annotation-free counterexamples: the centre prior's periphery (sigma "
-            f"{CENTRE_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) set to a random constant",
+            f"{CENTRE_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) taken from another image, and "
+            f"set to a random constant (two copies)",
             lambda seed, train: counterexample_objective(
-                Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed)),
+                [
+                    Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
+                    for k, fill in ((10_000, "swap"), (20_000, "constant"))
+                ],
                 region=periphery_mask(28, 28, CENTRE_SIGMA, threshold=PERIPHERY_THRESHOLD),
             ),
         ),
