@@ -9,8 +9,17 @@
    pytorch-grad-cam + the seed's loop, without the seed's per-image JPEG writes).
    pytorch-grad-cam itself needs torchvision, which cannot be installed beside the CPU torch
    build this project uses, so its steps are reproduced here with NumPy/SciPy.
+3. Regimes (``--regimes``, not run by default): where could hard-example masking help?
+   Few training images (100, 300 of the 1,437), harder data (digits shifted, occluded and
+   noisy, generated from fixed seeds) and the seed's own schedule ``5,p,9,p,9,p,4``. Each
+   regime's proxy setting (a grid of at most four) is chosen on a validation split carved
+   from the training images with ``--val-seeds`` seeds, then frozen and run on the fixed
+   test split with ``--seeds`` seeds, against the same epochs without "p" and against a
+   *copies* control: the same hard examples added unmodified (threshold 1 masks nothing),
+   which separates "masking helps" from "more steps on hard examples help".
 Each accuracy run is written atomically to ``OUT/runs/...json`` and resumed if present.
-Run: ``python benchmarks/proxy.py [--seeds 5]`` or ``xai-feedback bench proxy``.
+Run: ``python benchmarks/proxy.py [--seeds 5]`` or ``xai-feedback bench proxy``;
+the regimes: ``xai-feedback bench proxy --regimes --seeds 5 --threads 1``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -26,7 +36,8 @@ import _common as common
 import numpy as np
 import torch
 
-from xai_feedback.data import confounded_digits, load_digits
+from xai_feedback.data import ImageDataset, confounded_digits, load_digits, train_val_split
+from xai_feedback.data.digits import CANVAS, MARGIN
 from xai_feedback.demo import ConfoundSetup
 from xai_feedback.hooks import ActivationHook
 from xai_feedback.models import GAPNet
@@ -38,7 +49,7 @@ from xai_feedback.proxy import (
 )
 from xai_feedback.training import accuracy, fit
 
-__all__ = ["main", "seed_style_proxies"]
+__all__ = ["REGIMES", "SETTINGS", "harden", "main", "seed_style_proxies"]
 
 
 def _parse_schedule(text: str) -> ProxySchedule:
@@ -200,6 +211,237 @@ def _accuracy(args: argparse.Namespace) -> None:
     print(common.markdown_table(header, rows))
 
 
+@dataclass(frozen=True)
+class Regime:
+    """A training regime: how many training images (``None``: all), hard data or not."""
+
+    size: int | None
+    hard: bool
+    schedule: str
+    settings: tuple[str, ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Proxy hyper-parameters: which hard examples, how many, and the mask's threshold."""
+
+    by: str
+    fraction: float
+    threshold: float
+
+    def key(self) -> str:
+        return f"{self.by}/{self.fraction}/{self.threshold}"
+
+
+SETTINGS = {
+    "seed": Setting("misclassified", 0.2, 0.85),  # the seed's final code (REFERENCE.md 2)
+    "wrong-all": Setting("misclassified", 1.0, 0.85),
+    "wrong-all-t0.5": Setting("misclassified", 1.0, 0.5),
+    "loss-0.2": Setting("loss", 0.2, 0.85),
+}
+"""The grid: the seed's choice, every wrong example, a larger mask, and the highest losses."""
+
+GRID = tuple(SETTINGS)
+REGIMES = {
+    "n100": Regime(100, False, "10,p,10,p,10", GRID, "100 clean training images"),
+    "n300": Regime(300, False, "6,p,6,p,6", GRID, "300 clean training images"),
+    "hard": Regime(None, True, "4,p,4,p,4", GRID, "all training images, hard"),
+    "seed": Regime(300, True, "5,p,9,p,9,p,4", ("seed",), "seed's schedule, 300 hard"),
+}
+"""The regimes (the seed regime keeps the seed's own hyper-parameters: nothing to choose)."""
+
+HARD = {"noise": 0.3, "shift": 3, "occlude": 8}
+"""Hard digits: shift up to 3 px, an 8x8 black square over the digit area, noise sd 0.3."""
+HARD_SEEDS = {"train": 1, "test": 2}
+VAL_FRACTION, VAL_SPLIT_SEED = 0.2, 0
+
+
+def harden(
+    data: ImageDataset, seed: int, *, noise: float = 0.3, shift: int = 3, occlude: int = 8
+) -> ImageDataset:
+    """Harder digits, deterministic in ``seed``: translate, occlude, add Gaussian noise.
+
+    Each image is shifted by up to ``shift`` pixels each way (the 4 px margin is empty, so
+    rolling wraps only background), gets an ``occlude`` x ``occlude`` black square somewhere
+    over the 20x20 digit area, then noise of standard deviation ``noise``, clipped to [0, 1].
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = data.images.clone()
+    n = len(x)
+    shifts = torch.randint(-shift, shift + 1, (n, 2), generator=g)
+    for i in range(n):
+        x[i] = torch.roll(x[i], (int(shifts[i, 0]), int(shifts[i, 1])), dims=(-2, -1))
+    corner = torch.randint(MARGIN, CANVAS - MARGIN - occlude + 1, (n, 2), generator=g)
+    pos = torch.arange(CANVAS)
+    rows = (pos >= corner[:, :1]) & (pos < corner[:, :1] + occlude)
+    cols = (pos >= corner[:, 1:]) & (pos < corner[:, 1:] + occlude)
+    x = x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], 0.0)
+    x = (x + noise * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0.0, 1.0)
+    return ImageDataset(x, data.labels, data.masks, f"{data.name}+hard")
+
+
+def _stratified(data: ImageDataset, size: int | None, seed: int) -> ImageDataset:
+    """``size`` images, the same number from each class, chosen by ``seed`` (all if None)."""
+    if size is None or size >= len(data):
+        return data
+    g = torch.Generator().manual_seed(10_000 + seed)
+    classes = int(data.labels.max()) + 1
+    picks = []
+    for k in range(classes):
+        idx = (data.labels == k).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[: size // classes]])
+    return data.subset(torch.cat(picks).sort().values)
+
+
+def _regime_data(regime: Regime, phase: str, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """(training images, evaluation images): validation carved from the training split."""
+    train, test = load_digits("train"), load_digits("test")
+    if regime.hard:
+        train = harden(train, HARD_SEEDS["train"], **HARD)  # type: ignore[arg-type]
+        test = harden(test, HARD_SEEDS["test"], **HARD)  # type: ignore[arg-type]
+    if phase == "val":
+        train, test = train_val_split(train, VAL_FRACTION, seed=VAL_SPLIT_SEED)
+    return _stratified(train, regime.size, seed), test
+
+
+def _regime_run(
+    args: argparse.Namespace,
+    regime: Regime,
+    schedule: ProxySchedule,
+    phase: str,
+    setting: Setting | None,
+    seed: int,
+    expected: dict[str, Any],
+) -> dict[str, Any]:
+    train, evaluation = _regime_data(regime, phase, seed)
+    g = torch.Generator().manual_seed(seed)
+    model = GAPNet(width=args.width, generator=g)
+    plan = schedule if setting is not None else schedule.without_proxies()
+    s = setting or SETTINGS["seed"]
+    start = time.perf_counter()
+    history = train_with_proxy(
+        model,
+        train,
+        plan,
+        proxy=ProxyAttention(threshold=s.threshold),
+        method=args.method,
+        by=s.by,
+        fraction=s.fraction,
+        generator=g,
+    )
+    return {
+        **expected,  # what a stored run must match to be resumed
+        "phase": phase,
+        "seed": seed,
+        "train_size": len(train),
+        "seconds": time.perf_counter() - start,
+        "proxies": sum(r.hard_examples for r in history.rounds),
+        "final_train_size": history.rounds[-1].training_size if history.rounds else len(train),
+        "accuracy": accuracy(model, evaluation),
+    }
+
+
+def _paired(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> list[float]:
+    """Per-seed differences ``b - a`` of accuracy (runs paired by seed)."""
+    by_seed = {r["seed"]: float(r["accuracy"]) for r in a}
+    return [float(r["accuracy"]) - by_seed[r["seed"]] for r in b if r["seed"] in by_seed]
+
+
+def _regime_runs(
+    args: argparse.Namespace,
+    store: common.RunStore,
+    name: str,
+    phase: str,
+    arm: str,
+    setting: Setting | None,
+    seeds: int,
+) -> list[dict[str, Any]]:
+    """The runs of one arm (``setting`` None: no proxy step), resumed from ``store``."""
+    regime = REGIMES[name]
+    text = args.regime_schedule or regime.schedule
+    schedule = _parse_schedule(text)
+    key = "none" if setting is None else setting.key()
+    out = []
+    for seed in range(seeds):
+        expected = {"setting": key, "schedule": text, "width": args.width, "method": args.method}
+        run = partial(_regime_run, args, regime, schedule, phase, setting, seed, expected)
+        out.append(common.resume(store, [name, phase, arm, f"seed{seed}"], run, **expected))
+    return out
+
+
+def _mean(rs: Sequence[dict[str, Any]], key: str = "accuracy") -> float:
+    return statistics.fmean(float(r[key]) for r in rs)
+
+
+def _regimes(args: argparse.Namespace) -> None:
+    store = common.run_store(args.out / "runs" / "regimes")
+    val_rows: list[list[object]] = []
+    test_rows: list[list[object]] = []
+    for name in args.regime_list:
+        regime = REGIMES[name]
+        runs = partial(_regime_runs, args, store, name)
+        base_val = runs("val", "baseline", None, args.val_seeds)
+        val = {arm: runs("val", arm, SETTINGS[arm], args.val_seeds) for arm in regime.settings}
+        chosen = max(regime.settings, key=lambda a: _mean(val[a]))  # ties: first in the grid
+        val_rows.append([name, "baseline", "-", common.mean_std(_accs(base_val)), "-", 0])
+        for arm, rs in val.items():
+            val_rows.append(
+                [
+                    name,
+                    f"**{arm}** (chosen)" if arm == chosen else arm,
+                    SETTINGS[arm].key(),
+                    common.mean_std(_accs(rs)),
+                    f"{statistics.fmean(_paired(base_val, rs)):+.3f}",
+                    f"{_mean(rs, 'proxies'):.0f}",
+                ]
+            )
+        s = SETTINGS[chosen]
+        copies = Setting(s.by, s.fraction, 1.0)  # threshold 1 masks nothing: plain copies
+        arms = {
+            "baseline": runs("test", "baseline", None, args.seeds),
+            f"proxy ({chosen})": runs("test", f"proxy-{chosen}", s, args.seeds),
+            f"copies ({chosen}, no mask)": runs("test", f"copies-{chosen}", copies, args.seeds),
+        }
+        base, copied = arms["baseline"], arms[f"copies ({chosen}, no mask)"]
+        for arm, rs in arms.items():
+            diffs = _paired(base, rs)
+            masking = _paired(copied, rs) if arm.startswith("proxy") else []
+            better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            test_rows.append(
+                [
+                    name,
+                    arm,
+                    common.mean_std(_accs(rs)),
+                    "-" if rs is base else common.mean_std(diffs),
+                    "-" if rs is base else f"{better}/{worse}",
+                    common.mean_std(masking) if masking else "-",
+                    f"{_mean(rs, 'proxies'):.0f}",
+                    f"{_mean(rs, 'seconds'):.1f}",
+                ]
+            )
+    print(
+        f"\nProxy attention regimes: GAPNet(width={args.width}), {args.method} maps of the "
+        f"predicted class, masked pixels set to 0. Validation: {args.val_seeds} seeds, "
+        f"{VAL_FRACTION:.0%} of the training images (split seed {VAL_SPLIT_SEED}); training "
+        "subsets drawn from the rest. Paired diff: arm - baseline, per seed."
+    )
+    header = ["regime", "arm", "by/fraction/threshold", "val acc", "paired diff", "proxies"]
+    print(common.markdown_table(header, val_rows))
+    print(
+        f"\nFixed test split (360 images), {args.seeds} seeds, the chosen setting frozen; "
+        "copies: the same hard examples added unmodified; better/worse: seeds above/below "
+        "the baseline; proxy - copies: what the masking adds, paired by seed."
+    )
+    header = ["regime", "arm", "test acc", "paired diff", "better/worse", "proxy - copies"]
+    header += ["proxies", "s/run"]
+    print(common.markdown_table(header, test_rows))
+
+
+def _accs(rs: Sequence[dict[str, Any]]) -> list[float]:
+    return [float(r["accuracy"]) for r in rs]
+
+
 def _figure(args: argparse.Namespace, plt: Any) -> Any:
     train = confounded_digits("train", "frame")
     g = torch.Generator().manual_seed(0)
@@ -228,6 +470,7 @@ def _figure(args: argparse.Namespace, plt: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see ``xai-feedback bench proxy --help``."""
     quick = ["--datasets", "frame", "--schedule", "1,p,1", "--seeds", "1", "--width", "4"]
+    quick += ["--regime-schedule", "1,p,1", "--val-seeds", "1", "--regime-list", "n100,seed"]
     parser = common.parser("proxy", __doc__, seeds=5, quick=[*quick, "--repeats", "2"])
     parser.add_argument("--datasets", default="digits,frame", type=lambda s: s.split(","))
     parser.add_argument("--schedule", default="4,p,4,p,4")
@@ -238,9 +481,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="batch for the throughput test")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
-        "--parts", default="throughput,accuracy,figure", type=lambda s: s.split(",")
+        "--parts",
+        default="throughput,accuracy,figure",
+        type=lambda s: s.split(","),
+        help="throughput, accuracy, figure, regimes (the last only when asked for)",
+    )
+    parser.add_argument(
+        "--regimes", action="store_true", help="run only the regimes part (--parts regimes)"
+    )
+    parser.add_argument(
+        "--regime-list",
+        default=",".join(REGIMES),
+        type=lambda s: s.split(","),
+        help=f"regimes to run, from {list(REGIMES)}",
+    )
+    parser.add_argument("--val-seeds", type=int, default=2, help="seeds of the validation runs")
+    parser.add_argument(
+        "--regime-schedule", default=None, help="override every regime's schedule (smoke tests)"
     )
     args = common.parse(parser, argv)
+    if args.regimes:
+        args.parts = ["regimes"]
+    for name in args.regime_list:
+        if name not in REGIMES:
+            parser.error(f"unknown regime {name!r}; choose from {list(REGIMES)}")
+    if args.regime_schedule is not None:
+        _parse_schedule(args.regime_schedule)
     for name in args.datasets:
         if name not in ("digits", "frame"):
             parser.error(f"unknown dataset {name!r}; choose from ['digits', 'frame']")
@@ -251,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _accuracy(args)
     if "figure" in args.parts:
         common.figure(args.out / "proxy_examples.png", partial(_figure, args))
+    if "regimes" in args.parts:
+        _regimes(args)
     return 0
 
 

@@ -57,3 +57,28 @@ def test_rejects_bad_arguments() -> None:
         bench.main(["--datasets", "cifar"])
     with pytest.raises(Exception, match="end with epochs"):
         bench.main(["--schedule", "2,p"])
+
+
+def test_regimes_part_runs_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--regimes", "--regime-list", "n100", "--regime-schedule", "1,p,1"]
+    args += ["--seeds", "1", "--val-seeds", "1", "--width", "4", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(chosen)" in out and "| n100 | copies (" in out
+    assert len(list(tmp_path.rglob("*.json"))) == 5 + 3  # validation: 1 + 4 arms; test: 3
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr(bench, "train_with_proxy", no_training)
+    assert bench.main(args) == 0
+
+
+def test_harden_is_deterministic_and_in_range() -> None:
+    data = load_digits("test")
+    a, b = bench.harden(data, 1), bench.harden(data, 1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, data.labels)
+    assert not torch.equal(a.images, bench.harden(data, 2).images)
+    assert float(a.images.min()) >= 0.0 and float(a.images.max()) <= 1.0
