@@ -142,7 +142,11 @@ def _solve(images: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) 
     rz = (r * z).sum(dim=(2, 3), keepdim=True)
     # below ~100 ulp the residual stagnates in rounding noise: never ask for less
     tol = max(tol, 100 * torch.finfo(images.dtype).eps)
-    target = tol * (rhs * rhs / degree).sum(dim=(2, 3), keepdim=True).sqrt()
+    # relative to the right-hand side, but never below ``tol`` itself (the images are on unit
+    # scale here): where every known neighbour is 0 the exact fill is 0 and a relative target
+    # is 0, which conjugate gradients cannot reach from a non-zero first guess; in float32 it
+    # iterated into denormals and overflowed to NaN (ROAR/KAR on SmoothGrad^2 rankings)
+    target = tol * (rhs * rhs / degree).sum(dim=(2, 3), keepdim=True).sqrt().clamp(min=1.0)
     for _ in range(max_iter):
         active = rz.sqrt() > target  # converged systems are frozen, so they cannot drift
         if not bool(active.any()):
