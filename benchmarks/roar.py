@@ -89,6 +89,7 @@ def _sweep(
             seed=args.seed,
             squared=args.squared,
             fill=args.fill,
+            modes=args.modes,
         )
         curves = sweep.run(train, test)
     seconds = time.perf_counter() - start
@@ -208,6 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=REMOVALS,
         help="what replaces removed pixels in ROAR/KAR (use another --out per fill)",
     )
+    parser.add_argument(
+        "--modes",
+        default="roar,kar",
+        type=lambda s: s.split(","),
+        help="roar, kar or both (comma-separated)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=0, help="0: all 1437 training images")
@@ -234,15 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["sweep_seconds"] = result["seconds"]
         curves.update(result["curves"])
         lines += [
-            f"ROAR + KAR: {len(args.methods) + 1} rankings x {len(args.fractions)} fractions x "
-            f"{args.repeats} repeats x 2 in {result['seconds'] / 60:.1f} min "
-            f"({args.workers} worker processes, 1 thread each)",
-            "",
-            result["curves"]["roar"].table(),
-            "",
-            result["curves"]["kar"].table(),
+            f"{' + '.join(m.upper() for m in args.modes)}: {len(args.methods) + 1} rankings x "
+            f"{len(args.fractions)} fractions x {args.repeats} repeats x {len(args.modes)} in "
+            f"{result['seconds'] / 60:.1f} min ({args.workers} worker processes, 1 thread each)",
             "",
         ]
+        for mode in args.modes:
+            lines += [result["curves"][mode].table(), ""]
     if "road" in parts:
         start = time.perf_counter()
         road_curves = _road(args, base, test)
