@@ -200,14 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--squared",
-        action="store_true",
-        help="rank pixels by squared attributions (use another --out: runs are cached there)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rank pixels by squared attributions (default; --no-squared: signed values; use "
+        "another --out per setting: runs are cached there)",
     )
     parser.add_argument(
         "--fill",
-        default="dataset_mean",
+        default="noisy_linear",
         choices=REMOVALS,
-        help="what replaces removed pixels in ROAR/KAR (use another --out per fill)",
+        help="what replaces removed pixels in ROAR/KAR (default: the library's, ROAD's noisy "
+        "linear imputation; dataset_mean: Hooker et al.'s; use another --out per fill)",
     )
     parser.add_argument(
         "--modes",

@@ -38,7 +38,13 @@ def _intensity(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def test_sweep_values_equal_a_direct_run(digits: tuple) -> None:
     train, test = digits
     sweep = RetrainSweep(
-        train_means, {"intensity": _intensity}, fractions=FRACTIONS, repeats=2, progress=False
+        train_means,
+        {"intensity": _intensity},
+        fractions=FRACTIONS,
+        repeats=2,
+        progress=False,
+        fill="dataset_mean",  # Hooker et al.'s fill, computed by hand below
+        squared=False,
     )
     curves = sweep.run(train, test)
     assert set(curves) == {"roar", "kar"}
@@ -186,6 +192,27 @@ def test_store_refuses_runs_made_with_other_settings(digits: tuple, tmp_path: Pa
     kw = {"fractions": (0.5,), "repeats": 1, "progress": False, "store": tmp_path}
     ROAR(train_means, {}, **kw).run(train, test)
     with pytest.raises(RangeError, match="squared"):
-        ROAR(train_means, {}, squared=True, **kw).run(train, test)
+        ROAR(train_means, {}, squared=False, **kw).run(train, test)
     with pytest.raises(RangeError, match="another `store`"):
         ROAR(train_means, {}, fill="zero", **kw).run(train, test)
+
+
+def test_defaults_rank_by_magnitude_and_impute(digits: tuple) -> None:
+    """Defaults: ROAD's noisy linear imputation, pixels ranked by |attribution|.
+
+    An explainer whose evidence is negative on the ink (``-images``) ranks the ink *last* by
+    signed value: signed ROAR at 50 % removes background and keeps the digit, while the
+    default (magnitude) removes the ink first.
+    """
+    train, test = digits
+    for make in (ROAR, KAR, RetrainSweep):
+        sweep = make(train_means, {})
+        assert (sweep.fill, sweep.squared) == ("noisy_linear", True)
+
+    def negative(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return -images
+
+    kw = {"fractions": (0.5,), "repeats": 1, "progress": False}
+    default = ROAR(train_means, {"neg": negative}, **kw).run(train, test)["roar"]
+    signed = ROAR(train_means, {"neg": negative}, squared=False, **kw).run(train, test)["roar"]
+    assert default.mean("neg")[0] < signed.mean("neg")[0] - 0.2

@@ -108,7 +108,7 @@ def test_records_made_from_other_inputs_are_never_reused(
     assert _dicts(redone) != _dicts(KAR(train_means, {"intensity": intensity}, **KW).run(*data))
     assert len(list((store / "_stale").rglob("*.json.*"))) == TOTAL // 2  # intensity's records
     record = json.loads(_records(store)[0].read_text())
-    assert len(record["fingerprint"]) == 64 and record["identity"]["fill"] == "dataset_mean"
+    assert len(record["fingerprint"]) == 64 and record["identity"]["fill"] == "noisy_linear"
 
 
 def test_fingerprint_sees_data_explainer_and_config() -> None:

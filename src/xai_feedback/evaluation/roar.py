@@ -3,8 +3,10 @@ r"""ROAR and KAR (Hooker et al. 2019): remove pixels by attribution rank, retrai
 For each attribution method, fraction :math:`f` and repeat :math:`r`:
 
 - **ROAR** replaces the :math:`\mathrm{round}(f \cdot HW)` *most* relevant pixels of every
-  image, **KAR** the *least* relevant ones, in the training **and** the test set, by the
-  per-channel mean of the training set (or another fill);
+  image, **KAR** the *least* relevant ones, in the training **and** the test set, by ROAD's
+  noisy linear imputation from the kept pixels (default; Hooker et al. used the per-channel
+  mean of the training set, ``fill="dataset_mean"``, which leaks the removed pixels'
+  silhouette), ranking pixels by the magnitude of their attribution (``squared=True``);
 - a fresh model is trained on the modified training set (``train_fn``) and evaluated on the
   modified test set (``eval_fn``, accuracy by default).
 
@@ -139,9 +141,14 @@ class RetrainSweep:
         modes: :data:`RETRAIN_MODES` (``("roar", "kar")``) or one of them.
         fractions: Fractions of pixels removed, each in (0, 1).
         repeats: Trainings per point (seeds ``seed + repeat``, shared across methods).
-        fill: Replacement of removed pixels (:data:`~xai_feedback.functional.masking.REMOVALS`);
-            Hooker et al.'s per-channel training-set mean by default.
-        squared: Rank pixels by squared attributions (summed over channels).
+        fill: Replacement of removed pixels (:data:`~xai_feedback.functional.masking.REMOVALS`).
+            Default: ROAD's noisy linear imputation, which does not paint the removed
+            pixels' silhouette; Hooker et al.'s per-channel training-set mean is
+            ``"dataset_mean"`` (it leaks the mask's shape: ``docs/faithfulness.rst``).
+        squared: Rank pixels by squared attributions, i.e. by magnitude (summed over
+            channels; default). With ``False`` a signed method's *least* relevant pixels are
+            its most negative ones, often on the object (signed integrated gradients kept
+            0.969 accuracy at 90 % removed, random 0.775).
         store: Directory of the run records (and cached attributions); ``None`` keeps
             nothing and cannot resume.
         executor: Runs the tasks; ``None`` runs them one after another in this process.
@@ -187,8 +194,8 @@ class RetrainSweep:
         modes: Sequence[str] = RETRAIN_MODES,
         fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
         repeats: int = 3,
-        fill: str = "dataset_mean",
-        squared: bool = False,
+        fill: str = "noisy_linear",
+        squared: bool = True,
         store: str | Path | None = None,
         executor: Executor | None = None,
         progress: bool = True,
@@ -416,8 +423,8 @@ def ROAR(  # noqa: N802
     eval_fn: EvalFn | None = None,
     fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
     repeats: int = 3,
-    fill: str = "dataset_mean",
-    squared: bool = False,
+    fill: str = "noisy_linear",
+    squared: bool = True,
     store: str | Path | None = None,
     executor: Executor | None = None,
     progress: bool = True,
@@ -464,8 +471,8 @@ def KAR(  # noqa: N802
     eval_fn: EvalFn | None = None,
     fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
     repeats: int = 3,
-    fill: str = "dataset_mean",
-    squared: bool = False,
+    fill: str = "noisy_linear",
+    squared: bool = True,
     store: str | Path | None = None,
     executor: Executor | None = None,
     progress: bool = True,
