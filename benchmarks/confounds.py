@@ -136,6 +136,13 @@ RRR_LAMBDA = 1000.0
 PERIPHERY_THRESHOLD = 0.5
 
 
+def _range_counterexamples(seed: int, train: ImageDataset) -> Objective:
+    """The ``cf_range`` arm: counterexamples whose fill spans the region's range in ``train``."""
+    low, high = _training_range(train)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return counterexample_objective(Counterexamples(low=low, high=high, generator=g))
+
+
 def _training_range(train: ImageDataset) -> tuple[float, float]:
     """``(low=, high=)`` of the counterexample fill: the annotated region's range in ``train``."""
     if train.masks is None:
@@ -192,13 +199,7 @@ ARMS: dict[str, Arm] = {
             "cf_range",
             "counterexamples, random constant drawn from the range the annotated region takes "
             "in the training images",
-            lambda seed, train: counterexample_objective(
-                Counterexamples(
-                    low=_training_range(train)[0],
-                    high=_training_range(train)[1],
-                    generator=torch.Generator().manual_seed(10_000 + seed),
-                )
-            ),
+            lambda seed, train: _range_counterexamples(seed, train),
             annotated=True,
         ),
         Arm(

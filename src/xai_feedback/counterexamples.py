@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_floating, check_int, check_number, check_shape
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import DTypeError, RangeError, ShapeError
 
 __all__ = ["COUNTEREXAMPLE_FILLS", "Counterexamples", "counterexamples", "region_range"]
 
@@ -230,13 +230,9 @@ def region_range(images: torch.Tensor, masks: torch.Tensor) -> tuple[float, floa
     check_floating(images, "images")
     check_shape(masks, "N H W", "masks", N=dims["N"], H=dims["H"], W=dims["W"])
     if masks.dtype != torch.bool:
-        from xai_feedback.errors import DTypeError
-
         raise DTypeError(f"`masks` must be boolean, got {masks.dtype}.")
     values = images.transpose(0, 1)[:, masks]  # (C, marked pixels)
     if values.numel() == 0:
-        from xai_feedback.errors import ShapeError
-
         raise ShapeError("`masks` must mark at least one pixel, got none.")
     low, high = float(values.min()), float(values.max())
     return (low, high) if high > low else (low, low + 1e-6)

@@ -135,10 +135,8 @@ def periphery_mask(
         >>> bool(m[0, 14]), bool(m[1, 14]), bool(m[2, 14]), bool(m[14, 14]), bool(m[2, 2])
         (True, True, False, False, True)
     """
-    check_number(threshold, "threshold", minimum=0, maximum=1)
-    if not 0 < threshold < 1:
-        from xai_feedback.errors import RangeError
-
-        raise RangeError(f"`threshold` must be in (0, 1), got {threshold}.")
+    check_number(
+        threshold, "threshold", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
+    )
     weight = centre_weight(h, w, sigma, shape=shape, radius=radius, device=device)
     return weight >= threshold
