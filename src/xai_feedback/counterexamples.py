@@ -218,7 +218,12 @@ def region_range(images: torch.Tensor, masks: torch.Tensor) -> tuple[float, floa
         ``(low, high)``; ``high > low`` (widened by 1e-6 when the region is constant).
 
     Raises:
-        ShapeError: If the masks mark no pixel.
+        ShapeError: If the masks mark no pixel (or do not match the images).
+        DTypeError: If the masks are not boolean or the images not floating point.
+
+    Shape:
+        - images: :math:`(N, C, H, W)`; masks: :math:`(N, H, W)`
+        - output: two Python floats (over every channel of the marked pixels)
 
     Example:
         >>> x = torch.zeros(2, 1, 4, 4); x[0, 0, 0] = 0.25; x[1, 0, 0] = 0.75
