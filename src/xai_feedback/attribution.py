@@ -32,6 +32,7 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
+from xai_feedback._modes import eval_mode
 from xai_feedback.errors import RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.hooks import CAMHook, Target, resolve_targets
@@ -312,9 +313,7 @@ def attribute(
         )
     check_model_input(model, images)
     check_finite(images, "images")
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         classes = _classes(model, images, target, batch_size)
         fn = _method_fn(model, spec, layer, options, batch_size)
         if ensemble == "none":
@@ -323,9 +322,6 @@ def attribute(
             result = _ensemble(
                 fn, images, classes, ensemble, n_samples, noise_level, noise, batch_size, generator
             )
-    finally:
-        for module, flag in flags:
-            module.training = flag
     return reduce_channels(result, reduce)
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_labels, check_shape
+from xai_feedback._modes import module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_feature_layer, find_head, unwrap_model
@@ -312,7 +313,7 @@ class CAMHook(ActivationHook):
     def __enter__(self) -> CAMHook:
         super().__enter__()
         if self.eval_mode:
-            self._flags = [(m, m.training) for m in self.model.modules()]
+            self._flags = module_flags(self.model)
             self.model.eval()
         return self
 
@@ -325,8 +326,7 @@ class CAMHook(ActivationHook):
         try:
             super().__exit__(exc_type, exc, tb)
         finally:
-            for module, flag in self._flags:
-                module.training = flag
+            restore_flags(self._flags)
             self._flags = []
 
     @property

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_shape
+from xai_feedback._modes import restore_flags
 from xai_feedback.counterexamples import Counterexamples, counterexamples
 from xai_feedback.errors import MissingInputError, ShapeError
 from xai_feedback.hooks import CAMHook
@@ -289,11 +290,10 @@ def per_example_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
         True
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    flags = [m.training for m in norms]
+    flags = [(m, m.training) for m in norms]
     try:
         for m in norms:
-            m.eval()
+            m.training = False
         yield model
     finally:
-        for m, flag in zip(norms, flags, strict=True):
-            m.train(flag)
+        restore_flags(flags)

@@ -37,6 +37,7 @@ from xai_feedback._checks import (
     check_nonempty,
     check_shape,
 )
+from xai_feedback._modes import eval_mode
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
 from xai_feedback.functional.ace import ace
 from xai_feedback.hooks import ActivationHook
@@ -141,30 +142,25 @@ def capture(
         (torch.Size([6, 16, 14, 14]), torch.Size([6, 10]))
     """
     check_int(batch_size, "batch_size", minimum=1)
-    was_training = model.training
     acts: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.eval()
-        with ActivationHook(model, layer) as hook:
-            for batch in _batches(images, batch_size):
-                batch = batch.to(device)
-                check_model_input(model, batch, "images")
-                check_finite(batch, "images")
-                out = model(batch)
-                act = hook.activations
-                if act.dim() != 4:
-                    raise LayerError(
-                        f"the layer must yield 4-D activations (N, C, H, W), "
-                        f"got shape {tuple(act.shape)}."
-                    )
-                if not isinstance(out, torch.Tensor) or out.dim() != 2:
-                    raise LayerError("the model must return logits of shape (N, K).")
-                acts.append(act)
-                logits.append(out)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), ActivationHook(model, layer) as hook:
+        for batch in _batches(images, batch_size):
+            batch = batch.to(device)
+            check_model_input(model, batch, "images")
+            check_finite(batch, "images")
+            out = model(batch)
+            act = hook.activations
+            if act.dim() != 4:
+                raise LayerError(
+                    f"the layer must yield 4-D activations (N, C, H, W), "
+                    f"got shape {tuple(act.shape)}."
+                )
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise LayerError("the model must return logits of shape (N, K).")
+            acts.append(act)
+            logits.append(out)
     if not acts or sum(int(a.shape[0]) for a in acts) == 0:
         raise ShapeError("`images` is empty: PCACE needs at least one image, got 0.")
     activations = torch.cat(acts)

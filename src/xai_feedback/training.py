@@ -21,6 +21,7 @@ from xai_feedback._checks import (
     check_nonempty,
     check_number,
 )
+from xai_feedback._modes import eval_mode
 from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError
@@ -182,13 +183,8 @@ def _check_data(model: nn.Module, data: ImageDataset) -> int:
 @torch.no_grad()
 def _check_label_range(model: nn.Module, data: ImageDataset) -> None:
     """Labels against the model's outputs: one image's forward in eval mode (flags restored)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(data.images[:1])
-    finally:
-        for module, flag in flags:
-            module.training = flag
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
         raise RangeError(f"`model` must return logits of shape (B, K), got {shape}.")
@@ -211,14 +207,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     check_nonempty(images, "images")
     check_model_input(model, images)
     check_int(batch_size, "batch_size", minimum=1)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat(
             [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         )
-    finally:
-        model.train(was_training)
 
 
 def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> float:

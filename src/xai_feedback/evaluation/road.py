@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_fractions, check_int, check_shape
+from xai_feedback._modes import eval_mode
 from xai_feedback.errors import DTypeError
 from xai_feedback.evaluation._scores import (
     check_evaluation_inputs,
@@ -179,13 +180,9 @@ def road(
     scores = _all_scores(methods, images, labels, squared, random_baseline, generator)
     removal = _Removal(fill, noise, batch_size, dataset_mean, generator)
     curves = _empty_curves(orders, fractions)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for (name, s), order, f in product(scores.items(), orders, fractions):
             acc, prob = _point(model, images, labels, s, f, order == "morf", removal)
             curves[order].add(name, f, acc)
             curves[f"{order}_probability"].add(name, f, prob)
-    finally:
-        model.train(was_training)
     return curves

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_shape
+from xai_feedback._modes import eval_mode
 from xai_feedback.errors import DTypeError, MissingInputError, RangeError
 from xai_feedback.evaluation._scores import (
     check_evaluation_inputs,
@@ -242,11 +243,7 @@ def selectivity(
         patch_of,
         n_patches,
     )
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for name, entry in all_methods.items():
             walk.run(name, entry, out)
-    finally:
-        model.train(was_training)
     return out
