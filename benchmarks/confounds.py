@@ -1,17 +1,17 @@
 """Benchmark: a battery of confounds x feedback methods x architectures (``bench confounds``).
 
-Families (:func:`xai_feedback.data.make_confound`): frame, corner swatch, left stripe, centre
-dot, background level, random-position patch, uncentred digits and no confound. Arms: vanilla,
-the Gaussian centre penalty (no annotations), the annotation-mask CAM penalty, RRR (input
+Families (:func:`xai_feedback.data.make_confound`): frame, corner swatch, left stripe, center
+dot, background level, random-position patch, uncentered digits and no confound. Arms: vanilla,
+the Gaussian center penalty (no annotations), the annotation-mask CAM penalty, RRR (input
 gradients, Ross et al. 2017), counterexample augmentation (Teso & Kersting 2019), the same with
 the fill drawn from the annotated region's range in the training data (``cf_range``),
-annotation-free counterexamples of the centre prior's periphery (``periphery``) and the oracle
+annotation-free counterexamples of the center prior's periphery (``periphery``) and the oracle
 (trained with the shortcut's level random). Architectures: GAPNet and a small ResNet with
 torchvision's BasicBlock structure, adapted to 28x28 inputs. Every hyper-parameter below was
 fixed once, on a validation split of the *frame* family's training images with GAPNet
 (``--select``), and then used unchanged on every family and architecture.
 
-For families without a shortcut (uncentred, none) the annotation arms have empty masks and the
+For families without a shortcut (uncentered, none) the annotation arms have empty masks and the
 oracle is vanilla: they are not run. Each finished run is written atomically to
 ``OUT/runs/<arch>/<family>/<arm>/seed<N>.json``; a rerun resumes. Run
 ``python benchmarks/confounds.py [--seeds 5] [--epochs 12]`` or ``xai-feedback bench confounds``.
@@ -36,7 +36,7 @@ from xai_feedback.counterexamples import Counterexamples, region_range
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.functional import periphery_mask
-from xai_feedback.losses import CentrePenalty, MaskPenalty, RRRPenalty
+from xai_feedback.losses import CenterPenalty, MaskPenalty, RRRPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.models.gapnet import init_weights
 from xai_feedback.objectives import (
@@ -128,8 +128,8 @@ ARCHS: dict[str, Callable[[int, torch.Generator], nn.Module]] = {
 
 # Fixed once with ``--select`` on a validation split of the frame family (GAPNet), never on
 # test sets and never per family or architecture.
-CENTRE_SIGMA = 0.7
-CENTRE_LAMBDA = 10.0
+CENTER_SIGMA = 0.7
+CENTER_LAMBDA = 10.0
 MASK_LAMBDA = 10.0
 MASK_DILATION = 4
 RRR_LAMBDA = 1000.0
@@ -167,10 +167,10 @@ ARMS: dict[str, Arm] = {
     for a in [
         Arm("vanilla", "cross-entropy", lambda seed, train: cross_entropy_objective),
         Arm(
-            "centre",
-            f"Gaussian centre penalty, signed all-class CAMs, sigma {CENTRE_SIGMA}, "
-            f"lambda {CENTRE_LAMBDA:g}",
-            lambda seed, train: cam_penalty_objective(CentrePenalty(CENTRE_SIGMA), CENTRE_LAMBDA),
+            "center",
+            f"Gaussian center penalty, signed all-class CAMs, sigma {CENTER_SIGMA}, "
+            f"lambda {CENTER_LAMBDA:g}",
+            lambda seed, train: cam_penalty_objective(CenterPenalty(CENTER_SIGMA), CENTER_LAMBDA),
         ),
         Arm(
             "mask",
@@ -184,7 +184,7 @@ ARMS: dict[str, Arm] = {
         Arm(
             "rrr",
             f"RRR input-gradient penalty, lambda {RRR_LAMBDA:g}",
-            lambda seed, train: rrr_objective(RRR_LAMBDA),
+            lambda seed, train: rrr_objective(None, RRR_LAMBDA),
             annotated=True,
         ),
         Arm(
@@ -204,15 +204,15 @@ ARMS: dict[str, Arm] = {
         ),
         Arm(
             "periphery",
-            f"annotation-free counterexamples: the centre prior's periphery (sigma "
-            f"{CENTRE_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) taken from another image, and "
+            f"annotation-free counterexamples: the center prior's periphery (sigma "
+            f"{CENTER_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) taken from another image, and "
             f"set to a random constant (two copies)",
             lambda seed, train: counterexample_objective(
                 [
                     Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
                     for k, fill in ((10_000, "swap"), (20_000, "constant"))
                 ],
-                region=periphery_mask(28, 28, CENTRE_SIGMA, threshold=PERIPHERY_THRESHOLD),
+                region=periphery_mask(28, 28, CENTER_SIGMA, threshold=PERIPHERY_THRESHOLD),
             ),
         ),
         Arm(
@@ -243,11 +243,11 @@ def run_one(
 ) -> dict[str, Any]:
     """Train one model and return its JSON-ready record."""
     if train is None:
-        train = make_confound(family, "train", rule="random" if arm.oracle else "tied", seed=seed)
+        train = make_confound("train", family, rule="random" if arm.oracle else "tied", seed=seed)
     if evals is None:
         evals = {
-            "confound_test": make_confound(family, "test", seed=seed),
-            "clean_test": make_confound(family, "test", rule="none", seed=seed),
+            "confound_test": make_confound("test", family, seed=seed),
+            "clean_test": make_confound("test", family, rule="none", seed=seed),
         }
     generator = torch.Generator().manual_seed(seed)
     model = ARCHS[arch](width, generator)
@@ -346,7 +346,7 @@ def _figure(
 
 
 SELECT_GRID = (
-    "centre:s=0.7;lam=10",
+    "center:s=0.7;lam=10",
     "mask:lam=10",
     "mask:lam=100",
     "mask:d=4;lam=10",
@@ -364,9 +364,9 @@ SELECT_GRID = (
     "cf:fill=constant",
     "cf:fill=noise",
     "cf:range=data",
-    "centre:s=0.7;lam=30",
-    "centre:s=0.7;lam=100",
-    "centre:s=0.5;lam=10",
+    "center:s=0.7;lam=30",
+    "center:s=0.7;lam=100",
+    "center:s=0.5;lam=10",
     "pcf:t=0.4",
     "pcf:t=0.5",
     "pcf:t=0.6",
@@ -381,11 +381,11 @@ SELECT_GRID = (
 def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None) -> Objective:
     """The objective an arm spec names (see :data:`SELECT_GRID`).
 
-    ``centre`` (``s`` sigma, ``lam``), ``mask`` (``d`` dilation, ``f`` receptive-field window,
+    ``center`` (``s`` sigma, ``lam``), ``mask`` (``d`` dilation, ``f`` receptive-field window,
     ``lam``), ``rrr`` (``lam``, ``out`` sum|all, ``bn`` batch|eval), ``rrrce`` (RRR at
     counterexamples, ``lam``), ``cf`` (counterexamples, ``fill``, ``copies``, ``range=data``:
     the fill's range from the annotated region in ``train``), ``pcf`` (annotation-free
-    counterexamples of the centre prior's periphery, ``t`` threshold, ``s`` sigma, ``fill``:
+    counterexamples of the center prior's periphery, ``t`` threshold, ``s`` sigma, ``fill``:
     one fill or several joined by ``+``, one copy each),
     ``vanilla``.
     Random draws use a generator seeded with ``1000 + seed``.
@@ -394,15 +394,15 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
     kw = dict(item.split("=") for item in rest.split(";") if item)
     lam = float(kw.get("lam", 10))
     g = torch.Generator().manual_seed(1000 + seed)
-    if name == "centre":
-        return cam_penalty_objective(CentrePenalty(float(kw.get("s", CENTRE_SIGMA))), lam)
+    if name == "center":
+        return cam_penalty_objective(CenterPenalty(float(kw.get("s", CENTER_SIGMA))), lam)
     if name == "mask":
         penalty = MaskPenalty(dilation=int(kw.get("d", 0)), field=int(kw.get("f", 1)))
         return cam_penalty_objective(penalty, lam)
     if name == "rrr":
         rrr = RRRPenalty(kw.get("out", "sum"), generator=g)
         if kw.get("bn", "batch") == "batch":
-            return rrr_objective(lam, rrr)
+            return rrr_objective(rrr, lam)
 
         def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
             logits = model(batch.images)
@@ -415,7 +415,7 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
 
         return objective
     if name == "rrrce":
-        return rrr_counterexample_objective(lam, Counterexamples(generator=g))
+        return rrr_counterexample_objective(None, lam, probe=Counterexamples(generator=g))
     if name == "cf":
         low, high = (0.0, 1.0)
         if kw.get("range") == "data":
@@ -434,7 +434,7 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
         region = periphery_mask(
             28,
             28,
-            float(kw.get("s", CENTRE_SIGMA)),
+            float(kw.get("s", CENTER_SIGMA)),
             threshold=float(kw.get("t", PERIPHERY_THRESHOLD)),
         )
         augs = [Counterexamples(fill=f, generator=g) for f in kw.get("fill", "constant").split("+")]
@@ -447,10 +447,10 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
 def _select(args: argparse.Namespace) -> int:
     """Hyper-parameter grid on a validation split of one family's training images."""
     family = args.select_family
-    tied = make_confound(family, "train")
+    tied = make_confound("train", family)
     train, val = train_val_split(tied, 0.2, seed=0)
-    _, val_random = train_val_split(make_confound(family, "train", rule="random"), 0.2, seed=0)
-    _, val_clean = train_val_split(make_confound(family, "train", rule="none"), 0.2, seed=0)
+    _, val_random = train_val_split(make_confound("train", family, rule="random"), 0.2, seed=0)
+    _, val_clean = train_val_split(make_confound("train", family, rule="none"), 0.2, seed=0)
     evals = {"val_tied": val, "val_random": val_random, "val_clean": val_clean}
     grid = [Arm(spec, "", partial(objective_from_spec, spec)) for spec in args.grid]
     store = common.RunStore(args.out / "select")
@@ -484,10 +484,10 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def level_probe(model: nn.Module, clean: ImageDataset) -> dict[str, Any]:
-    """Accuracy with every test frame at each trained grey, and where frameless digits go.
+    """Accuracy with every test frame at each trained gray, and where frameless digits go.
 
-    The frame's ten greys ``(255 - 25 v) / 255`` span [0.12, 1]; a frameless image has 0
-    there, *beyond* class 9's grey. A model that still leans on the frame, even slightly,
+    The frame's ten grays ``(255 - 25 v) / 255`` span [0.12, 1]; a frameless image has 0
+    there, *beyond* class 9's gray. A model that still leans on the frame, even slightly,
     extrapolates that lean on clean images.
     """
     if clean.masks is None:
@@ -508,7 +508,7 @@ def level_probe(model: nn.Module, clean: ImageDataset) -> dict[str, Any]:
 
 
 def _levels(args: argparse.Namespace) -> int:
-    """Item 2: why the centre penalty's frame model fails on frameless digits (``--levels``)."""
+    """Item 2: why the center penalty's frame model fails on frameless digits (``--levels``)."""
     store = common.RunStore(args.out / "levels")
     rows = []
     for arm_name in args.arms:
@@ -516,9 +516,9 @@ def _levels(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
 
             def run(arm_name: str = arm_name, seed: int = seed) -> dict[str, Any]:
-                train = make_confound("frame", "train", rule="tied", seed=seed)
+                train = make_confound("train", "frame", rule="tied", seed=seed)
                 if ARMS[arm_name].oracle:
-                    train = make_confound("frame", "train", rule="random", seed=seed)
+                    train = make_confound("train", "frame", rule="random", seed=seed)
                 generator = torch.Generator().manual_seed(seed)
                 model = ARCHS["gapnet"](args.width, generator)
                 fit(
@@ -528,7 +528,7 @@ def _levels(args: argparse.Namespace) -> int:
                     objective=ARMS[arm_name].make(seed, train),
                     generator=generator,
                 )
-                clean = make_confound("frame", "test", rule="none", seed=seed)
+                clean = make_confound("test", "frame", rule="none", seed=seed)
                 return {
                     "arm": arm_name,
                     "seed": seed,
@@ -553,10 +553,10 @@ def _levels(args: argparse.Namespace) -> int:
         )
     header = [
         "arm",
-        "clean (grey 0)",
+        "clean (gray 0)",
         "clean predicted 9",
-        "frame at greys 0-8",
-        "frame at grey 9 (0.12)",
+        "frame at grays 0-8",
+        "frame at gray 9 (0.12)",
         "n",
     ]
     print(f"frame family, GAPNet, {args.epochs} epochs: accuracy on the test digits")
@@ -589,7 +589,7 @@ def _mlp(args: argparse.Namespace) -> int:
     tied = confounded_digits("train", "swatch", size=4)
     arms = {
         "vanilla": lambda lam, seed: cross_entropy_objective,
-        "rrr": lambda lam, seed: rrr_objective(lam),
+        "rrr": lambda lam, seed: rrr_objective(None, lam),
         "counterexamples": lambda lam, seed: counterexample_objective(
             Counterexamples(generator=torch.Generator().manual_seed(10_000 + seed))
         ),
@@ -704,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--levels",
         action="store_true",
-        help="frame: accuracy per frame grey and on frameless digits (use --arms)",
+        help="frame: accuracy per frame gray and on frameless digits (use --arms)",
     )
     parser.add_argument("--rrr-lambdas", default="1,10,100", type=_floats, help="--mlp --select")
     args = common.parse(parser, argv)

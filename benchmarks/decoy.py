@@ -1,7 +1,7 @@
 """Benchmark: explanation penalties against label-tied confounds (``xai-feedback bench decoy``).
 
 For each confound (the 2 px frame, an 8x8 corner swatch, Ross et al.'s 4x4 swatch) and each
-method (vanilla, CAM centre-penalty variants, the annotation-mask penalty, RRR and the oracle
+method (vanilla, CAM center-penalty variants, the annotation-mask penalty, RRR and the oracle
 trained without a shortcut), over several seeds, it reports mean ± std of the confound-test
 accuracy, the clean-test accuracy, the share of CAM energy on the confound, and the time per
 epoch relative to vanilla measured in the same run. Each run is written atomically to
@@ -24,10 +24,10 @@ import _common as common
 import torch
 
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
-from xai_feedback.data.digits import Kind
+from xai_feedback.data.digits import DigitFamily
 from xai_feedback.demo import CAM_LAMBDA, CAM_SIGMA, ConfoundSetup, run_confounded
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty, MaskPenalty
+from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective, rrr_objective
 from xai_feedback.training import Objective, cross_entropy_objective
@@ -37,7 +37,7 @@ __all__ = ["CONFOUNDS", "METHODS", "Method", "confound_energy_share", "main", "r
 
 @dataclass(frozen=True)
 class Method:
-    """A named training objective; ``oracle`` trains with the confound's grey randomised."""
+    """A named training objective; ``oracle`` trains with the confound's gray randomized."""
 
     name: str
     description: str
@@ -56,32 +56,32 @@ METHODS: dict[str, Method] = {
         Method("vanilla", "cross-entropy only", lambda: cross_entropy_objective),
         Method(
             "cam",
-            f"Gaussian centre penalty, signed CAM of all classes (default), sigma {CAM_SIGMA}, "
+            f"Gaussian center penalty, signed CAM of all classes (default), sigma {CAM_SIGMA}, "
             f"lambda {CAM_LAMBDA:g}",
-            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA),
+            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA),
         ),
         Method(
             "cam-target-relu",
             "the seed's form: ReLU'd CAM of the target class",
             lambda: cam_penalty_objective(
-                CentrePenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
+                CenterPenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
             ),
         ),
         Method(
             "cam-all-relu",
             "ReLU'd CAMs of all classes",
-            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA, signed=False), CAM_LAMBDA),
+            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA, signed=False), CAM_LAMBDA),
         ),
         Method(
             "gradcam",
             "Gaussian penalty on the signed Grad-CAMs of all classes (CAM scale, CAM's lambda)",
-            lambda: cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"),
+            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"),
         ),
         Method(
             "gradcam-target",
             "Gaussian penalty on the signed Grad-CAM of the target class (CAM scale)",
             lambda: cam_penalty_objective(
-                CentrePenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
+                CenterPenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
             ),
         ),
         Method(
@@ -92,23 +92,23 @@ METHODS: dict[str, Method] = {
         Method(
             "rrr",
             f"RRR input-gradient penalty with the masks, lambda {RRR_LAMBDA:g}",
-            lambda: rrr_objective(RRR_LAMBDA),
+            lambda: rrr_objective(None, RRR_LAMBDA),
         ),
         Method(
             "oracle",
-            "cross-entropy, confound grey random in training",
+            "cross-entropy, confound gray random in training",
             lambda: cross_entropy_objective,
             True,
         ),
     ]
 }
 
-CONFOUNDS: dict[str, tuple[Kind, int]] = {
+CONFOUNDS: dict[str, tuple[DigitFamily, int]] = {
     "frame": ("frame", 2),
     "swatch8": ("swatch", 8),
     "swatch4": ("swatch", 4),
 }
-"""Benchmark confound name -> (kind, size)."""
+"""Benchmark confound name -> (family, size)."""
 
 
 def confound_energy_share(model: torch.nn.Module, data: ImageDataset) -> float:
@@ -141,8 +141,8 @@ def run_one(
     evals: dict[str, ImageDataset] | None = None,
 ) -> tuple[dict[str, float | int | str], GAPNet]:
     """Train one model and measure it; returns the JSON-ready record and the model."""
-    kind, size = CONFOUNDS[confound]
-    setup = ConfoundSetup(kind=kind, size=size, epochs=epochs, width=width, pools=pools)
+    family, size = CONFOUNDS[confound]
+    setup = ConfoundSetup(family=family, size=size, epochs=epochs, width=width, pools=pools)
     confound_test = None
     if evals is None:
         data = setup.datasets(seed, method.oracle)
@@ -202,8 +202,8 @@ def _table(
 
 
 def _figure(plt: Any, models: dict[str, GAPNet], confound: str, n_images: int = 6) -> Any:
-    kind, size = CONFOUNDS[confound]
-    test = confounded_digits("test", kind, size=size, seed=0)
+    family, size = CONFOUNDS[confound]
+    test = confounded_digits("test", family, size=size, seed=0)
     images = test.images[:n_images]
     fig, axes = plt.subplots(len(models), n_images, figsize=(1.6 * n_images, 1.7 * len(models)))
     for row, (name, model) in enumerate(models.items()):
@@ -230,21 +230,21 @@ def _figure(plt: Any, models: dict[str, GAPNet], confound: str, n_images: int = 
 
 
 def _cam_factory(sigma: float, lam: float) -> Callable[[], Objective]:
-    return lambda: cam_penalty_objective(CentrePenalty(sigma), lam)
+    return lambda: cam_penalty_objective(CenterPenalty(sigma), lam)
 
 
 def _select(args: argparse.Namespace) -> int:
     """Grid over lambda and sigma on a validation split carved from the training images."""
-    kind, size = CONFOUNDS[args.confounds[0]]
-    full = confounded_digits("train", kind, size=size)
-    shuffled = confounded_digits("train", kind, size=size, rule="random")
-    clean = confounded_digits("train", kind, size=size, rule="none")
+    family, size = CONFOUNDS[args.confounds[0]]
+    full = confounded_digits("train", family, size=size)
+    shuffled = confounded_digits("train", family, size=size, rule="random")
+    clean = confounded_digits("train", family, size=size, rule="none")
     train, val = train_val_split(full, 0.2, seed=0)
     _, val_random = train_val_split(shuffled, 0.2, seed=0)
     _, val_clean = train_val_split(clean, 0.2, seed=0)
     print(
-        f"validation: the same {len(val)} held-out training images with the confound's grey "
-        "tied, randomised, and without the confound"
+        f"validation: the same {len(val)} held-out training images with the confound's gray "
+        "tied, randomized, and without the confound"
     )
     print("| sigma | lambda | val (tied) | val (confound random) | val (no confound) |")
     print("|---|---|---|---|---|")

@@ -52,7 +52,7 @@ rows=()
 seconds() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
-# 1. the unit suite (conftest.py parametrises device-aware tests over cpu and cuda)
+# 1. the unit suite (conftest.py parametrizes device-aware tests over cpu and cuda)
 start=$(seconds)
 # shellcheck disable=SC2086
 "$PYTHON" -m pytest $PYTEST_ARGS >"$LOGS/suite.log" 2>&1

@@ -6,11 +6,11 @@ pytorch-grad-cam, torchcam, captum; see ``tests/integration/requirements.txt``).
 For each model (random init, 1000 classes, ``--size`` px, batch ``--batch``), in one process
 on the same batch and the same target classes:
 
-- extraction of Grad-CAM and Grad-CAM++ maps resized to the input and min-max normalised (the
+- extraction of Grad-CAM and Grad-CAM++ maps resized to the input and min-max normalized (the
   output pytorch-grad-cam gives) by ``xai_feedback`` (``CAMHook(leaf=True)`` with the
   parameters frozen for the call), pytorch-grad-cam, torchcam and captum, against the floor:
   a plain ``torch.no_grad()`` forward;
-- one training step (SGD) of cross-entropy (vanilla), cross-entropy + the CAM centre penalty
+- one training step (SGD) of cross-entropy (vanilla), cross-entropy + the CAM center penalty
   (``cam_penalty_objective``), and cross-entropy + RRR (input-gradient penalty).
 
 Timing: ``--repeats`` rounds after ``--warmup`` rounds; within a round every candidate runs
@@ -224,7 +224,7 @@ def _extract_runners(
 def _train_runners(
     model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
-    from xai_feedback.losses import CentrePenalty
+    from xai_feedback.losses import CenterPenalty
     from xai_feedback.objectives import cam_penalty_objective, rrr_objective
     from xai_feedback.training import Batch, cross_entropy_objective
 
@@ -239,8 +239,8 @@ def _train_runners(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     objectives = {
         "vanilla step (cross-entropy)": cross_entropy_objective,
-        "CAM-penalty step": cam_penalty_objective(CentrePenalty(), 1.0, layer=layer),
-        "RRR step": rrr_objective(1.0),
+        "CAM-penalty step": cam_penalty_objective(CenterPenalty(), 1.0, layer=layer),
+        "RRR step": rrr_objective(None, 1.0),
     }
 
     def runner(objective: Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]):

@@ -144,7 +144,7 @@ def _run(
     if dataset == "digits":
         train, tests = load_digits("train"), {"clean_test": load_digits("test")}
     else:
-        tests = ConfoundSetup(kind="frame").datasets(seed)
+        tests = ConfoundSetup(family="frame").datasets(seed)
         train = tests.pop("train")
     g = torch.Generator().manual_seed(seed)
     model = GAPNet(width=args.width, generator=g)

@@ -19,7 +19,7 @@ for oracle in (False, True):
     g = torch.Generator().manual_seed(0)
     model = GAPNet(width=16, generator=g)
     fit(model, data, epochs=10, generator=g)
-    name = "oracle (random frame grey)" if oracle else "vanilla (frame tied to label)"
+    name = "oracle (random frame gray)" if oracle else "vanilla (frame tied to label)"
     print(
         f"{name:32s} train {accuracy(model, data):.3f}  clean test "
         f"{accuracy(model, clean_test):.3f}  confound test {accuracy(model, confound_test):.3f}"

@@ -1,6 +1,6 @@
 """Your own training loop with a differentiable CAM penalty: three added lines.
 
-The Gaussian centre penalty ("lint") on the signed CAMs of all classes, computed inside the
+The Gaussian center penalty ("lint") on the signed CAMs of all classes, computed inside the
 training step and kept in the autograd graph, removes a label-tied frame shortcut without any
 annotation. Run: python examples/02_cam_penalty_training_loop.py
 """
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from xai_feedback.data import confounded_digits, load_digits
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy
 
@@ -20,7 +20,7 @@ tests = {"clean": load_digits("test"), "confound": confounded_digits("test", "fr
 
 g = torch.Generator().manual_seed(0)
 model = GAPNet(width=16, generator=g)  # GAP + linear head, 14x14 CAMs
-penalty = CentrePenalty(sigma=0.7)  # signed CAMs of all classes by default
+penalty = CenterPenalty(sigma=0.7)  # signed CAMs of all classes by default
 lam = 10.0
 epochs, batch_size = 12, 64
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -36,7 +36,7 @@ for epoch in range(epochs):
         with CAMHook(model) as hook:  # 1. capture the CAM layer
             logits = model(x)
             maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
-        loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalise the periphery
+        loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalize the periphery
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,6 +1,6 @@
 """The CAM penalty in a LightningModule.training_step: the same three lines as a plain loop.
 
-Same data, model, optimiser and batch order as examples/09_plain_loop.py, so both take the
+Same data, model, optimizer and batch order as examples/09_plain_loop.py, so both take the
 same steps in the first epoch (tests/integration/test_lightning.py checks it). Needs ``pip install
 lightning`` (skipped with a message without it). Run: python examples/09_lightning.py
 """
@@ -19,7 +19,7 @@ except ImportError:
 
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy
 
@@ -28,14 +28,14 @@ class CAMPenaltyModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, lam: float = 10.0) -> None:
         super().__init__()
         self.model, self.lam = model, lam
-        self.penalty = CentrePenalty(sigma=0.7)
+        self.penalty = CenterPenalty(sigma=0.7)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         with CAMHook(self.model) as hook:  # 1. capture the CAM layer
             logits = self.model(x)
             maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
-        loss = F.cross_entropy(logits, y) + self.lam * self.penalty(maps)  # 3. penalise
+        loss = F.cross_entropy(logits, y) + self.lam * self.penalty(maps)  # 3. penalize
         self.log("loss", loss, prog_bar=True)
         return loss
 

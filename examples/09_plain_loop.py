@@ -1,6 +1,6 @@
 """The CAM penalty in a plain PyTorch loop: the twin of examples/09_lightning.py.
 
-Same data, model, optimiser and batch order as the Lightning version, and the same three
+Same data, model, optimizer and batch order as the Lightning version, and the same three
 added lines in the step, so both take the same steps in the first epoch
 (tests/integration/test_lightning.py checks it). Run: python examples/09_plain_loop.py
 """
@@ -11,14 +11,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy
 
 
 def train(data: ImageDataset, epochs: int = 3, lam: float = 10.0, seed: int = 0) -> GAPNet:
     model = GAPNet(width=8, generator=torch.Generator().manual_seed(seed))
-    penalty = CentrePenalty(sigma=0.7)
+    penalty = CenterPenalty(sigma=0.7)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     order = torch.Generator().manual_seed(seed)
     loader = DataLoader(
@@ -30,7 +30,7 @@ def train(data: ImageDataset, epochs: int = 3, lam: float = 10.0, seed: int = 0)
             with CAMHook(model) as hook:  # 1. capture the CAM layer
                 logits = model(x)
                 maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
-            loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalise the periphery
+            loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalize the periphery
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

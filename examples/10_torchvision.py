@@ -17,7 +17,7 @@ except ImportError:
 
 from xai_feedback.attribution import cam_maps
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 
 torch.manual_seed(0)
 images, labels = torch.rand(4, 3, 96, 96), torch.randint(0, 10, (4,))
@@ -28,7 +28,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 with CAMHook(model) as hook:  # the layer feeding avgpool: "layer4"
     logits = model(images)
     maps = hook.cam(logits, all_classes=True)  # (4, 10, 3, 3), in the graph
-loss = F.cross_entropy(logits, labels) + 10.0 * CentrePenalty()(maps)
+loss = F.cross_entropy(logits, labels) + 10.0 * CenterPenalty()(maps)
 optimizer.zero_grad()
 loss.backward()
 optimizer.step()

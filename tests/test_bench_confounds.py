@@ -30,15 +30,15 @@ def test_small_resnet_shapes_and_exact_cam() -> None:
 
 def test_annotation_arms_are_skipped_without_a_shortcut() -> None:
     arms = confounds.ARMS
-    assert confounds._applies(arms["centre"], "none")
-    assert not confounds._applies(arms["mask"], "uncentred")
+    assert confounds._applies(arms["center"], "none")
+    assert not confounds._applies(arms["mask"], "uncentered")
     assert all(confounds._applies(a, "frame") for a in arms.values())
 
 
 def test_arm_specs_build_objectives() -> None:
     from xai_feedback.data import make_confound
 
-    train = make_confound("background", "train")
+    train = make_confound("train", "background")
     for spec in confounds.SELECT_GRID:
         assert callable(confounds.objective_from_spec(spec, 0, train))
     for arm in confounds.ARMS.values():
@@ -67,22 +67,22 @@ def test_smoke_run_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 class _FrameReader(torch.nn.Module):
-    """Reads the class off the frame's grey alone: level v = (255 - 255 g) / 25."""
+    """Reads the class off the frame's gray alone: level v = (255 - 255 g) / 25."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grey = x[:, 0, 0, :].mean(1)  # the top row is frame
-        level = ((255 - 255 * grey) / 25).round().clamp(0, 9).long()
+        gray = x[:, 0, 0, :].mean(1)  # the top row is frame
+        level = ((255 - 255 * gray) / 25).round().clamp(0, 9).long()
         return torch.nn.functional.one_hot(level, 10).float()
 
 
 def test_level_probe_on_a_pure_frame_reader() -> None:
     from xai_feedback.data import make_confound
 
-    clean = make_confound("frame", "test", rule="none")
+    clean = make_confound("test", "frame", rule="none")
     probe = confounds.level_probe(_FrameReader(), clean)
     shares = torch.bincount(clean.labels, minlength=10).float() / len(clean.labels)
-    # at grey v every image is called v: accuracy = the share of class v
+    # at gray v every image is called v: accuracy = the share of class v
     assert probe["level_accuracy"] == pytest.approx(shares.tolist(), abs=1e-6)
-    # frameless (grey 0, darker than class 9's 0.12): all called 9
+    # frameless (gray 0, darker than class 9's 0.12): all called 9
     assert probe["clean_predicted_as_9"] == 1.0
     assert probe["clean_accuracy"] == pytest.approx(float(shares[9]), abs=1e-6)

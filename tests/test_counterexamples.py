@@ -13,7 +13,7 @@ from xai_feedback.errors import (
     ShapeError,
     XAIFeedbackError,
 )
-from xai_feedback.functional import centre_weight, periphery_mask
+from xai_feedback.functional import center_weight, periphery_mask
 from xai_feedback.objectives import counterexample_objective
 from xai_feedback.training import Batch
 
@@ -139,7 +139,7 @@ def test_objective_breaks_a_shortcut_in_the_loss() -> None:
 
 
 def test_region_objective_needs_no_annotations() -> None:
-    """``region=``: the same (H, W) mask randomised in every image; batch masks are ignored."""
+    """``region=``: the same (H, W) mask randomized in every image; batch masks are ignored."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 5, 3))
     images, _ = _data()
@@ -167,7 +167,7 @@ def test_region_objective_needs_no_annotations() -> None:
         plain(model, Batch(images, labels, None, 0, 0, 1))
 
 
-def test_periphery_mask_is_the_thresholded_centre_prior() -> None:
+def test_periphery_mask_is_the_thresholded_center_prior() -> None:
     """Hand check: pixel (i, j) is periphery iff 1 - exp(-(x^2 + y^2) / (2 sigma^2)) >= t."""
     import math
 
@@ -178,8 +178,8 @@ def test_periphery_mask_is_the_thresholded_centre_prior() -> None:
         y, x = (2 * i + 1) / h - 1, (2 * j + 1) / w - 1
         weight = 1 - math.exp(-(x * x + y * y) / (2 * sigma * sigma))
         assert bool(mask[i, j]) == (weight >= t), (i, j, weight)
-    assert torch.equal(mask, centre_weight(h, w, sigma) >= t)
-    # the default covers the frame confound's 2 px border and leaves the centre free
+    assert torch.equal(mask, center_weight(h, w, sigma) >= t)
+    # the default covers the frame confound's 2 px border and leaves the center free
     default = periphery_mask(28, 28)
     border = torch.ones(28, 28, dtype=torch.bool)
     border[2:-2, 2:-2] = False

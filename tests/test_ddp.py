@@ -4,7 +4,7 @@ Two ranks each take one half of a global batch; DDP averages their gradients. Th
 of a batch is a mean over its images (as the cross-entropy is), so with equal shards the
 averaged gradient must equal the gradient of one process on the whole batch, whenever the
 images do not interact in the forward: BatchNorm in eval mode (running statistics), under
-bf16 autocast, in channels_last. BatchNorm in *train* mode normalises each shard by its own
+bf16 autocast, in channels_last. BatchNorm in *train* mode normalizes each shard by its own
 statistics, so DDP gives the mean of the two per-shard gradients instead (tested as such,
 and that it differs from the global one); SyncBatchNorm would restore equality, but its
 forward refuses CPU tensors in torch (``ValueError: SyncBatchNorm expected input tensor to be
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
 
 WORLD = 2
@@ -76,7 +76,7 @@ def _loss(model: nn.Module, hooked: nn.Module, x: torch.Tensor, y: torch.Tensor,
         with CAMHook(hooked) as hook:
             logits = model(x)
             maps = hook.cam(logits, all_classes=True)
-        return F.cross_entropy(logits.float(), y) + LAM * CentrePenalty(sigma=0.7)(maps.float())
+        return F.cross_entropy(logits.float(), y) + LAM * CenterPenalty(sigma=0.7)(maps.float())
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:

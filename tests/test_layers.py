@@ -18,7 +18,7 @@ from xai_feedback.attribution import attribute, cam_maps, explain
 from xai_feedback.functional import grad_cam_pp
 from xai_feedback.hooks import CAMHook
 from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.methods import get_method, method_names
 from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective
@@ -131,7 +131,7 @@ def test_structures_resolve_like_their_torchvision_families() -> None:
     assert find_feature_layer(DenseNetLike()) == "features"
     assert find_feature_layer(vgg_like()) == "0"
     assert find_feature_layer(GAPNet(width=4)) == "features"  # its cam_layer
-    wrapped = nn.Sequential(nn.Identity(), ResNetLike())  # e.g. Sequential(normalise, net)
+    wrapped = nn.Sequential(nn.Identity(), ResNetLike())  # e.g. Sequential(normalize, net)
     assert find_feature_layer(wrapped) == "1.layer2"
     assert find_head(ResNetLike()).name == "fc"
     with pytest.raises(LayerError, match=r"cannot tell which layer.*Candidates: \['0'\]"):
@@ -336,4 +336,4 @@ def test_one_registry_one_definition_on_every_path() -> None:
     with pytest.raises(RangeError, match=r"`method` must be one of \['cam', 'grad_cam'"):
         get_method("saliency", "cam")
     with pytest.raises(RangeError, match="`method` must be one of"):
-        cam_penalty_objective(CentrePenalty(), 1.0, method="saliency")
+        cam_penalty_objective(CenterPenalty(), 1.0, method="saliency")

@@ -4,9 +4,9 @@ import torch
 from tests.conftest import gradcheck64
 from xai_feedback import MissingInputError, RangeError, ShapeError
 from xai_feedback.data import confounded_digits
-from xai_feedback.functional import centre_penalty, centre_weight, mask_penalty
+from xai_feedback.functional import center_penalty, center_weight, mask_penalty
 from xai_feedback.losses import (
-    CentrePenalty,
+    CenterPenalty,
     ConstantSchedule,
     MaskPenalty,
     PhaseSchedule,
@@ -18,43 +18,43 @@ from xai_feedback.objectives import cam_penalty_objective, rrr_objective
 from xai_feedback.training import Batch, fit
 
 
-def test_centre_penalty_module_variants_match_functional(
+def test_center_penalty_module_variants_match_functional(
     dtype: torch.dtype, device: torch.device
 ) -> None:
     maps = torch.randn(4, 10, 7, 7, dtype=dtype, device=device)
     target = torch.tensor([0, 3, 9, 3], device=device)
-    w = centre_weight(7, 7, 0.5, dtype=dtype, device=device)
-    out = CentrePenalty(0.5)(maps)
+    w = center_weight(7, 7, 0.5, dtype=dtype, device=device)
+    out = CenterPenalty(0.5)(maps)
     assert out.dtype == dtype and out.device.type == device.type
-    assert torch.allclose(out, centre_penalty(maps, w))
-    tgt = CentrePenalty(0.5, classes="target", signed=False)(maps, target)
-    assert torch.allclose(tgt, centre_penalty(torch.relu(maps[torch.arange(4), target]), w))
+    assert torch.allclose(out, center_penalty(maps, w))
+    tgt = CenterPenalty(0.5, classes="target", signed=False)(maps, target=target)
+    assert torch.allclose(tgt, center_penalty(torch.relu(maps[torch.arange(4), target]), w))
     # ReLU hides negative evidence: an all-negative map costs nothing unsigned
     neg = -maps.abs()
-    assert float(CentrePenalty(signed=False)(neg)) == 0.0 and float(CentrePenalty()(neg)) > 0
-    flat = CentrePenalty(0.2, shape="flat", radius=0.5)(maps)
-    w_flat = centre_weight(7, 7, 0.2, shape="flat", radius=0.5, dtype=dtype, device=device)
-    assert torch.allclose(flat, centre_penalty(maps, w_flat))
+    assert float(CenterPenalty(signed=False)(neg)) == 0.0 and float(CenterPenalty()(neg)) > 0
+    flat = CenterPenalty(0.2, shape="flat", radius=0.5)(maps)
+    w_flat = center_weight(7, 7, 0.2, shape="flat", radius=0.5, dtype=dtype, device=device)
+    assert torch.allclose(flat, center_penalty(maps, w_flat))
 
 
 def test_mask_penalty_module() -> None:
     maps = torch.randn(2, 10, 7, 7)
     masks = torch.zeros(2, 28, 28, dtype=torch.bool)
     masks[:, :2] = True
-    assert torch.allclose(MaskPenalty()(maps, masks), mask_penalty(maps, masks))
-    assert float(MaskPenalty()(maps, torch.zeros_like(masks))) == 0.0
+    assert torch.allclose(MaskPenalty()(maps, masks=masks), mask_penalty(maps, masks))
+    assert float(MaskPenalty()(maps, masks=torch.zeros_like(masks))) == 0.0
 
 
 def test_module_penalties_gradcheck() -> None:
     target = torch.tensor([1, 0])
-    gradcheck64(lambda m: CentrePenalty(0.4)(m), [torch.randn(2, 3, 5, 5)])
+    gradcheck64(lambda m: CenterPenalty(0.4)(m), [torch.randn(2, 3, 5, 5)])
     gradcheck64(
-        lambda m: CentrePenalty(0.4, classes="target", normalize="max")(m, target),
+        lambda m: CenterPenalty(0.4, classes="target", normalize="max")(m, target=target),
         [torch.randn(2, 3, 5, 5)],
         second_order=False,
     )
     masks = torch.rand(2, 10, 10) > 0.5
-    gradcheck64(lambda m: MaskPenalty()(m, masks), [torch.randn(2, 3, 5, 5)])
+    gradcheck64(lambda m: MaskPenalty()(m, masks=masks), [torch.randn(2, 3, 5, 5)])
 
 
 def test_schedules() -> None:
@@ -86,7 +86,7 @@ def test_objective_uses_schedule_and_penalty() -> None:
     def batch(epoch: int) -> Batch:
         return Batch(data.images, data.labels, data.masks, epoch, 0, 3)
 
-    obj = cam_penalty_objective(CentrePenalty(0.5), PhaseSchedule([(1, 1.0, 0.0), (1, 1.0, 100.0)]))
+    obj = cam_penalty_objective(CenterPenalty(0.5), PhaseSchedule([(1, 1.0, 0.0), (1, 1.0, 100.0)]))
     off, logits = obj(model, batch(0))
     on, _ = obj(model, batch(1))
     ce = torch.nn.functional.cross_entropy(logits, data.labels)
@@ -94,7 +94,7 @@ def test_objective_uses_schedule_and_penalty() -> None:
     mask_obj = cam_penalty_objective(MaskPenalty(), 1.0)
     with pytest.raises(MissingInputError, match="needs `masks`"):
         mask_obj(model, Batch(data.images, data.labels, None, 0, 0, 1))
-    rrr, _ = rrr_objective(1.0)(model, batch(0))
+    rrr, _ = rrr_objective(None, 1.0)(model, batch(0))
     assert rrr.requires_grad and float(rrr) > float(ce)
 
 
@@ -121,20 +121,20 @@ def test_penalty_moves_evidence_out_of_the_frame() -> None:
 
 def test_clear_errors() -> None:
     with pytest.raises(RangeError, match="`sigma` must be > 0"):
-        CentrePenalty(sigma=0.0)
+        CenterPenalty(sigma=0.0)
     with pytest.raises(RangeError, match="`classes` must be one of"):
-        CentrePenalty(classes="some")
+        CenterPenalty(classes="some")
     with pytest.raises(ShapeError, match=r"`maps` must have shape \(B, h, w\) or \(B, K, h, w\)"):
-        CentrePenalty()(torch.rand(7, 7))
+        CenterPenalty()(torch.rand(7, 7))
     with pytest.raises(MissingInputError, match="`target` is required"):
-        CentrePenalty(classes="target")(torch.rand(2, 10, 7, 7))
+        CenterPenalty(classes="target")(torch.rand(2, 10, 7, 7))
     with pytest.raises(ShapeError, match="`target`"):
-        CentrePenalty(classes="target")(torch.rand(2, 10, 7, 7), torch.tensor([1]))
+        CenterPenalty(classes="target")(torch.rand(2, 10, 7, 7), target=torch.tensor([1]))
     bad = torch.rand(2, 10, 7, 7)
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(RangeError, match="`maps` must be finite, got 1 NaN"):
-        CentrePenalty()(bad)
+        CenterPenalty()(bad)
     with pytest.raises(RangeError, match="`maps` must be finite"):
-        MaskPenalty()(bad, torch.zeros(2, 28, 28))
+        MaskPenalty()(bad, masks=torch.zeros(2, 28, 28))
     with pytest.raises(ValueError, match="require grad"):
         RRRPenalty()(torch.rand(1, 10), torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4))

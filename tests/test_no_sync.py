@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from xai_feedback import _checks
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty, MaskPenalty
+from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import GAPNet
 
 
@@ -26,9 +26,9 @@ def _step(model: GAPNet, x: torch.Tensor, y: torch.Tensor, method: str, masks: t
         target_maps = hook.cam(logits, y, method=method, relu=False)
     loss = (
         F.cross_entropy(logits, y)
-        + CentrePenalty()(maps)
-        + CentrePenalty(classes="target")(maps, y)
-        + MaskPenalty()(target_maps, masks)
+        + CenterPenalty()(maps)
+        + CenterPenalty(classes="target")(maps, target=y)
+        + MaskPenalty()(target_maps, masks=masks)
     )
     loss.backward()
     return loss
@@ -67,9 +67,9 @@ def test_cam_penalty_step_has_no_python_level_sync(
 def test_device_side_checks_still_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_checks, "on_accelerator", lambda x: True)
     with pytest.raises(RuntimeError, match=r"`maps` must be finite"):
-        CentrePenalty()(torch.full((1, 2, 5, 5), float("nan")))
+        CenterPenalty()(torch.full((1, 2, 5, 5), float("nan")))
     with pytest.raises(RuntimeError, match=r"`target` must hold classes in \[0, 2\)"):
-        CentrePenalty(classes="target")(torch.zeros(2, 2, 5, 5), torch.tensor([0, -1]))
+        CenterPenalty(classes="target")(torch.zeros(2, 2, 5, 5), target=torch.tensor([0, -1]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -93,7 +93,7 @@ def test_rrr_objective_is_ce_plus_lambda_penalty() -> None:
     images = torch.from_numpy(x).reshape(4, 1, 2, 3)
     masks = torch.from_numpy(mask).reshape(4, 2, 3)
     labels = torch.tensor([0, 2, 1, 1])
-    loss, _ = rrr_objective(7.0)(model, Batch(images, labels, masks, 0, 0, 1))
+    loss, _ = rrr_objective(None, 7.0)(model, Batch(images, labels, masks, 0, 0, 1))
     logits = model(images)
     ce = torch.nn.functional.cross_entropy(logits, labels)
     expected = float(ce) + 7.0 * _ross_by_hand(u, a, v, c, x, mask)
@@ -134,9 +134,9 @@ def test_mask_penalty_dilation_by_hand() -> None:
     maps[0, 0, 1, 1] = 2.0  # evidence next to a masked corner pixel
     masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     masks[0, 0, 0] = True
-    assert float(MaskPenalty()(maps, masks)) == 0.0
+    assert float(MaskPenalty()(maps, masks=masks)) == 0.0
     # dilation 1 covers cell (1, 1): (1 * 2)^2 / 16 cells
-    assert float(MaskPenalty(dilation=1)(maps, masks)) == pytest.approx(4 / 16)
+    assert float(MaskPenalty(dilation=1)(maps, masks=masks)) == pytest.approx(4 / 16)
     assert float(mask_penalty(maps, dilate_masks(masks, 1))) == pytest.approx(4 / 16)
     with pytest.raises(RangeError, match="dilation"):
         MaskPenalty(dilation=-1)
@@ -152,7 +152,7 @@ def test_rrr_counterexample_objective_evaluates_ross_formula_at_the_probes() -> 
     masks = torch.from_numpy(mask).reshape(4, 2, 3) > 0.5
     labels = torch.tensor([1, 0, 2, 2])
     probe = Counterexamples(copies=2, generator=torch.Generator().manual_seed(9))
-    loss, logits = rrr_counterexample_objective(3.0, probe)(
+    loss, logits = rrr_counterexample_objective(None, 3.0, probe=probe)(
         model, Batch(images, labels, masks, 0, 0, 1)
     )
     probes = counterexamples(
@@ -174,7 +174,7 @@ def test_receptive_field_cover_by_hand() -> None:
     m = torch.zeros(1, 5, 5)
     m[0, :, 0] = 1.0  # left column
     r = receptive_field_cover(m, 3)
-    # a 3x3 window centred on column j holds 3 masked pixels if j <= 1 (of 9), except at the
+    # a 3x3 window centered on column j holds 3 masked pixels if j <= 1 (of 9), except at the
     # top and bottom rows where the window sticks out of the image (2 of 9)
     expected = torch.zeros(5, 5)
     expected[:, :2] = 3 / 9
@@ -188,7 +188,7 @@ def test_receptive_field_cover_by_hand() -> None:
     # MaskPenalty(field=) weights cells by the cover
     maps = torch.ones(1, 5, 5)
     expected_penalty = float((expected**2).mean())
-    assert float(MaskPenalty(field=3)(maps, m > 0)) == pytest.approx(expected_penalty)
+    assert float(MaskPenalty(field=3)(maps, masks=m > 0)) == pytest.approx(expected_penalty)
 
 
 def _jacobian_by_hand(u, a, v, c, x, mask, signs):  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Validation at the public boundary (issue 14, item 6): each case failed before it was checked.
 
 Each test names the input class, the error it now gets, and checks that the message names the
-argument; where the old behaviour was a wrong answer, the right answer is checked too.
+argument; where the old behavior was a wrong answer, the right answer is checked too.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from xai_feedback.functional import (
     threshold_mask,
     topk_mask,
 )
-from xai_feedback.losses import CentrePenalty, MaskPenalty
+from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.pcace import capture
 from xai_feedback.proxy import mine_hard_examples, proxy_images
@@ -224,10 +224,10 @@ def test_negative_or_large_targets_are_refused() -> None:
         cam_from_head(acts, weight, torch.tensor([0.0, 1.0]))
     maps = torch.rand(2, 3, 4, 4)
     with pytest.raises(RangeError, match=r"`target` must hold classes in \[0, 3\)"):
-        CentrePenalty(classes="target")(maps, torch.tensor([-1, 0]))
+        CenterPenalty(classes="target")(maps, target=torch.tensor([-1, 0]))
     with pytest.raises(RangeError, match="`target`"):
         MaskPenalty(classes="target")(
-            maps, torch.ones(2, 4, 4, dtype=torch.bool), torch.tensor([0, 3])
+            maps, masks=torch.ones(2, 4, 4, dtype=torch.bool), target=torch.tensor([0, 3])
         )
 
 

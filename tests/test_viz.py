@@ -1,4 +1,4 @@
-"""Figures: plot_maps (grid, shared row normalisation, any device) and plot_curves."""
+"""Figures: plot_maps (grid, shared row normalization, any device) and plot_curves."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def test_plot_maps_grid_rows_share_one_scale(device: torch.device) -> None:
     positive = torch.rand(3, 7, 7, generator=g).to(device) * 5
     fig = plot_maps(images, {"signed": signed, "positive": positive}, titles=["a", "b", "c"])
     panels = _image_axes(fig)
-    assert len(panels) == 2 * 3 and len(fig.axes) == 2 * 3 + 2  # + one colour bar per row
+    assert len(panels) == 2 * 3 and len(fig.axes) == 2 * 3 + 2  # + one color bar per row
     m_signed = float(signed.abs().max())
     m_positive = float(positive.max())
-    for ax in panels[:3]:  # one normalisation for the whole row: symmetric for signed maps
+    for ax in panels[:3]:  # one normalization for the whole row: symmetric for signed maps
         assert ax.images[1].get_clim() == pytest.approx((-m_signed, m_signed))
         assert ax.images[1].get_array().shape == (28, 28)  # upsampled to the image size
     for ax in panels[3:]:  # [0, max] for non-negative maps

@@ -154,7 +154,7 @@ def load_benchmark(name: str, folder: str | Path | None = None) -> ModuleType:
 def _demo(args: argparse.Namespace) -> int:
     from xai_feedback.demo import ConfoundSetup, demo
 
-    setup = ConfoundSetup(kind=args.kind, size=args.size, epochs=args.epochs, width=args.width)
+    setup = ConfoundSetup(family=args.family, size=args.size, epochs=args.epochs, width=args.width)
     demo(
         setup,
         seed=args.seed,
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="show a CNN learning a shortcut on confounded digits")
-    demo.add_argument("--kind", default="frame", choices=["frame", "swatch", "cdep"])
+    demo.add_argument("--family", default="frame", choices=["frame", "swatch", "cdep"])
     demo.add_argument("--size", type=int, default=None, help="frame width / swatch side")
     demo.add_argument("--epochs", type=int, default=12)
     demo.add_argument("--width", type=int, default=16)

@@ -1,7 +1,7 @@
-r"""Counterexample augmentation (Teso & Kersting 2019): randomise what the user marked irrelevant.
+r"""Counterexample augmentation (Teso & Kersting 2019): randomize what the user marked irrelevant.
 
 "Explanatory interactive learning" (CAIPI) answers a user's "this region is not a reason" with
-*counterexamples*: copies of the training image whose annotated region is randomised while the
+*counterexamples*: copies of the training image whose annotated region is randomized while the
 label is kept. A shortcut in that region then stops predicting the label, so the model has no
 reason to learn it: the data say what a penalty can only ask for.
 
@@ -10,7 +10,7 @@ random fill :math:`r`, a counterexample is
 
 .. math:: \tilde x = (1 - M) \odot x + M \odot r ,
 
-with ``r`` one uniform value per image and channel (``fill="constant"``: a random colour, the
+with ``r`` one uniform value per image and channel (``fill="constant"``: a random color, the
 kind of value a decoy patch or a frame carries) or one uniform value per pixel
 (``fill="noise"``), both in ``[low, high]``, or the same region of another image of the batch
 (``fill="swap"``: the shortcut as the data draw it, at another image's level; the choice for
@@ -63,7 +63,7 @@ def counterexamples(
 
     Args:
         images: ``(B, C, H, W)`` float images.
-        masks: ``(B, H, W)`` annotation masks, boolean or float in [0, 1] (1: randomise;
+        masks: ``(B, H, W)`` annotation masks, boolean or float in [0, 1] (1: randomize;
             fractional values blend).
         copies: Counterexamples per image (>= 1).
         fill: ``"constant"``, ``"noise"`` or ``"swap"`` (:data:`COUNTEREXAMPLE_FILLS`).
@@ -206,7 +206,7 @@ def region_range(images: torch.Tensor, masks: torch.Tensor) -> tuple[float, floa
     """The smallest and largest pixel value inside the annotated regions of a data set.
 
     Counterexamples should stay images the model could meet: a fill drawn from the range the
-    shortcut takes in the training data (``Counterexamples(low=lo, high=hi)``) randomises
+    shortcut takes in the training data (``Counterexamples(low=lo, high=hi)``) randomizes
     the shortcut without painting regions brighter or darker than the data ever are (a faint
     background level filled with white hides the digit). Call it once on the training set.
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
-from xai_feedback.data.digits import Kind
+from xai_feedback.data.digits import DigitFamily
 from xai_feedback.functional.kernels import DEFAULT_SIGMA
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
 from xai_feedback.objectives import cam_penalty_objective
 from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 CAM_SIGMA = DEFAULT_SIGMA
-"""``sigma`` of the Gaussian centre penalty (:class:`~xai_feedback.losses.CentrePenalty`)."""
+"""``sigma`` of the Gaussian center penalty (:class:`~xai_feedback.losses.CenterPenalty`)."""
 CAM_LAMBDA = 10.0
 """Weight of the CAM penalty. Both chosen by ``xai-feedback bench decoy --select`` on a
 validation split carved from the training images, never on the test sets."""
@@ -45,7 +45,7 @@ validation split carved from the training images, never on the test sets."""
 class ConfoundSetup:
     """Which confound, and how the reference CNN is trained on it."""
 
-    kind: Kind = "frame"
+    family: DigitFamily = "frame"
     size: int | None = None
     epochs: int = 12
     width: int = 16
@@ -54,11 +54,11 @@ class ConfoundSetup:
     lr: float = 3e-3
 
     def datasets(self, seed: int = 0, oracle: bool = False) -> dict[str, ImageDataset]:
-        """Training set (tied grey, or random grey for the oracle), clean and confound tests."""
+        """Training set (tied gray, or random gray for the oracle), clean and confound tests."""
         return {
             "train": confounded_digits(
                 "train",
-                self.kind,
+                self.family,
                 size=self.size,
                 seed=seed,
                 rule="random" if oracle else "tied",
@@ -66,7 +66,7 @@ class ConfoundSetup:
             "clean_test": load_digits("test"),
             "confound_test": confounded_digits(
                 "test",
-                self.kind,
+                self.family,
                 size=self.size,
                 seed=seed,
             ),
@@ -98,7 +98,7 @@ class ConfoundRun:
 
     @property
     def confound_accuracy(self) -> float:
-        """Accuracy on the confound's test set (grey no longer tied to the label)."""
+        """Accuracy on the confound's test set (gray no longer tied to the label)."""
         return self.accuracies["confound_test"]
 
     def to_dict(self) -> dict[str, object]:
@@ -125,7 +125,7 @@ def run_confounded(
         method: A label for the result.
         objective: The training objective (cross-entropy by default).
         seed: Seed of the weights, the shuffling and the confound's random draws.
-        oracle: Train with the confound's grey randomised (no shortcut to learn).
+        oracle: Train with the confound's gray randomized (no shortcut to learn).
         progress: Show a progress bar while training.
         device: Where to train.
         train_data: Train on this instead of ``setup``'s training set (e.g. a split of it).
@@ -135,7 +135,7 @@ def run_confounded(
         The :class:`ConfoundRun` and the trained model.
 
     Example:
-        >>> run, model = run_confounded(ConfoundSetup(kind="swatch", size=4, epochs=1, width=4))
+        >>> run, model = run_confounded(ConfoundSetup(family="swatch", size=4, epochs=1, width=4))
         >>> sorted(run.accuracies)
         ['clean_test', 'confound_test']
         >>> 0.0 <= run.confound_accuracy <= 1.0
@@ -223,7 +223,7 @@ def demo(
     if threads:
         torch.set_num_threads(threads)
     print(
-        f"Confounded digits: a {setup.kind} confound whose grey gives the label away in training"
+        f"Confounded digits: a {setup.family} confound whose gray gives the label away in training"
         f" (255 - 25*y) and is random at test.\nTraining the reference GAP CNN"
         f" (width {setup.width}, {setup.epochs} epochs, seed {seed}) twice: with plain"
         f" cross-entropy, and with the Gaussian CAM penalty\n(signed CAMs of all classes,"
@@ -233,7 +233,7 @@ def demo(
     run, model = run_confounded(setup, method="vanilla", seed=seed, progress=True)
     runs, models = [run], {"vanilla": model}
     if not vanilla_only:
-        objective = cam_penalty_objective(CentrePenalty(CAM_SIGMA), CAM_LAMBDA)
+        objective = cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA)
         run, model = run_confounded(
             setup, method="CAM penalty", objective=objective, seed=seed, progress=True
         )
@@ -242,7 +242,7 @@ def demo(
     rows = [
         ("train accuracy (confound tied to label)", [r.train_accuracy for r in runs]),
         ("clean test accuracy (no confound)", [r.clean_accuracy for r in runs]),
-        ("confound-test accuracy (random grey)", [r.confound_accuracy for r in runs]),
+        ("confound-test accuracy (random gray)", [r.confound_accuracy for r in runs]),
         ("seconds per epoch", [r.seconds_per_epoch for r in runs]),
     ]
     width = max(len(name) for name, _ in rows)

@@ -377,7 +377,7 @@ class CAMHook(ActivationHook):
             all_classes: Return the maps of every class, ``(B, K, h, w)``.
             relu: Keep only positive evidence. Default: ``False`` for ``"cam"`` (exact,
                 signed evidence) and ``True`` for the gradient methods (their definitions).
-            normalize: Per-map normalisation (:func:`~xai_feedback.functional.normalize_maps`).
+            normalize: Per-map normalization (:func:`~xai_feedback.functional.normalize_maps`).
             size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly.
             create_graph: Keep the gradient in the graph (needed to train through the maps).
             scale: ``"cam"`` (Grad-CAM and HiResCAM times ``h w``, Grad-CAM++ times 2: on the

@@ -119,7 +119,7 @@ def _search(module: nn.Module, prefix: str) -> str | None:
                 return prefix + name
         return None
     # No head at this level: descend into the single child that holds the convolutions and
-    # the last Linear (a model wrapped in a container, e.g. Sequential(normalise, resnet)).
+    # the last Linear (a model wrapped in a container, e.g. Sequential(normalize, resnet)).
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linears:
         return None

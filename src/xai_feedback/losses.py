@@ -1,10 +1,10 @@
 r"""Explanation penalties (``nn.Module`` wrappers of the functional kernels) and schedules.
 
-Which Gaussian centre penalty works
+Which Gaussian center penalty works
 -----------------------------------
-The seed ("lint") penalised the ReLU'd CAM of the target class. A network can then move a
+The seed ("lint") penalized the ReLU'd CAM of the target class. A network can then move a
 confound's evidence into *negative* evidence for the other classes, which the ReLU hides,
-so :class:`CentrePenalty` defaults to the **signed CAMs of all classes** (``classes="all",
+so :class:`CenterPenalty` defaults to the **signed CAMs of all classes** (``classes="all",
 signed=True``). The benchmark ``xai-feedback bench decoy`` measures every variant.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -27,9 +28,9 @@ from xai_feedback._checks import (
 )
 from xai_feedback.errors import MissingInputError, RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
-from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, centre_weight
+from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, center_weight
 from xai_feedback.functional.penalties import (
-    centre_penalty,
+    center_penalty,
     dilate_masks,
     input_gradient_penalty,
     mask_penalty,
@@ -39,14 +40,88 @@ from xai_feedback.functional.penalties import (
 )
 
 __all__ = [
-    "CentrePenalty",
+    "PENALTIES",
+    "CenterPenalty",
     "ConstantSchedule",
     "LossSchedule",
+    "MapPenalty",
     "MaskPenalty",
     "PhaseSchedule",
     "RRRPenalty",
     "RampSchedule",
+    "get_penalty",
+    "penalty_names",
+    "register_penalty",
 ]
+
+
+class MapPenalty(nn.Module):
+    """A penalty on explanation maps; every registered penalty is called the same way.
+
+    ``penalty(maps, target=None, masks=None)``: ``maps`` ``(B, K, h, w)`` (all classes) or
+    ``(B, h, w)``; ``target`` ``(B,)`` the class indices (needed with ``classes="target"`` and
+    all-class maps); ``masks`` ``(B, H, W)`` the annotations (needed by penalties that use
+    them, ignored by the others). Subclasses set :attr:`name` and :attr:`classes` and are
+    added to :data:`PENALTIES` by :func:`register_penalty`.
+    """
+
+    name: ClassVar[str]
+    classes: str
+    """``"all"``: the maps of every class are penalized; ``"target"``: the target's only."""
+
+    def forward(
+        self,
+        maps: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the penalty (a scalar in the autograd graph of ``maps``)."""
+        raise NotImplementedError
+
+
+PENALTIES: dict[str, type[MapPenalty]] = {}
+"""The registry of map penalties: name -> class (see :func:`get_penalty`)."""
+
+_P = TypeVar("_P", bound=type[MapPenalty])
+
+
+def register_penalty(cls: _P) -> _P:
+    """Class decorator: add a :class:`MapPenalty` subclass to :data:`PENALTIES`.
+
+    Raises:
+        RangeError: The name is taken.
+    """
+    if cls.name in PENALTIES:
+        raise RangeError(f"a penalty named {cls.name!r} is already registered.")
+    PENALTIES[cls.name] = cls
+    return cls
+
+
+def penalty_names() -> tuple[str, ...]:
+    """Registered penalty names, in registration order.
+
+    Example:
+        >>> penalty_names()
+        ('center', 'mask')
+    """
+    return tuple(PENALTIES)
+
+
+def get_penalty(name: str, **options: Any) -> MapPenalty:
+    """A new penalty of the registered class ``name``, built with ``options``.
+
+    Raises:
+        RangeError: No such penalty (the message lists the choices).
+
+    Example:
+        >>> get_penalty("center", sigma=0.5)
+        CenterPenalty(sigma=0.5, classes='all', signed=True, normalize='none', shape='gaussian')
+    """
+    cls = PENALTIES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise RangeError(f"`penalty` must be one of {list(PENALTIES)}, got {name!r}.")
+    return cls(**options)
 
 
 def _prepare_maps(
@@ -67,23 +142,24 @@ def _prepare_maps(
     return normalize_maps(maps, normalize)
 
 
-class CentrePenalty(nn.Module):
-    r"""Gaussian centre penalty ("lint"): evidence away from the image centre costs.
+@register_penalty
+class CenterPenalty(MapPenalty):
+    r"""Gaussian center penalty ("lint"): evidence away from the image center costs.
 
     .. math:: P = \operatorname{mean}_{b,k,i,j}\big(\omega_{ij}\, \tilde m_{bkij}\big)^2,
               \qquad \omega_{ij} = 1 - e^{-(x_j^2 + y_i^2)/(2\sigma^2)}
 
     on coordinates in [-1, 1], where ``m~`` are the maps after class selection, sign and
-    normalisation. Add ``lambda * P`` to the cross-entropy.
+    normalization. Add ``lambda * P`` to the cross-entropy.
 
     Args:
         sigma: Width of the Gaussian (> 0) on [-1, 1] coordinates; default
             :data:`~xai_feedback.functional.kernels.DEFAULT_SIGMA` (0.7).
-        classes: ``"all"`` (penalise the maps of every class, default) or ``"target"``.
-        signed: Penalise signed evidence (default) rather than its ReLU.
-        normalize: Per-map normalisation before weighting (``"none"`` by default; "energy"
-            normalisation was measured to make training collapse).
-        shape: Kernel shape, ``"gaussian"`` or ``"flat"`` (see :func:`centre_weight`).
+        classes: ``"all"`` (penalize the maps of every class, default) or ``"target"``.
+        signed: Penalize signed evidence (default) rather than its ReLU.
+        normalize: Per-map normalization before weighting (``"none"`` by default; "energy"
+            normalization was measured to make training collapse).
+        shape: Kernel shape, ``"gaussian"`` or ``"flat"`` (see :func:`center_weight`).
         radius: Zero region of the flat kernel.
 
     Shape:
@@ -92,11 +168,13 @@ class CentrePenalty(nn.Module):
         - output: scalar
 
     Example:
-        >>> penalty = CentrePenalty()  # sigma 0.7
+        >>> penalty = CenterPenalty()  # sigma 0.7
         >>> maps = torch.zeros(2, 10, 7, 7, requires_grad=True)
         >>> float(penalty(maps))
         0.0
     """
+
+    name = "center"
 
     def __init__(
         self,
@@ -120,15 +198,21 @@ class CentrePenalty(nn.Module):
         self, h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """The ``(h, w)`` spatial weight for maps of that size."""
-        return centre_weight(
+        return center_weight(
             h, w, self.sigma, shape=self.shape, radius=self.radius, device=device, dtype=dtype
         )
 
-    def forward(self, maps: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Return the penalty of ``maps`` (see the class docstring)."""
+    def forward(
+        self,
+        maps: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the penalty of ``maps`` (see the class docstring); ``masks`` is unused."""
         maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
         weight = self.weight(int(maps.shape[-2]), int(maps.shape[-1]), maps.device, maps.dtype)
-        return centre_penalty(maps, weight)
+        return center_penalty(maps, weight)
 
     def extra_repr(self) -> str:
         """Hyper-parameters shown by ``repr``."""
@@ -138,7 +222,8 @@ class CentrePenalty(nn.Module):
         )
 
 
-class MaskPenalty(nn.Module):
+@register_penalty
+class MaskPenalty(MapPenalty):
     r"""Annotation-mask penalty: squared evidence inside user masks (RRR-G style).
 
     .. math:: P = \operatorname{mean}_{b,k,i,j}\big(M_{bij}\, \tilde m_{bkij}\big)^2
@@ -148,8 +233,8 @@ class MaskPenalty(nn.Module):
 
     Args:
         classes: ``"all"`` (default) or ``"target"``.
-        signed: Penalise signed evidence (default) rather than its ReLU.
-        normalize: Per-map normalisation before masking.
+        signed: Penalize signed evidence (default) rather than its ReLU.
+        normalize: Per-map normalization before masking.
 
     Shape:
         - maps: :math:`(B, K, h, w)` or :math:`(B, h, w)`; masks: :math:`(B, H, W)`
@@ -157,9 +242,11 @@ class MaskPenalty(nn.Module):
     Example:
         >>> maps = torch.ones(1, 2, 2); masks = torch.zeros(1, 4, 4, dtype=torch.bool)
         >>> masks[0, :2, :2] = True
-        >>> float(MaskPenalty()(maps, masks))
+        >>> float(MaskPenalty()(maps, masks=masks))
         0.25
     """
+
+    name = "mask"
 
     def __init__(
         self,
@@ -178,9 +265,22 @@ class MaskPenalty(nn.Module):
         self.field = check_int(field, "field", minimum=1)
 
     def forward(
-        self, maps: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
+        self,
+        maps: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the penalty of ``maps`` inside ``masks``."""
+        """Return the penalty of ``maps`` inside ``masks``.
+
+        Raises:
+            MissingInputError: ``masks`` is None.
+        """
+        if masks is None:
+            raise MissingInputError(
+                "a MaskPenalty needs `masks` (B, H, W), the annotations (in a training "
+                "objective: masks in the training data), got None."
+            )
         maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
         if self.dilation:
             masks = dilate_masks(masks, self.dilation)

@@ -16,14 +16,14 @@ from torch import nn
 from xai_feedback._checks import check_shape
 from xai_feedback._modes import restore_flags
 from xai_feedback.counterexamples import Counterexamples, counterexamples
-from xai_feedback.errors import MissingInputError, ShapeError
+from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
-    CentrePenalty,
     ConstantSchedule,
     LossSchedule,
-    MaskPenalty,
+    MapPenalty,
     RRRPenalty,
+    get_penalty,
 )
 from xai_feedback.methods import get_method
 from xai_feedback.training import Batch, Objective
@@ -39,11 +39,27 @@ __all__ = [
 
 def _as_schedule(schedule: LossSchedule | float) -> LossSchedule:
     """A loss schedule, or a constant penalty weight as one."""
+    if isinstance(schedule, bool) or not isinstance(schedule, int | float | LossSchedule):
+        raise DTypeError(
+            f"`schedule` must be a LossSchedule or a number (the penalty weight), "
+            f"got {type(schedule).__name__}."
+        )
     return ConstantSchedule(float(schedule)) if isinstance(schedule, int | float) else schedule
 
 
+def _check_penalty(penalty: object, kind: type, optional: bool = True) -> None:
+    """The objectives take ``(penalty, schedule)``: a number first is a misplaced weight."""
+    if (penalty is None and optional) or isinstance(penalty, kind):
+        return
+    raise DTypeError(
+        f"`penalty` must be a {kind.__name__}{' or None' if optional else ''}, got "
+        f"{type(penalty).__name__} (the objectives take (penalty, schedule): pass the weight "
+        "second)."
+    )
+
+
 def cam_penalty_objective(
-    penalty: CentrePenalty | MaskPenalty,
+    penalty: MapPenalty | str,
     schedule: LossSchedule | float = 1.0,
     *,
     method: str = "cam",
@@ -52,25 +68,31 @@ def cam_penalty_objective(
     """Cross-entropy plus a penalty on the model's class activation maps.
 
     Args:
-        penalty: A :class:`~xai_feedback.losses.CentrePenalty` (no annotations) or a
-            :class:`~xai_feedback.losses.MaskPenalty` (uses ``batch.masks``).
+        penalty: A map penalty (:class:`~xai_feedback.losses.MapPenalty`), or the name of a
+            registered one built with its defaults (:func:`~xai_feedback.losses.get_penalty`):
+            :class:`~xai_feedback.losses.CenterPenalty` (``"center"``, no annotations) or
+            :class:`~xai_feedback.losses.MaskPenalty` (``"mask"``, uses ``batch.masks``).
         schedule: A loss schedule, or a constant penalty weight.
         method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`), on the CAM scale
             (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
             penalty as ``"cam"``, so one penalty weight serves all). The maps are signed; the
-            penalty's ``signed`` flag decides whether only positive evidence is penalised.
-        layer: Layer whose maps are penalised (default: the feature map feeding the global
+            penalty's ``signed`` flag decides whether only positive evidence is penalized.
+        layer: Layer whose maps are penalized (default: the feature map feeding the global
             pooling, :func:`xai_feedback.layers.resolve_layer`).
 
     Example:
         >>> from xai_feedback.data import confounded_digits
         >>> from xai_feedback.models import GAPNet
         >>> from xai_feedback.training import fit
+        >>> from xai_feedback.losses import CenterPenalty
         >>> data = confounded_digits("train").subset(torch.arange(64))
-        >>> objective = cam_penalty_objective(CentrePenalty(), 1.0)
+        >>> objective = cam_penalty_objective(CenterPenalty(), 1.0)
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
     get_method(method, "cam")
+    if isinstance(penalty, str):
+        penalty = get_penalty(penalty)
+    _check_penalty(penalty, MapPenalty, optional=False)
     sched = _as_schedule(schedule)
     all_classes = penalty.classes == "all"
 
@@ -85,23 +107,29 @@ def cam_penalty_objective(
             maps = hook.cam(
                 logits, batch.labels, method=method, all_classes=all_classes, relu=False
             )
-        if isinstance(penalty, MaskPenalty):
-            if batch.masks is None:
-                raise MissingInputError(
-                    "a MaskPenalty needs `masks` in the training data, got None."
-                )
-            value = penalty(maps, batch.masks, batch.labels)
-        else:
-            value = penalty(maps, batch.labels)
+        value = penalty(maps, target=batch.labels, masks=batch.masks)
         return ce_w * ce + pen_w * value, logits
 
     return objective
 
 
 def rrr_objective(
-    schedule: LossSchedule | float = 1.0, penalty: RRRPenalty | None = None
+    penalty: RRRPenalty | None = None, schedule: LossSchedule | float = 1.0
 ) -> Objective:
-    """Cross-entropy plus the RRR input-gradient penalty on ``batch.masks`` (Ross et al. 2017)."""
+    """Cross-entropy plus the RRR input-gradient penalty on ``batch.masks`` (Ross et al. 2017).
+
+    Args:
+        penalty: The input-gradient penalty (default :class:`~xai_feedback.losses.RRRPenalty`).
+        schedule: A loss schedule, or a constant penalty weight.
+
+    Example:
+        >>> from xai_feedback.data import confounded_digits
+        >>> from xai_feedback.models import GAPNet
+        >>> from xai_feedback.training import fit
+        >>> data = confounded_digits("train").subset(torch.arange(32))
+        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=rrr_objective(RRRPenalty(), 10.0))
+    """
+    _check_penalty(penalty, RRRPenalty)
     sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
 
@@ -127,13 +155,13 @@ def counterexample_objective(
     """Cross-entropy on each batch plus its counterexamples (Teso & Kersting 2019).
 
     Every step appends :class:`~xai_feedback.counterexamples.Counterexamples` of the batch
-    (annotated region randomised, label kept) and takes the cross-entropy over all of them;
+    (annotated region randomized, label kept) and takes the cross-entropy over all of them;
     the logits returned (for training accuracy) are those of the original images.
 
     With ``region`` (one ``(H, W)`` mask for every image) no annotations are needed: the
-    region is randomised instead of the batch's masks. With
+    region is randomized instead of the batch's masks. With
     :func:`~xai_feedback.functional.periphery_mask` it is the annotation-free, data-side twin
-    of the centre penalty: the periphery, where the prior says no evidence is, stops
+    of the center penalty: the periphery, where the prior says no evidence is, stops
     predicting the label (``xai-feedback bench confounds``, arm ``periphery``).
 
     Args:
@@ -195,10 +223,10 @@ def counterexample_objective(
 
 
 def rrr_counterexample_objective(
-    schedule: LossSchedule | float = 1.0,
-    probe: Counterexamples | None = None,
     penalty: RRRPenalty | None = None,
+    schedule: LossSchedule | float = 1.0,
     *,
+    probe: Counterexamples | None = None,
     batch_statistics: bool = False,
 ) -> Objective:
     r"""Cross-entropy plus RRR evaluated at counterexamples ("RRR-CE").
@@ -207,7 +235,7 @@ def rrr_counterexample_objective(
               \sum_k \log p_k(\tilde x)\Big\|^2, \qquad \tilde x = (1 - M) x + M u
 
     Plain RRR (:func:`rrr_objective`) looks at the input gradient *at the training images*
-    only. When the shortcut takes a few discrete values (ten greys, one per class) a network
+    only. When the shortcut takes a few discrete values (ten grays, one per class) a network
     can answer with a staircase: flat, hence zero gradient, at each training value and steep in
     between, so the penalty vanishes while the shortcut decides the class (measured on the
     frame confound: ``xai-feedback bench confounds``). Evaluating the gradient at random
@@ -219,11 +247,11 @@ def rrr_counterexample_objective(
     own: this is a penalty, not augmentation; see :func:`counterexample_objective`).
 
     Args:
+        penalty: The input-gradient penalty (default :class:`~xai_feedback.losses.RRRPenalty`).
         schedule: A loss schedule, or a constant penalty weight.
         probe: Where to evaluate the gradient (a
             :class:`~xai_feedback.counterexamples.Counterexamples`; ``keep_original`` is
             ignored, only the counterexamples are used).
-        penalty: The input-gradient penalty (default :class:`~xai_feedback.losses.RRRPenalty`).
         batch_statistics: Let batch-norm layers use the probes' batch statistics in the
             penalty's forward pass. Default ``False``: they use their running statistics
             (see :func:`per_example_batchnorm`), so each probe's gradient is its own.
@@ -233,8 +261,10 @@ def rrr_counterexample_objective(
         >>> from xai_feedback.models import GAPNet
         >>> from xai_feedback.training import fit
         >>> data = confounded_digits("train").subset(torch.arange(64))
-        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=rrr_counterexample_objective(10.0))
+        >>> objective = rrr_counterexample_objective(None, 10.0)
+        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
+    _check_penalty(penalty, RRRPenalty)
     sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
     aug = probe if probe is not None else Counterexamples()

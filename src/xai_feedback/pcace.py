@@ -8,7 +8,7 @@ For one layer and one class :math:`c`, with :math:`N` images of that class:
    variance 1) and reduce them with PCA to :math:`k` components
    :math:`x \in \mathbb{R}^{N \times k}`;
 3. solve ACE for all channels at once (:func:`xai_feedback.functional.ace.ace`): transforms
-   :math:`\phi_j(x_j)` and :math:`\theta(y)` maximising the correlation;
+   :math:`\phi_j(x_j)` and :math:`\theta(y)` maximizing the correlation;
 4. score each channel by the maximal correlation
    :math:`\rho^* = \mathrm{corr}(\sum_j \phi_j(x_j), \theta(y))` and rank channels by it.
 
@@ -205,9 +205,9 @@ def channel_components(
             f"got {n_components}."
         )
     maps = activations.flatten(2).transpose(0, 1)  # (C, N, HW)
-    centred = maps - maps.mean(dim=1, keepdim=True)
-    std = centred.std(dim=1, correction=0, keepdim=True)
-    z = centred / torch.where(std > 0, std, torch.ones_like(std))
+    centered = maps - maps.mean(dim=1, keepdim=True)
+    std = centered.std(dim=1, correction=0, keepdim=True)
+    z = centered / torch.where(std > 0, std, torch.ones_like(std))
     # principal axes from the eigen-decomposition of the smaller Gram matrix (batched eigh
     # is several times faster than a batched SVD); scores are then projections z @ v
     if hw <= n:

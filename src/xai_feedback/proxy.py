@@ -63,9 +63,9 @@ def proxy_images(
     strength: float = 0.3,
     dataset_mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Proxy images: each map min-max normalised per image, resized, then used to edit.
+    r"""Proxy images: each map min-max normalized per image, resized, then used to edit.
 
-    With :math:`\hat m` the map normalised to [0, 1] per image and resized to the image:
+    With :math:`\hat m` the map normalized to [0, 1] per image and resized to the image:
 
     - ``mode="replace"``: pixels with :math:`\hat m > \tau` take the fill value (``"zero"``,
       the image's own ``"mean"`` / ``"max"`` / ``"min"`` per channel, or ``"dataset_mean"``),
@@ -115,7 +115,7 @@ def proxy_images(
     if dims["B"] == 0:
         return images.clone()
     check_finite(images, "images")
-    check_finite(maps, "maps")  # a NaN map normalises to NaN and silently selects nothing
+    check_finite(maps, "maps")  # a NaN map normalizes to NaN and silently selects nothing
     norm = normalize_maps(maps.to(images.dtype), "minmax")
     if (mdims["h"], mdims["w"]) != (dims["H"], dims["W"]):
         norm = resize_maps(norm, (dims["H"], dims["W"])).clamp(0.0, 1.0)

@@ -42,7 +42,7 @@ def plot_channel_ranking(
     """Activation maps of the best- and worst-ranked channels over a few images.
 
     One row per channel (``top`` best first, then ``bottom`` worst), one column per image:
-    the image in grey with the channel's activation map (upsampled, scaled per row) on top.
+    the image in gray with the channel's activation map (upsampled, scaled per row) on top.
 
     Args:
         result: A :class:`~xai_feedback.pcace.PCACEResult`.
@@ -80,7 +80,7 @@ def plot_channel_ranking(
     maps = torch.nn.functional.interpolate(
         activations[:n_images, channels].detach().float().cpu(), size=size, mode="bilinear"
     )
-    grey = images[:n_images].detach().float().cpu().mean(dim=1)
+    gray = images[:n_images].detach().float().cpu().mean(dim=1)
     fig, axes = plt.subplots(
         len(channels), n_images, figsize=(1.5 * n_images, 1.5 * len(channels)), squeeze=False
     )
@@ -89,7 +89,7 @@ def plot_channel_ranking(
         label = "top" if row < top else "bottom"
         for col in range(n_images):
             ax = axes[row][col]
-            ax.imshow(grey[col].numpy(), cmap="gray")
+            ax.imshow(gray[col].numpy(), cmap="gray")
             ax.imshow((maps[col, row] / scale).numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -103,8 +103,8 @@ def plot_channel_ranking(
     return figure
 
 
-def _grey_or_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images ``(N, C, H, W)`` as ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB in [0, 1], on CPU."""
+def _gray_or_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` as ``(N, H, W)`` gray or ``(N, H, W, 3)`` RGB in [0, 1], on CPU."""
     x = images.detach().float().cpu()
     x = x if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)
     low = x.amin(dim=(1, 2, 3), keepdim=True)
@@ -125,11 +125,11 @@ def plot_maps(
 ) -> Figure:
     r"""A grid of images with heat-map overlays: one row per method or class, a column per image.
 
-    Every map is upsampled (bilinearly) to the image size and drawn over the image in grey
-    (or RGB for 3-channel images). A row shares one normalisation, so its maps compare
-    directly: signed rows (any negative value) use a diverging colour map on
+    Every map is upsampled (bilinearly) to the image size and drawn over the image in gray
+    (or RGB for 3-channel images). A row shares one normalization, so its maps compare
+    directly: signed rows (any negative value) use a diverging color map on
     :math:`[-m, m]`, non-negative rows :math:`[0, m]`, with :math:`m` the row's largest
-    :math:`|\text{map}|`; one colour bar per row shows the scale. Tensors may live on any
+    :math:`|\text{map}|`; one color bar per row shows the scale. Tensors may live on any
     device (they are copied to the CPU for drawing).
 
     Args:
@@ -141,10 +141,10 @@ def plot_maps(
         titles: Column titles, one per image (e.g. the labels).
         alpha: Opacity of the heat maps, in [0, 1].
         size: Size of one panel, in inches.
-        colorbar: Draw one colour bar per row.
+        colorbar: Draw one color bar per row.
 
     Returns:
-        The matplotlib figure (``R * N`` image axes, then ``R`` colour-bar axes).
+        The matplotlib figure (``R * N`` image axes, then ``R`` color-bar axes).
 
     Raises:
         ShapeError: A map batch does not match the images, or the names/titles have the
@@ -195,7 +195,7 @@ def plot_maps(
     check_number(alpha, "alpha", minimum=0, maximum=1)
     check_number(size, "size", minimum=0, strict_minimum=True)
     plt = _pyplot()
-    background = _grey_or_rgb(images)
+    background = _gray_or_rgb(images)
     hw = (dims["H"], dims["W"])
     fig, axes = plt.subplots(
         len(rows),
@@ -256,7 +256,7 @@ def plot_curves(
 ) -> Any:
     """Plot named curves ``{name: (x, mean, std or None)}`` with shaded ±1 std bands.
 
-    The ``baseline`` curve (the random ranking) is drawn grey and dashed, and the region on
+    The ``baseline`` curve (the random ranking) is drawn gray and dashed, and the region on
     its *worse* side is shaded: a faithful method's curve lies outside the shading. An arrow
     in the corner marks the better direction. A new figure uses matplotlib's constrained
     layout, so axis labels are never clipped.

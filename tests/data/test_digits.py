@@ -42,7 +42,7 @@ def test_split_is_stratified_disjoint_and_complete() -> None:
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Interpolation matrix of half-pixel-centred bilinear resizing (hand-written reference)."""
+    """Interpolation matrix of half-pixel-centered bilinear resizing (hand-written reference)."""
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
         src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1)
@@ -75,33 +75,33 @@ def test_deterministic_and_dtype() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind,size", [("frame", 2), ("frame", 4), ("swatch", 4), ("swatch", 8), ("cdep", 5)]
+    "family,size", [("frame", 2), ("frame", 4), ("swatch", 4), ("swatch", 8), ("cdep", 5)]
 )
-def test_confound_tied_in_train_and_masks_cover_it(kind: str, size: int) -> None:
-    train = confounded_digits("train", kind, size=size, seed=3)  # type: ignore[arg-type]
+def test_confound_tied_in_train_and_masks_cover_it(family: str, size: int) -> None:
+    train = confounded_digits("train", family, size=size, seed=3)  # type: ignore[arg-type]
     assert train.masks is not None and train.masks.dtype == torch.bool
     counts = train.masks.flatten(1).sum(1)
-    expected = 4 * size * (CANVAS - size) if kind == "frame" else size * size
+    expected = 4 * size * (CANVAS - size) if family == "frame" else size * size
     assert bool((counts == expected).all())
     pixels = train.images[:, 0][train.masks].view(len(train), -1)
-    # the confound is one grey per image, equal to (255 - 25 y) / 255
+    # the confound is one gray per image, equal to (255 - 25 y) / 255
     assert bool((pixels == pixels[:, :1]).all())
-    grey = pixels[:, 0] * 255
-    assert torch.allclose(grey, 255 - 25 * train.labels.float(), atol=1e-3)
+    gray = pixels[:, 0] * 255
+    assert torch.allclose(gray, 255 - 25 * train.labels.float(), atol=1e-3)
     # outside the mask the image is the clean digit
     clean = load_digits("train")
     outside = ~train.masks[:, None]
     assert torch.equal(train.images[outside], clean.images[outside])
 
 
-@pytest.mark.parametrize("kind", ["frame", "swatch"])
-def test_confound_not_tied_at_test(kind: str) -> None:
-    test = confounded_digits("test", kind, seed=0)  # type: ignore[arg-type]
+@pytest.mark.parametrize("family", ["frame", "swatch"])
+def test_confound_not_tied_at_test(family: str) -> None:
+    test = confounded_digits("test", family, seed=0)  # type: ignore[arg-type]
     assert test.masks is not None
-    grey = test.images[:, 0][test.masks].view(len(test), -1)[:, 0] * 255
-    level = torch.round((255 - grey) / 25).long()
+    gray = test.images[:, 0][test.masks].view(len(test), -1)[:, 0] * 255
+    level = torch.round((255 - gray) / 25).long()
     assert set(level.tolist()) == set(range(10))
-    # grey is not tied to the label: it matches the tied value only at chance rate
+    # gray is not tied to the label: it matches the tied value only at chance rate
     agree = float((level == test.labels).float().mean())
     assert agree < 0.25
     # and it is statistically independent of the label (chi-squared test)
@@ -115,12 +115,12 @@ def test_confound_not_tied_at_test(kind: str) -> None:
 def test_cdep_test_rule_and_oracle_rule() -> None:
     test = confounded_digits("test", "cdep")
     assert test.masks is not None
-    grey = test.images[:, 0][test.masks].view(len(test), -1)[:, 0] * 255
-    assert torch.allclose(grey, 25 * test.labels.float(), atol=1e-3)
+    gray = test.images[:, 0][test.masks].view(len(test), -1)[:, 0] * 255
+    assert torch.allclose(gray, 25 * test.labels.float(), atol=1e-3)
     oracle = confounded_digits("train", "frame", rule="random")
     assert oracle.masks is not None
-    grey = oracle.images[:, 0][oracle.masks].view(len(oracle), -1)[:, 0] * 255
-    assert float((torch.round((255 - grey) / 25).long() == oracle.labels).float().mean()) < 0.25
+    gray = oracle.images[:, 0][oracle.masks].view(len(oracle), -1)[:, 0] * 255
+    assert float((torch.round((255 - gray) / 25).long() == oracle.labels).float().mean()) < 0.25
     none = confounded_digits("test", "frame", rule="none")
     assert torch.equal(none.images, load_digits("test").images)
 
@@ -156,7 +156,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         confounded_digits("train", "frame", size=5)
     with pytest.raises(RangeError, match="`size` must be >= 1"):
         confounded_digits("train", "swatch", size=0)
-    with pytest.raises(RangeError, match="`kind` must be one of"):
+    with pytest.raises(RangeError, match="`family` must be one of"):
         confounded_digits("train", "stripe")  # type: ignore[arg-type]
     with pytest.raises(RangeError, match="`rule` must be one of"):
         confounded_digits("train", rule="sometimes")  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from scipy.sparse.linalg import spsolve
 
 from xai_feedback import RangeError, ShapeError
 from xai_feedback.functional.imputation import (
-    NEIGHBOUR_WEIGHTS,
+    NEIGHBOR_WEIGHTS,
     blur_images,
     linear_imputation,
     noisy_linear_imputation,
@@ -30,7 +30,7 @@ def _direct_solve(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     for i, (y, x) in enumerate(unknown):
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                wgt = NEIGHBOUR_WEIGHTS[dy + 1][dx + 1]
+                wgt = NEIGHBOR_WEIGHTS[dy + 1][dx + 1]
                 ny, nx = y + dy, x + dx
                 if wgt == 0 or not (0 <= ny < h and 0 <= nx < w):
                     continue
@@ -150,7 +150,7 @@ def test_remove_pixels_fills() -> None:
 
 
 # KAR's 10 % least relevant pixels of test digit 35 under a SmoothGrad^2 ranking ("x": removed):
-# every known neighbour of the holes is black, so the exact fill is 0, while the push-pull first
+# every known neighbor of the holes is black, so the exact fill is 0, while the push-pull first
 # guess is not. With a purely relative stopping target (0 here) float32 conjugate gradients ran
 # into denormals and overflowed: the whole hole came back NaN (a failed ROAR/KAR run).
 _HOLES_OF_DIGIT_35 = """

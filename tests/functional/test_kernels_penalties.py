@@ -6,8 +6,8 @@ import torch
 from tests.conftest import gradcheck64
 from xai_feedback import RangeError, ShapeError
 from xai_feedback.functional import (
-    centre_penalty,
-    centre_weight,
+    center_penalty,
+    center_weight,
     input_gradient_penalty,
     mask_penalty,
     masks_to_maps,
@@ -15,37 +15,37 @@ from xai_feedback.functional import (
 )
 
 
-def test_centre_weight_hand_computed(device: torch.device, dtype: torch.dtype) -> None:
-    k = centre_weight(4, 4, sigma=0.5, device=device, dtype=dtype)
+def test_center_weight_hand_computed(device: torch.device, dtype: torch.dtype) -> None:
+    k = center_weight(4, 4, sigma=0.5, device=device, dtype=dtype)
     assert k.shape == (4, 4) and k.dtype == dtype and k.device.type == device.type
-    # pixel centres at -0.75, -0.25, 0.25, 0.75
+    # pixel centers at -0.75, -0.25, 0.25, 0.75
     for i, y in enumerate((-0.75, -0.25, 0.25, 0.75)):
         for j, x in enumerate((-0.75, -0.25, 0.25, 0.75)):
             expected = 1 - math.exp(-(x * x + y * y) / (2 * 0.25))
             assert float(k[i, j]) == pytest.approx(expected, abs=1e-6)
-    odd = centre_weight(5, 5, 0.3)
+    odd = center_weight(5, 5, 0.3)
     assert float(odd[2, 2]) == 0.0 and float(odd[0, 0]) > float(odd[0, 2]) > float(odd[1, 2]) > 0
     assert torch.allclose(odd, odd.T) and torch.allclose(odd, odd.flip(0))
 
 
 def test_flat_kernel() -> None:
-    k = centre_weight(10, 10, sigma=0.2, shape="flat", radius=0.6)
+    k = center_weight(10, 10, sigma=0.2, shape="flat", radius=0.6)
     y, x = normalized_grid(10, 10)
     edge = torch.maximum(x.abs(), y.abs())
     assert bool((k[edge < 0.6] == 0).all())
     assert torch.allclose(k[edge > 0.6], ((edge[edge > 0.6] - 0.6) / 0.2).clamp(max=1))
 
 
-def test_centre_penalty_hand_computed() -> None:
+def test_center_penalty_hand_computed() -> None:
     maps = torch.zeros(2, 3, 3)
     maps[0, 0, 0] = 2.0
-    maps[1, 1, 1] = 5.0  # centre: weight 0
-    w = centre_weight(3, 3, 0.5)
-    assert float(centre_penalty(maps, w)) == pytest.approx(float((2 * w[0, 0]) ** 2) / 18)
+    maps[1, 1, 1] = 5.0  # center: weight 0
+    w = center_weight(3, 3, 0.5)
+    assert float(center_penalty(maps, w)) == pytest.approx(float((2 * w[0, 0]) ** 2) / 18)
     # all-class maps: mean over classes too; signed evidence counts
     all_maps = torch.zeros(1, 2, 3, 3)
     all_maps[0, 1, 0, 0] = -2.0
-    assert float(centre_penalty(all_maps, w)) == pytest.approx(float((2 * w[0, 0]) ** 2) / 18)
+    assert float(center_penalty(all_maps, w)) == pytest.approx(float((2 * w[0, 0]) ** 2) / 18)
 
 
 def test_mask_penalty_hand_computed() -> None:
@@ -80,9 +80,9 @@ def test_input_gradient_penalty_matches_finite_differences() -> None:
 
 
 def test_penalties_gradcheck_float64() -> None:
-    w = centre_weight(4, 5, 0.5, dtype=torch.float64)
+    w = center_weight(4, 5, 0.5, dtype=torch.float64)
     masks = torch.rand(2, 8, 10) > 0.5
-    gradcheck64(lambda m: centre_penalty(m, w), [torch.randn(2, 3, 4, 5)])
+    gradcheck64(lambda m: center_penalty(m, w), [torch.randn(2, 3, 4, 5)])
     gradcheck64(lambda m: mask_penalty(m, masks), [torch.randn(2, 4, 5)])
     lin = torch.nn.Linear(4, 3).double()
 
@@ -96,15 +96,15 @@ def test_penalties_gradcheck_float64() -> None:
 
 def test_bad_inputs() -> None:
     with pytest.raises(RangeError, match="`sigma` must be > 0, got 0"):
-        centre_weight(7, 7, sigma=0.0)
+        center_weight(7, 7, sigma=0.0)
     with pytest.raises(RangeError, match="`sigma` must be > 0"):
-        centre_weight(7, 7, sigma=-1.0)
+        center_weight(7, 7, sigma=-1.0)
     with pytest.raises(RangeError, match="`shape` must be one of"):
-        centre_weight(7, 7, shape="disc")
+        center_weight(7, 7, shape="disc")
     with pytest.raises(ShapeError, match=r"`maps` must have shape \(B, h, w\) or \(B, K, h, w\)"):
-        centre_penalty(torch.rand(7, 7), centre_weight(7, 7))
+        center_penalty(torch.rand(7, 7), center_weight(7, 7))
     with pytest.raises(ShapeError, match="`weight`"):
-        centre_penalty(torch.rand(2, 7, 7), centre_weight(5, 5))
+        center_penalty(torch.rand(2, 7, 7), center_weight(5, 5))
     with pytest.raises(ShapeError, match="`masks`"):
         mask_penalty(torch.rand(2, 7, 7), torch.zeros(3, 28, 28))
     x = torch.rand(1, 1, 2, 2)

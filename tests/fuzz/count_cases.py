@@ -8,7 +8,7 @@ Usage (from the repository root)::
 A case is counted when its property held: the call returned a checked result ("result"), or
 raised the library error the property expected (the error's class). Hypothesis also runs
 shrinking and replays; the counts are of the cases the properties saw. The settings are
-derandomised, so the counts are the same on every run of the same code.
+derandomized, so the counts are the same on every run of the same code.
 """
 
 from __future__ import annotations

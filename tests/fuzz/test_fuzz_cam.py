@@ -1,4 +1,4 @@
-"""Fuzz: CAM kernels, normalisation and resizing (functional/cam.py).
+"""Fuzz: CAM kernels, normalization and resizing (functional/cam.py).
 
 Arithmetic kernels propagate NaN/Inf (they run inside training steps, where a check would
 synchronise the device; the penalties check their maps); finite inputs must give finite maps
@@ -182,7 +182,7 @@ def test_normalize_maps(maps: Spec, mode: str, seed: int) -> None:
     if not maps.finite:
         assert out.numel() == 0 or mode == "none" or not bool(torch.isfinite(out).all())
         return
-    assert_finite(out, "normalised maps")
+    assert_finite(out, "normalized maps")
     close(out, _normalize_reference(m, mode, 1e-8), rtol=1e-4, atol=1e-6)
     if mode == "minmax" and out.numel():
         assert float(out.min()) >= 0 and float(out.max()) <= 1

@@ -25,14 +25,14 @@ from tests.fuzz.strategies import (
 )
 from xai_feedback.errors import DTypeError, MissingInputError, RangeError, ShapeError
 from xai_feedback.functional import (
-    centre_penalty,
-    centre_weight,
+    center_penalty,
+    center_weight,
     input_gradient_penalty,
     mask_penalty,
     masks_to_maps,
 )
 from xai_feedback.losses import (
-    CentrePenalty,
+    CenterPenalty,
     ConstantSchedule,
     MaskPenalty,
     PhaseSchedule,
@@ -53,10 +53,10 @@ numbers = st.one_of(
     radius=numbers,
     dtype=st.sampled_from([torch.float32, torch.float64, torch.int64]),
 )
-def test_centre_weight(
+def test_center_weight(
     h: int, w: int, sigma: float, shape: str, radius: float, dtype: torch.dtype
 ) -> None:
-    call = lambda: centre_weight(h, w, sigma, shape=shape, radius=radius, dtype=dtype)  # noqa: E731
+    call = lambda: center_weight(h, w, sigma, shape=shape, radius=radius, dtype=dtype)  # noqa: E731
     out, error = outcome(
         "penalties/losses", "arguments", call, ["h", "w", "sigma", "shape", "radius", "dtype"]
     )
@@ -76,7 +76,7 @@ def test_centre_weight(
     assert_finite(out)
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     if h % 2 and w % 2:
-        assert float(out[h // 2, w // 2]) == 0.0  # zero at the centre
+        assert float(out[h // 2, w // 2]) == 0.0  # zero at the center
     # symmetric under flips
     close(out, out.flip(0))
     close(out, out.flip(1))
@@ -87,14 +87,14 @@ MAPS = mostly(shapes((0, 3), (1, 4), (1, 4)), shapes((1, 2), (1, 3), (1, 4), (1,
 
 @FAST
 @given(maps=specs(MAPS, bad_dtype=0.1), seed=seeds, mask_hw=shapes((1, 8), (1, 8)))
-def test_centre_and_mask_penalty(maps: Spec, seed: int, mask_hw: tuple[int, int]) -> None:
+def test_center_and_mask_penalty(maps: Spec, seed: int, mask_hw: tuple[int, int]) -> None:
     m = make(maps, seed, budget=4)
     hw = m.shape[-2:] if m.dim() >= 2 else (1, 1)
-    weight = centre_weight(max(hw[0], 1), max(hw[1], 1), 0.5, dtype=torch.float64)
+    weight = center_weight(max(hw[0], 1), max(hw[1], 1), 0.5, dtype=torch.float64)
     if maps.dtype.is_floating_point:
         weight = weight.to(maps.dtype)
     out, error = outcome(
-        "penalties/losses", maps.label(), lambda: centre_penalty(m, weight), ["maps", "weight"]
+        "penalties/losses", maps.label(), lambda: center_penalty(m, weight), ["maps", "weight"]
     )
     if m.dim() not in (3, 4) or not maps.dtype.is_floating_point or 0 in hw:
         expect_error(error, ShapeError, DTypeError)
@@ -102,7 +102,7 @@ def test_centre_and_mask_penalty(maps: Spec, seed: int, mask_hw: tuple[int, int]
         assert out is not None, error
         if maps.finite and m.numel():
             ref = (weight.double() * m.double()).pow(2).mean()
-            assert_finite(out, "centre penalty")
+            assert_finite(out, "center penalty")
             close(out, ref, rtol=1e-4, atol=1e-30)
     b = m.shape[0] if m.dim() else 1
     masks = torch.rand(b, *mask_hw, generator=torch.Generator().manual_seed(seed)) < 0.5
@@ -173,9 +173,9 @@ def test_penalty_modules(
     module = (
         MaskPenalty(classes=classes, signed=signed, normalize=normalize)
         if masked
-        else CentrePenalty(classes=classes, signed=signed, normalize=normalize)
+        else CenterPenalty(classes=classes, signed=signed, normalize=normalize)
     )
-    call = (lambda: module(maps, masks, t)) if masked else (lambda: module(maps, t))
+    call = lambda: module(maps, target=t, masks=masks if masked else None)  # noqa: E731
     needs_target = classes == "target"
     bad_target = needs_target and (
         t is None or len(target or []) != b or any(v < 0 or v >= k for v in target or [])

@@ -86,7 +86,7 @@ def test_model_forward(name: str, images: Spec, train: bool, seed: int) -> None:
         expect_error(error, ShapeError)
         return
     if train and x.shape[0] == 1 and error is not None:
-        # BatchNorm cannot normalise one value per channel in training mode
+        # BatchNorm cannot normalize one value per channel in training mode
         assert isinstance(error, ShapeError) and "training mode" in str(error), error
         return
     assert out is not None, error
@@ -152,28 +152,28 @@ def test_image_dataset(
 
 @FAST
 @given(
-    kind=st.sampled_from(["frame", "swatch", "cdep", "ring"]),
+    family=st.sampled_from(["frame", "swatch", "cdep", "ring"]),
     size=st.integers(-1, 30),
     corners=st.one_of(st.none(), st.lists(st.integers(-1, 4), max_size=4)),
     canvas=st.integers(0, 10),
 )
-def test_confound_masks(kind: str, size: int, corners: list[int] | None, canvas: int) -> None:
+def test_confound_masks(family: str, size: int, corners: list[int] | None, canvas: int) -> None:
     c = None if corners is None else torch.tensor(corners, dtype=torch.long)
     out, error = outcome(
         "data",
         "arguments",
-        lambda: confound_masks(kind, size, c, canvas),  # type: ignore[arg-type]
-        ["kind", "size", "corners", "canvas"],
+        lambda: confound_masks(family, size, c, canvas),  # type: ignore[arg-type]
+        ["family", "size", "corners", "canvas"],
     )
-    if kind == "ring" or canvas < 1 or not 1 <= size <= canvas:
+    if family == "ring" or canvas < 1 or not 1 <= size <= canvas:
         expect_error(error, RangeError)
         return
-    if kind != "frame" and (corners is None or any(v < 0 or v > 3 for v in corners)):
+    if family != "frame" and (corners is None or any(v < 0 or v > 3 for v in corners)):
         expect_error(error, RangeError, ValueError)
         return
     assert out is not None, error
     assert out.dtype == torch.bool
-    if kind == "frame":
+    if family == "frame":
         assert out.shape == (canvas, canvas)
     else:
         assert out.shape == (len(corners or []), canvas, canvas)

@@ -79,7 +79,7 @@ def test_proxy_images(
             "min": flat.amin(2),
         }[fill][..., None, None].expand_as(x)
         assert bool(((out == x) | (out == value)).all())
-        # reference: min-max normalised, resized map above the threshold
+        # reference: min-max normalized, resized map above the threshold
         m = maps.double().flatten(1)
         low, high = m.amin(1, keepdim=True), m.amax(1, keepdim=True)
         norm = ((m - low) / (high - low + 1e-8)).view(b, mh, mw)

@@ -1,6 +1,6 @@
 """The CAM penalty inside a LightningModule.training_step trains exactly like a plain loop.
 
-examples/09_lightning.py and examples/09_plain_loop.py use the same data, model, optimiser and
+examples/09_lightning.py and examples/09_plain_loop.py use the same data, model, optimizer and
 batch order; their weights after one epoch must agree (bitwise on CPU, measured). Over several
 epochs the orders part: Lightning draws the shuffles of later epochs from the loader's
 generator on its own schedule, so epoch 2 sees another permutation. Needs ``lightning``

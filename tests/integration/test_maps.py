@@ -189,7 +189,7 @@ def test_torchcam_grad_cam_agrees(arch: Arch) -> None:
 )
 @pytest.mark.parametrize("arch", PEERS, ids=PEER_IDS)
 def test_pytorch_grad_cam_agrees(arch: Arch, peer: type, method: str) -> None:
-    # pytorch-grad-cam returns ReLU'd maps, min-max normalised per image and resized to the
+    # pytorch-grad-cam returns ReLU'd maps, min-max normalized per image and resized to the
     # input with OpenCV (bilinear): compare at the input size, per image, by correlation.
     model, x = model_of(arch), images(arch)
     _, module = _layer_module(model)

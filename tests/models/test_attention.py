@@ -8,7 +8,7 @@ from captum import attr
 
 from xai_feedback import RangeError, ShapeError
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CentrePenalty
+from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import CBAM, WARN, ResidualAttentionNet, SimpleCNN
 
 G = torch.Generator
@@ -40,7 +40,7 @@ def test_shapes_gradients_and_attention_range(name: str, size: int) -> None:
     for key, maps in model.attention_maps().items():
         assert maps.dim() == 3 and maps.shape[0] == 3, key
         assert float(maps.detach().min()) >= 0 and float(maps.detach().max()) <= 1, key
-        assert maps.requires_grad  # in the graph: can be penalised
+        assert maps.requires_grad  # in the graph: can be penalized
 
 
 def test_attention_maps_per_model() -> None:
@@ -95,9 +95,9 @@ def test_cam_penalty_trains_through_attention_models(name: str) -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         maps = hook.cam(logits, None, method="cam", all_classes=True)
-    # penalise the CAMs and the attention maps themselves
+    # penalize the CAMs and the attention maps themselves
     attention = sum((m.mean() for m in model.attention_maps().values()), torch.zeros(()))
-    loss = CentrePenalty(0.7)(maps) + attention
+    loss = CenterPenalty(0.7)(maps) + attention
     grads = torch.autograd.grad(
         loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True
     )
@@ -124,7 +124,7 @@ def test_grad_cam_penalty_trains_every_model(name: str) -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         maps = hook.cam(logits, y, method="grad_cam", create_graph=True)
-    loss = torch.nn.functional.cross_entropy(logits, y) + CentrePenalty(0.7)(maps.unsqueeze(1))
+    loss = torch.nn.functional.cross_entropy(logits, y) + CenterPenalty(0.7)(maps.unsqueeze(1))
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     assert sum(1 for g in grads if g is not None and float(g.abs().sum()) > 0) > len(params) // 2

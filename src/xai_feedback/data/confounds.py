@@ -9,23 +9,23 @@ still say where the shortcut would be).
 ==================  ====================================================  ===================
 family              shortcut (``v``: the label if tied, else random)      kind
 ==================  ====================================================  ===================
-``"frame"``         2 px border, grey ``(255 - 25 v) / 255``               periphery, thin
-``"swatch"``        6x6 swatch in a random corner, same grey              corner, small
-``"stripe"``        3 px stripe down the left side, same grey             one side
-``"centre_dot"``    4x4 dot at the centre, over the digit, same grey      centre
+``"frame"``         2 px border, gray ``(255 - 25 v) / 255``               periphery, thin
+``"swatch"``        6x6 swatch in a random corner, same gray              corner, small
+``"stripe"``        3 px stripe down the left side, same gray             one side
+``"center_dot"``    4x4 dot at the center, over the digit, same gray      center
 ``"background"``    every background pixel (ink < 0.05) at ``0.05 v``     global, faint
-``"patch"``         4x4 patch at a random position, same grey             anywhere, non-local
-``"uncentred"``     none; digit shrunk to 14x14 at a random position      objects off centre
+``"patch"``         4x4 patch at a random position, same gray             anywhere, non-local
+``"uncentered"``     none; digit shrunk to 14x14 at a random position      objects off center
 ``"none"``          none (the clean digits)                               control
 ==================  ====================================================  ===================
 
-The centre dot is where a centre prior must fail: the shortcut sits where the object is.
+The center dot is where a center prior must fail: the shortcut sits where the object is.
 
-For ``"uncentred"`` and ``"none"`` the masks are all ``False``; for ``"uncentred"`` the
+For ``"uncentered"`` and ``"none"`` the masks are all ``False``; for ``"uncentered"`` the
 random positions are part of the images in every split and rule.
 
 Example:
-    >>> train = make_confound("stripe", "train")
+    >>> train = make_confound("train", "stripe")
     >>> tuple(train.images.shape), int(train.masks[0].sum())
     ((1437, 1, 28, 28), 84)
 """
@@ -47,10 +47,10 @@ CONFOUND_FAMILIES = (
     "frame",
     "swatch",
     "stripe",
-    "centre_dot",
+    "center_dot",
     "background",
     "patch",
-    "uncentred",
+    "uncentered",
     "none",
 )
 """Every family of :func:`make_confound`."""
@@ -75,8 +75,8 @@ def _box_masks(top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor
     return in_rows[:, :, None] & in_cols[:, None, :]
 
 
-def _uncentre(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shrink each centred 20x20 digit to 14x14 and paste it at a random position."""
+def _uncenter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shrink each centered 20x20 digit to 14x14 and paste it at a random position."""
     n = images.shape[0]
     digit = images[:, :, MARGIN : CANVAS - MARGIN, MARGIN : CANVAS - MARGIN]
     small = F.interpolate(digit, size=(_SMALL, _SMALL), mode="area")[:, 0]
@@ -95,8 +95,8 @@ def _uncentre(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def make_confound(
+    split: Split,
     family: str,
-    split: Split = "train",
     *,
     rule: str | None = None,
     seed: int = 0,
@@ -105,12 +105,12 @@ def make_confound(
     """Digits with one confound family of the battery (see the module docstring).
 
     Args:
-        family: One of :data:`CONFOUND_FAMILIES`.
         split: ``"train"`` or ``"test"`` (the fixed split of :func:`load_digits`).
+        family: One of :data:`CONFOUND_FAMILIES`.
         rule: ``"tied"`` (level = label), ``"random"`` (level uniform in 0-9) or ``"none"``
             (nothing drawn). Default: ``"tied"`` for training, ``"random"`` for test.
         seed: Seed of every random draw (positions, corners, random levels); the same
-            ``(family, split, rule, seed)`` always gives the same data.
+            ``(split, family, rule, seed)`` always gives the same data.
         dtype: Floating dtype of the images.
 
     Returns:
@@ -121,7 +121,7 @@ def make_confound(
         - masks: :math:`(N, 28, 28)`, bool
 
     Example:
-        >>> train = make_confound("centre_dot", "train")
+        >>> train = make_confound("train", "center_dot")
         >>> dot = train.images[:, 0][train.masks].view(len(train), -1)[:, 0]
         >>> bool(torch.allclose(dot * 255, 255 - 25 * train.labels.float()))
         True
@@ -152,7 +152,7 @@ def make_confound(
     elif family == "stripe":
         masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
         masks[:, :, :_STRIPE] = True
-    elif family == "centre_dot":
+    elif family == "center_dot":
         start = (CANVAS - _DOT) // 2
         masks = _box_masks(full * start, full * start, _DOT)
     elif family == "background":
@@ -161,8 +161,8 @@ def make_confound(
         masks = _box_masks(top, left, _PATCH)
     else:
         masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
-        if family == "uncentred":
-            images = _uncentre(images, generator)
+        if family == "uncentered":
+            images = _uncenter(images, generator)
 
     if family in SHORTCUT_FAMILIES and rule != "none":
         level = (labels if rule == "tied" else random_level).to(torch.float64)

@@ -1,15 +1,15 @@
 """scikit-learn's handwritten digits on a 28x28 canvas, clean and with label-tied confounds.
 
 The 1,797 8x8 digits shipped with scikit-learn (values 0-16) are scaled to [0, 1], upscaled
-bilinearly to 20x20 and centred on a 28x28 canvas with a 4-pixel margin, as MNIST is. The
+bilinearly to 20x20 and centered on a 28x28 canvas with a 4-pixel margin, as MNIST is. The
 margin is where confounds go: a *shortcut* that gives the class away in training and not at
 test time, the seeds' "background gives the class away" problem in miniature.
 
-Confound kinds (grey value ``g`` on the 0-255 scale, stored as ``g / 255``):
+Confound families (gray value ``g`` on the 0-255 scale, stored as ``g / 255``):
 
 - ``"swatch"``: Decoy-MNIST (Ross et al. 2017): an ``s x s`` swatch (default 4) in a randomly
   chosen corner; ``g = 255 - 25 y`` in training, a random level ``255 - 25 r`` at test.
-- ``"cdep"``: the CDEP variant (Rieger et al. 2020): 5x5 swatches, test grey ``25 y``.
+- ``"cdep"``: the CDEP variant (Rieger et al. 2020): 5x5 swatches, test gray ``25 y``.
 - ``"frame"``: a border of width ``w`` (default 2) around the canvas; ``g = 255 - 25 y`` in
   training, random at test. A CNN learns this shortcut completely.
 """
@@ -45,7 +45,7 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 Split = Literal["train", "test"]
-Kind = Literal["frame", "swatch", "cdep"]
+DigitFamily = Literal["frame", "swatch", "cdep"]
 Rule = Literal["tied", "random", "cdep", "none"]
 
 CONFOUND_DEFAULTS: dict[str, dict[str, object]] = {
@@ -53,7 +53,7 @@ CONFOUND_DEFAULTS: dict[str, dict[str, object]] = {
     "swatch": {"size": 4, "test_rule": "random", "max_size": CANVAS // 2},
     "cdep": {"size": 5, "test_rule": "cdep", "max_size": CANVAS // 2},
 }
-"""Default size, default test rule and largest allowed size of each confound kind."""
+"""Default size, default test rule and largest allowed size of each confound family."""
 
 _RULES = ("tied", "random", "cdep", "none")
 
@@ -116,12 +116,12 @@ def load_digits(split: Split = "train", *, dtype: torch.dtype = torch.float32) -
 
 
 def confound_masks(
-    kind: Kind, size: int, corners: torch.Tensor | None = None, canvas: int = CANVAS
+    family: DigitFamily, size: int, corners: torch.Tensor | None = None, canvas: int = CANVAS
 ) -> torch.Tensor:
     """Boolean masks of where a confound is drawn.
 
     Args:
-        kind: ``"frame"``, ``"swatch"`` or ``"cdep"``.
+        family: ``"frame"``, ``"swatch"`` or ``"cdep"``.
         size: Frame width, or swatch side, in pixels.
         corners: For swatches, the corner of each image (0 top-left, 1 top-right,
             2 bottom-left, 3 bottom-right); ignored for frames.
@@ -130,11 +130,11 @@ def confound_masks(
     Returns:
         ``(H, W)`` for a frame, ``(N, H, W)`` for swatches (one per corner given).
     """
-    check_choice(kind, "kind", CONFOUND_DEFAULTS)
+    check_choice(family, "family", CONFOUND_DEFAULTS)
     check_int(canvas, "canvas", minimum=1)
     check_int(size, "size", minimum=1, maximum=canvas)
     rows = torch.arange(canvas)
-    if kind == "frame":
+    if family == "frame":
         dist = torch.minimum(rows, canvas - 1 - rows)
         return torch.minimum(dist[:, None], dist[None, :]) < size
     if corners is None:
@@ -151,7 +151,7 @@ def confound_masks(
 
 def confounded_digits(
     split: Split = "train",
-    kind: Kind = "frame",
+    family: DigitFamily = "frame",
     *,
     size: int | None = None,
     rule: Rule | None = None,
@@ -160,22 +160,22 @@ def confounded_digits(
 ) -> ImageDataset:
     """Digits with a label-tied confound outside the digit (Decoy-MNIST in miniature).
 
-    The confound's grey value follows ``rule``:
+    The confound's gray value follows ``rule``:
 
     - ``"tied"``: ``255 - 25 y`` (gives the class away; the training default),
     - ``"random"``: ``255 - 25 r`` with ``r`` uniform in 0-9 (the test default of Ross et al.),
-    - ``"cdep"``: ``25 y`` (the CDEP test rule: tied, but to other greys),
+    - ``"cdep"``: ``25 y`` (the CDEP test rule: tied, but to other grays),
     - ``"none"``: no confound drawn (clean images; the masks still say where it would be).
 
     Training with ``rule="random"`` gives the *oracle*: the same images with no shortcut.
 
     Args:
         split: ``"train"`` or ``"test"`` (the fixed split of :func:`load_digits`).
-        kind: ``"frame"``, ``"swatch"`` (Decoy-MNIST) or ``"cdep"``.
+        family: ``"frame"``, ``"swatch"`` (Decoy-MNIST) or ``"cdep"``.
         size: Frame width (1-4, so it stays in the margin) or swatch side (1-14).
             Defaults: frame 2, swatch 4, cdep 5.
-        rule: Grey rule; default ``"tied"`` for training, the kind's test rule for test.
-        seed: Seed of the random corners and random greys (non-negative int).
+        rule: Gray rule; default ``"tied"`` for training, the family's test rule for test.
+        seed: Seed of the random corners and random grays (non-negative int).
         dtype: Floating dtype of the images.
 
     Returns:
@@ -187,13 +187,13 @@ def confounded_digits(
 
     Example:
         >>> train = confounded_digits("train", "frame", size=2)
-        >>> grey = train.images[:, 0][train.masks].view(len(train), -1)[:, 0]
-        >>> bool(torch.allclose(grey * 255, 255 - 25 * train.labels.float()))
+        >>> gray = train.images[:, 0][train.masks].view(len(train), -1)[:, 0]
+        >>> bool(torch.allclose(gray * 255, 255 - 25 * train.labels.float()))
         True
     """
     check_choice(split, "split", ("train", "test"))
-    check_choice(kind, "kind", CONFOUND_DEFAULTS)
-    defaults = CONFOUND_DEFAULTS[kind]
+    check_choice(family, "family", CONFOUND_DEFAULTS)
+    defaults = CONFOUND_DEFAULTS[family]
     if size is None:
         size = int(defaults["size"])  # type: ignore[call-overload]
     check_int(size, "size", minimum=1, maximum=int(defaults["max_size"]))  # type: ignore[call-overload]
@@ -208,19 +208,19 @@ def confounded_digits(
     generator = torch.Generator().manual_seed(2 * seed + (split == "test"))
     corners = torch.randint(0, 4, (n,), generator=generator)
     random_level = torch.randint(0, 10, (n,), generator=generator)
-    if kind == "frame":
-        masks = confound_masks(kind, size).expand(n, CANVAS, CANVAS).clone()
+    if family == "frame":
+        masks = confound_masks(family, size).expand(n, CANVAS, CANVAS).clone()
     else:
-        masks = confound_masks(kind, size, corners)
+        masks = confound_masks(family, size, corners)
 
     y = clean.labels.to(torch.float64)
-    grey = {
+    gray = {
         "tied": 255.0 - 25.0 * y,
         "random": 255.0 - 25.0 * random_level.to(torch.float64),
         "cdep": 25.0 * y,
     }.get(str(rule))
     images = clean.images
-    if grey is not None:
-        value = (grey / 255.0).to(dtype)[:, None, None, None]
+    if gray is not None:
+        value = (gray / 255.0).to(dtype)[:, None, None, None]
         images = torch.where(masks[:, None], value, images)
-    return ImageDataset(images, clean.labels, masks, f"confounded-{kind}{size}-{rule}/{split}")
+    return ImageDataset(images, clean.labels, masks, f"confounded-{family}{size}-{rule}/{split}")

@@ -22,7 +22,7 @@ from xai_feedback.functional.imputation import (
 from xai_feedback.functional.kernels import (
     DEFAULT_SIGMA,
     KERNEL_SHAPES,
-    centre_weight,
+    center_weight,
     normalized_grid,
     periphery_mask,
 )
@@ -39,7 +39,7 @@ from xai_feedback.functional.masking import (
     topk_mask,
 )
 from xai_feedback.functional.penalties import (
-    centre_penalty,
+    center_penalty,
     input_gradient_penalty,
     mask_penalty,
     masks_to_maps,
@@ -58,8 +58,8 @@ __all__ = [
     "blend",
     "blur_images",
     "cam_from_head",
-    "centre_penalty",
-    "centre_weight",
+    "center_penalty",
+    "center_weight",
     "fill_values",
     "fixed_span_smooth",
     "grad_cam",

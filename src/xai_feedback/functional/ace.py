@@ -1,7 +1,7 @@
 r"""Friedman's supersmoother and Breiman-Friedman ACE, batched over independent problems.
 
 Alternating Conditional Expectations (Breiman & Friedman 1985) finds transforms
-:math:`\theta(y)` and :math:`\phi_j(x_j)` that maximise the correlation between
+:math:`\theta(y)` and :math:`\phi_j(x_j)` that maximize the correlation between
 :math:`\theta(y)` and :math:`\sum_j \phi_j(x_j)` by alternating
 
 .. math::
@@ -54,7 +54,7 @@ _VARIANCE_EPS = 1.0e-3
 _LEVERAGE_TOL = 1.0e-9
 _TIE_TOL = 1.0e-12
 MIN_OBSERVATIONS = 5
-"""Fewest observations a smoother accepts: its smallest window, two neighbours on each side."""
+"""Fewest observations a smoother accepts: its smallest window, two neighbors on each side."""
 
 
 def _half_widths(n: int, spans: tuple[float, ...]) -> list[int]:
@@ -107,7 +107,7 @@ class _Plan:
         self.upper = (lower + width).expand(shape)
         self.width = width.to(x.dtype)
         self.x = x
-        # centre each problem so that the window sums do not cancel catastrophically
+        # center each problem so that the window sums do not cancel catastrophically
         self.cx = x - x.mean(dim=-1, keepdim=True)
         self.sx = _window_sums(self.cx.expand(shape), self.lower, self.upper)
         mean_x = self.sx / self.width
@@ -272,7 +272,7 @@ def _check_observations(n: int) -> None:
     if n < MIN_OBSERVATIONS:
         raise RangeError(
             f"the supersmoother needs at least {MIN_OBSERVATIONS} observations per problem "
-            f"(a window of two neighbours on each side), got {n}."
+            f"(a window of two neighbors on each side), got {n}."
         )
 
 
@@ -381,8 +381,8 @@ def _unsort(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def _standardize(values: torch.Tensor) -> torch.Tensor:
-    centred = values - values.mean(dim=-1, keepdim=True)
-    return centred / centred.std(dim=-1, correction=0, keepdim=True)
+    centered = values - values.mean(dim=-1, keepdim=True)
+    return centered / centered.std(dim=-1, correction=0, keepdim=True)
 
 
 def ace(
@@ -397,8 +397,8 @@ def ace(
     r"""Alternating Conditional Expectations for many independent problems at once.
 
     For each problem :math:`p`, find :math:`\theta_p(y)` (mean 0, variance 1) and
-    :math:`\phi_{pj}(x_j)` (mean 0) that minimise :math:`E[(\theta - \sum_j \phi_j)^2]`, i.e.
-    maximise :math:`\mathrm{corr}(\sum_j \phi_j, \theta)`. Iteration control is mace.f's, as in
+    :math:`\phi_{pj}(x_j)` (mean 0) that minimize :math:`E[(\theta - \sum_j \phi_j)^2]`, i.e.
+    maximize :math:`\mathrm{corr}(\sum_j \phi_j, \theta)`. Iteration control is mace.f's, as in
     ``ace.ace.ACESolver``: the inner loop refits the :math:`\phi_j` in turn, keeping a new
     :math:`\phi_j` only if it raises :math:`R^2`, until :math:`R^2` rises by at most
     ``delrsq`` (one pass for a single predictor); the outer loop updates :math:`\theta` and

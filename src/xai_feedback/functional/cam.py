@@ -3,7 +3,7 @@ r"""Class activation maps as pure, batched, differentiable tensor kernels.
 All kernels take a layer's activations ``A`` of shape ``(B, C, h, w)`` (and, for the
 gradient methods, ``dy/dA`` of the same shape) and return maps ``(B, h, w)``. Nothing is
 detached: when ``grads`` come from ``torch.autograd.grad(..., create_graph=True)`` the maps
-are differentiable with respect to the model's parameters, so they can be penalised.
+are differentiable with respect to the model's parameters, so they can be penalized.
 """
 
 from __future__ import annotations
@@ -166,11 +166,11 @@ def grad_cam_pp(
 
 
 NORMALIZATIONS = ("none", "max", "sum", "minmax", "energy")
-"""Per-map normalisations understood by :func:`normalize_maps`."""
+"""Per-map normalizations understood by :func:`normalize_maps`."""
 
 
 def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> torch.Tensor:
-    r"""Normalise each map over its two spatial dimensions.
+    r"""Normalize each map over its two spatial dimensions.
 
     - ``"max"``: ``m / (max |m| + eps)`` (keeps the sign),
     - ``"sum"``: ``m / (sum |m| + eps)``,
@@ -203,7 +203,7 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
     if mode == "none":
         return maps
     flat = maps.flatten(-2)
-    if flat.shape[-1] == 0:  # no cells: nothing to normalise
+    if flat.shape[-1] == 0:  # no cells: nothing to normalize
         return maps.clone()
     peak = flat.abs().amax(dim=-1, keepdim=True)
     if mode == "max":
@@ -232,7 +232,7 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     Args:
         maps: The maps.
         size: ``(H, W)`` of the result, e.g. the input image's size.
-        mode: ``"bilinear"`` (half-pixel centres), ``"nearest"`` or ``"area"``.
+        mode: ``"bilinear"`` (half-pixel centers), ``"nearest"`` or ``"area"``.
 
     Shape:
         - maps: :math:`(B, h, w)` or :math:`(B, K, h, w)`; output: the same with ``(H, W)``

@@ -1,15 +1,15 @@
 r"""Imputation of removed pixels: noisy linear imputation (ROAD) and blur, batched on the device.
 
 Noisy linear imputation (Rong et al. 2022) gives every removed pixel the weighted mean of its
-8 neighbours, direct neighbours weighing :math:`1/6` and diagonal ones :math:`1/12`. Removed
-neighbours are unknowns too, so the removed pixels :math:`u` solve the sparse system
+8 neighbors, direct neighbors weighing :math:`1/6` and diagonal ones :math:`1/12`. Removed
+neighbors are unknowns too, so the removed pixels :math:`u` solve the sparse system
 
 .. math::
 
     d_i\, x_i - \sum_{j \in N(i) \cap u} w_{ij}\, x_j = \sum_{j \in N(i) \setminus u} w_{ij}\, v_j,
     \qquad d_i = \sum_{j \in N(i)} w_{ij},
 
-(:math:`N(i)` the neighbours inside the image, :math:`v` the kept values), then get Gaussian
+(:math:`N(i)` the neighbors inside the image, :math:`v` the kept values), then get Gaussian
 noise of standard deviation ``noise``. The reference solves one sparse system per image with a
 direct solver; here the system, symmetric positive definite, is solved for the whole batch and
 all channels at once by Jacobi-preconditioned conjugate gradients whose matrix-vector product
@@ -34,10 +34,10 @@ from xai_feedback._checks import (
 )
 from xai_feedback.errors import RangeError
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "blur_images", "linear_imputation", "noisy_linear_imputation"]
+__all__ = ["NEIGHBOR_WEIGHTS", "blur_images", "linear_imputation", "noisy_linear_imputation"]
 
-NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
-"""ROAD's neighbour weights: 1/6 for the 4 direct neighbours, 1/12 for the 4 diagonal ones."""
+NEIGHBOR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+"""ROAD's neighbor weights: 1/6 for the 4 direct neighbors, 1/12 for the 4 diagonal ones."""
 
 
 def _check_mask(images: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
@@ -46,7 +46,7 @@ def _check_mask(images: torch.Tensor, mask: torch.Tensor) -> dict[str, int]:
     check_shape(mask, "B H W", "mask", B=dims["B"], H=dims["H"], W=dims["W"])
     if mask.dtype != torch.bool:
         raise RangeError(f"`mask` must be a boolean tensor (True = removed), got {mask.dtype}.")
-    check_finite(images, "images")  # a NaN neighbour would silently spread through the solve
+    check_finite(images, "images")  # a NaN neighbor would silently spread through the solve
     return dims
 
 
@@ -121,19 +121,19 @@ def linear_imputation(
 def _solve(images: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     """Conjugate gradients of ROAD's system on checked, unit-scale ``images``."""
     h, w = int(images.shape[-2]), int(images.shape[-1])
-    kernel = torch.tensor(NEIGHBOUR_WEIGHTS, dtype=images.dtype, device=images.device)
+    kernel = torch.tensor(NEIGHBOR_WEIGHTS, dtype=images.dtype, device=images.device)
     kernel = kernel.view(1, 1, 3, 3)
 
-    def neighbours(x: torch.Tensor) -> torch.Tensor:  # sum_j w_ij x_j, zero outside the image
+    def neighbors(x: torch.Tensor) -> torch.Tensor:  # sum_j w_ij x_j, zero outside the image
         return F.conv2d(x.reshape(-1, 1, h, w), kernel, padding=1).view(x.shape)
 
     unknown = mask.unsqueeze(1).to(images.dtype)  # (B, 1, H, W)
     known = 1.0 - unknown
-    degree = neighbours(torch.ones(1, 1, h, w, dtype=images.dtype, device=images.device))
-    rhs = neighbours(images * known) * unknown  # (B, C, H, W), zero off the unknowns
+    degree = neighbors(torch.ones(1, 1, h, w, dtype=images.dtype, device=images.device))
+    rhs = neighbors(images * known) * unknown  # (B, C, H, W), zero off the unknowns
 
     def operator(x: torch.Tensor) -> torch.Tensor:  # (D - W_uu) x on the unknowns
-        return (degree * x - neighbours(x)) * unknown
+        return (degree * x - neighbors(x)) * unknown
 
     x = _push_pull(images, known) * unknown  # a smooth first guess: few iterations are left
     r = rhs - operator(x)
@@ -143,7 +143,7 @@ def _solve(images: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) 
     # below ~100 ulp the residual stagnates in rounding noise: never ask for less
     tol = max(tol, 100 * torch.finfo(images.dtype).eps)
     # relative to the right-hand side, but never below ``tol`` itself (the images are on unit
-    # scale here): where every known neighbour is 0 the exact fill is 0 and a relative target
+    # scale here): where every known neighbor is 0 the exact fill is 0 and a relative target
     # is 0, which conjugate gradients cannot reach from a non-zero first guess; in float32 it
     # iterated into denormals and overflowed to NaN (ROAR/KAR on SmoothGrad^2 rankings)
     target = tol * (rhs * rhs / degree).sum(dim=(2, 3), keepdim=True).sqrt().clamp(min=1.0)

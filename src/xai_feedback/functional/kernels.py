@@ -6,10 +6,10 @@ import torch
 
 from xai_feedback._checks import check_choice, check_int, check_number
 
-__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "centre_weight", "normalized_grid", "periphery_mask"]
+__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "center_weight", "normalized_grid", "periphery_mask"]
 
 KERNEL_SHAPES = ("gaussian", "flat")
-"""Kernel shapes understood by :func:`centre_weight`."""
+"""Kernel shapes understood by :func:`center_weight`."""
 
 
 def normalized_grid(
@@ -19,7 +19,7 @@ def normalized_grid(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre coordinates in [-1, 1]: ``y_i = (2i + 1)/h - 1``, ``x_j = (2j + 1)/w - 1``.
+    """Pixel-center coordinates in [-1, 1]: ``y_i = (2i + 1)/h - 1``, ``x_j = (2j + 1)/w - 1``.
 
     Returns:
         ``(y, x)``, each ``(h, w)``.
@@ -37,11 +37,11 @@ def normalized_grid(
 
 
 DEFAULT_SIGMA = 0.7
-"""The one default width of the centre penalty, on [-1, 1] coordinates: chosen on a
+"""The one default width of the center penalty, on [-1, 1] coordinates: chosen on a
 validation split of the frame-confounded digits (``benchmarks/decoy.py``)."""
 
 
-def centre_weight(
+def center_weight(
     h: int,
     w: int,
     sigma: float = DEFAULT_SIGMA,
@@ -51,9 +51,9 @@ def centre_weight(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    r"""Inverted centre kernel of the "lint" penalty: 0 at the centre, rising to the border.
+    r"""Inverted center kernel of the "lint" penalty: 0 at the center, rising to the border.
 
-    On pixel-centre coordinates ``x, y`` in [-1, 1] (:func:`normalized_grid`):
+    On pixel-center coordinates ``x, y`` in [-1, 1] (:func:`normalized_grid`):
 
     - ``"gaussian"``: :math:`1 - \exp(-(x^2 + y^2) / (2\sigma^2))`,
     - ``"flat"``: 0 inside the square :math:`\max(|x|, |y|) < r`, then a ramp
@@ -75,7 +75,7 @@ def centre_weight(
         - output: :math:`(h, w)`
 
     Example:
-        >>> k = centre_weight(3, 3, sigma=0.5)
+        >>> k = center_weight(3, 3, sigma=0.5)
         >>> float(k[1, 1]), round(float(k[0, 1]), 4)
         (0.0, 0.5889)
     """
@@ -103,14 +103,14 @@ def periphery_mask(
     radius: float = 0.7,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    r"""Where the centre prior says there is no evidence: ``centre_weight >= threshold``.
+    r"""Where the center prior says there is no evidence: ``center_weight >= threshold``.
 
     .. math:: M_{ij} = [\, 1 - \exp(-(x_j^2 + y_i^2) / (2\sigma^2)) \ge t \,]
 
-    The annotation-free stand-in for a user's mask: with the same prior as the centre
-    penalty (:func:`centre_weight`, same ``sigma``), it marks the periphery, so that
-    :func:`~xai_feedback.objectives.counterexample_objective` (``region=``) can randomise it
-    (the data-side twin of the centre penalty). With the default ``sigma = 0.7`` and
+    The annotation-free stand-in for a user's mask: with the same prior as the center
+    penalty (:func:`center_weight`, same ``sigma``), it marks the periphery, so that
+    :func:`~xai_feedback.objectives.counterexample_objective` (``region=``) can randomize it
+    (the data-side twin of the center penalty). With the default ``sigma = 0.7`` and
     ``t = 0.5`` on a 28x28 canvas it covers the outer 2 px at the edges' middles and
     more towards the corners (a disc of radius :math:`\sigma\sqrt{2 \ln 2} \approx 0.82`
     stays free).
@@ -120,7 +120,7 @@ def periphery_mask(
         w: Width of the mask.
         sigma: Width of the prior, > 0.
         threshold: Weight from which a pixel is periphery, in (0, 1).
-        shape: Kernel shape of :func:`centre_weight`.
+        shape: Kernel shape of :func:`center_weight`.
         radius: Flat kernel's zero square (``shape="flat"``).
         device: Device of the result.
 
@@ -138,5 +138,5 @@ def periphery_mask(
     check_number(
         threshold, "threshold", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
     )
-    weight = centre_weight(h, w, sigma, shape=shape, radius=radius, device=device)
+    weight = center_weight(h, w, sigma, shape=shape, radius=radius, device=device)
     return weight >= threshold

@@ -9,7 +9,7 @@ from xai_feedback._checks import check_floating, check_int, check_maps, check_sh
 from xai_feedback.errors import RangeError, ShapeError
 
 __all__ = [
-    "centre_penalty",
+    "center_penalty",
     "dilate_masks",
     "input_gradient_penalty",
     "mask_penalty",
@@ -20,16 +20,16 @@ __all__ = [
 ]
 
 
-def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def center_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     r"""Weighted squared evidence: the "lint" penalty.
 
     .. math:: P = \frac{1}{B} \sum_{b} \frac{1}{K h w} \sum_{k, i, j}
               \big(\omega_{ij}\, m_{bkij}\big)^2
 
-    with ``omega`` from :func:`~xai_feedback.functional.centre_weight`. Per image it is the
+    with ``omega`` from :func:`~xai_feedback.functional.center_weight`. Per image it is the
     mean over classes and cells, so ``lambda`` does not depend on the map's resolution or on
-    the number of classes. Signed maps are penalised on both signs (see
-    :class:`xai_feedback.losses.CentrePenalty` for why that matters).
+    the number of classes. Signed maps are penalized on both signs (see
+    :class:`xai_feedback.losses.CenterPenalty` for why that matters).
 
     Args:
         maps: Maps of one class ``(B, h, w)`` or of all classes ``(B, K, h, w)``.
@@ -42,10 +42,10 @@ def centre_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         - maps: :math:`(B, h, w)` or :math:`(B, K, h, w)`; weight: :math:`(h, w)`
 
     Example:
-        >>> from xai_feedback.functional import centre_weight
+        >>> from xai_feedback.functional import center_weight
         >>> maps = torch.zeros(1, 3, 3); maps[0, 0, 0] = 2.0
-        >>> w = centre_weight(3, 3, sigma=0.5)
-        >>> bool(torch.isclose(centre_penalty(maps, w), (2 * w[0, 0]) ** 2 / 9))
+        >>> w = center_weight(3, 3, sigma=0.5)
+        >>> bool(torch.isclose(center_penalty(maps, w), (2 * w[0, 0]) ** 2 / 9))
         True
     """
     h, w = check_maps(maps)
@@ -187,8 +187,8 @@ def receptive_field_cover(masks: torch.Tensor, field: int) -> torch.Tensor:
 
     Args:
         masks: ``(B, H, W)`` masks.
-        field: Window side in pixels (>= 1; odd sides centre the window exactly, even sides
-            put the extra pixel after the centre).
+        field: Window side in pixels (>= 1; odd sides center the window exactly, even sides
+            put the extra pixel after the center).
 
     Returns:
         ``(B, H, W)`` float shares in [0, 1].

@@ -3,7 +3,7 @@ r"""Attention architectures of the White Box study, sized for 28-32 px images.
 Every model here has a GAP + linear head (``classifier``) fed by ``cam_layer``, so CAM,
 Grad-CAM and the feedback penalties work on it unchanged, and every attention module keeps the
 maps of its last forward pass, in the graph, as ``module.attention`` (``(B, h, w)``, values in
-[0, 1]); ``model.attention_maps()`` collects them by name, ready to plot or to penalise.
+[0, 1]); ``model.attention_maps()`` collects them by name, ready to plot or to penalize.
 
 - :class:`CBAM` (Woo et al. 2018): channel attention
   :math:`M_c = \sigma(\mathrm{MLP}(\mathrm{avg}(F)) + \mathrm{MLP}(\mathrm{max}(F)))`, then
@@ -137,7 +137,7 @@ class AttentionModel(nn.Module):
         }
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise every weight from ``generator`` (see :func:`init_weights`)."""
+        """Re-initialize every weight from ``generator`` (see :func:`init_weights`)."""
         init_weights(self, generator)
 
     def _check(self, images: torch.Tensor, in_channels: int, side: int) -> None:

@@ -14,7 +14,7 @@ __all__ = ["ConvBlock", "GAPNet"]
 
 
 def init_weights(model: nn.Module, generator: torch.Generator) -> None:
-    r"""Re-initialise ``model``'s weights from ``generator``.
+    r"""Re-initialize ``model``'s weights from ``generator``.
 
     He-normal convolutions (biases 0), BatchNorm reset, linear weights uniform in
     :math:`\pm 1/\sqrt{\text{fan-in}}` (biases 0).
@@ -40,7 +40,7 @@ def check_training_batch(
 ) -> None:
     """Refuse one image whose smallest feature map is 1x1 in training mode (metadata only).
 
-    BatchNorm then sees one value per channel and cannot normalise it; the error names the
+    BatchNorm then sees one value per channel and cannot normalize it; the error names the
     input and the way out instead of PyTorch's message from deep inside the network.
     """
     if not model.training or images.shape[0] != 1:
@@ -89,7 +89,7 @@ class GAPNet(nn.Module):
         depth: Number of convolutional blocks (>= 2).
         pools: Number of 2x2 max-poolings (after the first ``pools`` blocks), 0 to ``depth``.
         generator: Random generator for the initial weights (reproducible without
-            touching the global seed); ``None`` uses PyTorch's default initialisation.
+            touching the global seed); ``None`` uses PyTorch's default initialization.
 
     Attributes:
         features: The convolutional trunk; its output is the CAM layer (``cam_layer``).
@@ -150,7 +150,7 @@ class GAPNet(nn.Module):
         return self.classifier.in_features
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise every weight from ``generator`` (see :func:`init_weights`)."""
+        """Re-initialize every weight from ``generator`` (see :func:`init_weights`)."""
         init_weights(self, generator)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
