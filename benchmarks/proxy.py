@@ -36,6 +36,7 @@ import _common as common
 import numpy as np
 import torch
 
+from xai_feedback.attribution import attribute
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits, train_val_split
 from xai_feedback.data.digits import CANVAS, MARGIN
 from xai_feedback.demo import ConfoundSetup
@@ -44,7 +45,6 @@ from xai_feedback.models import GAPNet
 from xai_feedback.proxy import (
     ProxyAttention,
     ProxySchedule,
-    explain,
     train_with_proxy,
 )
 from xai_feedback.training import accuracy, fit
@@ -110,7 +110,9 @@ def _throughput(args: argparse.Namespace) -> None:
     proxy = ProxyAttention(threshold=0.85)
 
     def ours() -> torch.Tensor:
-        out: torch.Tensor = proxy(images, explain(model, images, labels, "grad_cam_pp"))
+        out: torch.Tensor = proxy(
+            images, attribute(model, images, labels, method="grad_cam_pp", reduce="abs_sum")
+        )
         return out
 
     def seed() -> np.ndarray:
@@ -450,7 +452,7 @@ def _figure(args: argparse.Namespace, plt: Any) -> Any:
     logits = model.eval()(train.images[:512])
     wrong = (logits.argmax(1) != train.labels[:512]).nonzero().flatten()[:6]
     x = train.images[wrong]
-    maps = explain(model, x, logits[wrong].argmax(1), args.method)
+    maps = attribute(model, x, logits[wrong].argmax(1), method=args.method, reduce="abs_sum")
     proxies = ProxyAttention(threshold=args.threshold)(x, maps)
     fig, axes = plt.subplots(3, len(x), figsize=(1.6 * len(x), 5))
     for col in range(len(x)):

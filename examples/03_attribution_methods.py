@@ -18,7 +18,8 @@ test = load_digits("test")
 x, y = test.images[:8], test.labels[:8]
 
 for method in METHODS:
-    maps = attribute(model, x, y, method=method, reduce="abs_sum", n_steps=16)
+    steps = {"n_steps": 16} if method == "integrated_gradients" else None
+    maps = attribute(model, x, y, method=method, reduce="abs_sum", options=steps)
     # share of attribution inside the central 20x20 box where the digit lives
     inside = float(maps[:, 4:24, 4:24].sum() / maps.sum())
     print(f"{method:22s} maps {tuple(maps.shape)}  share on the digit box {inside:.2f}")

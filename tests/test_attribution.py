@@ -59,7 +59,7 @@ def test_equals_direct_captum_call(
 ) -> None:
     x, y = data
     steps = {"n_steps": 20} if method == "integrated_gradients" else {}
-    ours = attribute(model, x, y, method=method, batch_size=3, **steps)  # chunked
+    ours = attribute(model, x, y, method=method, batch_size=3, options=steps)  # chunked
     expected = _direct(model, method, x, y).detach()
     assert ours.shape == expected.shape
     assert float(expected.abs().max()) > 0
@@ -99,7 +99,7 @@ def test_ensembles_equal_captum_noise_tunnel(
         n_samples=n,
         noise=noise,
         batch_size=7,
-        **kwargs,
+        options=kwargs,
     )
     assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-5)
 
@@ -173,8 +173,8 @@ def test_clear_errors(model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]) ->
     with pytest.raises(RangeError, match="`n_samples` must be >= 1"):
         attribute(model, x, y, ensemble="vargrad", n_samples=0)
     with pytest.raises(RangeError, match=r"'saliency' does not take option\(s\) \['n_steps'\]"):
-        attribute(model, x, y, method="saliency", n_steps=5)
+        attribute(model, x, y, method="saliency", options={"n_steps": 5})
     with pytest.raises(RangeError, match="does not take option"):
-        attribute(model, x, y, method="integrated_gradients", relu=True)
+        attribute(model, x, y, method="integrated_gradients", options={"relu": True})
     with pytest.raises(ShapeError, match="empty batch"):
         attribute(model, x[:0], y[:0])

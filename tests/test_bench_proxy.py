@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from xai_feedback.attribution import attribute
 from xai_feedback.cli import find_benchmarks, load_benchmark
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
-from xai_feedback.proxy import ProxyAttention, explain
+from xai_feedback.proxy import ProxyAttention
 
 bench = load_benchmark("proxy", find_benchmarks(Path(__file__).parent))
 
@@ -16,7 +17,9 @@ def test_seed_style_pipeline_agrees_with_batched_one() -> None:
     model = GAPNet(width=4, generator=torch.Generator().manual_seed(0)).eval()
     data = load_digits("test")
     x, y = data.images[:16], data.labels[:16]
-    ours = ProxyAttention(threshold=0.85)(x, explain(model, x, y, "grad_cam_pp")).numpy()
+    ours = ProxyAttention(threshold=0.85)(
+        x, attribute(model, x, y, method="grad_cam_pp", reduce="abs_sum")
+    ).numpy()
     seed = bench.seed_style_proxies(model, x, y, 0.85)
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.parameters())
     # the two pipelines differ only in resampling at the threshold's edge

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from xai_feedback import RangeError, ShapeError
+from xai_feedback.attribution import attribute
 from xai_feedback.data import load_digits
 from xai_feedback.models import GAPNet
 from xai_feedback.proxy import (
     ProxyAttention,
     ProxySchedule,
-    explain,
     mine_hard_examples,
     proxy_images,
     train_with_proxy,
@@ -104,7 +104,7 @@ def test_train_with_proxy_adds_proxies_in_memory_and_keeps_test_split_fixed() ->
     assert round_.training_size == len(data) + round_.hard_examples
     assert len(history.segments) == 2 and len(test) == 360  # evaluation data untouched
     for method in ("cam", "saliency"):
-        maps = explain(model, data.images[:3], None, method)
+        maps = attribute(model, data.images[:3], None, method=method, reduce="abs_sum")
         assert maps.shape[0] == 3 and maps.dim() == 3
 
 
@@ -123,5 +123,5 @@ def test_clear_errors() -> None:
     with pytest.raises(ShapeError, match="different aspect ratio"):
         proxy_images(x, torch.rand(2, 7, 5))
     with pytest.raises(RangeError, match="`method` must be one of"):
-        explain(GAPNet(width=4), x, None, "lrp")
+        attribute(GAPNet(width=4), x, None, method="lrp", reduce="abs_sum")
     assert proxy_images(x[:0], torch.rand(0, 7, 7)).shape == (0, 1, 28, 28)

@@ -9,7 +9,7 @@ call of the library that evaluates a model in the middle of training goes throug
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
@@ -22,7 +22,7 @@ def module_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(module, module.training) for module in model.modules()]
 
 
-def restore_flags(flags: list[tuple[nn.Module, bool]]) -> None:
+def restore_flags(flags: Sequence[tuple[nn.Module, bool]]) -> None:
     """Give each module the flag recorded by :func:`module_flags` (no recursion)."""
     for module, flag in flags:
         module.training = flag

@@ -18,7 +18,8 @@ computed in chunks of at most ``batch_size`` noisy images, so memory stays bound
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,11 +34,18 @@ from xai_feedback._checks import (
     check_shape,
 )
 from xai_feedback._modes import eval_mode
-from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.hooks import CAMHook, Target, resolve_targets
 from xai_feedback.layers import resolve_layer
-from xai_feedback.methods import AttributionFn, CaptumMethod, Method, get_method, method_names
+from xai_feedback.methods import (
+    AttributionFn,
+    CAMMethod,
+    CaptumMethod,
+    Method,
+    get_method,
+    method_names,
+)
 
 __all__ = [
     "ENSEMBLES",
@@ -46,7 +54,6 @@ __all__ = [
     "attribute",
     "cam_maps",
     "ensemble_noise",
-    "explain",
     "reduce_channels",
 ]
 
@@ -147,7 +154,9 @@ def cam_maps(
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
         method: A method of the ``"cam"`` family (:data:`~xai_feedback.hooks.CAM_METHODS`).
         layer: The layer (default: the feature map feeding the global pooling).
-        relu: Keep only positive evidence (default: the method's own default).
+        relu: Keep only positive evidence. Default: the published definition (ReLU for
+            the gradient methods, signed for ``"cam"``); the training path
+            (:meth:`~xai_feedback.hooks.CAMHook.cam`) is signed for every method.
         scale: ``"cam"`` or ``"paper"`` (see :mod:`xai_feedback.methods`).
         batch_size: Images per forward.
 
@@ -181,6 +190,7 @@ def _cam_maps(
     batch_size: int,
 ) -> torch.Tensor:
     """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
+    use_relu = cast(CAMMethod, get_method(method, "cam")).default_relu if relu is None else relu
     frozen = _frozen_parameters(model)
     try:
         chunks = []
@@ -190,41 +200,13 @@ def _cam_maps(
             with CAMHook(model, layer, eval_mode=True, leaf=True) as hook:
                 logits = model(x)
                 maps = hook.cam(
-                    logits, t, method=method, relu=relu, scale=scale, create_graph=False
+                    logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
                 )
             chunks.append(maps.detach())
     finally:
         for p in frozen:
             p.requires_grad_(True)
     return torch.cat(chunks)
-
-
-def explain(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: Target,
-    method: str,
-    batch_size: int = 256,
-    *,
-    layer: nn.Module | str | None = None,
-) -> torch.Tensor:
-    """``(B, h, w)`` maps of ``images`` by any registered method, for using maps.
-
-    CAM-family methods give maps at the layer's resolution (:func:`cam_maps`, CAM scale);
-    attribution methods give pixel maps ``(B, H, W)`` through :func:`attribute` with
-    ``reduce="abs_sum"``. Proxy attention and the faithfulness benchmarks call this.
-
-    Shape:
-        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)` or :math:`(B, H, W)`
-
-    Example:
-        >>> from xai_feedback.models import GAPNet
-        >>> explain(GAPNet(width=4), torch.rand(2, 1, 28, 28), None, "saliency").shape
-        torch.Size([2, 28, 28])
-    """
-    if get_method(method).family == "cam":
-        return cam_maps(model, images, target, method, layer=layer, batch_size=batch_size)
-    return attribute(model, images, target, method=method, reduce="abs_sum", batch_size=batch_size)
 
 
 def attribute(
@@ -241,12 +223,7 @@ def attribute(
     reduce: str = "none",
     layer: nn.Module | str | None = None,
     generator: torch.Generator | None = None,
-    abs: bool | None = None,
-    n_steps: int | None = None,
-    baselines: float | torch.Tensor | None = None,
-    internal_batch_size: int | None = None,
-    relu: bool | None = None,
-    scale: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     r"""Attributions of ``model``'s ``target`` scores for ``images``, by any registered method.
 
@@ -266,12 +243,15 @@ def attribute(
         layer: Layer of the CAM family and ``"guided_grad_cam"`` (default: the feature map
             feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`).
         generator: Random generator for the ensemble noise.
-        abs: ``"saliency"``: absolute gradients (default True).
-        n_steps: ``"integrated_gradients"``: steps (default 50).
-        baselines: ``"integrated_gradients"``: baseline (default 0).
-        internal_batch_size: ``"integrated_gradients"``: captum's internal batch size.
-        relu: CAM family: keep positive evidence only (default: the method's default).
-        scale: CAM family: ``"cam"`` (default) or ``"paper"`` (:mod:`xai_feedback.methods`).
+        options: The method's own options, one mapping (each method lists what it takes in
+            ``get_method(name).options``; another key is an error):
+
+            - ``"saliency"``: ``abs`` (absolute gradients, default True);
+            - ``"integrated_gradients"``: ``n_steps`` (50), ``baselines`` (0),
+              ``internal_batch_size``;
+            - CAM family: ``relu`` (default: the published definition, ReLU for the
+              gradient methods), ``scale`` (``"cam"``, default, or ``"paper"``; see
+              :mod:`xai_feedback.methods`).
 
     Returns:
         ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM family), or ``(B, H, W)``
@@ -292,15 +272,9 @@ def attribute(
         torch.Size([2, 28, 28])
     """
     spec = get_method(method)
-    given = {
-        "abs": abs,
-        "n_steps": n_steps,
-        "baselines": baselines,
-        "internal_batch_size": internal_batch_size,
-        "relu": relu,
-        "scale": scale,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
+    if options is not None and not isinstance(options, Mapping):
+        raise DTypeError(f"`options` must be a mapping, got {type(options).__name__}.")
+    options = dict(options or {})
     spec.check_options(options)
     check_choice(ensemble, "ensemble", ENSEMBLES)
     check_choice(reduce, "reduce", REDUCTIONS)
@@ -344,7 +318,7 @@ def _method_fn(
     model: nn.Module,
     spec: Method,
     layer: nn.Module | str | None,
-    options: dict[str, Any],
+    options: Mapping[str, Any],
     batch_size: int,
 ) -> AttributionFn:
     """``fn(images, classes) -> (b, C, H, W)`` detached attributions of one chunk."""

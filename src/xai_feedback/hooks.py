@@ -27,7 +27,6 @@ Safety rules, each enforced by an error rather than a silently wrong map:
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -41,7 +40,7 @@ from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_feature_layer, find_head, unwrap_model
 from xai_feedback.layers import resolve_layer as _resolve
-from xai_feedback.methods import CAM, SCALES, CAMMethod, get_method, method_names
+from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method, method_names
 
 __all__ = [
     "CAM_METHODS",
@@ -61,10 +60,6 @@ INPLACE_POLICIES = ("raise", "copy", "follow")
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 """Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
-
-_CAM_VERIFIED: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
@@ -261,12 +256,21 @@ class CAMHook(ActivationHook):
     Inside the ``with`` block, run the model, then ask for maps of its logits with any method
     of the ``"cam"`` family of :mod:`xai_feedback.methods`:
 
-    - ``"cam"``: exact CAM from a GAP + linear head, needs no gradient; signed evidence
-      (``relu=False``) is its default, as training needs. The head is verified once per
-      model and layer: the maps' means plus the bias must reproduce the logits;
+    - ``"cam"``: exact CAM from a GAP + linear head, needs no gradient. The head is verified
+      once per model and layer: the maps' means plus the bias must reproduce the logits;
     - ``"grad_cam"``, ``"hires_cam"``, ``"grad_cam_pp"``: from ``dy/dA`` computed by
       ``torch.autograd.grad(create_graph=...)``, on the CAM scale by default (for a GAP +
       linear head Grad-CAM equals CAM), so a penalty weight transfers between methods.
+
+    **One rule for the sign.** The hook is the training path: its maps are **signed** for
+    every method (``relu=False``) unless you pass ``relu=True``, and the objectives
+    (:func:`~xai_feedback.objectives.cam_penalty_objective`) use the same maps, so the three
+    lines of your own loop and the objective give the same loss with any method. Signed
+    evidence is what a penalty needs: a shortcut turned into *negative* evidence for the
+    other classes is hidden by a ReLU (measured: docs, *Which penalty*); a penalty's own
+    ``signed=False`` applies the ReLU where wanted. The explanation calls
+    (:func:`~xai_feedback.attribution.attribute`, :func:`~xai_feedback.attribution.cam_maps`)
+    return the published definitions instead (ReLU for the gradient methods), as the peers do.
 
     Args:
         model: The model, possibly wrapped (DataParallel, DDP, ``torch.compile``).
@@ -360,7 +364,7 @@ class CAMHook(ActivationHook):
         *,
         method: str = "cam",
         all_classes: bool = False,
-        relu: bool | None = None,
+        relu: bool = False,
         normalize: str = "none",
         size: tuple[int, int] | None = None,
         create_graph: bool = True,
@@ -375,8 +379,9 @@ class CAMHook(ActivationHook):
                 predicted class. Ignored with ``all_classes=True``.
             method: One of :data:`CAM_METHODS`.
             all_classes: Return the maps of every class, ``(B, K, h, w)``.
-            relu: Keep only positive evidence. Default: ``False`` for ``"cam"`` (exact,
-                signed evidence) and ``True`` for the gradient methods (their definitions).
+            relu: Keep only positive evidence. Default ``False`` for every method: signed
+                maps, the training path's rule (see the class docstring; ``True`` gives the
+                published Grad-CAM / HiResCAM / Grad-CAM++).
             normalize: Per-map normalization (:func:`~xai_feedback.functional.normalize_maps`).
             size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly.
             create_graph: Keep the gradient in the graph (needed to train through the maps).
@@ -401,113 +406,19 @@ class CAMHook(ActivationHook):
         check_choice(scale, "scale", SCALES)
         dims = check_shape(logits, "B K", "logits")
         acts = self._acts4d(dims["B"])
-        classes = None if all_classes else resolve_targets(target, logits)
-        use_relu = spec.default_relu if relu is None else relu
-        if isinstance(spec, CAM):
-            maps = self._head_maps(spec, acts, logits, classes, use_relu, check)
-        else:
-            maps = self._gradient_maps(spec, acts, logits, classes, use_relu, create_graph)
-            if scale == "cam":
-                maps = maps * spec.cam_scale(int(acts.shape[2]), int(acts.shape[3]))
+        target = None if all_classes else resolve_targets(target, logits)
+        inputs = MapInputs(
+            acts,
+            logits,
+            create_graph=create_graph,
+            head=lambda: self.head,
+            check=check,
+            owner=self.module,
+            layer_name=self.layer_name,
+            compiled=type(self.model).__name__ == "OptimizedModule",
+        )
+        maps = spec.maps(inputs, target, relu=bool(relu))
+        if scale == "cam":
+            maps = maps * spec.cam_scale(int(acts.shape[2]), int(acts.shape[3]))
         maps = normalize_maps(maps, normalize)
         return resize_maps(maps, size) if size is not None else maps
-
-    def _head_maps(
-        self,
-        spec: CAM,
-        acts: torch.Tensor,
-        logits: torch.Tensor,
-        classes: torch.Tensor | None,
-        relu: bool,
-        check: bool,
-    ) -> torch.Tensor:
-        head = self.head
-        if head.weight.shape[1] != acts.shape[1]:
-            raise LayerError(
-                f"the head's weight has {head.weight.shape[1]} inputs but layer "
-                f"{self.layer_name!r} has {acts.shape[1]} channels: method 'cam' needs the "
-                "layer that feeds the head (a global-average-pool + linear head). Use "
-                "method='grad_cam' or 'hires_cam', defined for any layer."
-            )
-        signed = spec.from_head(acts, head.weight, classes, relu=False)
-        if check:
-            self._verify_cam(head, signed, logits, classes)
-        return torch.relu(signed) if relu else signed
-
-    def _verify_cam(
-        self,
-        head: nn.Linear,
-        signed: torch.Tensor,
-        logits: torch.Tensor,
-        classes: torch.Tensor | None,
-    ) -> None:
-        key = (self.layer_name, str(id(head)))
-        done = _CAM_VERIFIED.setdefault(self.module, set())
-        if key in done or signed.shape[0] == 0:
-            return
-        with torch.no_grad():
-            means = signed.mean(dim=(-2, -1))
-            bias = head.bias if head.bias is not None else torch.zeros_like(head.weight[:, 0])
-            if classes is None:
-                expected, got = logits, means + bias
-            else:
-                expected, got = logits.gather(1, classes[:, None])[:, 0], means + bias[classes]
-            low_precision = logits.dtype in (torch.float16, torch.bfloat16)
-            rtol = 2e-2 if low_precision else 1e-3
-            tol = rtol * (1.0 + expected.abs().amax())
-            ok = bool(((got.to(expected.dtype) - expected).abs() <= tol).all())
-        if not ok:
-            raise LayerError(
-                f"method 'cam' is only defined for a layer that feeds a global-average-pool + "
-                f"linear head, and layer {self.layer_name!r} does not: its class maps' means "
-                "plus the bias do not reproduce the logits. Use method='grad_cam' or "
-                "'hires_cam' (defined for any layer), or pass the layer that feeds the "
-                "pooling. (A head with dropout in training mode also fails this check; "
-                "pass check=False there.)"
-            )
-        done.add(key)
-
-    def _gradient_maps(
-        self,
-        spec: CAMMethod,
-        acts: torch.Tensor,
-        logits: torch.Tensor,
-        classes: torch.Tensor | None,
-        relu: bool,
-        create_graph: bool,
-    ) -> torch.Tensor:
-        if not acts.requires_grad:
-            raise HookError(
-                f"method {spec.name!r} needs gradients, but the activations do not require grad "
-                "(was the forward run under torch.no_grad()?)."
-            )
-
-        def grads_of(score: torch.Tensor) -> torch.Tensor:
-            try:
-                (grads,) = torch.autograd.grad(
-                    score, acts, create_graph=create_graph, retain_graph=True
-                )
-            except RuntimeError as err:
-                if "not have been used in the graph" in str(err):
-                    compiled = type(self.model).__name__ == "OptimizedModule"
-                    raise HookError(
-                        f"the logits do not depend on the captured output of layer "
-                        f"{self.layer_name!r} ("
-                        + (
-                            "torch.compile traced the forward and its backward together, "
-                            "so the hooked tensor is not part of the logits' graph; explain "
-                            "`model._orig_mod` or compile with backend='eager'"
-                            if compiled
-                            else "another hook replaced it, or the logits come from another forward"
-                        )
-                        + ")."
-                    ) from err
-                raise
-            return grads
-
-        if classes is not None:
-            return spec.maps(acts, grads_of(logits.gather(1, classes[:, None]).sum()), relu=relu)
-        per_class = [  # one gradient per class (K is small in training)
-            spec.maps(acts, grads_of(logits[:, k].sum()), relu=relu) for k in range(logits.shape[1])
-        ]
-        return torch.stack(per_class, dim=1)

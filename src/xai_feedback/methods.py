@@ -36,15 +36,17 @@ decorate the class with :func:`register_method`.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from xai_feedback._checks import check_int
-from xai_feedback.errors import LayerError, RangeError
+from xai_feedback.errors import HookError, LayerError, RangeError
 from xai_feedback.functional.cam import cam_from_head, grad_cam, grad_cam_pp, hires_cam
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "CAMMethod",
     "CaptumMethod",
     "Family",
+    "MapInputs",
     "Method",
     "get_method",
     "method_names",
@@ -86,21 +89,106 @@ class Method(ABC):
             )
 
 
+@dataclass(frozen=True)
+class MapInputs:
+    """What a CAM-family method reads: one forward's activations and logits, and the head.
+
+    Built by :meth:`~xai_feedback.hooks.CAMHook.cam`; a method takes what it needs.
+
+    Attributes:
+        acts: The layer's activations ``A`` ``(B, C, h, w)``, in the logits' graph.
+        logits: ``(B, K)`` logits of the same forward.
+        create_graph: Keep ``dy/dA`` in the graph (to train through the maps).
+        head: Returns the linear head (for ``"cam"``); called only by methods that need it.
+        check: ``"cam"``: verify once that the layer feeds a GAP + linear head.
+        owner: The (unwrapped) model, the key of that one-time check.
+        layer_name: The layer's name, for messages.
+        compiled: The model is ``torch.compile``'d (for messages).
+    """
+
+    acts: torch.Tensor
+    logits: torch.Tensor
+    create_graph: bool = True
+    head: Callable[[], nn.Linear] | None = None
+    check: bool = True
+    owner: nn.Module | None = None
+    layer_name: str = "layer"
+    compiled: bool = False
+
+
 class CAMMethod(Method):
-    """A map over a layer's activations ``(B, C, h, w) -> (B, h, w)``, differentiable."""
+    """A map over a layer's activations ``(B, C, h, w) -> (B, h, w)``, differentiable.
+
+    Every method of the family is called the same way, :meth:`maps`; a subclass supplies the
+    kernel (:meth:`from_gradients`) and, if it does not use ``dy/dA``, its own
+    :meth:`gradients` (CAM reads the head's weights instead).
+    """
 
     family: ClassVar[Family] = "cam"
     options: ClassVar[frozenset[str]] = frozenset({"relu", "scale"})
     needs_gradients: ClassVar[bool] = True
     default_relu: ClassVar[bool] = True
+    """The published definition's ReLU (the default of the explanation calls)."""
 
     def cam_scale(self, h: int, w: int) -> float:
         """Factor applied with ``scale="cam"`` (see the module docstring)."""
         return 1.0
 
     @abstractmethod
-    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
-        """Maps from activations and ``dy/dA`` (gradient methods)."""
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
+        """The kernel: maps ``(B, h, w)`` from activations and per-class gradients."""
+
+    def gradients(self, inputs: MapInputs, target: torch.Tensor) -> torch.Tensor:
+        """``d(sum_b y_{b, target_b}) / dA`` by ``torch.autograd.grad``, ``(B, C, h, w)``.
+
+        Raises:
+            HookError: The activations do not require grad, or the logits do not depend on
+                them (another forward, a hook that replaced them, a compiled graph).
+        """
+        acts, logits = inputs.acts, inputs.logits
+        if not acts.requires_grad:
+            raise HookError(
+                f"method {self.name!r} needs gradients, but the activations do not require grad "
+                "(was the forward run under torch.no_grad()?)."
+            )
+        score = logits.gather(1, target[:, None]).sum()
+        try:
+            (grads,) = torch.autograd.grad(
+                score, acts, create_graph=inputs.create_graph, retain_graph=True
+            )
+        except RuntimeError as err:
+            if "not have been used in the graph" not in str(err):
+                raise
+            cause = (
+                "torch.compile traced the forward and its backward together, so the hooked "
+                "tensor is not part of the logits' graph; explain `model._orig_mod` or compile "
+                "with backend='eager'"
+                if inputs.compiled
+                else "another hook replaced it, or the logits come from another forward"
+            )
+            raise HookError(
+                f"the logits do not depend on the captured output of layer "
+                f"{inputs.layer_name!r} ({cause})."
+            ) from err
+        return grads
+
+    def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
+        """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).
+
+        Shape:
+            - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
+        """
+        if target is not None:
+            return self.from_gradients(inputs.acts, self.gradients(inputs, target), relu=relu)
+        b, k = inputs.logits.shape
+        device = inputs.logits.device
+        per_class = [  # one gradient per class (K is small in training)
+            self.maps(inputs, torch.full((b,), c, dtype=torch.long, device=device), relu=relu)
+            for c in range(k)
+        ]
+        return torch.stack(per_class, dim=1)
 
 
 class CaptumMethod(Method):
@@ -160,11 +248,19 @@ def get_method(name: str, family: Family | None = None) -> Method:
 # --- the CAM family ------------------------------------------------------------------------
 
 
+_CAM_VERIFIED: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 @register_method
 class CAM(CAMMethod):
-    """CAM (Zhou et al. 2016): head weights times activations, exact for a GAP + linear head.
+    r"""CAM (Zhou et al. 2016): head weights times activations, exact for a GAP + linear head.
 
-    Signed by default (``relu=False``): the map's mean plus the bias is the logit.
+    Its "gradients" are the head's weights :math:`W_{kc}` (for a GAP + linear head,
+    :math:`\partial y_k / \partial A_c = W_{kc} / (hw)`), so no backward pass is needed; the
+    maps of all classes are one ``einsum``. The published definition is signed
+    (``default_relu=False``): the map's mean plus the bias is the logit.
     """
 
     name = "cam"
@@ -172,16 +268,63 @@ class CAM(CAMMethod):
     needs_gradients = False
     default_relu = False
 
-    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
-        """Not used: CAM needs the head (see :meth:`from_head`)."""
-        raise LayerError("method 'cam' is computed from the head's weights, not gradients.")
-
-    def from_head(
-        self, acts: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor | None, relu: bool
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
     ) -> torch.Tensor:
-        """Maps of ``classes`` (``None``: every class, ``(B, K, h, w)``)."""
-        maps = cam_from_head(acts, weight, classes)
-        return torch.relu(maps) if relu else maps
+        r""":math:`\sum_c W_{kc} A_c` with ``grads`` the head rows ``(B, C, 1, 1)``."""
+        return hires_cam(acts, grads.expand_as(acts), relu=relu)
+
+    def gradients(self, inputs: MapInputs, target: torch.Tensor) -> torch.Tensor:
+        """The head's rows of ``target``, ``(B, C, 1, 1)``."""
+        return self._weight(inputs)[target][:, :, None, None]
+
+    def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
+        """CAMs from the head (all classes in one ``einsum``)."""
+        signed = cam_from_head(inputs.acts, self._weight(inputs), target)
+        return torch.relu(signed) if relu else signed
+
+    def _weight(self, inputs: MapInputs) -> torch.Tensor:
+        if inputs.head is None:
+            raise LayerError("method 'cam' needs the model's linear head, got none.")
+        head = inputs.head()
+        if head.weight.shape[1] != inputs.acts.shape[1]:
+            raise LayerError(
+                f"the head's weight has {head.weight.shape[1]} inputs but layer "
+                f"{inputs.layer_name!r} has {inputs.acts.shape[1]} channels: method 'cam' needs "
+                "the layer that feeds the head (a global-average-pool + linear head). Use "
+                "method='grad_cam' or 'hires_cam', defined for any layer."
+            )
+        if inputs.check:
+            self._verify(inputs, head)
+        return head.weight
+
+    def _verify(self, inputs: MapInputs, head: nn.Linear) -> None:
+        """Once per model, layer and head: the maps' means plus the bias are the logits."""
+        owner = inputs.owner if inputs.owner is not None else head
+        key = (inputs.layer_name, id(head))
+        done = _CAM_VERIFIED.setdefault(owner, set())
+        if key in done or inputs.acts.shape[0] == 0:
+            return
+        with torch.no_grad():
+            # mean over (h, w) of sum_c W_kc A_c = W @ mean(A): no maps needed
+            got = inputs.acts.mean(dim=(-2, -1)) @ head.weight.t()
+            if head.bias is not None:
+                got = got + head.bias
+            expected = inputs.logits
+            low_precision = expected.dtype in (torch.float16, torch.bfloat16)
+            rtol = 2e-2 if low_precision else 1e-3
+            tol = rtol * (1.0 + expected.abs().amax())
+            ok = bool(((got.to(expected.dtype) - expected).abs() <= tol).all())
+        if not ok:
+            raise LayerError(
+                f"method 'cam' is only defined for a layer that feeds a global-average-pool + "
+                f"linear head, and layer {inputs.layer_name!r} does not: its class maps' means "
+                "plus the bias do not reproduce the logits. Use method='grad_cam' or "
+                "'hires_cam' (defined for any layer), or pass the layer that feeds the "
+                "pooling. (A head with dropout in training mode also fails this check; "
+                "pass check=False there.)"
+            )
+        done.add(key)
 
 
 @register_method
@@ -195,7 +338,9 @@ class GradCAM(CAMMethod):
         """``h * w``: equals CAM for a GAP + linear head."""
         return float(h * w)
 
-    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
         """Grad-CAM maps."""
         return grad_cam(acts, grads, relu=relu)
 
@@ -211,7 +356,9 @@ class HiResCAM(CAMMethod):
         """``h * w``: equals CAM for a GAP + linear head."""
         return float(h * w)
 
-    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
         """HiResCAM maps."""
         return hires_cam(acts, grads, relu=relu)
 
@@ -227,7 +374,9 @@ class GradCAMPlusPlus(CAMMethod):
         """2: the weights tend to the positive head weights as activations tend to 0."""
         return 2.0
 
-    def maps(self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool) -> torch.Tensor:
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
         """Grad-CAM++ maps."""
         return grad_cam_pp(acts, grads, relu=relu)
 

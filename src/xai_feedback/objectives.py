@@ -104,9 +104,7 @@ def cam_penalty_objective(
             if pen_w == 0:
                 return ce_w * ce, logits
             # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
-            maps = hook.cam(
-                logits, batch.labels, method=method, all_classes=all_classes, relu=False
-            )
+            maps = hook.cam(logits, batch.labels, method=method, all_classes=all_classes)
         value = penalty(maps, target=batch.labels, masks=batch.masks)
         return ce_w * ce + pen_w * value, logits
 

@@ -28,7 +28,7 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback.attribution import explain
+from xai_feedback.attribution import attribute
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
@@ -46,7 +46,6 @@ __all__ = [
     "ProxyAttention",
     "ProxyRound",
     "ProxySchedule",
-    "explain",
     "mine_hard_examples",
     "proxy_images",
     "train_with_proxy",
@@ -333,7 +332,9 @@ def train_with_proxy(
         hard = mine_hard_examples(logits, data.labels, by=by, fraction=fraction, count=count)
         if len(hard):
             x = data.images[hard]
-            maps = explain(model, x, logits[hard].argmax(1), method, layer=layer)
+            maps = attribute(
+                model, x, logits[hard].argmax(1), method=method, reduce="abs_sum", layer=layer
+            )
             proxies = ImageDataset(
                 transform(x, maps),
                 data.labels[hard],

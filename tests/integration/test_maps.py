@@ -116,13 +116,15 @@ def test_gradient_maps_equal_hand_computation(arch: Arch, method: str) -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         paper = hook.cam(logits, TARGET, method=method, scale="paper", relu=False)
-        paper_relu = hook.cam(logits, TARGET, method=method, scale="paper")
+        paper_relu = hook.cam(logits, TARGET, method=method, scale="paper", relu=True)
+        default = hook.cam(logits, TARGET, method=method, scale="paper")
         cam = hook.cam(logits, TARGET, method=method, scale="cam", relu=False)
     h, w = acts.shape[-2:]
     factor = CAM_SCALE.get(method, lambda h, w: 2)(h, w)
     tol = 1e-3 if method == "grad_cam_pp" else 1e-4
     assert _close(paper, signed, tol)
-    assert _close(paper_relu, torch.relu(signed), tol)  # ReLU is the gradient methods' default
+    assert _close(paper_relu, torch.relu(signed), tol)  # the published definition
+    assert torch.equal(default, paper)  # the hook's one rule: signed unless relu=True
     assert _close(cam, signed * factor, tol)
 
 
@@ -164,7 +166,7 @@ def test_captum_layer_grad_cam_agrees(arch: Arch) -> None:
     _, module = _layer_module(model)
     theirs = LayerGradCam(model, module).attribute(x, target=TARGET, relu_attributions=True)
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper")
+        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
     assert _close(ours, theirs.squeeze(1).detach())
 
 
@@ -176,7 +178,7 @@ def test_torchcam_grad_cam_agrees(arch: Arch) -> None:
         scores = model(x)
         (theirs,) = ext(class_idx=TARGET.tolist(), scores=scores, normalized=False)
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper")
+        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
     assert _close(ours, theirs)
     # torchcam's GradCAMpp is not compared: in 0.5.0 it divides a boolean-indexed copy in
     # place (`alpha[idx][mask].div_(...)`), so its alpha is g^2 - not the published formula.
@@ -198,7 +200,7 @@ def test_pytorch_grad_cam_agrees(arch: Arch, peer: type, method: str) -> None:
             extractor(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in TARGET])
         )
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method=method, scale="paper")
+        ours = hook.cam(model(x), TARGET, method=method, scale="paper", relu=True)
     ours_up = F.interpolate(ours[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].detach()
     compared = 0
     for i in range(len(x)):
