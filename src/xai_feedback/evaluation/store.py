@@ -22,15 +22,14 @@ Rules (documented in ``docs/faithfulness.rst``, "Result store"):
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import string
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,12 +39,11 @@ from filelock import FileLock, Timeout
 from xai_feedback._checks import check_choice
 from xai_feedback._io import load_tensor, read_json, save_tensor_atomic, write_json_atomic
 from xai_feedback.errors import DTypeError, RangeError, StoreError
-from xai_feedback.evaluation.fingerprint import canonical_json
+from xai_feedback.evaluation.fingerprint import Fingerprint, canonical_json
 
 __all__ = [
     "ON_CORRUPT",
     "ON_MISMATCH",
-    "Fingerprint",
     "RunStore",
     "StoreError",
     "check_json_object",
@@ -83,20 +81,6 @@ def escape_name(name: str) -> str:
             f"for {name[:40]!r}..."
         )
     return out
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """A record's identity document and its SHA-256 (``digest``)."""
-
-    document: dict[str, Any]
-    digest: str
-
-    @classmethod
-    def of(cls, document: Mapping[str, Any]) -> Fingerprint:
-        """Fingerprint of a JSON-ready document (see :func:`~.fingerprint.identity`)."""
-        text = canonical_json(document)
-        return cls(json.loads(text), hashlib.sha256(text.encode()).hexdigest())
 
 
 def _differences(stored: Any, expected: Mapping[str, Any]) -> list[str]:
@@ -150,7 +134,7 @@ class RunStore:
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | os.PathLike[str],
         *,
         on_mismatch: OnMismatch = "raise",
         on_corrupt: OnCorrupt = "recompute",
@@ -264,7 +248,7 @@ class RunStore:
         if self.on_corrupt == "raise":
             raise StoreError(
                 f"the record {path} cannot be read ({type(error).__name__}: {error}); delete it, "
-                "or use on_corrupt='recompute' to set it aside and recompute it."
+                "or use RunStore(..., on_corrupt='recompute') to set it aside and recompute it."
             ) from error
         kept = self._set_aside(path, "_corrupt")
         warnings.warn(
@@ -279,7 +263,8 @@ class RunStore:
             differing = ", ".join(_differences(stored, expected.document))
             raise StoreError(
                 f"the record {path} was made from other inputs (differs in: {differing}); it is "
-                "never reused: use another store, delete it, or on_mismatch='recompute'."
+                "never reused: use another store, delete it, or "
+                "RunStore(..., on_mismatch='recompute')."
             )
         self._set_aside(path, "_stale")
 
@@ -299,7 +284,7 @@ class RunStore:
                 raise RangeError(
                     f"the store {self.root} holds runs made with {stored}, but this sweep "
                     f"uses {settings}: use another `store` (or delete it, or "
-                    "on_mismatch='recompute')."
+                    "RunStore(..., on_mismatch='recompute'))."
                 )
             self._write(path, lambda: write_json_atomic(path, settings))
 
