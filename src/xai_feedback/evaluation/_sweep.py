@@ -161,23 +161,7 @@ class SweepPass:
         mean = self.data["train"].images.mean(dim=(0, 2, 3))
         bar = progress_bar(total=len(pending), desc="ROAR/KAR runs", enabled=sweep.progress)
 
-        def make(task: Task) -> Callable[[], Record]:
-            train_scores, test_scores = scores.get(task.method, (None, None))
-            train_seed, ranking_seed = task.seeds(sweep.seed)
-            payload = Payload(
-                task=task,
-                train_fn=sweep.train_fn,
-                eval_fn=sweep.eval_fn,
-                train=self.data["train"],
-                test=self.data["test"],
-                train_scores=train_scores,
-                test_scores=test_scores,
-                fill=sweep.fill,
-                dataset_mean=mean,
-                train_seed=train_seed,
-                ranking_seed=ranking_seed,
-            )
-            return functools.partial(run_task, payload)
+        make = functools.partial(self.payload, scores=scores, mean=mean)
 
         def finish(task: Task, record: Record) -> None:
             self.finish(task, record)
@@ -188,6 +172,31 @@ class SweepPass:
             dispatch(pending, make, finish, sweep.executor, sweep.max_pending)
         finally:
             bar.close()
+
+    def payload(
+        self,
+        task: Task,
+        scores: dict[str, tuple[torch.Tensor, ...]],
+        mean: torch.Tensor,
+    ) -> Callable[[], Record]:
+        """The call that runs ``task`` (picklable: a worker may run it)."""
+        sweep = self.sweep
+        train_scores, test_scores = scores.get(task.method, (None, None))
+        train_seed, ranking_seed = task.seeds(sweep.seed)
+        payload = Payload(
+            task=task,
+            train_fn=sweep.train_fn,
+            eval_fn=sweep.eval_fn,
+            train=self.data["train"],
+            test=self.data["test"],
+            train_scores=train_scores,
+            test_scores=test_scores,
+            fill=sweep.fill,
+            dataset_mean=mean,
+            train_seed=train_seed,
+            ranking_seed=ranking_seed,
+        )
+        return functools.partial(run_task, payload)
 
     def finish(self, task: Task, record: Record) -> None:
         """Label a finished run's record, store it and keep it (or the one stored first)."""

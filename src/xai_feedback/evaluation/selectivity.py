@@ -56,6 +56,19 @@ def _mean_images(images: torch.Tensor, dataset_mean: torch.Tensor | None) -> tor
 
 
 @dataclass(frozen=True)
+class _Settings:
+    """What :func:`selectivity` was asked for (``steps=None``: every patch)."""
+
+    mode: str
+    patch: int
+    steps: int | None
+    fill: str
+    squared: bool
+    dataset_mean: torch.Tensor | None
+    generator: torch.Generator | None
+
+
+@dataclass(frozen=True)
 class _Walk:
     """One selectivity / deletion / insertion run: the model, the images and the settings."""
 
@@ -136,6 +149,35 @@ class _Walk:
             removed = removed.scatter(1, ranking.argmax(dim=1, keepdim=True), True)
 
 
+def _make_walk(
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor, settings: _Settings
+) -> _Walk:
+    """Check the inputs and the patch grid; the walk over every patch (or ``steps``)."""
+    dims = check_shape(images, "N C H W", "images")
+    check_shape(target, "N", "target", N=dims["N"])
+    h, w, patch = dims["H"], dims["W"], settings.patch
+    check_int(patch, "patch", minimum=1, maximum=min(h, w))
+    n_patches = -(-h // patch) * -(-w // patch)
+    steps = settings.steps
+    steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
+    check_evaluation_inputs(model, images, target)
+    s = settings
+    return _Walk(
+        model,
+        images,
+        target,
+        s.mode,
+        patch,
+        steps,
+        s.fill,
+        s.squared,
+        s.dataset_mean,
+        s.generator,
+        _patch_index(h, w, patch, images.device),
+        n_patches,
+    )
+
+
 def _check_methods(methods: Any, mode: str) -> None:
     if not isinstance(methods, Mapping):
         raise DTypeError(
@@ -210,38 +252,18 @@ def selectivity(
         >>> len(fractions), fractions[1], fractions[-1]
         (17, 0.0625, 1.0)
     """
-    dims = check_shape(images, "N C H W", "images")
-    check_shape(target, "N", "target", N=dims["N"])
     check_choice(mode, "mode", SELECTIVITY_MODES)
     check_choice(fill, "fill", REMOVALS)
-    check_int(patch, "patch", minimum=1, maximum=min(dims["H"], dims["W"]))
-    h, w = dims["H"], dims["W"]
-    n_patches = -(-h // patch) * -(-w // patch)
-    steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
     _check_methods(methods, mode)
-    check_evaluation_inputs(model, images, target)
-    fractions = [s / n_patches for s in range(steps + 1)]
+    settings = _Settings(mode, patch, steps, fill, squared, dataset_mean, generator)
+    walk = _make_walk(model, images, target, settings)
+    fractions = [s / walk.n_patches for s in range(walk.steps + 1)]
     out = {
         "accuracy": Curves(mode, "accuracy", fractions),
         "probability": Curves(mode, "true-class probability", fractions),
     }
     all_methods: dict[str, AttributionSource | None] = {"random": None} if random_baseline else {}
     all_methods.update(methods)
-    patch_of = _patch_index(h, w, patch, images.device)
-    walk = _Walk(
-        model,
-        images,
-        target,
-        mode,
-        patch,
-        steps,
-        fill,
-        squared,
-        dataset_mean,
-        generator,
-        patch_of,
-        n_patches,
-    )
     with eval_mode(model):
         for name, entry in all_methods.items():
             walk.run(name, entry, out)

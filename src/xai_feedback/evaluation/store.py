@@ -107,44 +107,16 @@ def check_run_record(record: Any) -> dict[str, Any]:
     return record
 
 
-class RunStore:
-    """One JSON file per finished run under ``root`` (rules in the module docs).
+class _Folder:
+    """The file-system layer of a store: safe paths under ``root``, its lock, atomic writes.
 
     Args:
-        root: The store's folder (created when first written).
-        on_mismatch: ``"raise"`` or ``"recompute"`` for a record with another fingerprint.
-        on_corrupt: ``"recompute"`` or ``"raise"`` for a record that cannot be read.
-        lock_timeout: Seconds to wait for the store's lock before :class:`StoreError`.
-        record_check: What a readable record must look like (raises ``ValueError``
-            otherwise, and the record counts as corrupt): a sweep's run record
-            (:func:`check_run_record`, the default) or any JSON object
-            (:func:`check_json_object`, for benchmarks' own records).
-
-    Example:
-        >>> import tempfile
-        >>> store = RunStore(tempfile.mkdtemp())
-        >>> key = Fingerprint.of({"fill": "zero"})
-        >>> store.put(["roar", "a b", "f0.5_r0"], {"status": "ok", "value": 1.0}, key)["value"]
-        1.0
-        >>> store.path(["roar", "a b", "f0.5_r0"]).relative_to(store.root).as_posix()
-        'roar/a%20b/f0.5_r0.json'
-        >>> store.get(["roar", "a b", "f0.5_r0"], key)["status"]
-        'ok'
+        root: The folder (created when first locked).
+        lock_timeout: Seconds to wait for the lock before :class:`StoreError`.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        *,
-        on_mismatch: OnMismatch = "raise",
-        on_corrupt: OnCorrupt = "recompute",
-        lock_timeout: float = 120.0,
-        record_check: Callable[[Any], dict[str, Any]] = check_run_record,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], lock_timeout: float) -> None:
         self.root = Path(root)
-        self.record_check = record_check
-        self.on_mismatch = check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
-        self.on_corrupt = check_choice(on_corrupt, "on_corrupt", ON_CORRUPT)
         self.lock_timeout = float(lock_timeout)
         self._lock: FileLock | None = None
 
@@ -187,6 +159,62 @@ class RunStore:
                 p.unlink(missing_ok=True)
         return stale
 
+    def _write(self, path: Path, write: Any) -> None:
+        try:
+            write()
+        except OSError as error:
+            raise StoreError(
+                f"could not write {path}: {error}. Records written before are intact; "
+                "free the space (or fix the permissions) and run the sweep again to resume."
+            ) from error
+
+    def _set_aside(self, path: Path, folder: str) -> Path:
+        target = self._inside(self.root / folder / path.relative_to(self.root))
+        target = target.with_name(f"{target.name}.{time.time_ns()}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+        return target
+
+
+class RunStore(_Folder):
+    """One JSON file per finished run under ``root`` (rules in the module docs).
+
+    Args:
+        root: The store's folder (created when first written).
+        on_mismatch: ``"raise"`` or ``"recompute"`` for a record with another fingerprint.
+        on_corrupt: ``"recompute"`` or ``"raise"`` for a record that cannot be read.
+        lock_timeout: Seconds to wait for the store's lock before :class:`StoreError`.
+        record_check: What a readable record must look like (raises ``ValueError``
+            otherwise, and the record counts as corrupt): a sweep's run record
+            (:func:`check_run_record`, the default) or any JSON object
+            (:func:`check_json_object`, for benchmarks' own records).
+
+    Example:
+        >>> import tempfile
+        >>> store = RunStore(tempfile.mkdtemp())
+        >>> key = Fingerprint.of({"fill": "zero"})
+        >>> store.put(["roar", "a b", "f0.5_r0"], {"status": "ok", "value": 1.0}, key)["value"]
+        1.0
+        >>> store.path(["roar", "a b", "f0.5_r0"]).relative_to(store.root).as_posix()
+        'roar/a%20b/f0.5_r0.json'
+        >>> store.get(["roar", "a b", "f0.5_r0"], key)["status"]
+        'ok'
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        on_mismatch: OnMismatch = "raise",
+        on_corrupt: OnCorrupt = "recompute",
+        lock_timeout: float = 120.0,
+        record_check: Callable[[Any], dict[str, Any]] = check_run_record,
+    ) -> None:
+        super().__init__(root, lock_timeout)
+        self.record_check = record_check
+        self.on_mismatch = check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
+        self.on_corrupt = check_choice(on_corrupt, "on_corrupt", ON_CORRUPT)
+
     # -- records -------------------------------------------------------------------------
     def get(
         self, parts: Sequence[str], expected: Fingerprint | None = None
@@ -227,22 +255,6 @@ class RunStore:
             return read_json(path)
         except (ValueError, OSError):
             return None
-
-    def _write(self, path: Path, write: Any) -> None:
-        try:
-            write()
-        except OSError as error:
-            raise StoreError(
-                f"could not write {path}: {error}. Records written before are intact; "
-                "free the space (or fix the permissions) and run the sweep again to resume."
-            ) from error
-
-    def _set_aside(self, path: Path, folder: str) -> Path:
-        target = self._inside(self.root / folder / path.relative_to(self.root))
-        target = target.with_name(f"{target.name}.{time.time_ns()}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), str(target))
-        return target
 
     def _corrupt(self, path: Path, error: Exception) -> None:
         if self.on_corrupt == "raise":
