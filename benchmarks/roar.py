@@ -146,6 +146,7 @@ def _speed(args: argparse.Namespace, base: nn.Module, test: ImageDataset) -> dic
             {"saliency": maps},
             fractions=args.fractions,
             orders=("morf",),
+            squared=False,  # Quantus ranks by the maps' values
             random_baseline=False,
             generator=torch.Generator().manual_seed(1),
         )["morf"]

@@ -26,12 +26,12 @@ base = train_fn(train, torch.Generator().manual_seed(0))
 print(f"base model test accuracy {accuracy(base, test):.3f}")
 
 
-def saliency(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return attribute(base, images, labels, method="saliency")
+def saliency(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return attribute(base, images, target, method="saliency")
 
 
-def grad_cam(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return attribute(base, images, labels, method="grad_cam")
+def grad_cam(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return attribute(base, images, target, method="grad_cam")
 
 
 methods = {"saliency": saliency, "grad_cam": grad_cam}

@@ -336,7 +336,7 @@ def _eval_setup() -> tuple[GAPNet, torch.Tensor, torch.Tensor]:
     return model, torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
 
 
-def test_road_and_selectivity_refuse_empty_nan_and_bad_labels() -> None:
+def test_road_and_selectivity_refuse_empty_nan_and_bad_target() -> None:
     from xai_feedback.evaluation import road, selectivity
 
     model, x, y = _eval_setup()
@@ -347,9 +347,9 @@ def test_road_and_selectivity_refuse_empty_nan_and_bad_labels() -> None:
     with pytest.raises(ShapeError, match="`images` must be a non-empty batch"):
         selectivity(model, x[:0], y[:0], {"a": lambda i, y: i}, patch=4)
     # before: RuntimeError "index 12 is out of bounds" / "index -1 is out of bounds"
-    with pytest.raises(RangeError, match=r"`labels` must hold classes in \[0, 10\).*12"):
+    with pytest.raises(RangeError, match=r"`target` must hold classes in \[0, 10\).*12"):
         road(model, x, torch.tensor([0, 1, 2, 12]), {"a": x}, fractions=[0.5])
-    with pytest.raises(RangeError, match=r"`labels`.*\[-1, 2\]"):
+    with pytest.raises(RangeError, match=r"`target`.*\[-1, 2\]"):
         selectivity(model, x, torch.tensor([0, 1, 2, -1]), {"a": lambda i, y: i}, patch=4)
     # NaN attributions are named by their method
     with pytest.raises(RangeError, match=r"`methods\['a'\] attributions` must be finite"):

@@ -47,12 +47,12 @@ def train_crash_on_half(data: ImageDataset, generator: torch.Generator) -> nn.Mo
     return train_means(data, generator)
 
 
-def intensity(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def intensity(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Attributions = the images (bright pixels first)."""
     return images
 
 
-def darkness(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def darkness(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Another explainer: dark pixels first."""
     return 1 - images
 

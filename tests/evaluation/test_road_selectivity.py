@@ -38,15 +38,26 @@ def _relevance(model: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (model.weight[y].view(-1, 1, 8, 8) * x).detach()
 
 
-def test_road_equals_direct_computation() -> None:
+@pytest.mark.parametrize("squared", [None, True, False])
+def test_road_equals_direct_computation(squared: bool | None) -> None:
+    """The default ranks by magnitude (``squared=True``); ``False`` by the signed value."""
     model, x, y = _data()
-    rel = _relevance(model, x, y)
+    rel = _relevance(model, x, y)  # signed: the linear model has negative weights
+    options = {} if squared is None else {"squared": squared}
     curves = road(
-        model, x, y, {"true": rel}, fractions=[0.25, 0.5], fill="zero", random_baseline=False
+        model,
+        x,
+        y,
+        {"true": rel},
+        fractions=[0.25, 0.5],
+        fill="zero",
+        random_baseline=False,
+        **options,  # type: ignore[arg-type]
     )
+    by_magnitude = squared is not False
     for order, most in (("morf", True), ("lerf", False)):
         for f in (0.25, 0.5):
-            mask = rank_mask(rel, f, most_relevant=most)
+            mask = rank_mask(rel.abs() if by_magnitude else rel, f, most_relevant=most)
             xm = torch.where(mask.unsqueeze(1), 0.0, x)
             with torch.no_grad():
                 p = model(xm).softmax(1)
@@ -61,7 +72,10 @@ def test_road_true_relevance_beats_random_and_restores_mode() -> None:
     model, x, y = _data(200)
     model.train()
     g = torch.Generator().manual_seed(3)
-    curves = road(model, x, y, {"true": _relevance(model, x, y)}, fractions=[0.2, 0.4], generator=g)
+    # signed ranking: MoRF removes the strongest evidence *for* the class first (by magnitude,
+    # the default, it removes evidence against it as well, and a linear model barely moves)
+    rel = _relevance(model, x, y)
+    curves = road(model, x, y, {"true": rel}, fractions=[0.2, 0.4], squared=False, generator=g)
     assert model.training
     assert curves["morf"].auc("true") < curves["morf"].auc("random") - 0.05
     assert isinstance(Curves.from_dict(curves["morf"].to_dict()), Curves)
@@ -84,7 +98,7 @@ def test_selectivity_removes_one_new_patch_per_step(mode: str) -> None:
     model, x, y = _data(6)
     calls: list[torch.Tensor] = []
 
-    def explain(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def explain(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         calls.append(images.detach().clone())
         return images * torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # favour the right columns
 
@@ -105,9 +119,9 @@ def test_selectivity_recomputes_on_the_current_image() -> None:
     model, x, y = _data(5)
     seen: list[torch.Tensor] = []
 
-    def explain(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def explain(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         seen.append(images.detach().clone())
-        return _relevance(model, images, labels)
+        return _relevance(model, images, target)
 
     selectivity(model, x, y, {"m": explain}, patch=4, steps=2, random_baseline=False)
     assert torch.equal(seen[0], x) and not torch.equal(seen[1], x)

@@ -31,7 +31,7 @@ def digits() -> tuple:
     return train.subset(torch.arange(300)), test.subset(torch.arange(120))
 
 
-def _intensity(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _intensity(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return images
 
 
@@ -75,7 +75,7 @@ def test_resume_skips_finished_runs_and_caches_attributions(
     monkeypatch.setenv("SWEEP_LOG", str(log))
     explained: list[int] = []
 
-    def explain(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def explain(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         explained.append(len(images))
         return images
 
@@ -209,7 +209,7 @@ def test_defaults_rank_by_magnitude_and_impute(digits: tuple) -> None:
         sweep = make(train_means, {})
         assert (sweep.fill, sweep.squared) == ("noisy_linear", True)
 
-    def negative(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def negative(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -images
 
     kw = {"fractions": (0.5,), "repeats": 1, "progress": False}

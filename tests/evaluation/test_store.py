@@ -27,7 +27,8 @@ from filelock import FileLock
 import xai_feedback._io as io
 from xai_feedback.data import ImageDataset
 from xai_feedback.evaluation import KAR, ROAR, Curves, RetrainSweep, RunStore, StoreError
-from xai_feedback.evaluation.store import Fingerprint, escape_name
+from xai_feedback.evaluation.fingerprint import Fingerprint
+from xai_feedback.evaluation.store import escape_name
 
 from .sweep_helpers import (
     darkness,
@@ -102,7 +103,10 @@ def test_records_made_from_other_inputs_are_never_reused(
     # recompute: the numbers of the new inputs, identical to a run without a store
     fresh = KAR(train_means, {"intensity": darkness}, **KW).run(train, test)
     redone = KAR(
-        train_means, {"intensity": darkness}, store=store, on_mismatch="recompute", **KW
+        train_means,
+        {"intensity": darkness},
+        store=RunStore(store, on_mismatch="recompute"),
+        **KW,
     ).run(train, test)
     assert _dicts(redone) == _dicts(fresh)
     assert _dicts(redone) != _dicts(KAR(train_means, {"intensity": intensity}, **KW).run(*data))
@@ -223,8 +227,9 @@ def test_corrupt_record_is_set_aside_and_recomputed(
     KAR(train_means, {"intensity": intensity}, store=store, **KW).run(*data)
     bad = _records(store)[3]
     bad.write_text('{"status": "ok", "val')  # a torn / damaged file
+    strict = RunStore(store, on_corrupt="raise")
     with pytest.raises(StoreError, match=re.escape(str(bad))):
-        KAR(train_means, {"intensity": intensity}, store=store, on_corrupt="raise", **KW).run(*data)
+        KAR(train_means, {"intensity": intensity}, store=strict, **KW).run(*data)
     with pytest.warns(RuntimeWarning, match=re.escape(str(bad))):
         curves = KAR(train_means, {"intensity": intensity}, store=store, **KW).run(*data)
     assert _dicts(curves) == reference

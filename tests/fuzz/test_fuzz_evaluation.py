@@ -76,7 +76,7 @@ def test_road_and_selectivity(
     label = "empty" if n == 0 else Spec((n,), dtype, kind).label()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        out, error = outcome(which, label, call, ["images", "labels", "fractions", "methods"])
+        out, error = outcome(which, label, call, ["images", "target", "fractions", "methods"])
     bad_fractions = which == "road" and (
         not fractions
         or any(not (0 < f < 1) for f in fractions)

@@ -7,16 +7,24 @@ part of the comparison.
 
 Vocabulary: :data:`AttributionSource` is "a callable or a tensor giving attributions";
 :data:`RETRAIN_MODES` (``"roar"``, ``"kar"``), :data:`ORDERS` (ROAD's ``"morf"``, ``"lerf"``)
-and :data:`SELECTIVITY_MODES` name the modes. ``MODES`` is a deprecated alias of
-:data:`RETRAIN_MODES`.
+and :data:`SELECTIVITY_MODES` name the modes. :class:`ROAR` and :class:`KAR` are
+:class:`RetrainSweep` with one mode; :class:`SweepOptions` types their keyword arguments.
+Every evaluator calls the class indices it explains and scores ``target`` (``explain(images,
+target)``); a sweep's store options (``on_mismatch``, ``on_corrupt``) live on its
+:class:`RunStore`. All rank pixels by attribution magnitude by default (``squared=True``).
 """
-
-from typing import Any
 
 from xai_feedback.evaluation._types import AttributionSource, EvalFn, ExplainFn, TrainFn
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.evaluation.road import ORDERS, road
-from xai_feedback.evaluation.roar import KAR, RETRAIN_MODES, ROAR, MethodSpec, RetrainSweep
+from xai_feedback.evaluation.roar import (
+    KAR,
+    RETRAIN_MODES,
+    ROAR,
+    MethodSpec,
+    RetrainSweep,
+    SweepOptions,
+)
 from xai_feedback.evaluation.selectivity import SELECTIVITY_MODES, selectivity
 from xai_feedback.evaluation.store import RunStore, StoreError
 
@@ -34,13 +42,8 @@ __all__ = [
     "RetrainSweep",
     "RunStore",
     "StoreError",
+    "SweepOptions",
     "TrainFn",
     "road",
     "selectivity",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    from xai_feedback.evaluation._types import deprecated_alias
-
-    return deprecated_alias(__name__, name, {"MODES": ("RETRAIN_MODES", RETRAIN_MODES)})

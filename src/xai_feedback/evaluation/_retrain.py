@@ -34,6 +34,10 @@ class Task:
         """The store names of the run's record."""
         return (self.mode, self.method, f"f{self.fraction:.6g}_r{self.repeat}")
 
+    def seeds(self, seed: int) -> tuple[int, int]:
+        """The run's training and ranking seeds from the sweep's ``seed`` (shared by methods)."""
+        return seed + self.repeat, (seed + 1) * 100_003 + self.repeat
+
 
 @dataclass(frozen=True)
 class Payload:

@@ -19,25 +19,25 @@ from xai_feedback.functional.masking import attribution_scores
 __all__ = ["check_evaluation_inputs", "method_scores", "true_class_probability"]
 
 
-def check_evaluation_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Check an evaluator's images and labels (no forward: evaluators count their calls).
+def check_evaluation_inputs(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> None:
+    """Check an evaluator's images and target classes (no forward: evaluators count their calls).
 
-    Images non-empty, finite, of the model's dtype and device; integer labels >= 0 (the upper
-    bound is checked against the first probabilities, :func:`true_class_probability`).
+    Images non-empty, finite, of the model's dtype and device; integer ``target`` >= 0 (the
+    upper bound is checked against the first probabilities, :func:`true_class_probability`).
 
     Raises:
         ShapeError: An empty batch (the curves would divide by zero).
-        DTypeError: Images of another dtype or device than the model; non-integer labels.
-        RangeError: Non-finite images; a negative label (never wrapped).
+        DTypeError: Images of another dtype or device than the model; a non-integer ``target``.
+        RangeError: Non-finite images; a negative class index (never wrapped).
     """
     check_nonempty(images, "images")
     check_model_input(model, images)
     check_finite(images, "images")
-    check_labels(labels, "labels")
+    check_labels(target, "target")
 
 
-def true_class_probability(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``p[i, labels[i]]``, refusing labels beyond the model's ``K`` outputs (never wrapped).
+def true_class_probability(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``p[i, target[i]]``, refusing classes beyond the model's ``K`` outputs (never wrapped).
 
     Example:
         >>> true_class_probability(torch.tensor([[0.2, 0.8]]), torch.tensor([1]))
@@ -45,15 +45,15 @@ def true_class_probability(p: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """
     if p.dim() != 2:
         raise ShapeError(f"`model` must return logits of shape (N, K), got {tuple(p.shape)}.")
-    check_labels(labels, "labels", int(p.shape[1]))
-    return p.gather(1, labels.view(-1, 1)).squeeze(1)
+    check_labels(target, "target", int(p.shape[1]))
+    return p.gather(1, target.view(-1, 1)).squeeze(1)
 
 
 def method_scores(
     name: str,
     method: AttributionSource,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     squared: bool,
     what: str = "attributions",
 ) -> torch.Tensor:
@@ -64,10 +64,10 @@ def method_scores(
 
     Example:
         >>> x = torch.rand(2, 3, 4, 4)
-        >>> method_scores("m", lambda i, l: i, x, torch.zeros(2), squared=False).shape
+        >>> method_scores("m", lambda i, t: i, x, torch.zeros(2), squared=False).shape
         torch.Size([2, 4, 4])
     """
-    attributions = method(images, labels) if callable(method) else method
+    attributions = method(images, target) if callable(method) else method
     if not isinstance(attributions, torch.Tensor):
         raise DTypeError(
             f"`methods[{name!r}]` must be a tensor or a callable, got {type(method).__name__}."

@@ -1,6 +1,7 @@
 """The vocabulary shared by the evaluators: attribution sources, training and evaluation code.
 
-- :data:`ExplainFn`: ``explain(images, labels) -> attributions``;
+- :data:`ExplainFn`: ``explain(images, target) -> attributions`` (``target``: the ``(N,)``
+  class indices to explain, as in :func:`~xai_feedback.attribution.attribute`);
 - :data:`AttributionSource`: "a callable or a tensor giving attributions": an
   :data:`ExplainFn`, or the attributions themselves (``(N, C, H, W)`` or ``(N, H, W)``);
 - :data:`TrainFn`, :data:`EvalFn`: what a retraining sweep trains and evaluates with.
@@ -12,9 +13,8 @@ Mode names: :data:`~xai_feedback.evaluation.roar.RETRAIN_MODES` (``"roar"``, ``"
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -24,23 +24,10 @@ from xai_feedback.data import ImageDataset
 __all__ = ["AttributionSource", "EvalFn", "ExplainFn", "TrainFn"]
 
 ExplainFn: TypeAlias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``explain(images, labels) -> attributions`` ``(B, C, H, W)`` or ``(B, H, W)``."""
+"""``explain(images, target) -> attributions`` ``(B, C, H, W)`` or ``(B, H, W)``."""
 AttributionSource: TypeAlias = torch.Tensor | ExplainFn
 """A callable or tensor giving attributions: an :data:`ExplainFn` or the attributions."""
 TrainFn: TypeAlias = Callable[[ImageDataset, torch.Generator], nn.Module]
 """``train_fn(data, generator) -> trained model`` (a fresh model every call)."""
 EvalFn: TypeAlias = Callable[[nn.Module, ImageDataset], float]
 """``eval_fn(model, data) -> metric`` (top-1 accuracy by default)."""
-
-
-def deprecated_alias(module: str, name: str, aliases: dict[str, tuple[str, Any]]) -> Any:
-    """Module ``__getattr__`` body: old name -> new value, with a ``DeprecationWarning``."""
-    if name not in aliases:
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    new, value = aliases[name]
-    warnings.warn(
-        f"{module}.{name} is deprecated and will be removed in the next release; use {new}.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return value

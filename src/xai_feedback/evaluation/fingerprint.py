@@ -12,6 +12,9 @@ document is built by :func:`identity`, which turns the ingredients of a run into
 - modules (``nn.Module``) their class and the hash of their ``state_dict``;
 - other objects their class's qualified name: give them a ``config`` to tell versions apart.
 
+:class:`Fingerprint` keeps a stored record's identity document next to its digest, so a
+mismatch can say what differs (:class:`~xai_feedback.evaluation.store.RunStore`).
+
 Example:
     >>> import torch
     >>> a = fingerprint({"x": torch.ones(3)}); b = fingerprint({"x": torch.ones(3)})
@@ -28,12 +31,13 @@ import json
 import types
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["fingerprint", "identity", "tensor_digest"]
+__all__ = ["Fingerprint", "canonical_json", "fingerprint", "identity", "tensor_digest"]
 
 _DIGESTS: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}
 """``id(tensor) -> (weak reference, version, digest)`` (tensors compare elementwise, so no
@@ -147,3 +151,23 @@ def canonical_json(document: Any) -> str:
 def fingerprint(obj: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of :func:`identity` of ``obj``."""
     return hashlib.sha256(canonical_json(identity(obj)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A record's identity document and its SHA-256 (``digest``).
+
+    Example:
+        >>> key = Fingerprint.of({"fill": "zero", "fraction": 0.5})
+        >>> key.document, key.digest == Fingerprint.of({"fraction": 0.5, "fill": "zero"}).digest
+        ({'fill': 'zero', 'fraction': 0.5}, True)
+    """
+
+    document: dict[str, Any]
+    digest: str
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any]) -> Fingerprint:
+        """Fingerprint of a JSON-ready document (see :func:`identity`)."""
+        text = canonical_json(document)
+        return cls(json.loads(text), hashlib.sha256(text.encode()).hexdigest())

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +29,7 @@ from xai_feedback.evaluation._scores import (
     method_scores,
     true_class_probability,
 )
-from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
+from xai_feedback.evaluation._types import AttributionSource
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.functional.masking import REMOVALS, rank_mask, remove_pixels
 
@@ -38,12 +37,6 @@ __all__ = ["ORDERS", "method_scores", "road"]
 
 ORDERS = ("morf", "lerf")
 """Removal orders: most-relevant-first (``"morf"``) and least-relevant-first (``"lerf"``)."""
-
-
-def __getattr__(name: str) -> Any:
-    return deprecated_alias(
-        __name__, name, {"Attributions": ("AttributionSource", AttributionSource)}
-    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class _Removal:
 def _point(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     scores: torch.Tensor,
     fraction: float,
     most_relevant: bool,
@@ -70,7 +63,7 @@ def _point(
     correct = prob = 0.0
     for start in range(0, len(images), removal.batch_size):
         part = slice(start, start + removal.batch_size)
-        y = labels[part]
+        y = target[part]
         mask = rank_mask(scores[part], fraction, most_relevant=most_relevant)
         x = remove_pixels(
             images[part],
@@ -89,7 +82,7 @@ def _point(
 def _all_scores(
     methods: Mapping[str, AttributionSource],
     images: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     squared: bool,
     random_baseline: bool,
     generator: torch.Generator | None,
@@ -103,7 +96,7 @@ def _all_scores(
         n, _, h, w = images.shape
         scores["random"] = torch.rand(n, h, w, generator=generator, device="cpu").to(images.device)
     for name, method in methods.items():
-        scores[name] = method_scores(name, method, images, labels, squared)
+        scores[name] = method_scores(name, method, images, target, squared)
     return scores
 
 
@@ -121,14 +114,14 @@ def _empty_curves(orders: Sequence[str], fractions: list[float]) -> dict[str, Cu
 def road(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     methods: Mapping[str, AttributionSource],
     *,
     fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     orders: Sequence[str] = ORDERS,
     fill: str = "noisy_linear",
     noise: float = 0.01,
-    squared: bool = False,
+    squared: bool = True,
     random_baseline: bool = True,
     batch_size: int = 1024,
     dataset_mean: torch.Tensor | None = None,
@@ -139,15 +132,21 @@ def road(
     Args:
         model: The classifier (evaluated in eval mode; its ``training`` flag is restored).
         images: ``(N, C, H, W)``, on the model's device.
-        labels: ``(N,)`` true classes.
+        target: ``(N,)`` true class indices: the class each image is scored on, and the
+            class an explainer in ``methods`` is asked to explain.
         methods: ``{name: attributions}`` (``(N, C, H, W)`` or ``(N, H, W)``) or
-            ``{name: explain(images, labels)}``.
+            ``{name: explain(images, target)}``.
         fractions: Fractions removed, each in (0, 1).
         orders: ``"morf"`` and/or ``"lerf"``.
         fill: Replacement (ROAD's ``"noisy_linear"`` by default; any of
             :data:`~xai_feedback.functional.masking.REMOVALS`).
         noise: Standard deviation of the imputation noise.
-        squared: Rank by squared attributions.
+        squared: Rank pixels by the magnitude of their attribution (squares summed over
+            channels; default, as in :class:`~xai_feedback.evaluation.RetrainSweep`). With
+            ``False`` the signed channel sum ranks them: channels of opposite sign cancel,
+            and a signed method's *least* relevant pixels are its most negative ones; use it
+            to remove the evidence *for* the class first (magnitude removes evidence against
+            it as well).
         random_baseline: Add a ``"random"`` ranking (drawn from ``generator``).
         batch_size: Images imputed and classified at once.
         dataset_mean: Per-channel mean for ``fill="dataset_mean"``.
@@ -158,7 +157,7 @@ def road(
         ``"lerf_probability"``: the mean softmax probability of the true class.
 
     Shape:
-        - images: :math:`(N, C, H, W)`; labels: :math:`(N,)`; attributions:
+        - images: :math:`(N, C, H, W)`; target: :math:`(N,)`; attributions:
           :math:`(N, C, H, W)` or :math:`(N, H, W)`.
 
     Example:
@@ -170,19 +169,19 @@ def road(
         (['random', 'intensity'], 2)
     """
     dims = check_shape(images, "N C H W", "images")
-    check_shape(labels, "N", "labels", N=dims["N"])
+    check_shape(target, "N", "target", N=dims["N"])
     fractions = check_fractions(fractions)
     for order in orders:
         check_choice(order, "orders", ORDERS)
     check_choice(fill, "fill", REMOVALS)
     check_int(batch_size, "batch_size", minimum=1)
-    check_evaluation_inputs(model, images, labels)
-    scores = _all_scores(methods, images, labels, squared, random_baseline, generator)
+    check_evaluation_inputs(model, images, target)
+    scores = _all_scores(methods, images, target, squared, random_baseline, generator)
     removal = _Removal(fill, noise, batch_size, dataset_mean, generator)
     curves = _empty_curves(orders, fractions)
     with eval_mode(model):
         for (name, s), order, f in product(scores.items(), orders, fractions):
-            acc, prob = _point(model, images, labels, s, f, order == "morf", removal)
+            acc, prob = _point(model, images, target, s, f, order == "morf", removal)
             curves[order].add(name, f, acc)
             curves[f"{order}_probability"].add(name, f, prob)
     return curves

@@ -17,7 +17,8 @@ trained on images with holes".
 
 Each run is one task: tasks go to any :class:`concurrent.futures.Executor` (processes, or a
 dask / ray executor) or run in-process, and each finished run is written at once, atomically,
-to ``store``: an interrupted sweep restarts where it stopped. A run that raises is recorded as
+to ``store`` (a :class:`~xai_feedback.evaluation.RunStore`): an interrupted sweep restarts
+where it stopped. A run that raises is recorded as
 failed with its error and traceback, the sweep goes on, and a resumed sweep retries it. Each
 record carries the fingerprint of everything that determines it (data, explainer, training and
 evaluation code, settings, library version); a record made from other inputs is never reused
@@ -30,36 +31,27 @@ Reference:
 
 from __future__ import annotations
 
-import functools
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 import torch
 
-import xai_feedback
 from xai_feedback._checks import check_choice, check_fractions, check_int, check_nonempty
-from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
-from xai_feedback.evaluation._dispatch import dispatch
-from xai_feedback.evaluation._retrain import Payload, Record, Task, run_task
-from xai_feedback.evaluation._scores import method_scores
-from xai_feedback.evaluation._types import (
-    AttributionSource,
-    EvalFn,
-    ExplainFn,
-    TrainFn,
-    deprecated_alias,
-)
-from xai_feedback.evaluation.fingerprint import identity, tensor_digest
+from xai_feedback.evaluation._retrain import Task
+from xai_feedback.evaluation._sweep import SweepPass
+from xai_feedback.evaluation._types import AttributionSource, EvalFn, TrainFn
 from xai_feedback.evaluation.results import Curves
-from xai_feedback.evaluation.store import Fingerprint, OnCorrupt, OnMismatch, RunStore
+from xai_feedback.evaluation.store import RunStore
 from xai_feedback.functional.masking import REMOVALS
 
-__all__ = ["KAR", "RETRAIN_MODES", "ROAR", "MethodSpec", "RetrainSweep", "TrainFn"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["KAR", "RETRAIN_MODES", "ROAR", "MethodSpec", "RetrainSweep", "SweepOptions", "TrainFn"]
 
 RETRAIN_MODES = ("roar", "kar")
 """``"roar"`` removes the most relevant pixels, ``"kar"`` the least relevant."""
@@ -69,9 +61,27 @@ MethodSpec: TypeAlias = AttributionSource | tuple[torch.Tensor, torch.Tensor]
 on each split, or one tensor for both splits of equal size) or ``(train, test)`` attributions."""
 
 
-def __getattr__(name: str) -> Any:
-    aliases = {"MODES": ("RETRAIN_MODES", RETRAIN_MODES), "Explainer": ("ExplainFn", ExplainFn)}
-    return deprecated_alias(__name__, name, aliases)
+class SweepOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`RetrainSweep` but ``modes``: the options of ROAR and KAR.
+
+    :class:`ROAR` and :class:`KAR` take them as ``**options``; their meaning and defaults are
+    documented in :class:`RetrainSweep`.
+    """
+
+    eval_fn: EvalFn | None
+    fractions: Sequence[float]
+    repeats: int
+    fill: str
+    squared: bool
+    store: str | os.PathLike[str] | RunStore | None
+    executor: Executor | None
+    progress: bool
+    seed: int
+    retry_failed: bool
+    max_pending: int
+    train_config: Any
+    method_config: Mapping[str, Any] | None
+    dataset_id: str | None
 
 
 def _default_eval(model: torch.nn.Module, data: ImageDataset) -> float:
@@ -108,23 +118,13 @@ def _check_data(train: Any, test: Any) -> None:
         )
 
 
-def _split_source(name: str, entry: MethodSpec, split: str) -> AttributionSource:
-    if not isinstance(entry, tuple):
-        return entry
-    source = entry[0] if split == "train" else entry[1]
-    if not isinstance(source, torch.Tensor):
-        raise DTypeError(f"`methods[{name!r}]` must hold tensors, got {type(source).__name__}.")
-    return source
-
-
-def _data_identity(data: ImageDataset, dataset_id: str | None, split: str) -> dict[str, Any]:
-    """What identifies one split: its tensors' hashes, or the user's id (then not hashed)."""
-    shape = list(data.images.shape)
-    if dataset_id is not None:
-        return {"id": f"{dataset_id}/{split}", "shape": shape}
-    masks = None if data.masks is None else tensor_digest(data.masks)
-    images, labels = tensor_digest(data.images), tensor_digest(data.labels)
-    return {"images": images, "labels": labels, "masks": masks, "shape": shape}
+def _as_store(store: Any) -> RunStore | None:
+    """``store`` as a :class:`RunStore`: a path gets the default options."""
+    if store is None or isinstance(store, RunStore):
+        return store
+    if isinstance(store, str | os.PathLike):
+        return RunStore(store)
+    raise DTypeError(f"`store` must be a path, a RunStore or None, got {type(store).__name__}.")
 
 
 class RetrainSweep:
@@ -134,7 +134,8 @@ class RetrainSweep:
         train_fn: ``train_fn(data, generator) -> model``: builds and trains a *fresh* model.
             With a process executor it must be picklable (a module-level function). ``data``
             keeps the labels and the masks of the original data.
-        methods: ``{name: explain}`` with ``explain(images, labels) -> attributions``, or
+        methods: ``{name: explain}`` with ``explain(images, target) -> attributions``
+            (``target``: the data's labels), or
             ``{name: (train_attributions, test_attributions)}``. Attributions are computed
             once, on the unmodified images, and cached in ``store``. ``"random"`` is added.
         eval_fn: ``eval_fn(model, data) -> float`` (default: top-1 accuracy).
@@ -145,12 +146,17 @@ class RetrainSweep:
             Default: ROAD's noisy linear imputation, which does not paint the removed
             pixels' silhouette; Hooker et al.'s per-channel training-set mean is
             ``"dataset_mean"`` (it leaks the mask's shape: ``docs/faithfulness.rst``).
-        squared: Rank pixels by squared attributions, i.e. by magnitude (summed over
-            channels; default). With ``False`` a signed method's *least* relevant pixels are
-            its most negative ones, often on the object (signed integrated gradients kept
-            0.969 accuracy at 90 % removed, random 0.775).
-        store: Directory of the run records (and cached attributions); ``None`` keeps
-            nothing and cannot resume.
+        squared: Rank pixels by the magnitude of their attribution (squares summed over
+            channels; default, as in :func:`~xai_feedback.evaluation.road` and
+            :func:`~xai_feedback.evaluation.selectivity`). With ``False`` a signed method's
+            *least* relevant pixels are its most negative ones, often on the object (signed
+            integrated gradients kept 0.969 accuracy at 90 % removed, random 0.775).
+        store: Where the run records (and cached attributions) go: a
+            :class:`~xai_feedback.evaluation.RunStore`, whose ``on_mismatch`` and
+            ``on_corrupt`` say what to do with a record made from other inputs or that
+            cannot be read, or a directory (a ``RunStore`` with its defaults: raise on a
+            mismatch, set a corrupt record aside and recompute it); ``None`` keeps nothing
+            and cannot resume.
         executor: Runs the tasks; ``None`` runs them one after another in this process.
         progress: Show a progress bar.
         seed: Base seed of trainings and random rankings.
@@ -163,10 +169,6 @@ class RetrainSweep:
             changes in a way its code does not show.
         method_config: ``{name: config}`` likewise for the explainers.
         dataset_id: Identify the data by this id instead of hashing its tensors.
-        on_mismatch: A stored record made from other inputs: ``"raise"`` a
-            :class:`~xai_feedback.evaluation.StoreError`, or ``"recompute"`` it.
-        on_corrupt: A stored record that cannot be read: ``"recompute"`` it (the file is
-            kept under ``<store>/_corrupt/``) or ``"raise"``.
 
     Example:
         >>> from xai_feedback.data import load_digits
@@ -178,7 +180,7 @@ class RetrainSweep:
         ...     return model
         >>> train = load_digits("train").subset(torch.arange(64))
         >>> test = load_digits("test").subset(torch.arange(32))
-        >>> intensity = {"intensity": lambda images, labels: images}
+        >>> intensity = {"intensity": lambda images, target: images}
         >>> sweep = RetrainSweep(train_fn, intensity, fractions=[0.5], repeats=1, progress=False)
         >>> curves = sweep.run(train, test)
         >>> curves["roar"].methods, len(curves["kar"].runs("intensity", 0.5))
@@ -196,7 +198,7 @@ class RetrainSweep:
         repeats: int = 3,
         fill: str = "noisy_linear",
         squared: bool = True,
-        store: str | Path | None = None,
+        store: str | os.PathLike[str] | RunStore | None = None,
         executor: Executor | None = None,
         progress: bool = True,
         seed: int = 0,
@@ -205,8 +207,6 @@ class RetrainSweep:
         train_config: Any = None,
         method_config: Mapping[str, Any] | None = None,
         dataset_id: str | None = None,
-        on_mismatch: OnMismatch = "raise",
-        on_corrupt: OnCorrupt = "recompute",
     ) -> None:
         _check_callables(train_fn, methods, modes)
         self.train_fn = train_fn
@@ -217,9 +217,7 @@ class RetrainSweep:
         self.repeats = check_int(repeats, "repeats", minimum=1)
         self.fill = check_choice(fill, "fill", REMOVALS)
         self.squared = squared
-        self.store = None
-        if store is not None:
-            self.store = RunStore(store, on_mismatch=on_mismatch, on_corrupt=on_corrupt)
+        self.store = _as_store(store)
         self.executor = executor
         self.progress = progress
         self.seed = check_int(seed, "seed", minimum=0)
@@ -243,270 +241,53 @@ class RetrainSweep:
     def run(self, train: ImageDataset, test: ImageDataset) -> dict[str, Curves]:
         """Run (or finish) the sweep; returns one :class:`Curves` per mode."""
         _check_data(train, test)
-        base = self._base_identity(train, test)
-        records, pending = self._finished(base)
+        sweep_pass = SweepPass(self, train, test)
+        pending = sweep_pass.resume()
         if pending:
-            self._execute(pending, train, test, records, base)
-        return self._curves(records)
-
-    # -- fingerprints --------------------------------------------------------------------
-    def _base_identity(self, train: ImageDataset, test: ImageDataset) -> dict[str, Any]:
-        """What every record of this sweep depends on, whatever its task."""
-        return {
-            "library": xai_feedback.__version__,
-            "data": {
-                "train": _data_identity(train, self.dataset_id, "train"),
-                "test": _data_identity(test, self.dataset_id, "test"),
-            },
-            "train_fn": identity(self.train_fn),
-            "train_config": identity(self.train_config),
-            "eval_fn": identity(self.eval_fn),
-            "fill": self.fill,
-            "squared": self.squared,
-        }
-
-    def _method_identity(self, name: str) -> Any:
-        if name == "random":
-            return "random"
-        return {
-            "source": identity(self.methods[name]),
-            "config": identity(self.method_config.get(name)),
-        }
-
-    def _key(self, task: Task, base: dict[str, Any]) -> Fingerprint:
-        """Fingerprint of one run: the sweep's inputs, its method, fraction and seeds."""
-        train_seed, ranking_seed = self._seeds(task)
-        return Fingerprint.of(
-            {
-                **base,
-                "mode": task.mode,
-                "method": self._method_identity(task.method),
-                "fraction": task.fraction,
-                "seeds": [train_seed, ranking_seed],
-            }
-        )
-
-    def _seeds(self, task: Task) -> tuple[int, int]:
-        return self.seed + task.repeat, (self.seed + 1) * 100_003 + task.repeat
-
-    # -- store ---------------------------------------------------------------------------
-    def _finished(self, base: dict[str, Any]) -> tuple[dict[Task, Record], list[Task]]:
-        """Records the store already holds for this sweep, and the tasks still to run."""
-        records: dict[Task, Record] = {}
-        if self.store is None:
-            return records, self.tasks()
-        self.store.clean_temporary()
-        self.store.check_settings({"fill": self.fill, "squared": self.squared, "seed": self.seed})
-        pending = []
-        for task in self.tasks():
-            record = self.store.get(task.parts, self._key(task, base))
-            if record is not None and (record["status"] == "ok" or not self.retry_failed):
-                records[task] = record
-            else:
-                pending.append(task)
-        return records, pending
-
-    def _scores(self, name: str, data: ImageDataset, split: str, base: dict[str, Any]) -> Any:
-        """Per-pixel relevance ``(N, H, W)`` of one method on one split (cached in the store)."""
-        key = Fingerprint.of(
-            {
-                "library": base["library"],
-                "data": base["data"][split],
-                "method": self._method_identity(name),
-                "squared": self.squared,
-            }
-        )
-        parts = ("attributions", name, split)
-        cached = None if self.store is None else self.store.get_tensor(parts, key)
-        if cached is not None:
-            return cached
-        source = _split_source(name, self.methods[name], split)
-        what = f"{split} attributions"
-        scores = method_scores(name, source, data.images, data.labels, self.squared, what)
-        scores = scores.float().cpu()
-        if self.store is not None:
-            self.store.put_tensor(parts, scores, key)
-        return scores
-
-    # -- running -------------------------------------------------------------------------
-    def _payload(
-        self,
-        task: Task,
-        data: tuple[ImageDataset, ImageDataset],
-        scores: dict[str, Any],
-        mean: torch.Tensor,
-    ) -> Callable[[], Record]:
-        train_scores, test_scores = scores.get(task.method, (None, None))
-        train_seed, ranking_seed = self._seeds(task)
-        payload = Payload(
-            task=task,
-            train_fn=self.train_fn,
-            eval_fn=self.eval_fn,
-            train=data[0],
-            test=data[1],
-            train_scores=train_scores,
-            test_scores=test_scores,
-            fill=self.fill,
-            dataset_mean=mean,
-            train_seed=train_seed,
-            ranking_seed=ranking_seed,
-        )
-        return functools.partial(run_task, payload)
-
-    def _execute(
-        self,
-        pending: list[Task],
-        train: ImageDataset,
-        test: ImageDataset,
-        records: dict[Task, Record],
-        base: dict[str, Any],
-    ) -> None:
-        cpu = torch.device("cpu")
-        data = (train.to(cpu), test.to(cpu))
-        needed = [n for n in self.methods if n in {t.method for t in pending}]
-        scores = {
-            n: (self._scores(n, data[0], "train", base), self._scores(n, data[1], "test", base))
-            for n in needed
-        }
-        mean = data[0].images.mean(dim=(0, 2, 3))
-        bar = progress_bar(total=len(pending), desc="ROAR/KAR runs", enabled=self.progress)
-
-        def finish(task: Task, record: Record) -> None:
-            record.update(
-                mode=task.mode, method=task.method, fraction=task.fraction, repeat=task.repeat
-            )
-            if self.store is not None:
-                record = self.store.put(task.parts, record, self._key(task, base))
-            records[task] = record
-            bar.set_postfix_str(f"{task.mode} {task.method} {task.fraction:g}")
-            bar.update()
-
-        try:
-            make = functools.partial(self._payload, data=data, scores=scores, mean=mean)
-            dispatch(pending, make, finish, self.executor, self.max_pending)
-        finally:
-            bar.close()
-
-    def _curves(self, records: dict[Task, Record]) -> dict[str, Curves]:
+            sweep_pass.execute(pending)
         metric = "test accuracy" if self.eval_fn is _default_eval else "eval_fn"
-        curves = {mode: Curves(mode.upper(), metric, list(self.fractions)) for mode in self.modes}
-        for task in self.tasks():
-            record = records.get(task)
-            if record is None:
-                continue
-            if record["status"] == "ok":
-                curves[task.mode].add(task.method, task.fraction, record["value"])
-            else:
-                curves[task.mode].fail(task.method, task.fraction, record["error"])
-        self._warn_failures(curves, records)
-        return curves
-
-    def _warn_failures(self, curves: dict[str, Curves], records: dict[Task, Record]) -> None:
-        failed = [r for r in records.values() if r["status"] != "ok"]
-        if not failed:
-            return
-        where = f" and under {self.store.root}" if self.store is not None else ""
-        if len(failed) == len(records):
-            message = (
-                f"all {len(failed)} run(s) failed (first error: {failed[0]['error']}); "
-                f"the tables show them as failed, the errors are in Curves.failures{where}"
-            )
-        else:
-            message = f"{len(failed)} run(s) failed; their errors are in Curves.failures{where}"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return sweep_pass.curves(metric)
 
 
-def ROAR(  # noqa: N802
-    train_fn: TrainFn,
-    methods: Mapping[str, MethodSpec],
-    *,
-    eval_fn: EvalFn | None = None,
-    fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    repeats: int = 3,
-    fill: str = "noisy_linear",
-    squared: bool = True,
-    store: str | Path | None = None,
-    executor: Executor | None = None,
-    progress: bool = True,
-    seed: int = 0,
-    retry_failed: bool = True,
-    max_pending: int = 8,
-    train_config: Any = None,
-    method_config: Mapping[str, Any] | None = None,
-    dataset_id: str | None = None,
-    on_mismatch: OnMismatch = "raise",
-    on_corrupt: OnCorrupt = "recompute",
-) -> RetrainSweep:
-    """:class:`RetrainSweep` with ``modes=("roar",)``: remove the most relevant pixels.
+class ROAR(RetrainSweep):
+    """ROAR alone: a :class:`RetrainSweep` with ``modes=("roar",)`` (most relevant removed).
 
-    Takes every keyword argument of :class:`RetrainSweep` except ``modes``.
+    Args:
+        train_fn: As in :class:`RetrainSweep`.
+        methods: As in :class:`RetrainSweep`.
+        **options: Any other keyword argument of :class:`RetrainSweep` but ``modes``
+            (:class:`SweepOptions`), with the same defaults.
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> sweep = ROAR(lambda data, g: GAPNet(width=2, generator=g), {}, fractions=[0.5])
+        >>> isinstance(sweep, RetrainSweep), sweep.modes, sweep.squared
+        (True, ('roar',), True)
     """
-    return RetrainSweep(
-        train_fn,
-        methods,
-        modes=("roar",),
-        eval_fn=eval_fn,
-        fractions=fractions,
-        repeats=repeats,
-        fill=fill,
-        squared=squared,
-        store=store,
-        executor=executor,
-        progress=progress,
-        seed=seed,
-        retry_failed=retry_failed,
-        max_pending=max_pending,
-        train_config=train_config,
-        method_config=method_config,
-        dataset_id=dataset_id,
-        on_mismatch=on_mismatch,
-        on_corrupt=on_corrupt,
-    )
+
+    def __init__(
+        self, train_fn: TrainFn, methods: Mapping[str, MethodSpec], **options: Unpack[SweepOptions]
+    ) -> None:
+        super().__init__(train_fn, methods, modes=("roar",), **options)
 
 
-def KAR(  # noqa: N802
-    train_fn: TrainFn,
-    methods: Mapping[str, MethodSpec],
-    *,
-    eval_fn: EvalFn | None = None,
-    fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    repeats: int = 3,
-    fill: str = "noisy_linear",
-    squared: bool = True,
-    store: str | Path | None = None,
-    executor: Executor | None = None,
-    progress: bool = True,
-    seed: int = 0,
-    retry_failed: bool = True,
-    max_pending: int = 8,
-    train_config: Any = None,
-    method_config: Mapping[str, Any] | None = None,
-    dataset_id: str | None = None,
-    on_mismatch: OnMismatch = "raise",
-    on_corrupt: OnCorrupt = "recompute",
-) -> RetrainSweep:
-    """:class:`RetrainSweep` with ``modes=("kar",)``: remove the least relevant pixels.
+class KAR(RetrainSweep):
+    """KAR alone: a :class:`RetrainSweep` with ``modes=("kar",)`` (least relevant removed).
 
-    Takes every keyword argument of :class:`RetrainSweep` except ``modes``.
+    Args:
+        train_fn: As in :class:`RetrainSweep`.
+        methods: As in :class:`RetrainSweep`.
+        **options: Any other keyword argument of :class:`RetrainSweep` but ``modes``
+            (:class:`SweepOptions`), with the same defaults.
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> sweep = KAR(lambda data, g: GAPNet(width=2, generator=g), {}, fractions=[0.5])
+        >>> sweep.modes, sweep.fractions
+        (('kar',), [0.5])
     """
-    return RetrainSweep(
-        train_fn,
-        methods,
-        modes=("kar",),
-        eval_fn=eval_fn,
-        fractions=fractions,
-        repeats=repeats,
-        fill=fill,
-        squared=squared,
-        store=store,
-        executor=executor,
-        progress=progress,
-        seed=seed,
-        retry_failed=retry_failed,
-        max_pending=max_pending,
-        train_config=train_config,
-        method_config=method_config,
-        dataset_id=dataset_id,
-        on_mismatch=on_mismatch,
-        on_corrupt=on_corrupt,
-    )
+
+    def __init__(
+        self, train_fn: TrainFn, methods: Mapping[str, MethodSpec], **options: Unpack[SweepOptions]
+    ) -> None:
+        super().__init__(train_fn, methods, modes=("kar",), **options)

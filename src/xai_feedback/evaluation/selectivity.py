@@ -32,7 +32,7 @@ from xai_feedback.evaluation._scores import (
     method_scores,
     true_class_probability,
 )
-from xai_feedback.evaluation._types import AttributionSource, deprecated_alias
+from xai_feedback.evaluation._types import AttributionSource
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.functional.masking import REMOVALS, remove_pixels
 
@@ -43,10 +43,6 @@ SELECTIVITY_MODES = ("selectivity", "deletion", "insertion")
 
 _FROM_KEPT_PIXELS = ("linear", "noisy_linear", "blur")
 """Fills computed from the kept pixels: with every pixel removed they fall back to the mean."""
-
-
-def __getattr__(name: str) -> Any:
-    return deprecated_alias(__name__, name, {"MODES": ("SELECTIVITY_MODES", SELECTIVITY_MODES)})
 
 
 def _patch_scores(scores: torch.Tensor, patch: int) -> torch.Tensor:
@@ -60,12 +56,25 @@ def _mean_images(images: torch.Tensor, dataset_mean: torch.Tensor | None) -> tor
 
 
 @dataclass(frozen=True)
+class _Settings:
+    """What :func:`selectivity` was asked for (``steps=None``: every patch)."""
+
+    mode: str
+    patch: int
+    steps: int | None
+    fill: str
+    squared: bool
+    dataset_mean: torch.Tensor | None
+    generator: torch.Generator | None
+
+
+@dataclass(frozen=True)
 class _Walk:
     """One selectivity / deletion / insertion run: the model, the images and the settings."""
 
     model: nn.Module
     images: torch.Tensor
-    labels: torch.Tensor
+    target: torch.Tensor
     mode: str
     patch: int
     steps: int
@@ -102,7 +111,7 @@ class _Walk:
             )
         if self.mode == "selectivity":
             return None
-        scores = method_scores(name, entry, self.images, self.labels, self.squared)
+        scores = method_scores(name, entry, self.images, self.target, self.squared)
         return _patch_scores(scores, self.patch)
 
     def ranking(
@@ -118,7 +127,7 @@ class _Walk:
         if entry is None:
             raise MissingInputError(f"method {name!r} has neither a fixed order nor a source.")
         with torch.enable_grad():
-            scores = method_scores(name, entry, current, self.labels, self.squared)
+            scores = method_scores(name, entry, current, self.target, self.squared)
         return _patch_scores(scores, self.patch)
 
     def run(self, name: str, entry: AttributionSource | None, out: dict[str, Curves]) -> None:
@@ -131,13 +140,42 @@ class _Walk:
             current = self.current(removed)
             with torch.no_grad():
                 p = self.model(current).softmax(dim=1)
-            x, y = fractions[step], self.labels
+            x, y = fractions[step], self.target
             out["accuracy"].add(name, x, float((p.argmax(1) == y).float().mean()))
             out["probability"].add(name, x, float(true_class_probability(p, y).mean()))
             if step == self.steps:
                 break
             ranking = self.ranking(name, entry, fixed, current).masked_fill(removed, float("-inf"))
             removed = removed.scatter(1, ranking.argmax(dim=1, keepdim=True), True)
+
+
+def _make_walk(
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor, settings: _Settings
+) -> _Walk:
+    """Check the inputs and the patch grid; the walk over every patch (or ``steps``)."""
+    dims = check_shape(images, "N C H W", "images")
+    check_shape(target, "N", "target", N=dims["N"])
+    h, w, patch = dims["H"], dims["W"], settings.patch
+    check_int(patch, "patch", minimum=1, maximum=min(h, w))
+    n_patches = -(-h // patch) * -(-w // patch)
+    steps = settings.steps
+    steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
+    check_evaluation_inputs(model, images, target)
+    s = settings
+    return _Walk(
+        model,
+        images,
+        target,
+        s.mode,
+        patch,
+        steps,
+        s.fill,
+        s.squared,
+        s.dataset_mean,
+        s.generator,
+        _patch_index(h, w, patch, images.device),
+        n_patches,
+    )
 
 
 def _check_methods(methods: Any, mode: str) -> None:
@@ -151,7 +189,7 @@ def _check_methods(methods: Any, mode: str) -> None:
         if not callable(method):
             raise RangeError(
                 f"mode='selectivity' recomputes the maps: `methods[{name!r}]` must be a "
-                f"callable explain(images, labels), got {type(method).__name__}."
+                f"callable explain(images, target), got {type(method).__name__}."
             )
 
 
@@ -165,14 +203,14 @@ def _patch_index(h: int, w: int, patch: int, device: torch.device) -> torch.Tens
 def selectivity(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     methods: Mapping[str, AttributionSource],
     *,
     mode: str = "selectivity",
     patch: int = 4,
     steps: int | None = None,
     fill: str = "zero",
-    squared: bool = False,
+    squared: bool = True,
     random_baseline: bool = True,
     dataset_mean: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -182,14 +220,17 @@ def selectivity(
     Args:
         model: The classifier (eval mode during the run; its ``training`` flag is restored).
         images: ``(N, C, H, W)`` on the model's device.
-        labels: ``(N,)``.
-        methods: ``{name: explain(images, labels)}`` (needed by ``mode="selectivity"``), or
+        target: ``(N,)`` true class indices: the class each image is scored on, and the
+            class an explainer in ``methods`` is asked to explain.
+        methods: ``{name: explain(images, target)}`` (needed by ``mode="selectivity"``), or
             ``{name: attributions}`` for deletion and insertion.
         mode: ``"selectivity"``, ``"deletion"`` or ``"insertion"``.
         patch: Patch side in pixels (the last row/column of patches may be smaller).
         steps: Steps taken (default: every patch).
         fill: Replacement of removed pixels (:data:`~xai_feedback.functional.masking.REMOVALS`).
-        squared: Rank by squared attributions.
+        squared: Rank by the magnitude of the attribution (squares summed over channels;
+            default, as in :func:`~xai_feedback.evaluation.road`); with ``False`` by the
+            signed channel sum (channels of opposite sign cancel).
         random_baseline: Add a ``"random"`` order (from ``generator``).
         dataset_mean: Per-channel mean for ``fill="dataset_mean"``.
         generator: Random order and imputation noise.
@@ -199,50 +240,30 @@ def selectivity(
         removed (revealed for insertion), starting at 0.
 
     Shape:
-        - images: :math:`(N, C, H, W)`; labels: :math:`(N,)`; maps from ``methods``:
+        - images: :math:`(N, C, H, W)`; target: :math:`(N,)`; maps from ``methods``:
           :math:`(N, C, H, W)` or :math:`(N, H, W)`.
 
     Example:
         >>> from xai_feedback.models import GAPNet
         >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0)).eval()
         >>> x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-        >>> out = selectivity(model, x, y, {"intensity": lambda i, l: i}, patch=7)
+        >>> out = selectivity(model, x, y, {"intensity": lambda i, t: i}, patch=7)
         >>> fractions = out["accuracy"].fractions  # 16 patches of 7x7, 0 ... 16 removed
         >>> len(fractions), fractions[1], fractions[-1]
         (17, 0.0625, 1.0)
     """
-    dims = check_shape(images, "N C H W", "images")
-    check_shape(labels, "N", "labels", N=dims["N"])
     check_choice(mode, "mode", SELECTIVITY_MODES)
     check_choice(fill, "fill", REMOVALS)
-    check_int(patch, "patch", minimum=1, maximum=min(dims["H"], dims["W"]))
-    h, w = dims["H"], dims["W"]
-    n_patches = -(-h // patch) * -(-w // patch)
-    steps = n_patches if steps is None else check_int(steps, "steps", minimum=1, maximum=n_patches)
     _check_methods(methods, mode)
-    check_evaluation_inputs(model, images, labels)
-    fractions = [s / n_patches for s in range(steps + 1)]
+    settings = _Settings(mode, patch, steps, fill, squared, dataset_mean, generator)
+    walk = _make_walk(model, images, target, settings)
+    fractions = [s / walk.n_patches for s in range(walk.steps + 1)]
     out = {
         "accuracy": Curves(mode, "accuracy", fractions),
         "probability": Curves(mode, "true-class probability", fractions),
     }
     all_methods: dict[str, AttributionSource | None] = {"random": None} if random_baseline else {}
     all_methods.update(methods)
-    patch_of = _patch_index(h, w, patch, images.device)
-    walk = _Walk(
-        model,
-        images,
-        labels,
-        mode,
-        patch,
-        steps,
-        fill,
-        squared,
-        dataset_mean,
-        generator,
-        patch_of,
-        n_patches,
-    )
     with eval_mode(model):
         for name, entry in all_methods.items():
             walk.run(name, entry, out)

@@ -22,15 +22,14 @@ Rules (documented in ``docs/faithfulness.rst``, "Result store"):
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import string
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,12 +39,11 @@ from filelock import FileLock, Timeout
 from xai_feedback._checks import check_choice
 from xai_feedback._io import load_tensor, read_json, save_tensor_atomic, write_json_atomic
 from xai_feedback.errors import DTypeError, RangeError, StoreError
-from xai_feedback.evaluation.fingerprint import canonical_json
+from xai_feedback.evaluation.fingerprint import Fingerprint, canonical_json
 
 __all__ = [
     "ON_CORRUPT",
     "ON_MISMATCH",
-    "Fingerprint",
     "RunStore",
     "StoreError",
     "check_json_object",
@@ -85,20 +83,6 @@ def escape_name(name: str) -> str:
     return out
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """A record's identity document and its SHA-256 (``digest``)."""
-
-    document: dict[str, Any]
-    digest: str
-
-    @classmethod
-    def of(cls, document: Mapping[str, Any]) -> Fingerprint:
-        """Fingerprint of a JSON-ready document (see :func:`~.fingerprint.identity`)."""
-        text = canonical_json(document)
-        return cls(json.loads(text), hashlib.sha256(text.encode()).hexdigest())
-
-
 def _differences(stored: Any, expected: Mapping[str, Any]) -> list[str]:
     if not isinstance(stored, Mapping):
         return ["(no fingerprint: made by an older version)"]
@@ -123,44 +107,16 @@ def check_run_record(record: Any) -> dict[str, Any]:
     return record
 
 
-class RunStore:
-    """One JSON file per finished run under ``root`` (rules in the module docs).
+class _Folder:
+    """The file-system layer of a store: safe paths under ``root``, its lock, atomic writes.
 
     Args:
-        root: The store's folder (created when first written).
-        on_mismatch: ``"raise"`` or ``"recompute"`` for a record with another fingerprint.
-        on_corrupt: ``"recompute"`` or ``"raise"`` for a record that cannot be read.
-        lock_timeout: Seconds to wait for the store's lock before :class:`StoreError`.
-        record_check: What a readable record must look like (raises ``ValueError``
-            otherwise, and the record counts as corrupt): a sweep's run record
-            (:func:`check_run_record`, the default) or any JSON object
-            (:func:`check_json_object`, for benchmarks' own records).
-
-    Example:
-        >>> import tempfile
-        >>> store = RunStore(tempfile.mkdtemp())
-        >>> key = Fingerprint.of({"fill": "zero"})
-        >>> store.put(["roar", "a b", "f0.5_r0"], {"status": "ok", "value": 1.0}, key)["value"]
-        1.0
-        >>> store.path(["roar", "a b", "f0.5_r0"]).relative_to(store.root).as_posix()
-        'roar/a%20b/f0.5_r0.json'
-        >>> store.get(["roar", "a b", "f0.5_r0"], key)["status"]
-        'ok'
+        root: The folder (created when first locked).
+        lock_timeout: Seconds to wait for the lock before :class:`StoreError`.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        on_mismatch: OnMismatch = "raise",
-        on_corrupt: OnCorrupt = "recompute",
-        lock_timeout: float = 120.0,
-        record_check: Callable[[Any], dict[str, Any]] = check_run_record,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], lock_timeout: float) -> None:
         self.root = Path(root)
-        self.record_check = record_check
-        self.on_mismatch = check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
-        self.on_corrupt = check_choice(on_corrupt, "on_corrupt", ON_CORRUPT)
         self.lock_timeout = float(lock_timeout)
         self._lock: FileLock | None = None
 
@@ -203,6 +159,62 @@ class RunStore:
                 p.unlink(missing_ok=True)
         return stale
 
+    def _write(self, path: Path, write: Any) -> None:
+        try:
+            write()
+        except OSError as error:
+            raise StoreError(
+                f"could not write {path}: {error}. Records written before are intact; "
+                "free the space (or fix the permissions) and run the sweep again to resume."
+            ) from error
+
+    def _set_aside(self, path: Path, folder: str) -> Path:
+        target = self._inside(self.root / folder / path.relative_to(self.root))
+        target = target.with_name(f"{target.name}.{time.time_ns()}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+        return target
+
+
+class RunStore(_Folder):
+    """One JSON file per finished run under ``root`` (rules in the module docs).
+
+    Args:
+        root: The store's folder (created when first written).
+        on_mismatch: ``"raise"`` or ``"recompute"`` for a record with another fingerprint.
+        on_corrupt: ``"recompute"`` or ``"raise"`` for a record that cannot be read.
+        lock_timeout: Seconds to wait for the store's lock before :class:`StoreError`.
+        record_check: What a readable record must look like (raises ``ValueError``
+            otherwise, and the record counts as corrupt): a sweep's run record
+            (:func:`check_run_record`, the default) or any JSON object
+            (:func:`check_json_object`, for benchmarks' own records).
+
+    Example:
+        >>> import tempfile
+        >>> store = RunStore(tempfile.mkdtemp())
+        >>> key = Fingerprint.of({"fill": "zero"})
+        >>> store.put(["roar", "a b", "f0.5_r0"], {"status": "ok", "value": 1.0}, key)["value"]
+        1.0
+        >>> store.path(["roar", "a b", "f0.5_r0"]).relative_to(store.root).as_posix()
+        'roar/a%20b/f0.5_r0.json'
+        >>> store.get(["roar", "a b", "f0.5_r0"], key)["status"]
+        'ok'
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        on_mismatch: OnMismatch = "raise",
+        on_corrupt: OnCorrupt = "recompute",
+        lock_timeout: float = 120.0,
+        record_check: Callable[[Any], dict[str, Any]] = check_run_record,
+    ) -> None:
+        super().__init__(root, lock_timeout)
+        self.record_check = record_check
+        self.on_mismatch = check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
+        self.on_corrupt = check_choice(on_corrupt, "on_corrupt", ON_CORRUPT)
+
     # -- records -------------------------------------------------------------------------
     def get(
         self, parts: Sequence[str], expected: Fingerprint | None = None
@@ -244,27 +256,11 @@ class RunStore:
         except (ValueError, OSError):
             return None
 
-    def _write(self, path: Path, write: Any) -> None:
-        try:
-            write()
-        except OSError as error:
-            raise StoreError(
-                f"could not write {path}: {error}. Records written before are intact; "
-                "free the space (or fix the permissions) and run the sweep again to resume."
-            ) from error
-
-    def _set_aside(self, path: Path, folder: str) -> Path:
-        target = self._inside(self.root / folder / path.relative_to(self.root))
-        target = target.with_name(f"{target.name}.{time.time_ns()}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), str(target))
-        return target
-
     def _corrupt(self, path: Path, error: Exception) -> None:
         if self.on_corrupt == "raise":
             raise StoreError(
                 f"the record {path} cannot be read ({type(error).__name__}: {error}); delete it, "
-                "or use on_corrupt='recompute' to set it aside and recompute it."
+                "or use RunStore(..., on_corrupt='recompute') to set it aside and recompute it."
             ) from error
         kept = self._set_aside(path, "_corrupt")
         warnings.warn(
@@ -279,7 +275,8 @@ class RunStore:
             differing = ", ".join(_differences(stored, expected.document))
             raise StoreError(
                 f"the record {path} was made from other inputs (differs in: {differing}); it is "
-                "never reused: use another store, delete it, or on_mismatch='recompute'."
+                "never reused: use another store, delete it, or "
+                "RunStore(..., on_mismatch='recompute')."
             )
         self._set_aside(path, "_stale")
 
@@ -299,7 +296,7 @@ class RunStore:
                 raise RangeError(
                     f"the store {self.root} holds runs made with {stored}, but this sweep "
                     f"uses {settings}: use another `store` (or delete it, or "
-                    "on_mismatch='recompute')."
+                    "RunStore(..., on_mismatch='recompute'))."
                 )
             self._write(path, lambda: write_json_atomic(path, settings))
 
