@@ -100,7 +100,7 @@ def test_selectivity_removes_one_new_patch_per_step(mode: str) -> None:
 
     def explain(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         calls.append(images.detach().clone())
-        return images * torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # favour the right columns
+        return images * torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # favor the right columns
 
     out = selectivity(model, x, y, {"m": explain}, mode=mode, patch=4, random_baseline=False)
     assert len(model.seen) == 5  # steps 0..4 of 4 patches

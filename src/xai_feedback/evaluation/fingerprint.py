@@ -93,7 +93,7 @@ def _function_identity(fn: types.FunctionType, depth: int) -> dict[str, Any]:
 
 
 def _closure_identity(value: Any, depth: int) -> Any:
-    """Captured values that define behaviour; containers (counters, logs) only by type."""
+    """Captured values that define behavior; containers (counters, logs) only by type."""
     if isinstance(value, list | dict | set):
         return {"object": _qualname(type(value))}
     return identity(value, depth)
