@@ -175,11 +175,11 @@ class Counterexamples(nn.Module):
         self.generator = generator
 
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, target: torch.Tensor, masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the (augmented) images, labels and masks."""
+        """Return the (augmented) images, class indices and masks."""
         dims = check_shape(images, "B C H W", "images")
-        check_shape(labels, "B", "labels", B=dims["B"])
+        check_shape(target, "B", "target", B=dims["B"])
         made = counterexamples(
             images,
             masks,
@@ -192,7 +192,7 @@ class Counterexamples(nn.Module):
         reps = self.copies + int(self.keep_original)
         if self.keep_original:
             made = torch.cat([images, made])
-        return made, labels.repeat(reps), masks.repeat(reps, 1, 1)
+        return made, target.repeat(reps), masks.repeat(reps, 1, 1)
 
     def extra_repr(self) -> str:
         """Hyper-parameters shown by ``repr``."""

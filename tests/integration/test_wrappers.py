@@ -30,7 +30,8 @@ def _bare() -> tuple[nn.Module, torch.Tensor, dict[str, torch.Tensor]]:
     acts, grads, logits = reference_grads(ARCH, x, TARGET)
     with torch.no_grad():
         cam = torch.einsum("bc,bchw->bhw", model.fc.weight[TARGET], acts)
-    grad_cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+    # the hook's maps are signed unless relu=True (one sign rule with the objectives)
+    grad_cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
     return model, x, {"logits": logits, "cam": cam, "grad_cam": grad_cam}
 
 
