@@ -17,14 +17,14 @@ fit(model, train, epochs=4, generator=torch.Generator().manual_seed(1))
 print(f"test accuracy {accuracy(model, test):.3f}")
 
 threes = train.images[train.labels == 3]
-result = pcace(model, "features", threes, class_idx=3, n_components=3)
+result = pcace(model, "features", threes, target=3, n_components=3)
 print(f"{result.n_observations} images of class 3, {len(result.scores)} channels")
 for name, channels in (("best", result.top(5)), ("worst", result.bottom(5))):
     scores = ", ".join(f"c{c}: {float(result.scores[c]):.3f}" for c in channels)
     print(f"{name:>5}: {scores}")
 first = result.first_component
 print(
-    f"seed's first-component score ranks channel {result.top(1)[0]} at position "
+    f"the paper's first-component score ranks channel {result.top(1)[0]} at position "
     f"{int((first > first[result.top(1)[0]]).sum()) + 1}"
 )
 

@@ -44,7 +44,7 @@ def _reference_scores(acts: np.ndarray, logit: np.ndarray, k: int) -> np.ndarray
 
 def test_pcace_matches_sklearn_pca_and_reference_ace(trained: tuple[GAPNet, torch.Tensor]) -> None:
     model, images = trained
-    result = pcace(model, "features", images, class_idx=3, n_components=3)
+    result = pcace(model, "features", images, target=3, n_components=3)
     acts, logits = capture(model, "features", images)
     ref = _reference_scores(acts.double().numpy(), logits[:, 3].double().numpy(), 3)
     np.testing.assert_allclose(result.scores.numpy(), ref, rtol=0, atol=1e-6)
@@ -71,9 +71,9 @@ def test_first_component_score_equals_max_corr_for_one_component(
     trained: tuple[GAPNet, torch.Tensor],
 ) -> None:
     model, images = trained
-    one = pcace(model, "features", images, class_idx=3, n_components=1)
+    one = pcace(model, "features", images, target=3, n_components=1)
     assert torch.allclose(one.max_correlation, one.first_component.abs(), atol=1e-9)
-    three = pcace(model, "features", images, class_idx=3, n_components=3, score="first_component")
+    three = pcace(model, "features", images, target=3, n_components=3, score="first_component")
     assert torch.equal(three.scores, three.first_component)
     # more components never explain less: the max correlation with 3 is >= with 1 (up to ACE)
     assert float((three.max_correlation - one.max_correlation).mean()) > 0
@@ -84,10 +84,10 @@ def test_loader_input_and_training_flag(trained: tuple[GAPNet, torch.Tensor]) ->
     labels = torch.full((len(images),), 3)
     loader = list(zip(images.split(50), labels.split(50), strict=True))
     model.train()
-    from_loader = pcace(model, "features", loader, class_idx=3, n_components=2)
+    from_loader = pcace(model, "features", loader, target=3, n_components=2)
     assert model.training
     model.eval()
-    from_tensor = pcace(model, "features", images, class_idx=3, n_components=2, batch_size=7)
+    from_tensor = pcace(model, "features", images, target=3, n_components=2, batch_size=7)
     assert torch.allclose(from_loader.scores, from_tensor.scores, atol=1e-6)
 
 
@@ -101,22 +101,22 @@ def test_dead_channel_scores_zero(trained: tuple[GAPNet, torch.Tensor]) -> None:
 
 def test_pcace_errors(trained: tuple[GAPNet, torch.Tensor]) -> None:
     model, images = trained
-    with pytest.raises(RangeError, match="class_idx"):
-        pcace(model, "features", images, class_idx=10)
-    with pytest.raises(DTypeError, match="class_idx"):
-        pcace(model, "features", images, class_idx=3.0)  # type: ignore[arg-type]
+    with pytest.raises(RangeError, match="target"):
+        pcace(model, "features", images, target=10)
+    with pytest.raises(DTypeError, match="target"):
+        pcace(model, "features", images, target=3.0)  # type: ignore[arg-type]
     with pytest.raises(RangeError, match="n_components"):
-        pcace(model, "features", images[:6], class_idx=3, n_components=7)
+        pcace(model, "features", images[:6], target=3, n_components=7)
     with pytest.raises(RangeError, match="at least 5 observations"):
-        pcace(model, "features", images[:4], class_idx=3, n_components=2)
+        pcace(model, "features", images[:4], target=3, n_components=2)
     with pytest.raises(LayerError, match="4-D"):
-        pcace(model, "classifier", images, class_idx=3)
+        pcace(model, "classifier", images, target=3)
     with pytest.raises(RangeError, match="score"):
-        pcace(model, "features", images, class_idx=3, score="auc")
+        pcace(model, "features", images, target=3, score="auc")
     bad = images.clone()
     bad[0] = float("nan")
     with pytest.raises(RangeError, match="NaN"):
-        pcace(model, "features", bad, class_idx=3)
+        pcace(model, "features", bad, target=3)
 
 
 def test_channel_figure(trained: tuple[GAPNet, torch.Tensor]) -> None:
@@ -127,7 +127,7 @@ def test_channel_figure(trained: tuple[GAPNet, torch.Tensor]) -> None:
     from xai_feedback.viz import plot_channel_ranking
 
     model, images = trained
-    result = pcace(model, "features", images, class_idx=3, n_components=2)
+    result = pcace(model, "features", images, target=3, n_components=2)
     acts, _ = capture(model, "features", images)
     fig = plot_channel_ranking(result, acts, images, top=2, bottom=3, n_images=4)
     assert len(fig.axes) == 5 * 4

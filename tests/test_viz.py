@@ -65,6 +65,26 @@ def test_plot_maps_from_an_all_class_tensor_and_rgb_images(device: torch.device)
     assert len(no_bar.axes) == 8
 
 
+def test_plot_maps_takes_the_one_row_shape_attribute_returns() -> None:
+    # (N, h, w): what attribute() and a one-class hook.cam give, the first thing a user plots
+    from xai_feedback.attribution import attribute
+    from xai_feedback.models import GAPNet
+
+    g = torch.Generator().manual_seed(2)
+    model, images = GAPNet(width=4, generator=g).eval(), torch.rand(3, 1, 28, 28, generator=g)
+    maps = attribute(model, images, torch.tensor([0, 1, 2]), method="grad_cam", reduce="sum")
+    assert maps.shape == (3, 28, 28)
+    panels = _image_axes(plot_maps(images, maps))
+    assert len(panels) == 3 and panels[0].get_ylabel() == "map"
+    m = float(maps.abs().max())
+    low = -m if bool((maps < 0).any()) else 0.0
+    assert panels[0].images[1].get_clim() == pytest.approx((low, m))
+    named = _image_axes(plot_maps(images, maps, row_names=["grad_cam"]))
+    assert named[0].get_ylabel() == "grad_cam"
+    with pytest.raises(ShapeError, match="maps"):
+        plot_maps(images, maps[:2])
+
+
 def test_plot_maps_rejects_bad_input() -> None:
     images = torch.rand(3, 1, 8, 8)
     with pytest.raises(ShapeError, match="maps\\['a'\\]"):

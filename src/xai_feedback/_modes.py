@@ -4,7 +4,9 @@
 BatchNorm frozen for fine-tuning (``bn.eval()`` inside a model in training mode, the usual
 recipe) comes back in training mode. :func:`eval_mode` records each module's own
 ``training`` flag and restores exactly those flags, also when the block raises. Every public
-call of the library that evaluates a model in the middle of training goes through it.
+call of the library that evaluates a model in the middle of training goes through it, and
+:func:`train_mode` is its twin for the calls that train (``fit``, proxy training): a model
+already in training mode keeps the flags its user set (a frozen BatchNorm stays frozen).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-__all__ = ["eval_mode", "module_flags", "restore_flags"]
+__all__ = ["eval_mode", "module_flags", "restore_flags", "train_mode"]
 
 
 def module_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -43,6 +45,37 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     flags = module_flags(model)
     model.eval()
+    try:
+        yield model
+    finally:
+        restore_flags(flags)
+
+
+@contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Train ``model`` inside the block; restore each module's own flag after it.
+
+    A model whose root is in training mode is left as its user set it, submodules included
+    (``model.train()`` then ``bn.eval()``: the fine-tuning recipe that freezes BatchNorm
+    statistics); a model in eval mode is switched to training mode as a whole, as
+    ``model.train()`` does.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+        >>> _ = model[1].eval()  # frozen statistics
+        >>> with train_mode(model):
+        ...     model[0].training, model[1].training
+        (True, False)
+        >>> _ = model.eval()
+        >>> with train_mode(model):
+        ...     model[1].training
+        True
+        >>> model.training, model[1].training
+        (False, False)
+    """
+    flags = module_flags(model)
+    if not model.training:
+        model.train()
     try:
         yield model
     finally:

@@ -45,7 +45,7 @@ from xai_feedback.hooks import ActivationHook
 __all__ = ["SCORES", "PCACEResult", "capture", "channel_components", "pcace"]
 
 SCORES = ("max_corr", "first_component")
-"""Channel scores: the maximal correlation (default) or the seed's first-component score."""
+"""Channel scores: the maximal correlation (default) or the PCACE paper's first-component score."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PCACEResult:
         first_component: :math:`\mathrm{corr}(\phi_1, \theta)` per channel, ``(C,)``.
         explained_variance_ratio: Share of each channel's variance in its components, ``(C, k)``.
         score: Which score ``scores`` holds.
-        class_idx: The class.
+        target: The class.
         n_observations: Images used.
     """
 
@@ -69,7 +69,7 @@ class PCACEResult:
     first_component: torch.Tensor
     explained_variance_ratio: torch.Tensor
     score: str
-    class_idx: int
+    target: int
     n_observations: int
 
     def top(self, n: int) -> list[int]:
@@ -84,7 +84,7 @@ class PCACEResult:
         """JSON-ready dictionary."""
         return {
             "score": self.score,
-            "class_idx": self.class_idx,
+            "target": self.target,
             "n_observations": self.n_observations,
             "scores": self.scores.tolist(),
             "ranking": self.ranking.tolist(),
@@ -232,7 +232,7 @@ def pcace(
     model: nn.Module,
     layer: nn.Module | str | None,
     images: torch.Tensor | Iterable[Any],
-    class_idx: int,
+    target: int,
     *,
     n_components: int = 3,
     score: str = "max_corr",
@@ -240,24 +240,25 @@ def pcace(
     dtype: torch.dtype = torch.float64,
     **ace_options: Any,
 ) -> PCACEResult:
-    """Rank the channels of ``layer`` for class ``class_idx`` by PCA + ACE maximal correlation.
+    """Rank the channels of ``layer`` for class ``target`` by PCA + ACE maximal correlation.
 
     Args:
         model: A classifier returning logits ``(N, K)``.
         layer: The layer (module, dotted name, or ``None`` for the model's default).
         images: Images of that class ``(N, C, H, W)``, or an iterable of batches.
-        class_idx: The class whose logit is the response.
+        target: The class whose logit is the response.
         n_components: Principal components per channel (the ACE predictors).
-        score: ``"max_corr"`` (default) or ``"first_component"`` (the seed's).
+        score: ``"max_corr"`` (default) or ``"first_component"`` (the PCACE paper's).
         batch_size: Forward batch size when ``images`` is a tensor.
         dtype: Dtype of the PCA and ACE (float64 by default).
         **ace_options: ``delrsq``, ``maxit``, ``nterm`` of :func:`~xai_feedback.functional.ace.ace`.
 
     Returns:
-        A :class:`PCACEResult`.
+        A :class:`PCACEResult`. A channel whose activations are constant over the images
+        (a dead ReLU) carries no information about the logit: both its scores are 0.
 
     Raises:
-        RangeError: ``class_idx`` out of range, too few images, ``n_components`` too large,
+        RangeError: ``target`` out of range, too few images, ``n_components`` too large,
             NaN activations, or a class logit constant over the images.
         LayerError: The layer yields no 4-D activations.
 
@@ -269,23 +270,23 @@ def pcace(
         >>> from xai_feedback.models import GAPNet
         >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
         >>> images = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-        >>> result = pcace(model, "features", images, class_idx=3, n_components=2)
+        >>> result = pcace(model, "features", images, target=3, n_components=2)
         >>> result.scores.shape, result.ranking.shape
         (torch.Size([16]), torch.Size([16]))
     """
     check_choice(score, "score", SCORES)
     check_int(n_components, "n_components", minimum=1)
-    if isinstance(class_idx, bool) or not isinstance(class_idx, int):
-        raise DTypeError(f"`class_idx` must be an int, got {type(class_idx).__name__}.")
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise DTypeError(f"`target` must be an int, got {type(target).__name__}.")
     activations, logits = capture(model, layer, images, batch_size=batch_size)
-    if not 0 <= class_idx < logits.shape[1]:
+    if not 0 <= target < logits.shape[1]:
         raise RangeError(
-            f"`class_idx` must be in [0, {logits.shape[1] - 1}] (the model has "
-            f"{logits.shape[1]} outputs), got {class_idx}."
+            f"`target` must be in [0, {logits.shape[1] - 1}] (the model has "
+            f"{logits.shape[1]} outputs), got {target}."
         )
     components, ratio = channel_components(activations.to(dtype), n_components)
     channels, n = components.shape[0], components.shape[1]
-    response = logits[:, class_idx].to(dtype).expand(channels, n)
+    response = logits[:, target].to(dtype).expand(channels, n)
     result = ace(components, response, dtype=dtype, **ace_options)
     theta = result.y_transform - result.y_transform.mean(dim=1, keepdim=True)
     phi1 = result.x_transforms[..., 0] - result.x_transforms[..., 0].mean(dim=1, keepdim=True)
@@ -300,6 +301,6 @@ def pcace(
         first_component=first,
         explained_variance_ratio=ratio,
         score=score,
-        class_idx=class_idx,
+        target=target,
         n_observations=n,
     )

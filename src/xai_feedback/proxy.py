@@ -1,11 +1,11 @@
 r"""Proxy Attention: turn heat maps of hard examples into training images (in memory).
 
-The loop (seed 002, ../shared/REFERENCE.md section 2): train some epochs; mine the examples
+The loop (Mukherjee's *Proxy Attention* thesis): train some epochs; mine the examples
 the model gets wrong (or with the highest loss); explain them; make *proxy images* by
 replacing (or dimming) the pixels the map points at; keep training on originals plus (or
 instead of) the proxies; repeat as a schedule such as ``[5, "p", 9, "p", 9, "p", 4]``.
 
-Unlike the seed, fill values are computed per image, proxies never touch the disk, and the
+Unlike the thesis code, fill values are computed per image, proxies never touch the disk, and the
 split between training and evaluation data never changes.
 """
 
@@ -73,7 +73,7 @@ def proxy_images(
     Args:
         images: ``(B, C, H, W)`` images.
         maps: ``(B, h, w)`` maps with the images' aspect ratio (any resolution).
-        threshold: :math:`\tau` in [0, 1] (the seed's recommended 0.85).
+        threshold: :math:`\tau` in [0, 1] (the thesis' recommended 0.85).
         mode: ``"replace"`` or ``"blend"``.
         fill: Fill rule for ``"replace"`` (see :func:`~xai_feedback.functional.fill_values`).
         strength: :math:`\lambda` in [0, 1] for ``"blend"``.
@@ -171,7 +171,7 @@ class ProxyAttention(nn.Module):
 
 def mine_hard_examples(
     logits: torch.Tensor,
-    labels: torch.Tensor,
+    target: torch.Tensor,
     *,
     by: str = "misclassified",
     fraction: float | None = 0.2,
@@ -181,9 +181,9 @@ def mine_hard_examples(
 
     Args:
         logits: ``(N, K)`` logits.
-        labels: ``(N,)`` labels.
+        target: ``(N,)`` class indices (the true classes).
         by: ``"misclassified"`` (candidates are the wrong predictions) or ``"loss"`` (all).
-        fraction: Keep ``ceil(fraction * candidates)`` of them (the seed used 0.2).
+        fraction: Keep ``ceil(fraction * candidates)`` of them (0.2: the proxy-attention study's setting).
         count: Keep at most this many instead (overrides ``fraction``).
 
     Returns:
@@ -196,7 +196,7 @@ def mine_hard_examples(
         tensor([2, 1])
     """
     dims = check_shape(logits, "N K", "logits")
-    check_shape(labels, "N", "labels", N=dims["N"])
+    check_shape(target, "N", "target", N=dims["N"])
     check_choice(by, "by", ("misclassified", "loss"))
     if count is not None:
         check_int(count, "count", minimum=0)
@@ -206,11 +206,11 @@ def mine_hard_examples(
         raise MissingInputError("one of `fraction` or `count` must be given, got neither.")
     check_floating(logits, "logits")
     check_finite(logits, "logits")  # NaN logits would rank arbitrarily
-    labels = resolve_targets(labels, logits)  # integer classes in [0, K): never wrapped
-    loss = F.cross_entropy(logits.detach(), labels, reduction="none")
+    target = resolve_targets(target, logits)  # integer classes in [0, K): never wrapped
+    loss = F.cross_entropy(logits.detach(), target, reduction="none")
     candidates = torch.arange(dims["N"], device=logits.device)
     if by == "misclassified":
-        candidates = candidates[logits.argmax(1) != labels]
+        candidates = candidates[logits.argmax(1) != target]
     ranked = candidates[torch.argsort(loss[candidates], descending=True, stable=True)]
     keep = count if count is not None else math.ceil(float(fraction) * len(ranked))  # type: ignore[arg-type]
     mined = ranked[: min(keep, len(ranked))]
@@ -300,7 +300,7 @@ def train_with_proxy(
     Each run of epochs is one :func:`~xai_feedback.training.fit` call (its own one-cycle
     schedule); ``schedule.without_proxies()`` gives the matching baseline. At a proxy step,
     the hard examples of the *original* training set are mined, explained with ``method`` for
-    their predicted (wrong) class, as in the seed (at ``layer`` for the CAM family; default: the
+    their predicted (wrong) class, as in the thesis (at ``layer`` for the CAM family; default: the
     feature map feeding the global pooling), and turned into proxies, which are added to
     the training data (``keep_originals=True``) or replace the originals they came from.
     Everything stays in memory, on the data's device.

@@ -8,6 +8,7 @@ shuffling) and differ only in their *objective*.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from xai_feedback._checks import (
     check_nonempty,
     check_number,
 )
-from xai_feedback._modes import eval_mode
+from xai_feedback._modes import eval_mode, train_mode
 from xai_feedback._progress import progress_bar
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError
@@ -99,6 +100,11 @@ def fit(
         generator: Random generator for the shuffling (reproducible runs).
         progress: Show a tqdm bar (a string is used as its description).
 
+    Training mode: a model in eval mode is trained in training mode as a whole; a model
+    already in training mode keeps its user's per-module flags (a BatchNorm frozen with
+    ``bn.eval()`` for fine-tuning keeps its running statistics). Each module's own flag is
+    restored on return.
+
     Returns:
         The per-epoch :class:`History`.
 
@@ -133,9 +139,8 @@ def fit(
     bar = progress_bar(
         total=epochs * steps_per_epoch, desc=desc, enabled=bool(progress), leave=False
     )
-    model.train()
     step = 0
-    try:
+    with train_mode(model), closing(bar):
         for epoch in range(epochs):
             start = time.perf_counter()
             order = torch.randperm(n, generator=generator).to(data.images.device)
@@ -164,8 +169,6 @@ def fit(
             history.accuracy.append(int(correct) / n)
             history.seconds.append(time.perf_counter() - start)
             bar.set_postfix(loss=f"{history.loss[-1]:.3f}", acc=f"{history.accuracy[-1]:.3f}")
-    finally:
-        bar.close()
     return history
 
 
@@ -185,10 +188,15 @@ def _check_label_range(model: nn.Module, data: ImageDataset) -> None:
     """Labels against the model's outputs: one image's forward in eval mode (flags restored)."""
     with eval_mode(model):
         logits = model(data.images[:1])
+    _check_labels_fit(logits, data.labels)
+
+
+def _check_labels_fit(logits: object, labels: torch.Tensor) -> None:
+    """``labels`` are classes of ``(B, K)`` ``logits`` (labels are ``>= 0`` by ImageDataset)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
         raise RangeError(f"`model` must return logits of shape (B, K), got {shape}.")
-    highest = int(data.labels.max())  # labels are checked >= 0 by ImageDataset
+    highest = int(labels.max())
     if highest >= logits.shape[1]:
         raise RangeError(
             f"`data.labels` must hold classes in [0, {logits.shape[1]}) for a model of "
@@ -217,9 +225,11 @@ def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> flo
     """Top-1 accuracy of ``model`` on ``data`` (evaluation mode, no gradients).
 
     Raises:
-        ShapeError: ``data`` is empty (an accuracy of no examples is undefined; it used to
-            be NaN).
+        ShapeError: ``data`` is empty (an accuracy of no examples is undefined).
+        RangeError: A label outside ``[0, K)`` for a model of ``K`` outputs (it would count
+            as a silent miss).
     """
     _check_data(model, data)
     logits = predict(model, data.images, batch_size)
+    _check_labels_fit(logits, data.labels)
     return float((logits.argmax(1) == data.labels).float().mean())

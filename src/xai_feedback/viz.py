@@ -65,7 +65,7 @@ def plot_channel_ranking(
         >>> from xai_feedback.models import GAPNet  # doctest: +SKIP
         >>> from xai_feedback.pcace import capture, pcace  # doctest: +SKIP
         >>> model, x = GAPNet(width=4), torch.rand(20, 1, 28, 28)  # doctest: +SKIP
-        >>> result = pcace(model, "features", x, class_idx=0)  # doctest: +SKIP
+        >>> result = pcace(model, "features", x, target=0)  # doctest: +SKIP
         >>> acts, _ = capture(model, "features", x)  # doctest: +SKIP
         >>> plot_channel_ranking(result, acts, x).savefig("channels.png")  # doctest: +SKIP
     """
@@ -97,7 +97,7 @@ def plot_channel_ranking(
                 ax.set_ylabel(
                     f"{label} c{channel}\n{float(result.scores[channel]):.3f}", fontsize=8
                 )
-    fig.suptitle(f"PCACE channels for class {result.class_idx} ({result.score})", fontsize=9)
+    fig.suptitle(f"PCACE channels for class {result.target} ({result.score})", fontsize=9)
     fig.tight_layout()
     figure: Figure = fig
     return figure
@@ -134,10 +134,12 @@ def plot_maps(
 
     Args:
         images: The images ``(N, C, H, W)``.
-        maps: ``{row name: maps (N, h, w)}`` (e.g. one entry per attribution method), or one
-            tensor ``(N, R, h, w)`` (e.g. all-class CAMs, one row per class).
-        row_names: Labels of the rows of a tensor ``maps`` (default ``"class r"``); not used
-            with a mapping.
+        maps: ``{row name: maps (N, h, w)}`` (e.g. one entry per attribution method), one
+            tensor ``(N, R, h, w)`` (e.g. all-class CAMs, one row per class), or one tensor
+            ``(N, h, w)`` (one row: what :func:`~xai_feedback.attribution.attribute` and a
+            one-class ``hook.cam`` return).
+        row_names: Labels of the rows of a tensor ``maps`` (default ``"class r"``, or
+            ``"map"`` for an ``(N, h, w)`` tensor); not used with a mapping.
         titles: Column titles, one per image (e.g. the labels).
         alpha: Opacity of the heat maps, in [0, 1].
         size: Size of one panel, in inches.
@@ -154,7 +156,7 @@ def plot_maps(
 
     Shape:
         - images: :math:`(N, C, H, W)`
-        - maps: :math:`(N, h, w)` per row, or :math:`(N, R, h, w)`
+        - maps: :math:`(N, h, w)` per row, :math:`(N, R, h, w)`, or one :math:`(N, h, w)`
 
     Example:
         Needs matplotlib (not run as a doctest; ``tests/test_viz.py`` runs it):
@@ -170,6 +172,9 @@ def plot_maps(
     dims = check_shape(images, "N C H W", "images")
     n = dims["N"]
     rows: list[tuple[str, torch.Tensor]]
+    if isinstance(maps, torch.Tensor) and maps.dim() == 3:
+        maps = maps.unsqueeze(1)  # (N, h, w): one row (attribute(), a one-class hook.cam)
+        row_names = ["map"] if row_names is None else row_names
     if isinstance(maps, torch.Tensor):
         mdims = check_shape(maps, "N R h w", "maps", N=n)
         names = [f"class {r}" for r in range(mdims["R"])] if row_names is None else list(row_names)

@@ -62,6 +62,57 @@ def test_ace_matches_reference_package(kind: str, p: int, n: int, k: int) -> Non
         assert int(result.iterations[i]) == iterations
 
 
+# Two PCA components of a random-init ResNet-18 channel (layer4, 16 images) and the class
+# logit: the scaling's conjugate gradients converge exactly in the first pass, the second
+# pass's gradient is ~1e-34 and its projection underflowed to 0 (0 / 0: NaN transforms).
+_EXACT_X = [
+    [0.05554333231550104, 0.5183662787026186],
+    [-0.2948621463326531, 0.5336113013615122],
+    [0.5408586077188172, -0.3195557274938123],
+    [-1.017119665223093, 0.7470030542501095],
+    [-0.5106480778918961, 0.39703190865160687],
+    [2.0347816462010258, 1.6163976354146712],
+    [0.16293997787810843, -2.0340010825528427],
+    [-0.719026686283027, 0.32143740784597796],
+    [3.1067041558041586, -0.6216415223225771],
+    [-0.9011592163353818, -0.9425522187331792],
+    [-0.8652534607306, 0.47969241269235463],
+    [-0.5845189142313907, 1.1076959276385745],
+    [-0.36626767042058717, -0.5629869745149716],
+    [0.10100892930642102, 0.14537216554479704],
+    [-1.2102497898787608, -0.6608113147959754],
+    [0.46726897810335766, -0.7250592516888641],
+]
+_EXACT_Y = [
+    0.12289796769618988,
+    0.12751634418964386,
+    0.12949800491333008,
+    0.12171343713998795,
+    0.1708601713180542,
+    0.11966166645288467,
+    0.18490786850452423,
+    0.07349029928445816,
+    0.12663975358009338,
+    0.1473941057920456,
+    0.1291743665933609,
+    0.14939962327480316,
+    0.12825298309326172,
+    0.17167608439922333,
+    0.1388997584581375,
+    0.11314333975315094,
+]
+
+
+def test_ace_when_the_scaling_converges_exactly() -> None:
+    x, y = np.array(_EXACT_X), np.array(_EXACT_Y)
+    result = ace(torch.from_numpy(x)[None], torch.from_numpy(y)[None])
+    phi, theta, corr, _ = _reference(x, y)
+    assert bool(torch.isfinite(result.x_transforms).all())
+    np.testing.assert_allclose(result.x_transforms[0].numpy(), phi, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.y_transform[0].numpy(), theta, rtol=0, atol=1e-6)
+    assert result.correlation[0].item() == pytest.approx(corr, abs=1e-6)
+
+
 @pytest.mark.parametrize("n", [5, 9, 31, 300])
 @pytest.mark.parametrize("ties", [False, True])
 def test_smoothers_match_reference(n: int, ties: bool) -> None:

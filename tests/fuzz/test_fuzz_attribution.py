@@ -215,23 +215,23 @@ def test_cam_maps_and_reduced_attribute(
 @settings(SLOW, max_examples=15)
 @given(
     n=st.integers(0, 8),
-    class_idx=st.one_of(st.integers(-1, K), st.just(1.0)),
+    target=st.one_of(st.integers(-1, K), st.just(1.0)),
     n_components=st.integers(0, 3),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=seeds,
 )
 def test_pcace(
-    n: int, class_idx: int | float, n_components: int, dtype: torch.dtype, seed: int
+    n: int, target: int | float, n_components: int, dtype: torch.dtype, seed: int
 ) -> None:
     model = _model()
     x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     result, error = outcome(
         "pcace",
         "empty" if n == 0 else ("dtype float64" if dtype == torch.float64 else "valid"),
-        lambda: pcace(model, "features", x, class_idx, n_components=n_components),  # type: ignore[arg-type]
-        ["class_idx", "n_components", "images", "observations", "`y`"],
+        lambda: pcace(model, "features", x, target, n_components=n_components),  # type: ignore[arg-type]
+        ["target", "n_components", "images", "observations", "`y`"],
     )
-    if n_components < 1 or isinstance(class_idx, float):
+    if n_components < 1 or isinstance(target, float):
         expect_error(error, RangeError, DTypeError)
         return
     if n == 0:
@@ -240,7 +240,7 @@ def test_pcace(
     if dtype != torch.float32:
         expect_error(error, DTypeError)
         return
-    if not 0 <= class_idx < K or n_components > min(n, 4) or n < 5:
+    if not 0 <= target < K or n_components > min(n, 4) or n < 5:
         expect_error(error, RangeError)
         return
     if error is not None:  # a class logit constant over the images, or constant channels

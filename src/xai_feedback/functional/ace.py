@@ -366,6 +366,9 @@ def _scale(phi: torch.Tensor, theta: torch.Tensor, tolerance: float) -> torch.Te
             last_gsq = torch.where(stepping, gsq, last_gsq)
             projected = torch.einsum("pkn,pk->pn", phi, direction)
             pp = (projected * projected).sum(dim=1)
+            # converged: a rounding-level gradient (~1e-34) whose projection underflows to 0
+            # would give 0 / 0 (seen on a real ResNet's channel components)
+            stepping = stepping & (pp > 0)
             alpha = (projected * residual).sum(dim=1) / torch.where(
                 stepping, pp, torch.ones_like(pp)
             )

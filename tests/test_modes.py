@@ -1,0 +1,167 @@
+"""Frozen layers stay frozen: every public entry that takes a model gives each module its own
+training flag back, and none updates a frozen BatchNorm's running statistics.
+
+The fine-tuning recipe freezes BatchNorm statistics with ``model.train()`` then ``bn.eval()``.
+``model.train(was_training)`` after an evaluation would unfreeze them (it sets every flag);
+these tests run each entry on a model frozen that way and compare every flag and buffer.
+(The same check on a torchvision ResNet is in ``tests/integration/test_frozen_layers.py``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from xai_feedback._modes import eval_mode, train_mode
+from xai_feedback.attribution import attribute, cam_maps
+from xai_feedback.data import ImageDataset
+from xai_feedback.evaluation import road, selectivity
+from xai_feedback.hooks import CAMHook
+from xai_feedback.objectives import per_example_batchnorm, rrr_objective
+from xai_feedback.pcace import capture, pcace
+from xai_feedback.proxy import train_with_proxy
+from xai_feedback.training import accuracy, fit, predict
+
+K = 4
+
+
+class BNNet(nn.Module):
+    """conv-BN-ReLU twice, dropout, GAP, linear: CAM-ready, with flags worth keeping."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        )
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(8, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.features(x).mean(dim=(2, 3))))
+
+
+def _frozen() -> tuple[BNNet, ImageDataset]:
+    g = torch.Generator().manual_seed(0)
+    model = BNNet(g)
+    images = torch.rand(24, 1, 12, 12, generator=g)
+    with torch.no_grad():  # running statistics that differ from fresh ones
+        model(images)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()  # frozen statistics, the rest trains
+    labels = torch.arange(24) % K
+    masks = torch.zeros(24, 12, 12, dtype=torch.bool)
+    masks[:, :2] = True  # an annotated band, for the penalties that need masks
+    return model, ImageDataset(images, labels, masks)
+
+
+def _state(model: nn.Module) -> tuple[list[bool], list[torch.Tensor]]:
+    flags = [m.training for m in model.modules()]
+    stats = [b.detach().clone() for name, b in model.named_buffers() if "running" in name]
+    return flags, stats
+
+
+def _explain(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return images.clone()
+
+
+Entry = Callable[[nn.Module, ImageDataset, str], Any]
+"""``(model, data, layer) -> anything``: one public call that takes a model."""
+
+ENTRIES: dict[str, Entry] = {
+    "predict": lambda m, d, layer: predict(m, d.images),
+    "accuracy": lambda m, d, layer: accuracy(m, d),
+    "fit": lambda m, d, layer: fit(m, d, epochs=1, batch_size=8),
+    "fit_rrr": lambda m, d, layer: fit(m, d, epochs=1, batch_size=8, objective=rrr_objective()),
+    "attribute_saliency": lambda m, d, layer: attribute(m, d.images, d.labels),
+    "attribute_grad_cam": lambda m, d, layer: attribute(
+        m, d.images, d.labels, method="grad_cam", layer=layer
+    ),
+    "attribute_smoothgrad": lambda m, d, layer: attribute(
+        m, d.images, d.labels, ensemble="smoothgrad", n_samples=2
+    ),
+    "cam_maps": lambda m, d, layer: cam_maps(m, d.images, d.labels, layer=layer),
+    "road": lambda m, d, layer: road(m, d.images, d.labels, {"x": _explain}, fractions=(0.5,)),
+    "selectivity": lambda m, d, layer: selectivity(
+        m, d.images, d.labels, {"x": _explain}, patch=d.images.shape[-1] // 2, steps=2
+    ),
+    "capture": lambda m, d, layer: capture(m, layer, d.images),
+    "pcace": lambda m, d, layer: pcace(m, layer, d.images, target=1, n_components=2),
+    "train_with_proxy": lambda m, d, layer: train_with_proxy(
+        m, d, [1, "p", 1], layer=layer, batch_size=8
+    ),
+}
+"""Every public entry that takes a model (ROAR/KAR take a training function instead)."""
+
+
+def check_entry_keeps_flags(model: nn.Module, data: ImageDataset, layer: str, entry: str) -> None:
+    """Run ``ENTRIES[entry]``; assert every flag and every running statistic is unchanged."""
+    flags, stats = _state(model)
+    assert flags[0] and not all(flags)  # a model in training mode with frozen layers
+    ENTRIES[entry](model, data, layer)
+    after_flags, after_stats = _state(model)
+    assert after_flags == flags, entry
+    for before, now in zip(stats, after_stats, strict=True):  # never updated, even by fit
+        torch.testing.assert_close(now, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_every_entry_keeps_frozen_batchnorms_frozen(entry: str) -> None:
+    model, data = _frozen()
+    check_entry_keeps_flags(model, data, "features", entry)
+
+
+def test_cam_hook_in_eval_mode_restores_each_flag() -> None:
+    model, data = _frozen()
+    flags, _ = _state(model)
+    with CAMHook(model, eval_mode=True) as hook:
+        assert not any(m.training for m in model.modules())
+        hook.cam(model(data.images), data.labels)
+    assert _state(model)[0] == flags
+
+
+def test_per_example_batchnorm_restores_each_flag() -> None:
+    model, _ = _frozen()
+    model.drop.eval()  # a second user choice, on another kind of layer
+    flags, _ = _state(model)
+    with per_example_batchnorm(model):
+        assert not any(isinstance(m, nn.BatchNorm2d) and m.training for m in model.modules())
+    assert _state(model)[0] == flags
+
+
+def test_fit_trains_a_model_in_eval_mode_as_a_whole_and_gives_the_flag_back() -> None:
+    model, data = _frozen()
+    model.eval()
+    seen: list[list[bool]] = []
+
+    def objective(net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append([m.training for m in net.modules()])
+        logits = net(batch.images)
+        return nn.functional.cross_entropy(logits, batch.labels), logits
+
+    before = [b.clone() for name, b in model.named_buffers() if "running_mean" in name]
+    fit(model, data, epochs=1, batch_size=8, objective=objective)
+    assert seen and all(all(flags) for flags in seen)  # trained in training mode
+    assert not any(m.training for m in model.modules())  # and given back in eval mode
+    after = [b for name, b in model.named_buffers() if "running_mean" in name]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_mode_managers_restore_flags_when_the_block_raises() -> None:
+    model, _ = _frozen()
+    flags, _ = _state(model)
+    for manager in (eval_mode, train_mode):
+        with pytest.raises(RuntimeError, match="boom"), manager(model):
+            raise RuntimeError("boom")
+        assert _state(model)[0] == flags
