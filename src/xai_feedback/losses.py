@@ -370,7 +370,7 @@ class ConstantSchedule(LossSchedule):
 
 @dataclass(frozen=True)
 class PhaseSchedule(LossSchedule):
-    """The phases of the first CAM-feedback experiments: each ``(epochs, ce_weight, penalty_weight)`` in turn.
+    """The first CAM-feedback experiments' phases: each ``(epochs, ce_weight, penalty_weight)``.
 
     The last phase lasts for the rest of training. For example ``[(3, 1, 0), (8, 0.8, 5),
     (1, 1, 0)]``: classification only, then the penalty on, then off.

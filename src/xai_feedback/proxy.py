@@ -183,7 +183,7 @@ def mine_hard_examples(
         logits: ``(N, K)`` logits.
         target: ``(N,)`` class indices (the true classes).
         by: ``"misclassified"`` (candidates are the wrong predictions) or ``"loss"`` (all).
-        fraction: Keep ``ceil(fraction * candidates)`` of them (0.2: the proxy-attention study's setting).
+        fraction: Keep ``ceil(fraction * candidates)`` of them (0.2: the thesis' setting).
         count: Keep at most this many instead (overrides ``fraction``).
 
     Returns:

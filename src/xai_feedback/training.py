@@ -8,8 +8,8 @@ shuffling) and differ only in their *objective*.
 from __future__ import annotations
 
 import time
-from contextlib import closing
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import torch
