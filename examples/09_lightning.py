@@ -1,6 +1,6 @@
 """The CAM penalty in a LightningModule.training_step: the same three lines as a plain loop.
 
-Same data, model, optimizer and batch order as examples/09_plain_loop.py, so both take the
+Same data, model, optimizer and batch order as examples/11_plain_loop.py, so both take the
 same steps in the first epoch (tests/integration/test_lightning.py checks it). Needs ``pip install
 lightning`` (skipped with a message without it). Run: python examples/09_lightning.py
 """

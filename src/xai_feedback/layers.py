@@ -1,7 +1,7 @@
 """Which layer to explain: unwrap wrapped models, resolve names, find the pooled feature map.
 
 Every entry of the library that computes a map (:class:`~xai_feedback.hooks.CAMHook`,
-:func:`~xai_feedback.attribution.attribute`, :func:`~xai_feedback.proxy.explain`,
+:func:`~xai_feedback.attribution.attribute`, proxy attention,
 :func:`~xai_feedback.pcace.pcace`, the penalties' objectives) resolves its ``layer=`` here:
 
 - a module of the model, or its dotted name. Names are those of the *unwrapped* model; the

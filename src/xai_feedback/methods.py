@@ -1,7 +1,7 @@
 r"""One registry of explanation methods: one name, one definition, used everywhere.
 
 :class:`~xai_feedback.hooks.CAMHook`, :func:`~xai_feedback.attribution.attribute`,
-:func:`~xai_feedback.proxy.explain` and the penalties' objectives all look methods up here,
+proxy attention and the penalties' objectives all look methods up here,
 so ``"grad_cam"`` means the same computation on every path.
 
 Two families:

@@ -184,8 +184,13 @@ def counterexample_objective(
         augs: list[Counterexamples] = [Counterexamples()]
     elif isinstance(augment, Counterexamples):
         augs = [augment]
-    else:
+    elif isinstance(augment, Sequence) and all(isinstance(a, Counterexamples) for a in augment):
         augs = list(augment)
+    else:
+        raise DTypeError(
+            "`augment` must be a Counterexamples, a sequence of them, or None, got "
+            f"{type(augment).__name__}."
+        )
     if not augs:
         raise MissingInputError("`augment` must hold at least one Counterexamples, got none.")
     if region is not None:

@@ -97,6 +97,7 @@ def test_resume_skips_finished_runs_and_caches_attributions(
     )
 
 
+@pytest.mark.slow  # kills and restarts processes (~10-30 s); .ci/run runs it
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
     script = tmp_path / "sweep.py"
     script.write_text(

@@ -318,6 +318,7 @@ def test_cached_attributions_load_weights_only(
 
 
 # -- 8. faults --------------------------------------------------------------------------------
+@pytest.mark.slow  # kills and restarts processes (~10-30 s); .ci/run runs it
 def test_killed_worker_is_recorded_and_retried(
     data: tuple[ImageDataset, ImageDataset],
     tmp_path: Path,
@@ -338,6 +339,7 @@ def test_killed_worker_is_recorded_and_retried(
         assert _dicts(resumed.run(*data)) == reference
 
 
+@pytest.mark.slow  # kills and restarts processes (~10-30 s); .ci/run runs it
 def test_parent_killed_mid_write_loses_nothing(tmp_path: Path, reference: dict[str, Any]) -> None:
     store = tmp_path / "s"
     hanging = tmp_path / "hanging"

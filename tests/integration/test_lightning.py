@@ -1,6 +1,6 @@
 """The CAM penalty inside a LightningModule.training_step trains exactly like a plain loop.
 
-examples/09_lightning.py and examples/09_plain_loop.py use the same data, model, optimizer and
+examples/09_lightning.py and examples/11_plain_loop.py use the same data, model, optimizer and
 batch order; their weights after one epoch must agree (bitwise on CPU, measured). Over several
 epochs the orders part: Lightning draws the shuffles of later epochs from the loader's
 generator on its own schedule, so epoch 2 sees another permutation. Needs ``lightning``
@@ -35,8 +35,8 @@ def _load(name: str) -> ModuleType:
 def test_lightning_training_step_equals_the_plain_loop() -> None:
     data = confounded_digits("train", "frame", size=2, seed=0).subset(torch.arange(256))  # 4 steps
     lit = _load("09_lightning.py").train(data, epochs=1)
-    plain = _load("09_plain_loop.py").train(data, epochs=1)
-    without_penalty = _load("09_plain_loop.py").train(data, epochs=1, lam=0.0)
+    plain = _load("11_plain_loop.py").train(data, epochs=1)
+    without_penalty = _load("11_plain_loop.py").train(data, epochs=1, lam=0.0)
     start = GAPNet(width=8, generator=torch.Generator().manual_seed(0)).state_dict()
     lit_state, plain_state = lit.state_dict(), plain.state_dict()
     assert lit_state.keys() == plain_state.keys()

@@ -3,6 +3,22 @@ r"""Masking kernels shared by proxy attention and the faithfulness evaluators.
 One place decides which pixels a map selects (a threshold, or an exact top/bottom fraction)
 and what replaces them (zeros, per-image statistics, a data-set mean) or how they are blended.
 All kernels are batched, run on the images' device and contain no Python loops over images.
+
+**One fill vocabulary.** Every ``fill=`` argument of the library (proxy attention, ROAD,
+ROAR/KAR, selectivity, counterexamples) names what replaces the selected pixels from one set
+of names, none of which means two things:
+
+- :data:`FILLS`, a statistic per image and channel: ``"zero"``, ``"mean"``, ``"max"``,
+  ``"min"``, ``"dataset_mean"`` (:func:`fill_values`; proxy attention, and the evaluators);
+- the imputations of :data:`REMOVALS`: ``"blur"``, ``"linear"``, ``"noisy_linear"``
+  (:func:`remove_pixels`; the evaluators, where a constant fill leaks the removed shape);
+- the random fills of :data:`~xai_feedback.counterexamples.COUNTEREXAMPLE_FILLS`:
+  ``"constant"`` (one random value per image and channel), ``"noise"`` (one per pixel),
+  ``"swap"`` (another image's pixels); drawn with a ``generator``, they augment data rather
+  than remove evidence.
+
+Each function accepts the subset that is meaningful for it and names that subset in its
+error.
 """
 
 from __future__ import annotations

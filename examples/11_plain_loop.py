@@ -2,7 +2,7 @@
 
 Same data, model, optimizer and batch order as the Lightning version, and the same three
 added lines in the step, so both take the same steps in the first epoch
-(tests/integration/test_lightning.py checks it). Run: python examples/09_plain_loop.py
+(tests/integration/test_lightning.py checks it). Run: python examples/11_plain_loop.py
 """
 
 import torch

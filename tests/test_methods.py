@@ -1,0 +1,133 @@
+"""The explanation-method registry: one call per method, checked against hand references.
+
+Every CAM-family method computes its maps through ``CAMMethod.maps(inputs, target, relu=)``;
+CAM reads the head's rows instead of autograd. References here are written from the papers'
+formulas on a two-layer model whose gradients are known in closed form.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xai_feedback.errors import HookError, RangeError
+from xai_feedback.hooks import CAMHook
+from xai_feedback.methods import CAMMethod, MapInputs, get_method, method_names
+
+C, K, H, W = 5, 3, 4, 4
+
+
+class Head(nn.Module):
+    """features (a tensor we control) -> GAP -> linear: dy_k/dA_c = W_kc / (h w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Conv2d(2, C, 1)
+        self.fc = nn.Linear(C, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _inputs(model: Head, x: torch.Tensor) -> MapInputs:
+    acts = model.features(x)
+    logits = model.fc(acts.mean(dim=(2, 3)))
+    return MapInputs(acts=acts, logits=logits, head=lambda: model.fc, owner=model)
+
+
+def test_the_registry_lists_every_method_once_by_family() -> None:
+    cams = method_names("cam")
+    assert cams == ("cam", "grad_cam", "hires_cam", "grad_cam_pp")
+    attributions = method_names("attribution")
+    assert set(cams).isdisjoint(attributions) and len(attributions) >= 6
+    assert set(method_names()) == {*cams, *attributions}
+    for name in cams:
+        method = get_method(name, "cam")
+        assert isinstance(method, CAMMethod) and method.name == name and method.citation
+    with pytest.raises(RangeError, match="grad_cam"):
+        get_method("gradcam")
+    with pytest.raises(RangeError, match="saliency"):
+        get_method("saliency", "cam")  # right name, wrong family
+
+
+def test_gradients_are_autograd_of_the_target_logit() -> None:
+    model, x = Head(), torch.rand(2, 2, H, W)
+    inputs, target = _inputs(model, x), torch.tensor([2, 0])
+    grads = get_method("grad_cam").gradients(inputs, target)  # type: ignore[attr-defined]
+    # closed form: GAP then linear, so dy_t / dA_{c,i,j} = W_{t,c} / (H W) at every position
+    expected = (model.fc.weight[target] / (H * W))[:, :, None, None].expand(2, C, H, W)
+    torch.testing.assert_close(grads, expected)
+
+
+def test_cam_through_maps_equals_the_head_rows_times_activations() -> None:
+    model, x = Head(), torch.rand(3, 2, H, W)
+    inputs, target = _inputs(model, x), torch.tensor([0, 1, 2])
+    maps = get_method("cam").maps(inputs, target, relu=False)  # type: ignore[attr-defined]
+    expected = torch.einsum("bc,bchw->bhw", model.fc.weight[target], inputs.acts)
+    torch.testing.assert_close(maps, expected)
+    # and it sums (with the bias) to the logit: CAM's defining property for GAP + linear
+    logit = maps.mean(dim=(1, 2)) + model.fc.bias[target]
+    torch.testing.assert_close(logit, inputs.logits[torch.arange(3), target])
+
+
+@pytest.mark.parametrize("name", ["grad_cam", "hires_cam", "grad_cam_pp"])
+def test_gradient_methods_from_their_formulas(name: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    acts = torch.rand(2, C, H, W, generator=g)
+    grads = torch.randn(2, C, H, W, generator=g)
+    method = get_method(name)
+    assert isinstance(method, CAMMethod)
+    got = method.from_gradients(acts, grads, relu=False)
+    if name == "grad_cam":  # Selvaraju et al., eq. 1-2
+        want = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+    elif name == "hires_cam":  # Draelos & Carin: element-wise product, summed over channels
+        want = (grads * acts).sum(1)
+    else:  # Chattopadhay et al., eq. 19 with exp(S) derivatives (the usual implementation)
+        g2, g3 = grads**2, grads**3
+        denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
+        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+        weights = (alpha * torch.relu(grads)).sum(dim=(2, 3), keepdim=True)
+        want = (weights * acts).sum(1)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(method.from_gradients(acts, grads, relu=True), torch.relu(want))
+
+
+@pytest.mark.parametrize("name", ["cam", "grad_cam", "hires_cam", "grad_cam_pp"])
+def test_the_hook_computes_every_method_through_maps(name: str) -> None:
+    # one call per registry: the hook's maps are the method's maps (times the CAM scale)
+    model, x = Head(), torch.rand(2, 2, H, W)
+    target = torch.tensor([1, 2])
+    method = get_method(name)
+    assert isinstance(method, CAMMethod)
+    with CAMHook(model) as hook:
+        logits = model(x)
+        got = hook.cam(logits, target, method=name)
+        every = hook.cam(logits, method=name, all_classes=True)
+    want = method.maps(_inputs(model, x), target, relu=False) * method.cam_scale(H, W)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(every[torch.arange(2), target], got)
+    if name != "grad_cam_pp":  # on a GAP + linear head the CAM scale makes them CAM itself
+        cam = get_method("cam").maps(_inputs(model, x), target, relu=False)  # type: ignore[attr-defined]
+        torch.testing.assert_close(got, cam)
+
+
+def test_gradients_refuse_activations_outside_the_graph() -> None:
+    model, x = Head(), torch.rand(2, 2, H, W)
+    with torch.no_grad():
+        acts = model.features(x)
+    logits = model.fc(model.features(x).mean(dim=(2, 3)))
+    inputs = MapInputs(acts=acts, logits=logits)
+    with pytest.raises(HookError, match="no_grad"):
+        get_method("grad_cam").gradients(inputs, torch.tensor([0, 1]))  # type: ignore[attr-defined]
+    detached = MapInputs(acts=acts.clone().requires_grad_(), logits=logits)
+    with pytest.raises(HookError, match="do not depend"):
+        get_method("grad_cam").gradients(detached, torch.tensor([0, 1]))  # type: ignore[attr-defined]
+
+
+def test_options_are_checked_per_method() -> None:
+    get_method("grad_cam").check_options({"relu": True, "scale": "paper"})
+    with pytest.raises(RangeError, match="n_steps"):
+        get_method("grad_cam").check_options({"n_steps": 8})
+    get_method("integrated_gradients").check_options({"n_steps": 8})
