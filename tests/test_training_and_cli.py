@@ -81,6 +81,94 @@ def test_demo_shows_the_shortcut(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert values["confound-test accuracy"] < 0.6 < values["train accuracy"]
 
 
+class _Recorder(torch.nn.Module):
+    """A linear classifier that keeps the images of its last forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28, 10)
+        self.seen = torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().clone()
+        return self.linear(x.flatten(1))
+
+
+def test_periphery_arm_randomizes_only_the_periphery() -> None:
+    from xai_feedback.data import confounded_digits
+    from xai_feedback.demo import CAM_SIGMA, PERIPHERY_THRESHOLD, periphery_objective
+    from xai_feedback.functional import periphery_mask
+
+    region = periphery_mask(28, 28, CAM_SIGMA, threshold=PERIPHERY_THRESHOLD)
+    # the frame confound lies inside the periphery, the digits' center outside it
+    assert not (confounded_digits("train", "frame").masks.any(0) & ~region).any()
+    assert not region[10:18, 10:18].any()
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    batch = Batch(images, torch.arange(8), None, 0, 0, 1)
+    seen = []
+    for seed in (3, 3, 4):
+        model = _Recorder()
+        loss, logits = periphery_objective(seed)(model, batch)
+        assert logits.shape == (8, 10) and loss.ndim == 0
+        seen.append(model.seen)
+    x = seen[0]
+    assert x.shape == (24, 1, 28, 28)  # the batch, then a swap and a constant copy of it
+    assert torch.equal(x[:8], images)
+    for copy in (x[8:16], x[16:]):
+        changed = (copy != images).any(1)  # (8, 28, 28)
+        assert not changed[:, ~region].any()  # the center is the original's
+        assert changed[:, region].all()  # the whole periphery is redrawn
+    # the swap copy takes the periphery of other images of the batch; the constant one is flat
+    swapped = x[8:16, 0][:, region]
+    assert all(
+        any(torch.equal(swapped[i], images[j, 0][region]) for j in range(8) if j != i)
+        for i in range(8)
+    )
+    assert torch.all(x[16:, 0][:, region].std(1) == 0)
+    # deterministic in the demo's seed
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+
+
+def test_periphery_arm_trains_on_a_small_subset() -> None:
+    from xai_feedback.data import confounded_digits, load_digits
+    from xai_feedback.demo import ConfoundSetup, periphery_objective, run_confounded
+
+    setup = ConfoundSetup(epochs=1, width=4, batch_size=32)
+    train = confounded_digits("train", "frame").subset(torch.arange(96))
+    evals = {"clean_test": load_digits("test").subset(torch.arange(40))}
+    run, model = run_confounded(
+        setup,
+        method="periphery counterexamples",
+        objective=periphery_objective(0),
+        train_data=train,
+        evals=evals,
+    )
+    assert run.method == "periphery counterexamples" and isinstance(model, GAPNet)
+    assert 0.0 <= run.train_accuracy <= 1.0 and 0.0 <= run.clean_accuracy <= 1.0
+
+
+def test_demo_runs_all_three_arms(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import importlib.util
+
+    from xai_feedback.demo import DEMO_ARMS, ConfoundSetup, demo
+
+    assert DEMO_ARMS == ("vanilla", "CAM penalty", "periphery counterexamples")
+    figure = tmp_path / "maps.png"
+    runs = demo(ConfoundSetup(epochs=1, width=4), figure=figure)
+    assert [r.method for r in runs] == list(DEMO_ARMS)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "vanilla" in line and "CAM" in line)
+    assert header.split() == ["vanilla", "CAM", "penalty", "periphery", "counterexamples"]
+    for key in ("train accuracy", "clean test accuracy", "confound-test accuracy"):
+        line = next(line for line in out.splitlines() if line.startswith(key))
+        assert len(line.split()[-3:]) == 3 and all(0 <= float(v) <= 1 for v in line.split()[-3:])
+    assert "Recommended without annotations (objects centered): periphery counterexamples" in out
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RangeError):
+        demo(ConfoundSetup(epochs=1, width=4), arms=["nope"], figure=None)
+
+
 def test_cli_unknown_benchmark(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

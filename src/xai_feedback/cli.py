@@ -198,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=16)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    demo.add_argument("--vanilla-only", action="store_true", help="skip the CAM-penalty run")
+    demo.add_argument(
+        "--vanilla-only",
+        action="store_true",
+        help="plain cross-entropy only (skip the CAM-penalty and counterexample runs)",
+    )
     demo.add_argument("--figure", default=DEMO_FIGURE, help="where to save the maps (PNG)")
     demo.add_argument("--no-figure", action="store_true", help="do not save the maps")
     demo.set_defaults(func=_demo)

@@ -1,35 +1,44 @@
-"""The ``xai-feedback demo``: a CNN learning a shortcut on confounded digits, and its cure.
+"""The ``xai-feedback demo``: a CNN learning a shortcut on confounded digits, and its cures.
 
 :func:`run_confounded` trains the reference CNN with a given objective on a confounded training
 set and reports the three numbers that make a shortcut visible: training accuracy, accuracy on
 clean test digits, and accuracy on the confound's test set (where the confound no longer
-gives the class away). :func:`demo` runs it with plain cross-entropy and with the Gaussian CAM
-penalty (:data:`CAM_SIGMA`, :data:`CAM_LAMBDA`) and prints the comparison. The benchmarks in
-the repository's ``benchmarks/`` folder reuse both (``xai-feedback bench decoy``).
+gives the class away). :func:`demo` runs it with the arms of :data:`DEMO_ARMS`: plain
+cross-entropy, the Gaussian CAM penalty (:data:`CAM_SIGMA`, :data:`CAM_LAMBDA`) and
+annotation-free counterexamples of the center prior's periphery (:func:`periphery_objective`,
+:data:`PERIPHERY_THRESHOLD`), and prints the comparison. The benchmarks in the repository's
+``benchmarks/`` folder reuse them (``xai-feedback bench decoy``, ``xai-feedback bench
+confounds``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from xai_feedback._checks import check_choice
+from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
 from xai_feedback.data.digits import DigitFamily
-from xai_feedback.functional.kernels import DEFAULT_SIGMA
+from xai_feedback.functional.kernels import DEFAULT_SIGMA, periphery_mask
 from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
-from xai_feedback.objectives import cam_penalty_objective
+from xai_feedback.objectives import cam_penalty_objective, counterexample_objective
 from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
 
 __all__ = [
     "CAM_LAMBDA",
     "CAM_SIGMA",
+    "DEMO_ARMS",
     "DEMO_FIGURE",
+    "PERIPHERY_THRESHOLD",
     "ConfoundRun",
     "ConfoundSetup",
     "demo",
+    "periphery_objective",
     "run_confounded",
     "save_demo_maps",
 ]
@@ -39,6 +48,15 @@ CAM_SIGMA = DEFAULT_SIGMA
 CAM_LAMBDA = 10.0
 """Weight of the CAM penalty. Both chosen by ``xai-feedback bench decoy --select`` on a
 validation split carved from the training images, never on the test sets."""
+PERIPHERY_THRESHOLD = 0.5
+"""Center weight from which a pixel is periphery for the periphery counterexamples
+(:func:`~xai_feedback.functional.periphery_mask`, with the center prior's :data:`CAM_SIGMA`).
+Chosen by ``xai-feedback bench confounds --select`` on a validation split of the frame family's
+training images, never on the test sets."""
+
+DEMO_ARMS = ("vanilla", "CAM penalty", "periphery counterexamples")
+"""The demo's arms, in the order they run: plain cross-entropy, the Gaussian CAM center penalty,
+and annotation-free periphery counterexamples (:func:`periphery_objective`)."""
 
 
 @dataclass(frozen=True)
@@ -168,14 +186,83 @@ def run_confounded(
     return run, model
 
 
+def periphery_objective(
+    seed: int = 0,
+    *,
+    sigma: float = CAM_SIGMA,
+    threshold: float = PERIPHERY_THRESHOLD,
+    size: tuple[int, int] = (28, 28),
+) -> Objective:
+    """Annotation-free counterexamples of the center prior's periphery: the demo's third arm.
+
+    Built exactly as the ``periphery`` arm of ``xai-feedback bench confounds``: every batch is
+    followed by two counterexamples of each image, whose periphery
+    (:func:`~xai_feedback.functional.periphery_mask` with ``sigma`` and ``threshold``) is
+    taken from another image of the batch (``fill="swap"``) and set to a random constant
+    (``fill="constant"``), labels kept; the center is left as it is. Each augmentation draws
+    from its own generator, seeded from ``seed``, so a run is reproducible.
+
+    Args:
+        seed: Seed of the augmentations' random draws (``10000 + seed`` for the swap,
+            ``20000 + seed`` for the constant, as in the benchmark).
+        sigma: Width of the center prior (the CAM penalty's, by default).
+        threshold: Center weight from which a pixel is periphery.
+        size: ``(H, W)`` of the training images.
+
+    Returns:
+        The training objective (cross-entropy over the batch and its counterexamples; the batch
+        is three times as large).
+
+    Example:
+        >>> from xai_feedback.training import Batch
+        >>> objective = periphery_objective(seed=0)
+        >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
+        >>> batch = Batch(torch.rand(8, 1, 28, 28), torch.arange(8), None, 0, 0, 1)
+        >>> loss, logits = objective(model, batch)
+        >>> tuple(logits.shape)
+        (8, 10)
+    """
+    return counterexample_objective(
+        [
+            Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
+            for k, fill in ((10_000, "swap"), (20_000, "constant"))
+        ],
+        region=periphery_mask(size[0], size[1], sigma, threshold=threshold),
+    )
+
+
+def _arm_objective(arm: str, seed: int) -> Objective:
+    """The training objective of one of :data:`DEMO_ARMS`."""
+    if arm == "CAM penalty":
+        return cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA)
+    if arm == "periphery counterexamples":
+        return periphery_objective(seed)
+    return cross_entropy_objective
+
+
 DEMO_FIGURE = "xai_feedback_demo_maps.png"
 """The file the demo writes its maps to (in the current folder)."""
 
 
 def save_demo_maps(
-    models: dict[str, GAPNet], data: ImageDataset, path: str | Path, n: int = 6
+    models: dict[str, GAPNet],
+    data: ImageDataset,
+    path: str | Path,
+    n: int = 6,
+    *,
+    title: str | None = None,
 ) -> Path | None:
     """Plot the signed CAMs of the predicted class of ``n`` images for each model.
+
+    One row per model, labeled with its key (a line break in a key breaks the label),
+    one column per image.
+
+    Args:
+        models: The models, by row label, in row order.
+        data: The images (the first ``n`` are shown, titled with their labels).
+        path: Where to save the PNG.
+        n: Number of images.
+        title: Title of the figure (``None``: none).
 
     Returns:
         The figure's path, or ``None`` when matplotlib is not installed (the ``plot`` extra).
@@ -193,6 +280,8 @@ def save_demo_maps(
     images, labels = data.images[:n], data.labels[:n]
     rows = {name: cam_maps(model, images, None, "cam") for name, model in models.items()}
     fig = plot_maps(images, rows, titles=[f"label {int(y)}" for y in labels])
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
     out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -206,39 +295,65 @@ def demo(
     vanilla_only: bool = False,
     threads: int = 0,
     figure: str | Path | None = DEMO_FIGURE,
+    arms: Sequence[str] | None = None,
 ) -> list[ConfoundRun]:
-    """Train ``setup`` with plain cross-entropy and with the CAM penalty; print the comparison.
+    """Train ``setup`` with each of :data:`DEMO_ARMS` and print the comparison.
+
+    The arms are plain cross-entropy, the Gaussian CAM penalty, and periphery
+    counterexamples (:func:`periphery_objective`); none of them needs annotations. The last
+    is the recommendation for that case (centered objects, no annotations).
 
     Args:
         setup: The confound and training hyper-parameters.
-        seed: Seed of both runs.
-        vanilla_only: Skip the CAM-penalty run.
+        seed: Seed of every run.
+        vanilla_only: Run plain cross-entropy only (same as ``arms=["vanilla"]``).
         threads: Torch threads (0: leave torch's default).
-        figure: Where to save the CAM maps of both models on confound-test images
+        figure: Where to save the CAM maps of every model on confound-test images
             (``None``: no figure; skipped with a note without matplotlib).
+        arms: The arms to run, a subset of :data:`DEMO_ARMS` (``None``: all); they run in
+            the order of :data:`DEMO_ARMS`.
 
     Returns:
-        The runs, vanilla first.
+        The runs, in the order of :data:`DEMO_ARMS`.
+
+    Raises:
+        RangeError: An arm is not one of :data:`DEMO_ARMS`.
     """
+    chosen = list(DEMO_ARMS) if arms is None else [check_choice(a, "arms", DEMO_ARMS) for a in arms]
+    if vanilla_only:
+        chosen = ["vanilla"]
+    names = [a for a in DEMO_ARMS if a in chosen]
     if threads:
         torch.set_num_threads(threads)
+    described = {
+        "vanilla": "plain cross-entropy",
+        "CAM penalty": (
+            f"the Gaussian CAM center penalty (signed CAMs of all classes, sigma {CAM_SIGMA},"
+            f" lambda {CAM_LAMBDA:g})"
+        ),
+        "periphery counterexamples": (
+            f"cross-entropy on each image plus two copies whose periphery (center weight"
+            f" >= {PERIPHERY_THRESHOLD:g} at sigma {CAM_SIGMA}) is swapped from another image"
+            " and set to a random constant"
+        ),
+    }
     print(
         f"Confounded digits: a {setup.family} confound whose gray gives the label away in training"
         f" (255 - 25*y) and is random at test.\nTraining the reference GAP CNN"
-        f" (width {setup.width}, {setup.epochs} epochs, seed {seed}) twice: with plain"
-        f" cross-entropy, and with the Gaussian CAM penalty\n(signed CAMs of all classes,"
-        f" sigma {CAM_SIGMA}, lambda {CAM_LAMBDA:g}; no annotations needed)...",
+        f" (width {setup.width}, {setup.epochs} epochs, seed {seed}) with, in turn (no"
+        " annotations needed):\n"
+        + "\n".join(f"  {i}. {name}: {described[name]}" for i, name in enumerate(names, 1)),
         flush=True,
     )
-    run, model = run_confounded(setup, method="vanilla", seed=seed, progress=True)
-    runs, models = [run], {"vanilla": model}
-    if not vanilla_only:
-        objective = cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA)
+    runs: list[ConfoundRun] = []
+    models: dict[str, GAPNet] = {}
+    for name in names:
+        objective = _arm_objective(name, seed)
         run, model = run_confounded(
-            setup, method="CAM penalty", objective=objective, seed=seed, progress=True
+            setup, method=name, objective=objective, seed=seed, progress=True
         )
         runs.append(run)
-        models["CAM penalty"] = model
+        models[name] = model
     rows = [
         ("train accuracy (confound tied to label)", [r.train_accuracy for r in runs]),
         ("clean test accuracy (no confound)", [r.clean_accuracy for r in runs]),
@@ -246,27 +361,63 @@ def demo(
         ("seconds per epoch", [r.seconds_per_epoch for r in runs]),
     ]
     width = max(len(name) for name, _ in rows)
-    names = ["vanilla", "CAM penalty"][: len(runs)]
-    print("\n" + " " * width + "".join(f"   {n:>11}" for n in names))
+    cols = [max(11, len(n)) for n in names]
+    print("\n" + " " * width + "".join(f"   {n:>{c}}" for n, c in zip(names, cols, strict=True)))
     for name, values in rows:
-        print(f"{name:<{width}}" + "".join(f"   {v:>11.3f}" for v in values))
-    gap = runs[0].train_accuracy - runs[0].confound_accuracy
-    print(
-        f"\nShortcut: vanilla is {gap:.2f} less accurate once the confound stops matching the"
-        " label" + (" -- it learned the confound, not the digits." if gap > 0.3 else ".")
-    )
-    if len(runs) > 1:
         print(
-            f"The CAM penalty recovers {runs[1].confound_accuracy - runs[0].confound_accuracy:+.2f}"
-            " on the confound test set (benchmark over 5 seeds: xai-feedback bench decoy)."
+            f"{name:<{width}}"
+            + "".join(f"   {v:>{c}.3f}" for v, c in zip(values, cols, strict=True))
+        )
+    by_name = dict(zip(names, runs, strict=True))
+    if "vanilla" in by_name:
+        base = by_name["vanilla"]
+        gap = base.train_accuracy - base.confound_accuracy
+        print(
+            f"\nShortcut: vanilla is {gap:.2f} less accurate once the confound stops matching the"
+            " label" + (" -- it learned the confound, not the digits." if gap > 0.3 else ".")
+        )
+        for name, bench in (
+            ("CAM penalty", "decoy"),
+            ("periphery counterexamples", "confounds"),
+        ):
+            if name in by_name:
+                run = by_name[name]
+                print(
+                    f"{name[0].upper() + name[1:]}: confound test"
+                    f" {run.confound_accuracy - base.confound_accuracy:+.2f}, clean test"
+                    f" {run.clean_accuracy - base.clean_accuracy:+.2f} against vanilla"
+                    f" (benchmark over several seeds: xai-feedback bench {bench})."
+                )
+    if len(names) > 1:
+        print(
+            "Recommended without annotations (objects centered): periphery counterexamples --"
+            " they remove the shortcut and keep clean accuracy, while the CAM penalty only"
+            " moves the CAMs to the center (see the figure and the clean test accuracy)."
         )
     if figure is not None:
-        saved = save_demo_maps(models, setup.datasets(seed)["confound_test"], figure)
+        labels = {
+            "vanilla": "vanilla",
+            "CAM penalty": "CAM penalty",
+            "periphery counterexamples": "periphery\ncounterexamples",
+        }
+        rowed = {
+            f"{labels[name]}\nclean acc. {run.clean_accuracy:.2f}": models[name]
+            for name, run in by_name.items()
+        }
+        saved = save_demo_maps(
+            rowed,
+            setup.datasets(seed)["confound_test"],
+            figure,
+            title=(
+                f"Signed CAMs of the predicted class on confound-test digits ({setup.family},"
+                " random gray); red: evidence for the class, blue: against"
+            ),
+        )
         if saved is None:
             print("(no figure: matplotlib is not installed; pip install 'xai-feedback[plot]')")
         else:
             print(
                 f"Figure: {saved} -- the signed CAMs of the predicted class on confound-test"
-                " digits, one row per model (red: evidence for the class, blue: against)."
+                " digits, one row per arm (red: evidence for the class, blue: against)."
             )
     return runs
