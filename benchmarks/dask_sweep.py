@@ -1,22 +1,29 @@
-"""Wall time of the digits ROAR sweep on a dask.distributed LocalCluster of 1 and 2 workers.
+"""Wall time of the digits ROAR sweep: serial, and on 2 dask workers set up by dask_executor.
 
-The sweep is ``RetrainSweep`` unchanged, given ``Client.get_executor()``; each worker is one
-process with one torch thread. Also runs the sweep serially (no executor, one thread) and
-checks that every run gives the same curves. Needs ``pip install "dask[distributed]"``.
+The sweep is ``RetrainSweep`` unchanged, given the executor of
+:func:`xai_feedback.evaluation.dask_executor` (worker processes started without
+``MALLOC_TRIM_THRESHOLD_``, one torch thread each, warmed up once). It also runs the sweep
+serially (no executor, one thread) and, with ``--naive-workers``, on a plain ``LocalCluster``
+whose workers start with dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (same threads and warm-up:
+only the variable differs), and checks that every path gives the same curves (exit status 1
+if not). Needs ``pip install "dask[distributed]"``.
 
-Run: python benchmarks/dask_sweep.py [--workers 1,2] [--fractions 0.3,0.7] [--repeats 2]
+Run: python benchmarks/dask_sweep.py [--workers 2] [--fractions 0.3,0.7] [--repeats 4]
+[--naive-workers]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +32,16 @@ from torch import nn
 
 from xai_feedback.attribution import attribute
 from xai_feedback.data import ImageDataset, load_digits
-from xai_feedback.evaluation import Curves, RetrainSweep
+from xai_feedback.evaluation import (
+    MALLOC_TRIM_VARIABLE,
+    Curves,
+    DaskExecutor,
+    MallocTrimWarning,
+    RetrainSweep,
+    dask_executor,
+    setup_dask_workers,
+    worker_malloc_trim,
+)
 from xai_feedback.models import GAPNet
 from xai_feedback.training import accuracy, fit
 
@@ -59,25 +75,52 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _warm_up() -> None:
-    """Import what a run needs on a worker (so the timing excludes the imports)."""
-    torch.set_num_threads(1)
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+@contextlib.contextmanager
+def _naive_executor(n: int) -> Iterator[DaskExecutor]:
+    """A plain LocalCluster (workers start with MALLOC_TRIM_THRESHOLD_), same set-up."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", MallocTrimWarning)  # the point of this path
+        setup_dask_workers(client, torch_threads=1)
+        yield DaskExecutor(client, cluster)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2", type=lambda s: [int(w) for w in s.split(",")])
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--fractions", default="0.3,0.7", type=lambda s: [float(f) for f in s.split(",")]
     )
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=0, help="0: all 1437 images")
+    parser.add_argument("--test-size", type=int, default=0, help="0: all 360 images")
     parser.add_argument("--serial", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--naive-workers",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run on a plain LocalCluster (workers with MALLOC_TRIM_THRESHOLD_)",
+    )
     args = parser.parse_args(argv)
     try:
-        from distributed import Client, LocalCluster
+        import distributed  # noqa: F401
     except ImportError:
         print('needs dask.distributed: pip install "dask[distributed]"', file=sys.stderr)
         return 1
@@ -87,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, test = load_digits("train"), load_digits("test")
     if args.train_size:
         train = train.subset(torch.arange(args.train_size))
+    if args.test_size:
+        test = test.subset(torch.arange(args.test_size))
     g = torch.Generator().manual_seed(0)
     base = train_gapnet(train, g, width=16, epochs=5)
     saliency = (
@@ -95,12 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     methods = {"saliency": saliency}
     runs = 2 * len(args.fractions) * args.repeats
+    n = args.workers
     print(
         f"digits ROAR sweep: {len(train)} train / {len(test)} test images, rankings random + "
         f"saliency, fractions {args.fractions}, {args.repeats} repeats = {runs} retrainings of "
         f"GAPNet(width={args.width}, pools=2) x {args.epochs} epochs (base model accuracy "
-        f"{accuracy(base, test):.3f}); 1 torch thread per worker, {os.cpu_count()} CPU cores"
+        f"{accuracy(base, test):.3f}); 1 torch thread per process, {os.cpu_count()} CPU cores; "
+        f"load average (1/5/15 min) at start {_load()}"
     )
+    # name: (wall s, seconds inside the runs summed, CPU s, curves)
     results: dict[str, tuple[float, float, float, dict]] = {}
     scratch = Path(tempfile.mkdtemp(prefix="dask_sweep_"))
 
@@ -113,43 +161,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         start, cpu = time.perf_counter(), _cpu_seconds()
         curves = _sweep(args, methods, None, store).run(train, test)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-        results["serial (no executor)"] = (seconds, busy(store), cpu, curves["roar"].to_dict())
-    for n in args.workers:
-        store = scratch / f"dask{n}"
+        results["serial, 1 thread"] = (seconds, busy(store), cpu, curves["roar"].to_dict())
+    paths = [(f"dask_executor({n})", partial(dask_executor, n, torch_threads=1))]
+    if args.naive_workers:
+        paths.append((f"plain LocalCluster, {n} workers", partial(_naive_executor, n)))
+    for name, make in paths:
+        store = scratch / f"dask{len(results)}"
         start = time.perf_counter()
-        with (
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                host="127.0.0.1",
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            client.run(_warm_up)
+        with make() as executor:
             ready = time.perf_counter() - start
+            trim = set(worker_malloc_trim(executor.client).values())
             start = time.perf_counter()
-            before = client.run(_cpu_seconds)
-            curves = _sweep(args, methods, client.get_executor(), store).run(train, test)
-            after = client.run(_cpu_seconds)
+            before = executor.client.run(_cpu_seconds)
+            curves = _sweep(args, methods, executor, store).run(train, test)
+            after = executor.client.run(_cpu_seconds)
+            seconds = time.perf_counter() - start
             cpu = sum(after[w] - before[w] for w in before if w in after)
-        seconds = time.perf_counter() - start
-        results[f"dask, {n} worker(s)"] = (seconds, busy(store), cpu, curves["roar"].to_dict())
-        print(f"  {n} worker(s): cluster start and imports {ready:.1f} s (not included below)")
+        results[name] = (seconds, busy(store), cpu, curves["roar"].to_dict())
+        print(
+            f"  {name}: cluster start and warm-up {ready:.1f} s (not included below); "
+            f"workers' {MALLOC_TRIM_VARIABLE} at start-up: {sorted(map(str, trim))}"
+        )
     shutil.rmtree(scratch, ignore_errors=True)
+    print(f"load average (1/5/15 min) at the end: {_load()}")
     reference = next(iter(results.values()))[3]
+    serial = results.get("serial, 1 thread")
     print(
-        "\n| run | wall time (s) | wall time inside the runs, summed (s) | CPU time of the "
-        "workers (s) | runs/min | same curves as the first row |"
+        "\n| run | wall time (s) | speedup vs serial | CPU s per run | overhead per run (ms) "
+        "| time inside the runs, summed (s) | same curves |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, (seconds, inside, cpu, values) in results.items():
         same = "yes" if values == reference else "NO"
+        workers = 1 if name == "serial, 1 thread" else n
+        speedup = overhead = "-"
+        if serial is not None:
+            speedup = f"{serial[0] / seconds:.2f}x"
+            if workers > 1:  # wall beyond a perfect split of the serial sweep, per run
+                overhead = f"{1000 * (seconds - serial[0] / workers) * workers / runs:.0f}"
         print(
-            f"| {name} | {seconds:.1f} | {inside:.1f} | {cpu:.1f} | {60 * runs / seconds:.1f} "
-            f"| {same} |"
+            f"| {name} | {seconds:.1f} | {speedup} | {cpu / runs:.2f} | {overhead} | "
+            f"{inside:.1f} | {same} |"
         )
+    print(
+        "\nCPU s per run: this process's CPU time (serial) or the workers' (dask), divided by "
+        f"the {runs} runs. Overhead per run: (wall - serial wall / workers) x workers / runs, "
+        "the wall time each run costs a worker beyond its serial time."
+    )
     print()
     print(Curves.from_dict(reference).table())
     return 0 if all(v[3] == reference for v in results.values()) else 1

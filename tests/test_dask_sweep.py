@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from xai_feedback.cli import main as cli_main
 from xai_feedback.data import load_digits
 from xai_feedback.evaluation import RetrainSweep
 
@@ -31,6 +32,27 @@ RUNS = 2 * 2 * len(FRACTIONS) * REPEATS  # modes x (random + intensity) x fracti
 
 def _intensity(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return images
+
+
+def test_the_benchmark_runs_every_path_with_the_same_curves(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # first in the file: before the module's cluster starts (2 more workers on 2 cores)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for name in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):  # restored afterwards
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    tiny = ["--train-size", "120", "--test-size", "40", "--fractions", "0.5", "--repeats", "1"]
+    try:
+        code = cli_main(["bench", "dask_sweep", *tiny, "--epochs", "1", "--naive-workers"])
+    finally:
+        torch.set_num_threads(threads)  # the script sets one thread in this process
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if line.startswith(("| serial", "| dask", "| plain"))]
+    assert len(rows) == 3 and all(row.endswith("| yes |") for row in rows), out
+    assert "dask_executor(2): cluster start" in out and "at start-up: ['None']" in out
+    assert "at start-up: ['65536']" in out  # the plain LocalCluster's workers
 
 
 @pytest.fixture(scope="module")
