@@ -3,15 +3,15 @@
 1. Accuracy: the same model, the same epochs and the same fixed held-out test set, trained
    with the schedule ``--schedule`` (proxy steps "p") and with the same epochs and no proxy
    step, over several seeds, on the digits and on the frame-confounded digits.
-2. Throughput of proxy-image generation for a batch, against a seed-style pipeline measured
+2. Throughput of proxy-image generation for a batch, against a thesis-style pipeline measured
    in the same run on the same model and batch: Grad-CAM++ maps moved to NumPy, each map
    resized and min-max scaled on its own, each image masked on its own (the flow of
-   pytorch-grad-cam + the seed's loop, without the seed's per-image JPEG writes).
+   pytorch-grad-cam + the Proxy Attention thesis' loop, without its per-image JPEG writes).
    pytorch-grad-cam itself needs torchvision, which cannot be installed beside the CPU torch
    build this project uses, so its steps are reproduced here with NumPy/SciPy.
 3. Regimes (``--regimes``, not run by default): where could hard-example masking help?
    Few training images (100, 300 of the 1,437), harder data (digits shifted, occluded and
-   noisy, generated from fixed seeds) and the seed's own schedule ``5,p,9,p,9,p,4``. Each
+   noisy, generated from fixed seeds) and the thesis' own schedule ``5,p,9,p,9,p,4``. Each
    regime's proxy setting (a grid of at most four) is chosen on a validation split carved
    from the training images with ``--val-seeds`` seeds, then frozen and run on the fixed
    test split with ``--seeds`` seeds, against the same epochs without "p" and against a
@@ -49,17 +49,17 @@ from xai_feedback.proxy import (
 )
 from xai_feedback.training import accuracy, fit
 
-__all__ = ["REGIMES", "SETTINGS", "harden", "main", "seed_style_proxies"]
+__all__ = ["REGIMES", "SETTINGS", "harden", "main", "thesis_style_proxies"]
 
 
 def _parse_schedule(text: str) -> ProxySchedule:
     return ProxySchedule([s if s == "p" else int(s) for s in text.split(",")])
 
 
-def seed_style_proxies(
+def thesis_style_proxies(
     model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, threshold: float
 ) -> np.ndarray:
-    """The seed's pipeline: Grad-CAM++ maps in NumPy, then one image at a time.
+    """The thesis' pipeline: Grad-CAM++ maps in NumPy, then one image at a time.
 
     As pytorch-grad-cam does: hooks keep the activations and (by a tensor hook) their
     gradient, the loss is a Python sum of each image's target score, ``loss.backward()``
@@ -89,7 +89,7 @@ def seed_style_proxies(
     x = images.detach().cpu().numpy()
     out = np.empty_like(x)
     height, width = x.shape[-2:]
-    for i in range(len(x)):  # per image, as the seed did
+    for i in range(len(x)):  # per image, as the thesis code did
         cam = zoom(cams[i], (height / cams.shape[1], width / cams.shape[2]), order=1)
         cam = cam - cam.min()
         cam = cam / (cam.max() + 1e-7)
@@ -115,20 +115,20 @@ def _throughput(args: argparse.Namespace) -> None:
         )
         return out
 
-    def seed() -> np.ndarray:
-        return seed_style_proxies(model, images, labels, 0.85)
+    def thesis() -> np.ndarray:
+        return thesis_style_proxies(model, images, labels, 0.85)
 
     ours()
-    seed()  # warm-up
+    thesis()  # warm-up
     timings = {}
-    for name, fn in (("xai_feedback (batched)", ours), ("seed-style (per image)", seed)):
+    for name, fn in (("xai_feedback (batched)", ours), ("thesis-style (per image)", thesis)):
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - start)
         timings[name] = best
-    agree = float((torch.as_tensor(seed()) == ours()).float().mean())
+    agree = float((torch.as_tensor(thesis()) == ours()).float().mean())
     print(
         f"\nProxy-image generation, batch {len(images)}, GAPNet(width={args.width}), "
         f"Grad-CAM++ at threshold 0.85, best of {args.repeats}, "
@@ -136,7 +136,7 @@ def _throughput(args: argparse.Namespace) -> None:
     )
     for name, seconds in timings.items():
         print(f"  {name:24s} {seconds * 1000:8.2f} ms   {len(images) / seconds:10.0f} images/s")
-    ratio = timings["seed-style (per image)"] / timings["xai_feedback (batched)"]
+    ratio = timings["thesis-style (per image)"] / timings["xai_feedback (batched)"]
     print(f"  speed-up: {ratio:.1f}x; identical pixels: {agree:.4f}")
 
 
@@ -237,21 +237,21 @@ class Setting:
 
 
 SETTINGS = {
-    "seed": Setting("misclassified", 0.2, 0.85),  # the seed's final code (REFERENCE.md 2)
+    "thesis": Setting("misclassified", 0.2, 0.85),  # the thesis code's final settings
     "wrong-all": Setting("misclassified", 1.0, 0.85),
     "wrong-all-t0.5": Setting("misclassified", 1.0, 0.5),
     "loss-0.2": Setting("loss", 0.2, 0.85),
 }
-"""The grid: the seed's choice, every wrong example, a larger mask, and the highest losses."""
+"""The grid: the thesis' choice, every wrong example, a larger mask, and the highest losses."""
 
 GRID = tuple(SETTINGS)
 REGIMES = {
     "n100": Regime(100, False, "10,p,10,p,10", GRID, "100 clean training images"),
     "n300": Regime(300, False, "6,p,6,p,6", GRID, "300 clean training images"),
     "hard": Regime(None, True, "4,p,4,p,4", GRID, "all training images, hard"),
-    "seed": Regime(300, True, "5,p,9,p,9,p,4", ("seed",), "seed's schedule, 300 hard"),
+    "thesis": Regime(300, True, "5,p,9,p,9,p,4", ("thesis",), "thesis' schedule, 300 hard"),
 }
-"""The regimes (the seed regime keeps the seed's own hyper-parameters: nothing to choose)."""
+"""The regimes (the thesis regime keeps the thesis' own hyper-parameters: nothing to choose)."""
 
 HARD = {"noise": 0.3, "shift": 3, "occlude": 8}
 """Hard digits: shift up to 3 px, an 8x8 black square over the digit area, noise sd 0.3."""
@@ -320,7 +320,7 @@ def _regime_run(
     g = torch.Generator().manual_seed(seed)
     model = GAPNet(width=args.width, generator=g)
     plan = schedule if setting is not None else schedule.without_proxies()
-    s = setting or SETTINGS["seed"]
+    s = setting or SETTINGS["thesis"]
     start = time.perf_counter()
     history = train_with_proxy(
         model,

@@ -20,7 +20,7 @@ def test_seed_style_pipeline_agrees_with_batched_one() -> None:
     ours = ProxyAttention(threshold=0.85)(
         x, attribute(model, x, y, method="grad_cam_pp", reduce="abs_sum")
     ).numpy()
-    seed = bench.seed_style_proxies(model, x, y, 0.85)
+    seed = bench.thesis_style_proxies(model, x, y, 0.85)
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.parameters())
     # the two pipelines differ only in resampling at the threshold's edge
     assert float(np.mean(ours == seed)) > 0.97
