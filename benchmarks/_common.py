@@ -2,8 +2,10 @@
 
 A benchmark script builds its parser with :func:`parser`, reads its arguments with :func:`parse`
 (``--quick`` for a smoke-sized run into another folder, ``--threads``), keeps each finished run
-in a :class:`xai_feedback.evaluation.RunStore` (:func:`cached`, :func:`resume`), prints
-:func:`markdown_table` rows of :func:`mean_std` cells and draws an optional :func:`figure`.
+in a :class:`xai_feedback.evaluation.RunStore` (:func:`cached`, :func:`resume`; or keyed by the
+fingerprint of its settings: :func:`settings_store`, :func:`stored_run`, :func:`resume_run`),
+prints :func:`markdown_table` rows of :func:`mean_std` cells and draws an optional
+:func:`figure`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 
 from xai_feedback._io import write_json_atomic
 from xai_feedback.evaluation import RunStore
+from xai_feedback.evaluation.fingerprint import Fingerprint
 from xai_feedback.evaluation.store import check_json_object
 
 __all__ = [
@@ -30,7 +33,10 @@ __all__ = [
     "parse",
     "parser",
     "resume",
+    "resume_run",
     "run_store",
+    "settings_store",
+    "stored_run",
     "write_json_atomic",
 ]
 
@@ -119,6 +125,45 @@ def resume(
     if record is None:
         record = run()
         store.put(parts, record)
+    return record
+
+
+def settings_store(root: Path) -> RunStore:
+    """A store of the benchmark's own records, each fingerprinted by its run's settings.
+
+    A record made with other settings is never reused: :func:`resume_run` moves it to
+    ``root/_stale/`` and runs again.
+    """
+    return RunStore(root, on_mismatch="recompute", record_check=check_json_object)
+
+
+def stored_run(
+    store: RunStore, parts: Sequence[str], settings: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The finished run ``parts`` if it was stored with these ``settings`` (nothing is moved)."""
+    record = store.get(parts)
+    if record is None or record.get("fingerprint") != Fingerprint.of(settings).digest:
+        return None
+    return record
+
+
+def resume_run(
+    store: RunStore,
+    parts: Sequence[str],
+    settings: Mapping[str, Any],
+    run: Callable[[], dict[str, Any]],
+    *,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """The run ``parts`` stored with these ``settings``, or ``run()``, stored as soon as it ends.
+
+    The record keeps the settings' fingerprint and, under ``"identity"``, the settings; a
+    record of the same run with other settings is set aside (see :func:`settings_store`).
+    """
+    key = Fingerprint.of(settings)
+    record = None if fresh else store.get(parts, key)
+    if record is None:
+        record = store.put(parts, run(), key)
     return record
 
 

@@ -4,10 +4,11 @@ For each confound (the 2 px frame, an 8x8 corner swatch, Ross et al.'s 4x4 swatc
 method (vanilla, CAM center-penalty variants, the annotation-mask penalty, RRR and the oracle
 trained without a shortcut), over several seeds, it reports mean ± std of the confound-test
 accuracy, the clean-test accuracy, the share of CAM energy on the confound, and the time per
-epoch relative to vanilla measured in the same run. Each run is written atomically to
-``OUT/runs/<confound>/<method>/seed<N>.json`` as soon as it ends, so an interrupted benchmark
-resumes where it stopped. Run: ``python benchmarks/decoy.py [--seeds 5]`` or
-``xai-feedback bench decoy``.
+epoch relative to vanilla measured in the same run. The shared arms and hyper-parameters are in
+``_arms.py``. Each run is kept in a run store under ``OUT/runs/<confound>/<method>/seed<N>.json``
+(``--select``: ``OUT/select/...``) as soon as it ends, fingerprinted by its settings, so an
+interrupted benchmark resumes where it stopped. Run: ``python benchmarks/decoy.py [--seeds 5]``
+or ``xai-feedback bench decoy``.
 """
 
 from __future__ import annotations
@@ -15,93 +16,79 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import _common as common
 import torch
+from _arms import ARMS, DECOY_MASK_DILATION, MASK_LAMBDA, Arm, objective_from_spec
 
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.digits import DigitFamily
 from xai_feedback.demo import CAM_LAMBDA, CAM_SIGMA, ConfoundSetup, run_confounded
+from xai_feedback.evaluation.fingerprint import Fingerprint
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import GAPNet
-from xai_feedback.objectives import cam_penalty_objective, rrr_objective
-from xai_feedback.training import Objective, cross_entropy_objective
+from xai_feedback.objectives import cam_penalty_objective
 
-__all__ = ["CONFOUNDS", "METHODS", "Method", "confound_energy_share", "main", "run_one"]
+__all__ = ["CONFOUNDS", "METHODS", "confound_energy_share", "main", "run_one"]
 
-
-@dataclass(frozen=True)
-class Method:
-    """A named training objective; ``oracle`` trains with the confound's gray randomized."""
-
-    name: str
-    description: str
-    make: Callable[[], Objective]
-    oracle: bool = False
-
-
-# Hyper-parameters chosen on a validation split carved from the training images
-# (``--select``), never on the test sets; the CAM penalty's are the demo's.
-MASK_LAMBDA = 10.0
-RRR_LAMBDA = 1000.0
-
-METHODS: dict[str, Method] = {
+# The shared arms (``_arms.py``) and their hyper-parameters were chosen on validation splits
+# carved from the training images (``--select`` here, ``bench confounds_select``), never on the
+# test sets; the CAM penalty's are the demo's.
+METHODS: dict[str, Arm] = {
     m.name: m
     for m in [
-        Method("vanilla", "cross-entropy only", lambda: cross_entropy_objective),
-        Method(
+        ARMS["vanilla"],
+        Arm(
             "cam",
             f"Gaussian center penalty, signed CAM of all classes (default), sigma {CAM_SIGMA}, "
             f"lambda {CAM_LAMBDA:g}",
-            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA),
+            lambda seed, train: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA),
         ),
-        Method(
+        Arm(
             "cam-target-relu",
             "the seed's form: ReLU'd CAM of the target class",
-            lambda: cam_penalty_objective(
+            lambda seed, train: cam_penalty_objective(
                 CenterPenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
             ),
         ),
-        Method(
+        Arm(
             "cam-all-relu",
             "ReLU'd CAMs of all classes",
-            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA, signed=False), CAM_LAMBDA),
+            lambda seed, train: cam_penalty_objective(
+                CenterPenalty(CAM_SIGMA, signed=False), CAM_LAMBDA
+            ),
         ),
-        Method(
+        Arm(
             "gradcam",
             "Gaussian penalty on the signed Grad-CAMs of all classes (CAM scale, CAM's lambda)",
-            lambda: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"),
+            lambda seed, train: cam_penalty_objective(
+                CenterPenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"
+            ),
         ),
-        Method(
+        Arm(
             "gradcam-target",
             "Gaussian penalty on the signed Grad-CAM of the target class (CAM scale)",
-            lambda: cam_penalty_objective(
+            lambda seed, train: cam_penalty_objective(
                 CenterPenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
             ),
         ),
-        Method(
+        Arm(
             "mask",
             f"annotation-mask penalty on signed all-class CAMs, lambda {MASK_LAMBDA:g}",
-            lambda: cam_penalty_objective(MaskPenalty(), MASK_LAMBDA),
+            lambda seed, train: cam_penalty_objective(
+                MaskPenalty(dilation=DECOY_MASK_DILATION), MASK_LAMBDA
+            ),
+            annotated=True,
         ),
-        Method(
-            "rrr",
-            f"RRR input-gradient penalty with the masks, lambda {RRR_LAMBDA:g}",
-            lambda: rrr_objective(None, RRR_LAMBDA),
-        ),
-        Method(
-            "oracle",
-            "cross-entropy, confound gray random in training",
-            lambda: cross_entropy_objective,
-            True,
-        ),
+        ARMS["rrr"],
+        ARMS["oracle"],
     ]
 }
+"""The compared methods: arms of ``_arms.py`` (``oracle``: the confound's gray random)."""
 
 CONFOUNDS: dict[str, tuple[DigitFamily, int]] = {
     "frame": ("frame", 2),
@@ -131,7 +118,7 @@ def confound_energy_share(model: torch.nn.Module, data: ImageDataset) -> float:
 
 def run_one(
     confound: str,
-    method: Method,
+    method: Arm,
     seed: int,
     *,
     epochs: int,
@@ -144,15 +131,16 @@ def run_one(
     family, size = CONFOUNDS[confound]
     setup = ConfoundSetup(family=family, size=size, epochs=epochs, width=width, pools=pools)
     confound_test = None
-    if evals is None:
+    if train_data is None or evals is None:
         data = setup.datasets(seed, method.oracle)
         train_data = data.pop("train") if train_data is None else train_data
-        evals = data
-        confound_test = data["confound_test"]
+        if evals is None:
+            evals = data
+            confound_test = data["confound_test"]
     run, model = run_confounded(
         setup,
         method=method.name,
-        objective=method.make(),
+        objective=method.make(seed, train_data),
         seed=seed,
         oracle=method.oracle,
         train_data=train_data,
@@ -170,19 +158,14 @@ def run_one(
         record[f"{name}_accuracy"] = value
     if confound_test is not None:
         record["confound_energy_share"] = confound_energy_share(model, confound_test)
-    # a RunStore record: status and a headline value (the first evaluation's accuracy)
-    record["status"] = "ok"
-    record["value"] = record[f"{next(iter(evals))}_accuracy"]
     return record, model
 
 
-def _column(records: list[dict[str, float | int | str]], key: str) -> str:
+def _column(records: list[dict[str, Any]], key: str) -> str:
     return common.mean_std([float(r[key]) for r in records])
 
 
-def _table(
-    records: list[dict[str, float | int | str]], confounds: Sequence[str], methods: Sequence[str]
-) -> str:
+def _table(records: list[dict[str, Any]], confounds: Sequence[str], methods: Sequence[str]) -> str:
     header = ["confound", "method", "confound-test acc", "clean-test acc", "energy on confound"]
     header += ["epoch time vs vanilla", "n"]
     lines = []
@@ -229,19 +212,18 @@ def _figure(plt: Any, models: dict[str, GAPNet], confound: str, n_images: int = 
     return fig
 
 
-def _cam_factory(sigma: float, lam: float) -> Callable[[], Objective]:
-    return lambda: cam_penalty_objective(CenterPenalty(sigma), lam)
-
-
 def _select(args: argparse.Namespace) -> int:
     """Grid over lambda and sigma on a validation split carved from the training images."""
-    family, size = CONFOUNDS[args.confounds[0]]
+    confound = args.confounds[0]
+    family, size = CONFOUNDS[confound]
     full = confounded_digits("train", family, size=size)
     shuffled = confounded_digits("train", family, size=size, rule="random")
     clean = confounded_digits("train", family, size=size, rule="none")
     train, val = train_val_split(full, 0.2, seed=0)
     _, val_random = train_val_split(shuffled, 0.2, seed=0)
     _, val_clean = train_val_split(clean, 0.2, seed=0)
+    evals = {"val_tied": val, "val_random": val_random, "val_clean": val_clean}
+    store = common.settings_store(args.out / "select")
     print(
         f"validation: the same {len(val)} held-out training images with the confound's gray "
         "tied, randomized, and without the confound"
@@ -250,17 +232,32 @@ def _select(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|")
     for sigma in args.sigmas:
         for lam in args.lambdas:
-            method = Method("cam", "", _cam_factory(sigma, lam))
-            record, _ = run_one(
-                args.confounds[0],
-                method,
-                0,
-                epochs=args.epochs,
-                width=args.width,
-                pools=args.pools,
-                train_data=train,
-                evals={"val_tied": val, "val_random": val_random, "val_clean": val_clean},
-            )
+            spec = f"center:s={sigma!r};lam={lam!r}"
+            method = Arm("cam", "", partial(objective_from_spec, spec))
+            settings = {
+                "confound": confound,
+                "spec": spec,
+                "seed": 0,
+                "epochs": args.epochs,
+                "width": args.width,
+                "pools": args.pools,
+            }
+
+            def run(method: Arm = method) -> dict[str, Any]:
+                record, _ = run_one(
+                    confound,
+                    method,
+                    0,
+                    epochs=args.epochs,
+                    width=args.width,
+                    pools=args.pools,
+                    train_data=train,
+                    evals=evals,
+                )
+                return record
+
+            parts = [confound, f"cam_s{sigma:g}_l{lam:g}", "seed0"]
+            record = common.resume_run(store, parts, settings, run, fresh=args.fresh)
             print(
                 f"| {sigma} | {lam:g} | {record['val_tied_accuracy']:.3f} | "
                 f"{record['val_random_accuracy']:.3f} | {record['val_clean_accuracy']:.3f} |",
@@ -300,8 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.select:
         return _select(args)
 
-    store = common.run_store(args.out / "runs")
-    records: list[dict[str, float | int | str]] = []
+    store = common.settings_store(args.out / "runs")
+    records: list[dict[str, Any]] = []
     jobs = [(c, m, s) for c in args.confounds for s in range(args.seeds) for m in args.methods]
     figure_models: dict[str, dict[str, GAPNet]] = {c: {} for c in args.confounds}
     start = time.perf_counter()
@@ -309,8 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs, desc="decoy benchmark", disable=not progress_enabled(True)
     ):
         parts = [confound, method_name, f"seed{seed}"]
-        weights = args.out / "runs" / confound / method_name / f"seed{seed}.pt"
-        cached = common.cached(store, parts, fresh=args.fresh, epochs=args.epochs)
+        settings = {
+            "confound": confound,
+            "method": method_name,
+            "seed": seed,
+            "epochs": args.epochs,
+            "width": args.width,
+            "pools": args.pools,
+        }
+        weights = store.path(parts, ".pt")
+        cached = None if args.fresh else common.stored_run(store, parts, settings)
         if cached is not None and (seed or weights.exists()):
             records.append(cached)
             if seed == 0:
@@ -332,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.save(model.state_dict(), tmp)
             tmp.replace(weights)
             figure_models[confound][method_name] = model
-        store.put(parts, record)
-        records.append(record)
+        records.append(store.put(parts, record, Fingerprint.of(settings)))
     table = _table(records, args.confounds, args.methods)
     print(
         f"\nDecoy benchmark: GAPNet(width={args.width}, pools={args.pools}), {args.epochs} epochs, "

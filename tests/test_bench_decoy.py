@@ -1,3 +1,4 @@
+import importlib
 import json
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_benchmark_writes_runs_and_resumes(
     assert runs == [f"runs/swatch4/{m}/seed{s}.json" for m in ("cam", "vanilla") for s in (0, 1)]
     record = json.loads((tmp_path / "runs/swatch4/cam/seed1.json").read_text())
     assert 0.0 <= record["confound_test_accuracy"] <= 1.0 and record["epochs"] == 1
+    assert "status" not in record and record["identity"]["width"] == 4  # keyed by its settings
     assert (tmp_path / "table.md").exists()
 
     def no_training(*a: object, **k: object) -> None:
@@ -78,3 +80,24 @@ def test_benchmark_rejects_unknown_names() -> None:
         decoy.main(["--confounds", "stripes"])
     with pytest.raises(SystemExit):
         decoy.main(["--methods", "magic"])
+
+
+def test_select_resumes_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--select", "--confounds", "swatch4", "--sigmas", "0.7", "--lambdas", "10"]
+    args += ["--epochs", "1", "--width", "4", "--out", str(tmp_path)]
+    assert decoy.main(args) == 0
+    assert "| 0.7 | 10 |" in capsys.readouterr().out
+    runs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json"))
+    assert runs == ["select/swatch4/cam_s0.7_l10/seed0.json"]
+    monkeypatch.setattr(decoy, "run_one", lambda *a, **k: pytest.fail("retrained"))
+    assert decoy.main(args) == 0
+    assert "| 0.7 | 10 |" in capsys.readouterr().out
+
+
+def test_methods_reuse_the_shared_arms() -> None:
+    arms = importlib.import_module("_arms")  # importable once a benchmark is loaded
+    for name in ("vanilla", "rrr", "oracle"):
+        assert decoy.METHODS[name] is arms.ARMS[name]
+    assert decoy.METHODS["oracle"].oracle and not decoy.METHODS["cam"].oracle

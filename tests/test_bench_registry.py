@@ -21,6 +21,7 @@ from xai_feedback.cli import (
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"decoy", "proxy", "pcace", "roar", "attention", "confounds"}
+NAMES |= {"confounds_select", "confounds_levels", "confounds_mlp"}
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +48,7 @@ def test_list_prints_every_benchmark(
     assert main(["bench", "--list"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert listed >= NAMES
-    assert "_common" not in listed
+    assert "_common" not in listed and "_arms" not in listed  # shared modules are no benchmarks
 
 
 @pytest.mark.parametrize("name", sorted(NAMES))
