@@ -50,7 +50,7 @@ METHODS: dict[str, Arm] = {
         ),
         Arm(
             "cam-target-relu",
-            "the seed's form: ReLU'd CAM of the target class",
+            "the first experiments' form: ReLU'd CAM of the target class",
             lambda seed, train: cam_penalty_objective(
                 CenterPenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
             ),
