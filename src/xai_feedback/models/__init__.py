@@ -1,4 +1,9 @@
-"""Reference models, ready for the CAM hooks, the penalties and the evaluators."""
+"""Reference models, ready for the CAM hooks; pretrained weights and fine-tuning helpers.
+
+The reference models serve the CAM hooks, the penalties and the evaluators;
+:mod:`xai_feedback.models.pretrained` loads weights from a file and prepares a pretrained
+classifier for fine-tuning.
+"""
 
 from xai_feedback.models.attention import (
     CBAM,
@@ -10,6 +15,7 @@ from xai_feedback.models.attention import (
     SpatialAttention,
 )
 from xai_feedback.models.gapnet import ConvBlock, GAPNet
+from xai_feedback.models.pretrained import freeze_batchnorm, load_weights, replace_head
 
 __all__ = [
     "CBAM",
@@ -21,4 +27,7 @@ __all__ = [
     "ResidualAttentionNet",
     "SimpleCNN",
     "SpatialAttention",
+    "freeze_batchnorm",
+    "load_weights",
+    "replace_head",
 ]
