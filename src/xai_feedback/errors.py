@@ -1,8 +1,8 @@
 """Exceptions raised by xai_feedback, and the one rule for which class each failure raises.
 
 Every error derives from :class:`XAIFeedbackError` *and* from the built-in exception a
-user would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so both
-``except XAIFeedbackError`` and ``except ValueError`` work. Every message names the
+user would expect (``ValueError``, ``TypeError``, ``RuntimeError``, ``FileNotFoundError``),
+so both ``except XAIFeedbackError`` and ``except ValueError`` work. Every message names the
 argument, what was expected and what was received.
 
 ========================================================  ==========================
@@ -17,6 +17,10 @@ needed (not 4-D, does not feed the head)
 a hook used outside its block, or capturing nothing       :class:`HookError` (RuntimeError)
 a result store that cannot be used as asked (settings     :class:`StoreError` (RuntimeError)
 that differ, a locked or corrupt record)
+a data file or folder that is not there                   :class:`MissingDataError`
+                                                          (FileNotFoundError)
+a data file that cannot be read (corrupt, truncated,      :class:`DataError` (ValueError)
+wrong magic number, not an image), an empty data folder
 ========================================================  ==========================
 
 Runtime contracts are never ``assert`` statements (they vanish under ``python -O``).
@@ -26,8 +30,10 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "DataError",
     "HookError",
     "LayerError",
+    "MissingDataError",
     "MissingInputError",
     "RangeError",
     "ShapeError",
@@ -66,3 +72,11 @@ class HookError(XAIFeedbackError, RuntimeError):
 
 class StoreError(XAIFeedbackError, RuntimeError):
     """A result store cannot be used as asked (foreign settings, a lock, a corrupt record)."""
+
+
+class DataError(XAIFeedbackError, ValueError):
+    """A data file cannot be read as its format says (corrupt, truncated, not an image)."""
+
+
+class MissingDataError(XAIFeedbackError, FileNotFoundError):
+    """A data file or folder is not on disk (the message says how to get it)."""
