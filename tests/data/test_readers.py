@@ -167,7 +167,7 @@ def test_load_fashion_mnist_from_the_environment_variable(
 
 # Debian's dataset-fashion-mnist (0.0~git20200523.55506a9-1) recompresses the files, so the
 # .gz checksums are the package's; the decompressed files are the standard release: their
-# MD5s are those Zalando's release lists for the uncompressed files (and torchvision did).
+# MD5s are those torchvision's FashionMNIST checked for the uncompressed files.
 FASHION_GZ_SHA256 = {
     "train-images-idx3-ubyte": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
     "train-labels-idx1-ubyte": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
