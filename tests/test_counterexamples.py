@@ -250,3 +250,59 @@ def test_several_augmentations_append_all_their_copies() -> None:
     assert torch.allclose(logits, model(images))
     with pytest.raises(MissingInputError, match="augment"):
         counterexample_objective([])
+
+
+# ------------------------------------------------- photos: RGB, any size, confound_dataset
+
+
+@pytest.mark.parametrize("family", ["frame", "swatch", "patch", "center_dot"])
+@pytest.mark.parametrize("fill", ["constant", "noise", "swap"])
+def test_counterexamples_on_rgb_photos_of_any_size(family: str, fill: str) -> None:
+    from xai_feedback.data import ImageDataset, confound_dataset
+
+    g = torch.Generator().manual_seed(0)
+    clean = ImageDataset(torch.rand(5, 3, 45, 71, generator=g), torch.arange(5))
+    data = confound_dataset(clean, family, generator=g)
+    assert data.masks is not None
+    low, high = region_range(data.images, data.masks)
+    assert low == pytest.approx(1 - 25 * 4 / 255) and high == pytest.approx(1.0)
+    out = counterexamples(
+        data.images, data.masks, copies=2, fill=fill, low=low, high=high, generator=g
+    )
+    assert out.shape == (10, 3, 45, 71) and out.dtype == data.images.dtype
+    keep = ~data.masks[:, None].expand_as(data.images)
+    # a swap takes another image's pixels at this image's region: the shortcut's gray where
+    # the region is the same in every image (frame, dot), clean pixels where it moves
+    in_range = fill != "swap" or family in ("frame", "center_dot")
+    for r in range(2):
+        copy = out[r * 5 : (r + 1) * 5]
+        assert torch.equal(copy[keep], data.images[keep])
+        inside = copy[~keep]
+        assert in_range == bool(((inside >= low - 1e-6) & (inside <= high + 1e-6)).all())
+    if fill == "constant":  # one value per image and channel, channels differ: a random color
+        region = out[0].flatten(1)[:, data.masks[0].flatten()]
+        assert torch.equal(region, region[:, :1].expand_as(region))
+        assert len(torch.unique(region[:, 0])) == 3
+    aug = Counterexamples(fill=fill, low=low, high=high, generator=g)
+    x, y, m = aug(data.images, data.labels, data.masks)
+    assert x.shape == (10, 3, 45, 71) and y.tolist() == [0, 1, 2, 3, 4] * 2 and m.shape[0] == 10
+
+
+def test_counterexamples_on_the_watermark_and_a_non_square_periphery() -> None:
+    import importlib.util
+
+    from xai_feedback.data import ImageDataset, confound_dataset
+
+    images = torch.rand(4, 3, 30, 50, generator=torch.Generator().manual_seed(0))
+    ring = periphery_mask(30, 50).expand(4, -1, -1)
+    out = counterexamples(images, ring, fill="swap", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, :, ~ring[0]], images[:, :, ~ring[0]])
+    assert not torch.equal(out[:, :, ring[0]], images[:, :, ring[0]])
+    if importlib.util.find_spec("imagenet_w") is None:
+        pytest.skip(
+            "the watermark needs ImageNet-W's font: pip install --no-deps imagenet-w==1.0.0"
+        )
+    data = confound_dataset(ImageDataset(images, torch.arange(4)), "watermark")
+    assert data.masks is not None
+    out = counterexamples(data.images, data.masks, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out[:, :, ~data.masks[0]], images[:, :, ~data.masks[0]])

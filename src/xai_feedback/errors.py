@@ -1,8 +1,8 @@
 """Exceptions raised by xai_feedback, and the one rule for which class each failure raises.
 
 Every error derives from :class:`XAIFeedbackError` *and* from the built-in exception a
-user would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so both
-``except XAIFeedbackError`` and ``except ValueError`` work. Every message names the
+user would expect (``ValueError``, ``TypeError``, ``RuntimeError``, ``FileNotFoundError``),
+so both ``except XAIFeedbackError`` and ``except ValueError`` work. Every message names the
 argument, what was expected and what was received.
 
 ========================================================  ==========================
@@ -21,6 +21,10 @@ a weights file that cannot serve the model (a checksum    :class:`WeightsError` 
 that differs, keys or shapes that differ, not a state
 dict); a weights file that does not exist                 :class:`WeightsNotFoundError`
                                                           (also FileNotFoundError)
+a data file or folder that is not there                   :class:`MissingDataError`
+                                                          (FileNotFoundError)
+a data file that cannot be read (corrupt, truncated,      :class:`DataError` (ValueError)
+wrong magic number, not an image), an empty data folder
 ========================================================  ==========================
 
 Runtime contracts are never ``assert`` statements (they vanish under ``python -O``).
@@ -30,8 +34,10 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "DataError",
     "HookError",
     "LayerError",
+    "MissingDataError",
     "MissingInputError",
     "RangeError",
     "ShapeError",
@@ -80,3 +86,11 @@ class WeightsError(XAIFeedbackError, ValueError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """A weights file does not exist (also a ``FileNotFoundError``)."""
+
+
+class DataError(XAIFeedbackError, ValueError):
+    """A data file cannot be read as its format says (corrupt, truncated, not an image)."""
+
+
+class MissingDataError(XAIFeedbackError, FileNotFoundError):
+    """A data file or folder is not on disk (the message says how to get it)."""

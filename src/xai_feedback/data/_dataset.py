@@ -30,6 +30,8 @@ class ImageDataset:
             penalties use them; evaluations use them to measure how much of a map falls on
             the confound.
         name: A short description, e.g. ``"digits/train"``.
+        classes: The class names, label ``k`` being ``classes[k]`` (empty when unnamed; the
+            readers of :mod:`xai_feedback.data.readers` fill it in).
 
     Shape:
         - images: :math:`(N, C, H, W)`
@@ -41,12 +43,19 @@ class ImageDataset:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     name: str = ""
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         dims = check_shape(self.images, "N C H W", "images")
         check_floating(self.images, "images")
         check_shape(self.labels, "N", "labels", N=dims["N"])
-        check_labels(self.labels, "labels")  # integer classes >= 0 (reads the labels once)
+        if not isinstance(self.classes, tuple) or not all(isinstance(c, str) for c in self.classes):
+            raise DTypeError(
+                f"`classes` must be a tuple of str, got {type(self.classes).__name__} "
+                f"({self.classes!r:.80})."
+            )
+        # integer classes >= 0, below len(classes) when named (reads the labels once)
+        check_labels(self.labels, "labels", len(self.classes) or None)
         if self.masks is not None:
             check_shape(self.masks, "N H W", "masks", N=dims["N"], H=dims["H"], W=dims["W"])
         if self.images.device.type != "meta":
@@ -59,13 +68,17 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes: one more than the largest label."""
+        """Number of classes: ``len(classes)`` when named, else one more than the largest label."""
+        if self.classes:
+            return len(self.classes)
         return int(self.labels.max()) + 1 if len(self) else 0
 
     def subset(self, indices: torch.Tensor) -> ImageDataset:
         """Return the examples at ``indices`` (a 1-D index or boolean tensor)."""
         masks = None if self.masks is None else self.masks[indices]
-        return ImageDataset(self.images[indices], self.labels[indices], masks, self.name)
+        return ImageDataset(
+            self.images[indices], self.labels[indices], masks, self.name, self.classes
+        )
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -73,7 +86,11 @@ class ImageDataset:
         """Move every tensor to ``device``; cast the images to ``dtype`` if given."""
         masks = None if self.masks is None else self.masks.to(device)
         return ImageDataset(
-            self.images.to(device=device, dtype=dtype), self.labels.to(device), masks, self.name
+            self.images.to(device=device, dtype=dtype),
+            self.labels.to(device),
+            masks,
+            self.name,
+            self.classes,
         )
 
 

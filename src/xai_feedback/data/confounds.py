@@ -22,7 +22,9 @@ family              shortcut (``v``: the label if tied, else random)      kind
 The center dot is where a center prior must fail: the shortcut sits where the object is.
 
 For ``"uncentered"`` and ``"none"`` the masks are all ``False``; for ``"uncentered"`` the
-random positions are part of the images in every split and rule.
+random positions are part of the images in every split and rule. The shortcut families are
+drawn by :func:`~xai_feedback.data.confound_dataset`, which draws them (and ImageNet-W's
+watermark) on any image data set, sizes scaled with the image.
 
 Example:
     >>> train = make_confound("train", "stripe")
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 
 from xai_feedback._checks import check_choice, check_int
 from xai_feedback.data._dataset import ImageDataset
-from xai_feedback.data.digits import CANVAS, MARGIN, confound_masks, load_digits
+from xai_feedback.data.digits import CANVAS, MARGIN, load_digits
+from xai_feedback.data.shortcuts import confound_dataset
 
 __all__ = ["CONFOUND_FAMILIES", "SHORTCUT_FAMILIES", "make_confound"]
 
@@ -59,20 +62,8 @@ SHORTCUT_FAMILIES = CONFOUND_FAMILIES[:6]
 
 Split = Literal["train", "test"]
 _RULES = ("tied", "random", "none")
-_SWATCH = 6
-_STRIPE = 3
-_DOT = 4
 _PATCH = 4
 _SMALL = 14
-_INK = 0.05
-
-
-def _box_masks(top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """``(N, CANVAS, CANVAS)`` masks of ``size x size`` boxes with the given top-left corners."""
-    rows = torch.arange(CANVAS)
-    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)
-    in_cols = (rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + size)
-    return in_rows[:, :, None] & in_cols[:, None, :]
 
 
 def _uncenter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -134,39 +125,20 @@ def make_confound(
     check_int(seed, "seed", minimum=0)
 
     clean = load_digits(split, dtype=dtype)
-    images, labels = clean.images, clean.labels
-    n = len(clean)
+    name = f"confound-{family}-{rule}/{split}"
     # one stream per (family, split, seed); the rule does not change positions or corners
     family_id = CONFOUND_FAMILIES.index(family)
     generator = torch.Generator().manual_seed(1_000_003 * seed + 2 * family_id + (split == "test"))
-    position = torch.randint(0, 4, (n,), generator=generator)
-    top = torch.randint(0, CANVAS - _PATCH + 1, (n,), generator=generator)
-    left = torch.randint(0, CANVAS - _PATCH + 1, (n,), generator=generator)
-    random_level = torch.randint(0, 10, (n,), generator=generator)
-
-    full = torch.ones(n, dtype=torch.long)
-    if family == "frame":
-        masks = confound_masks("frame", 2).expand(n, CANVAS, CANVAS).clone()
-    elif family == "swatch":
-        masks = confound_masks("swatch", _SWATCH, position)
-    elif family == "stripe":
-        masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
-        masks[:, :, :_STRIPE] = True
-    elif family == "center_dot":
-        start = (CANVAS - _DOT) // 2
-        masks = _box_masks(full * start, full * start, _DOT)
-    elif family == "background":
-        masks = images[:, 0] < _INK
-    elif family == "patch":
-        masks = _box_masks(top, left, _PATCH)
-    else:
-        masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
-        if family == "uncentered":
-            images = _uncenter(images, generator)
-
-    if family in SHORTCUT_FAMILIES and rule != "none":
-        level = (labels if rule == "tied" else random_level).to(torch.float64)
-        value = 0.05 * level if family == "background" else (255.0 - 25.0 * level) / 255.0
-        fill = value.to(dtype)[:, None, None, None]
-        images = torch.where(masks[:, None], fill, images)
-    return ImageDataset(images, labels, masks, f"confound-{family}-{rule}/{split}")
+    if family in SHORTCUT_FAMILIES:
+        # the shortcut families are those of confound_dataset, whose sizes at 28 px are the
+        # battery's (frame 2, swatch 6, stripe 3, center dot 4, patch 4)
+        drawn = confound_dataset(clean, family, rule=rule, levels=10, generator=generator)
+        return ImageDataset(drawn.images, drawn.labels, drawn.masks, name)
+    images, n = clean.images, len(clean)
+    # the same four draws as confound_dataset's (corner, top, left, random level) come first
+    for high in (4, CANVAS - _PATCH + 1, CANVAS - _PATCH + 1, 10):
+        torch.randint(0, high, (n,), generator=generator)
+    if family == "uncentered":
+        images = _uncenter(images, generator)
+    masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.bool)
+    return ImageDataset(images, clean.labels, masks, name)
