@@ -1,9 +1,11 @@
 """xai_feedback: interpretability inside the training loop of PyTorch vision models."""
 
 from xai_feedback.errors import (
+    DataError,
     DTypeError,
     HookError,
     LayerError,
+    MissingDataError,
     MissingInputError,
     RangeError,
     ShapeError,
@@ -17,8 +19,10 @@ __version__ = "0.2.0"
 
 __all__ = [
     "DTypeError",
+    "DataError",
     "HookError",
     "LayerError",
+    "MissingDataError",
     "MissingInputError",
     "RangeError",
     "ShapeError",
