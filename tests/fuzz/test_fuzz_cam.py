@@ -144,7 +144,7 @@ def test_cam_from_head(
 
 def _normalize_reference(m: torch.Tensor, mode: str, eps: float) -> torch.Tensor:
     flat = m.double().flatten(-2)
-    if mode == "none":
+    if mode == "none" or flat.shape[-1] == 0:  # no cells: nothing to normalize
         out = flat
     elif mode == "max":
         out = flat / (flat.abs().amax(-1, keepdim=True) + eps)
