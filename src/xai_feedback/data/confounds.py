@@ -42,22 +42,12 @@ import torch.nn.functional as F
 from xai_feedback._checks import check_choice, check_int
 from xai_feedback.data._dataset import ImageDataset
 from xai_feedback.data.digits import CANVAS, MARGIN, load_digits
-from xai_feedback.data.shortcuts import confound_dataset
+from xai_feedback.data.shortcuts import SHORTCUT_FAMILIES, confound_dataset
 
 __all__ = ["CONFOUND_FAMILIES", "SHORTCUT_FAMILIES", "make_confound"]
 
-CONFOUND_FAMILIES = (
-    "frame",
-    "swatch",
-    "stripe",
-    "center_dot",
-    "background",
-    "patch",
-    "uncentered",
-    "none",
-)
+CONFOUND_FAMILIES = (*SHORTCUT_FAMILIES, "uncentered", "none")
 """Every family of :func:`make_confound`."""
-SHORTCUT_FAMILIES = CONFOUND_FAMILIES[:6]
 """The families that draw a shortcut (the others have empty masks)."""
 
 Split = Literal["train", "test"]

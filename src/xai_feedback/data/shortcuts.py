@@ -61,22 +61,17 @@ from xai_feedback.errors import DTypeError, MissingDataError, RangeError
 
 __all__ = [
     "IMAGE_CONFOUND_FAMILIES",
+    "SHORTCUT_FAMILIES",
     "SHORTCUT_SIZES",
     "WATERMARK_TEXT",
     "confound_dataset",
     "watermark_alpha",
 ]
 
-IMAGE_CONFOUND_FAMILIES = (
-    "frame",
-    "swatch",
-    "stripe",
-    "center_dot",
-    "background",
-    "patch",
-    "watermark",
-    "none",
-)
+SHORTCUT_FAMILIES = ("frame", "swatch", "stripe", "center_dot", "background", "patch")
+"""The label-tied shortcuts drawn on any image set (and on the digits by ``make_confound``)."""
+
+IMAGE_CONFOUND_FAMILIES = (*SHORTCUT_FAMILIES, "watermark", "none")
 """Every family of :func:`confound_dataset`."""
 SHORTCUT_SIZES = {"frame": 2, "swatch": 6, "stripe": 3, "center_dot": 4, "patch": 4}
 """Size in pixels of each family's shortcut on a 28-pixel image (frame and stripe width,
