@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_feedback.data import ImageDataset
-from xai_feedback.errors import DTypeError, MissingInputError, RangeError
+from xai_feedback.errors import DTypeError, LayerError, MissingInputError, RangeError
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
     PENALTIES,
@@ -170,3 +170,47 @@ def test_objectives_train_through_fit() -> None:
     ):
         history = fit(_model(), data, epochs=1, batch_size=3, objective=objective)
         assert len(history.loss) == 1 and history.loss[0] == history.loss[0]  # finite, not NaN
+
+
+class _DropoutHead(torch.nn.Module):
+    """Conv features, GAP, then dropout before the linear head (torchvision's MobileNet head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.classifier = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(8, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+def test_cam_objective_trains_a_model_with_dropout_before_the_head() -> None:
+    # CAM's head check cannot hold with dropout active; the objective checks it in eval mode
+    torch.manual_seed(0)
+    model = _DropoutHead()
+    model.train()
+    batch = _batch()
+    with CAMHook(model) as hook:  # the hook's own check, in training mode, refuses it
+        logits = model(batch.images)
+        with pytest.raises(LayerError, match="dropout"):
+            hook.cam(logits, method="cam")
+    torch.manual_seed(1)
+    loss, _ = cam_penalty_objective("center", 1.0)(model, batch)
+    assert model.training and model.classifier[0].training  # flags kept
+    grads = torch.autograd.grad(loss, model.features[0].weight)
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+    # by hand: the same dropout draw for the cross-entropy, CAM from the head's weights
+    torch.manual_seed(1)
+    ce = F.cross_entropy(model(batch.images), batch.labels)
+    acts = model.features(batch.images)
+    maps = torch.einsum("kc,bchw->bkhw", model.classifier[1].weight, acts)
+    expected = ce + CenterPenalty()(maps, target=batch.labels)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_cam_objective_still_refuses_a_layer_that_does_not_feed_the_head() -> None:
+    model = _DropoutHead()
+    model.train()
+    with pytest.raises(LayerError, match="global-average-pool"):
+        cam_penalty_objective("center", 1.0, layer="features.0")(model, _batch())
+    assert model.training and model.classifier[0].training

@@ -6,6 +6,7 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_shape
-from xai_feedback._modes import restore_flags
+from xai_feedback._modes import eval_mode, restore_flags
 from xai_feedback.counterexamples import Counterexamples, counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
 from xai_feedback.hooks import CAMHook
@@ -95,20 +96,39 @@ def cam_penalty_objective(
     _check_penalty(penalty, MapPenalty, optional=False)
     sched = _as_schedule(schedule)
     all_classes = penalty.classes == "all"
+    verified: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        if method == "cam" and model not in verified:
+            _verify_cam_head(model, layer, batch.images)
+            verified.add(model)
         with CAMHook(model, layer) as hook:
             logits = model(batch.images)
             ce = F.cross_entropy(logits, batch.labels)
             if pen_w == 0:
                 return ce_w * ce, logits
             # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
-            maps = hook.cam(logits, batch.labels, method=method, all_classes=all_classes)
+            maps = hook.cam(
+                logits, batch.labels, method=method, all_classes=all_classes, check=False
+            )
         value = penalty(maps, target=batch.labels, masks=batch.masks)
         return ce_w * ce + pen_w * value, logits
 
     return objective
+
+
+def _verify_cam_head(model: nn.Module, layer: nn.Module | str | None, images: torch.Tensor) -> None:
+    """Check, once, that ``layer`` feeds a GAP + linear head, with the model in eval mode.
+
+    CAM's check (the maps' means plus the bias reproduce the logits) cannot hold in training
+    mode when dropout sits before the head, as in torchvision's MobileNet, EfficientNet and
+    VGG heads; in eval mode it is exact, and the head is the same. One no-grad forward of a few
+    images; every module's flag is restored.
+    """
+    with torch.no_grad(), eval_mode(model), CAMHook(model, layer) as hook:
+        logits = model(images[:4])
+        hook.cam(logits, method="cam", check=True)
 
 
 def rrr_objective(
