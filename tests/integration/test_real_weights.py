@@ -268,3 +268,31 @@ def test_the_figure_script_runs_and_agrees(tmp_path: Path) -> None:
     assert summary["top1_before"] >= 17
     assert summary["top1_after"] < summary["top1_before"]
     assert summary["share_true_after"] < summary["share_true_before"]
+
+
+# ----- fine-tuning the real weights with the CAM penalty ----------------------------------
+
+
+def test_cam_penalty_fine_tunes_the_pretrained_model_in_training_mode(real: Real) -> None:
+    """torchvision's MobileNetV2 has dropout before its head: CAM's check (the maps' means plus
+    the bias are the logits) cannot hold in training mode, so the objective checks in eval mode
+    and trains; its frozen BatchNorms stay frozen."""
+    import copy
+
+    from xai_feedback.data import ImageDataset
+    from xai_feedback.models import freeze_batchnorm, replace_head
+    from xai_feedback.objectives import cam_penalty_objective
+    from xai_feedback.training import fit
+
+    model = copy.deepcopy(real.model)
+    replace_head(model, num_classes=4, generator=torch.Generator().manual_seed(0))
+    freeze_batchnorm(model)
+    x = F.interpolate(real.images[:8], size=64, mode="bilinear", align_corners=False)
+    data = ImageDataset(x, torch.arange(8) % 4)
+    before = model.features[0][0].weight.detach().clone()
+    fit(
+        model, data, epochs=1, batch_size=8, lr=1e-4, objective=cam_penalty_objective("center", 1.0)
+    )
+    assert not torch.equal(before, model.features[0][0].weight)
+    assert model.classifier[0].training  # the user's flags, kept by fit
+    assert not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
