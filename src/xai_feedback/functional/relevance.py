@@ -32,7 +32,7 @@ __all__ = [
 def _check_attentions(
     attentions: Sequence[torch.Tensor], name: str = "attentions"
 ) -> dict[str, int]:
-    if isinstance(attentions, torch.Tensor) or not isinstance(attentions, Sequence):
+    if not isinstance(attentions, list | tuple):
         raise ShapeError(
             f"`{name}` must be a sequence (one tensor per layer) of (B, heads, N, N) tensors, "
             f"got {type(attentions).__name__}."
