@@ -32,6 +32,13 @@ duration of the ``with`` block:
 
 ``benchmarks/relevance.py`` measures both against the fused forward.
 
+Limits: timm's attention pool (``global_pool="map"``, ``AttentionPoolLatent``) is not
+captured: such a model's maps read the mean of the patch rows and ignore the pool's own
+attention; ``torch.compile``'d models are untested (call the
+uncompiled ``model._orig_mod`` inside the block); an
+``nn.MultiheadAttention`` with masks, separate q/k/v projections, ``bias_k`` or
+``add_zero_attn`` is refused with a ``LayerError``.
+
 Prefix tokens and the grid
 --------------------------
 The class token (torchvision, timm), distillation token (DeiT) and register tokens (timm's

@@ -112,10 +112,11 @@ def relevance_matrix(
     gradient of the explained logit. This is the ViT rule of hila-chefer's reference code
     (``generate_relevance`` in the notebook of Transformer-MM-Explainability, and
     hila-chefer/RobustViT ``ViT/explainer.py``): every block from the first, the ReLU taken on
-    the product *before* the head average, :math:`R` starting at the identity. One difference:
-    the reference reshapes ``(B, H, N, N)`` to ``(B * H, N, N)`` and averages over that axis,
-    which mixes the images of a batch (it was run with one image); here each image keeps its
-    own matrix, so a batch gives what each image gives alone.
+    the product *before* the head average, :math:`R` starting at the identity. Batches: the
+    ICCV notebook's ``avg_heads`` reshapes ``(B, H, N, N)`` to ``(B * H, N, N)`` and averages
+    over that axis, which mixes the images of a batch (it ran one image at a time); RobustViT's
+    batched version averages over the heads only, as here: a batch gives what each image
+    gives alone.
 
     Reference: H. Chefer, S. Gur, L. Wolf, Generic Attention-model Explainability for
     Interpreting Bi-Modal and Encoder-Decoder Transformers, ICCV 2021.
