@@ -138,3 +138,85 @@ def test_clear_errors() -> None:
         MaskPenalty()(bad, masks=torch.zeros(2, 28, 28))
     with pytest.raises(ValueError, match="require grad"):
         RRRPenalty()(torch.rand(1, 10), torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4))
+
+
+# --- RobustViT (Chefer, Schwartz & Wolf 2022) ------------------------------------------------
+
+
+def _robustvit_reference(
+    relevance: torch.Tensor, seg: torch.Tensor, bg: float = 2.0, fg: float = 0.3
+) -> torch.Tensor:
+    """hila-chefer/RobustViT's computation re-typed: upscale x scale, min-max, two MSEs."""
+    scale = seg.shape[-1] // relevance.shape[-1]
+    r = torch.nn.functional.interpolate(relevance[:, None], scale_factor=scale, mode="bilinear")
+    flat = r.reshape(r.shape[0], -1)
+    low, high = flat.min(1, keepdim=True)[0], flat.max(1, keepdim=True)[0]
+    r = ((flat - low) / (high - low)).reshape(r.shape)[:, 0]
+    reverse = 1 - seg
+    mse = torch.nn.MSELoss()
+    return bg * mse(r * reverse, torch.zeros_like(r)) + fg * mse(r * seg, seg)
+
+
+def test_robustvit_penalty_hand_values() -> None:
+    from xai_feedback.losses import RobustViTPenalty
+
+    # maps already at the masks' size and in [0, 1]: min-max leaves them as they are
+    maps = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])
+    fg = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    # background cells (0,0)=0 and (1,1)=0.25: (0 + 0.0625) / 4; foreground: (0 + 0.25) / 4
+    expected = 2.0 * 0.0625 / 4 + 0.3 * 0.25 / 4
+    assert float(RobustViTPenalty()(maps, masks=fg)) == pytest.approx(expected, rel=1e-6)
+    weighted = RobustViTPenalty(background=1.0, foreground=0.0)(maps, masks=fg)
+    assert float(weighted) == pytest.approx(0.0625 / 4, rel=1e-6)
+    # min-max: a map scaled and shifted gives the same penalty
+    assert float(RobustViTPenalty()(3 * maps - 1, masks=fg)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_robustvit_penalty_equals_the_reference_pipeline() -> None:
+    from xai_feedback.losses import RobustViTPenalty
+
+    g = torch.Generator().manual_seed(0)
+    relevance = torch.rand(3, 4, 4, generator=g, dtype=torch.float64)
+    seg = (torch.rand(3, 16, 16, generator=g) > 0.6).double()
+    got = RobustViTPenalty()(relevance, masks=seg)
+    torch.testing.assert_close(got, _robustvit_reference(relevance, seg), rtol=1e-6, atol=1e-9)
+    # all-class maps: the target's are taken
+    every = torch.rand(3, 5, 4, 4, generator=g, dtype=torch.float64)
+    target = torch.tensor([4, 0, 2])
+    got = RobustViTPenalty()(every, target=target, masks=seg)
+    torch.testing.assert_close(got, _robustvit_reference(every[torch.arange(3), target], seg))
+    with pytest.raises(MissingInputError, match="masks"):
+        RobustViTPenalty()(relevance)
+    with pytest.raises(MissingInputError, match="target"):
+        RobustViTPenalty()(every, masks=seg)
+    with pytest.raises(RangeError, match="background"):
+        RobustViTPenalty(background=-1.0)
+
+
+def test_robustvit_penalty_gradcheck() -> None:
+    from xai_feedback.losses import RobustViTPenalty
+
+    seg = torch.zeros(2, 8, 8)
+    seg[:, 2:6, 2:6] = 1
+    gradcheck64(lambda m: RobustViTPenalty()(m, masks=seg), [torch.rand(2, 4, 4)])
+
+
+def test_robustvit_classification_loss_hand_values() -> None:
+    import math
+
+    from xai_feedback.losses import robustvit_classification_loss
+
+    z = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]], requires_grad=True)
+    # each row's own argmax: -log softmax(z)[argmax], averaged
+    row0 = -(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(1.0)))
+    row1 = -(3.0 - math.log(2.0 + math.exp(3.0)))
+    assert float(robustvit_classification_loss(z.detach())) == pytest.approx(
+        (row0 + row1) / 2, rel=1e-6
+    )
+    half = -(1.0 - math.log(math.exp(1.0) + 1.0 + math.exp(0.5)))  # temperature 2, row 0
+    got = robustvit_classification_loss(z[:1].detach(), temperature=2.0)
+    assert float(got) == pytest.approx(half, rel=1e-6)
+    (grad,) = torch.autograd.grad(robustvit_classification_loss(z), [z])
+    assert float(grad[0, 0]) < 0  # raises the predicted logit
+    with pytest.raises(RangeError, match="temperature"):
+        robustvit_classification_loss(z, temperature=0.0)

@@ -27,9 +27,11 @@ from xai_feedback._checks import (
     check_shape,
 )
 from xai_feedback.errors import MissingInputError, RangeError
-from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps
+from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps, resize_maps
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, center_weight
 from xai_feedback.functional.penalties import (
+    ROBUSTVIT_BACKGROUND,
+    ROBUSTVIT_FOREGROUND,
     center_penalty,
     dilate_masks,
     input_gradient_penalty,
@@ -37,6 +39,8 @@ from xai_feedback.functional.penalties import (
     projected_input_gradient_penalty,
     rademacher,
     receptive_field_cover,
+    robustvit_classification_loss,
+    robustvit_penalty,
 )
 
 __all__ = [
@@ -49,9 +53,11 @@ __all__ = [
     "PhaseSchedule",
     "RRRPenalty",
     "RampSchedule",
+    "RobustViTPenalty",
     "get_penalty",
     "penalty_names",
     "register_penalty",
+    "robustvit_classification_loss",
 ]
 
 
@@ -103,7 +109,7 @@ def penalty_names() -> tuple[str, ...]:
 
     Example:
         >>> penalty_names()
-        ('center', 'mask')
+        ('center', 'mask', 'robustvit')
     """
     return tuple(PENALTIES)
 
@@ -287,6 +293,103 @@ class MaskPenalty(MapPenalty):
         if self.field > 1:
             masks = receptive_field_cover(masks, self.field)
         return mask_penalty(maps, masks)
+
+
+@register_penalty
+class RobustViTPenalty(MapPenalty):
+    r"""RobustViT (Chefer et al., NeurIPS 2022): relevance off the background, onto the object.
+
+    .. math:: P = \lambda_{bg}\, \overline{\big((1 - M) \tilde R\big)^2}
+              + \lambda_{fg}\, \overline{\big(M \tilde R - M\big)^2}
+
+    where :math:`\tilde R` is the target class's relevance map resized bilinearly to the
+    masks' resolution and min-max normalized per image to [0, 1] (the reference's
+    ``upscale_relevance``), :math:`M` the foreground masks (1 on the object: the opposite
+    of :class:`MaskPenalty`'s masks, which mark where evidence must *not* be) and the bars
+    means over images and pixels (:func:`~xai_feedback.functional.penalties.robustvit_penalty`).
+
+    The paper's full objective adds a classification term that needs the logits:
+
+    .. code-block:: python
+
+        with AttentionCapture(model) as capture:
+            logits = model(images)
+            maps = capture.relevance(logits, labels, create_graph=False)  # as the reference
+        loss = 0.8 * RobustViTPenalty()(maps, masks=foreground) \
+            + 0.2 * robustvit_classification_loss(logits)
+
+    (``--lambda_seg 0.8``, ``--lambda_acc 0.2``; relevance of the ground-truth class, the
+    gradients ``dy/dA`` not differentiated: ``torch.autograd.grad`` without
+    ``create_graph`` in the reference). In ``cam_penalty_objective`` form (cross-entropy
+    with the labels plus ``weight * P``) it is the segmentation loss alone.
+
+    Args:
+        background: :math:`\lambda_{bg}` (default 2, the paper's).
+        foreground: :math:`\lambda_{fg}` (default 0.3, the paper's).
+        normalize: ``"minmax"`` (the paper's) or another of
+            :data:`~xai_feedback.functional.NORMALIZATIONS` (``"none"`` for maps already in
+            [0, 1]).
+
+    Shape:
+        - maps: :math:`(B, h, w)`, or :math:`(B, K, h, w)` with ``target``; masks:
+          :math:`(B, H, W)`; output: scalar
+
+    Example:
+        >>> maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # all relevance top right
+        >>> fg = torch.zeros(1, 2, 2); fg[0, 0, 1] = 1.0  # ... where the object is
+        >>> float(RobustViTPenalty()(maps, masks=fg))
+        0.0
+        >>> round(float(RobustViTPenalty()(maps, masks=1 - fg)), 6)  # 2 * 1/4 + 0.3 * 3/4
+        0.725
+    """
+
+    name = "robustvit"
+    classes = "target"
+
+    def __init__(
+        self,
+        *,
+        background: float = ROBUSTVIT_BACKGROUND,
+        foreground: float = ROBUSTVIT_FOREGROUND,
+        normalize: str = "minmax",
+    ) -> None:
+        super().__init__()
+        self.background = check_number(background, "background", minimum=0)
+        self.foreground = check_number(foreground, "foreground", minimum=0)
+        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+
+    def forward(
+        self,
+        maps: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the penalty of the ``target`` maps against the foreground ``masks``.
+
+        Raises:
+            MissingInputError: ``masks`` is None (or ``target`` with all-class maps).
+        """
+        if masks is None:
+            raise MissingInputError(
+                "a RobustViTPenalty needs `masks` (B, H, W), the foreground annotations, got None."
+            )
+        maps = _prepare_maps(maps, target, "target", True, "none")
+        dims = check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
+        size = (dims["H"], dims["W"])
+        if tuple(maps.shape[-2:]) != size:
+            maps = resize_maps(maps, size)
+        maps = normalize_maps(maps, self.normalize)
+        return robustvit_penalty(
+            maps, masks, background=self.background, foreground=self.foreground
+        )
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return (
+            f"background={self.background}, foreground={self.foreground}, "
+            f"normalize={self.normalize!r}"
+        )
 
 
 class RRRPenalty(nn.Module):

@@ -13,6 +13,8 @@ Two families:
 - **Attribution methods** (:class:`CaptumMethod`) attribute to input pixels through captum:
   ``"saliency"``, ``"input_x_gradient"``, ``"deconvnet"``, ``"guided_backprop"``,
   ``"integrated_gradients"``, ``"guided_grad_cam"``.
+- **Relevance methods** (family ``"relevance"``) of vision transformers, defined in
+  :mod:`xai_feedback.relevance`: ``"rollout"``, ``"chefer_relevance"``.
 
 Scale (``scale="cam"``, the default of :meth:`CAMHook.cam`)
 ---------------------------------------------------------------
@@ -62,7 +64,7 @@ __all__ = [
     "register_method",
 ]
 
-Family = Literal["cam", "attribution"]
+Family = Literal["cam", "attribution", "relevance"]
 SCALES = ("cam", "paper")
 """Map scales of the gradient CAM methods (see the module docstring)."""
 
@@ -483,3 +485,7 @@ class GuidedGradCAM(CaptumMethod):
             raise LayerError("method 'guided_grad_cam' needs a layer.")
         ggc = attr.GuidedGradCam(model, layer)
         return lambda x, t: ggc.attribute(x, target=t)
+
+
+# the relevance family lives in its own module (vision transformers); registered on import
+from xai_feedback import relevance as _relevance  # noqa: E402, F401

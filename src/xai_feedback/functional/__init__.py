@@ -44,6 +44,13 @@ from xai_feedback.functional.penalties import (
     mask_penalty,
     masks_to_maps,
 )
+from xai_feedback.functional.relevance import (
+    attention_rollout,
+    chefer_relevance,
+    relevance_matrix,
+    rollout_matrix,
+    tokens_to_grid,
+)
 
 __all__ = [
     "DEFAULT_SIGMA",
@@ -54,12 +61,14 @@ __all__ = [
     "ACEResult",
     "ace",
     "apply_mask",
+    "attention_rollout",
     "attribution_scores",
     "blend",
     "blur_images",
     "cam_from_head",
     "center_penalty",
     "center_weight",
+    "chefer_relevance",
     "fill_values",
     "fixed_span_smooth",
     "grad_cam",
@@ -74,9 +83,12 @@ __all__ = [
     "normalized_grid",
     "periphery_mask",
     "rank_mask",
+    "relevance_matrix",
     "remove_pixels",
     "resize_maps",
+    "rollout_matrix",
     "supersmooth",
     "threshold_mask",
+    "tokens_to_grid",
     "topk_mask",
 ]

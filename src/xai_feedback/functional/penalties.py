@@ -9,6 +9,8 @@ from xai_feedback._checks import check_floating, check_int, check_maps, check_sh
 from xai_feedback.errors import RangeError, ShapeError
 
 __all__ = [
+    "ROBUSTVIT_BACKGROUND",
+    "ROBUSTVIT_FOREGROUND",
     "center_penalty",
     "dilate_masks",
     "input_gradient_penalty",
@@ -17,7 +19,16 @@ __all__ = [
     "projected_input_gradient_penalty",
     "rademacher",
     "receptive_field_cover",
+    "relevance_background_loss",
+    "relevance_foreground_loss",
+    "robustvit_classification_loss",
+    "robustvit_penalty",
 ]
+
+ROBUSTVIT_BACKGROUND = 2.0
+"""RobustViT's background-loss weight (``--lambda_background``, Chefer et al. 2022)."""
+ROBUSTVIT_FOREGROUND = 0.3
+"""RobustViT's foreground-loss weight (``--lambda_foreground``, Chefer et al. 2022)."""
 
 
 def center_penalty(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -282,3 +293,131 @@ def rademacher(
     """
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
     return (2 * bits - 1).to(dtype)
+
+
+def _relevance_and_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Check ``(B, h, w)`` maps and ``(B, h, w)`` masks of the same size; the masks as floats."""
+    check_floating(maps, "maps")
+    dims = check_shape(maps, "B h w", "maps")
+    check_shape(masks, "B h w", "masks", B=dims["B"], h=dims["h"], w=dims["w"])
+    if dims["h"] * dims["w"] == 0:
+        raise ShapeError(f"`maps` must have at least one cell, got shape {tuple(maps.shape)}.")
+    return _float_masks(masks).to(maps.dtype)
+
+
+def relevance_background_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    r"""RobustViT's background loss: the relevance left outside the foreground.
+
+    .. math:: L_{bg} = \frac{1}{B h w} \sum_{b,i,j} \big((1 - M_{bij})\, R_{bij}\big)^2
+
+    (the reference's ``MSE(relevance * (1 - seg), 0)``). ``R`` are relevance maps normalized
+    to [0, 1] at the masks' resolution (:class:`xai_feedback.losses.RobustViTPenalty` does
+    both).
+
+    Args:
+        maps: ``(B, h, w)`` relevance.
+        masks: ``(B, h, w)`` foreground masks (1 on the object).
+
+    Example:
+        >>> r = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]]); m = torch.tensor([[[1.0, 0], [0, 0]]])
+        >>> float(relevance_background_loss(r, m))  # (0.5^2) / 4
+        0.0625
+    """
+    m = _relevance_and_masks(maps, masks)
+    return ((1 - m) * maps).pow(2).mean()
+
+
+def relevance_foreground_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    r"""RobustViT's foreground loss: the relevance missing on the foreground.
+
+    .. math:: L_{fg} = \frac{1}{B h w} \sum_{b,i,j} \big(M_{bij} R_{bij} - M_{bij}\big)^2
+
+    (the reference's ``MSE(relevance * seg, seg)``; for binary masks
+    :math:`M (1 - R)^2` per pixel).
+
+    Args:
+        maps: ``(B, h, w)`` relevance in [0, 1].
+        masks: ``(B, h, w)`` foreground masks.
+
+    Example:
+        >>> r = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]]); m = torch.tensor([[[1.0, 1], [0, 0]]])
+        >>> float(relevance_foreground_loss(r, m))  # (0.5^2) / 4
+        0.0625
+    """
+    m = _relevance_and_masks(maps, masks)
+    return (m * maps - m).pow(2).mean()
+
+
+def robustvit_penalty(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    background: float = ROBUSTVIT_BACKGROUND,
+    foreground: float = ROBUSTVIT_FOREGROUND,
+) -> torch.Tensor:
+    r"""RobustViT's segmentation loss: weighted background and foreground losses.
+
+    .. math:: L_{seg} = \lambda_{bg} L_{bg} + \lambda_{fg} L_{fg}
+
+    with :func:`relevance_background_loss`, :func:`relevance_foreground_loss` and the paper's
+    :math:`\lambda_{bg} = 2`, :math:`\lambda_{fg} = 0.3`.
+
+    Reference: H. Chefer, I. Schwartz, L. Wolf, Optimizing Relevance Maps of Vision
+    Transformers Improves Robustness, NeurIPS 2022 (code: hila-chefer/RobustViT,
+    ``imagenet_finetune.py``).
+
+    Args:
+        maps: ``(B, h, w)`` relevance in [0, 1] at the masks' resolution.
+        masks: ``(B, h, w)`` foreground masks.
+        background: :math:`\lambda_{bg}` (>= 0).
+        foreground: :math:`\lambda_{fg}` (>= 0).
+
+    Shape:
+        - maps, masks: :math:`(B, h, w)`; output: scalar
+
+    Example:
+        >>> r = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]]); m = torch.tensor([[[1.0, 0], [0, 0]]])
+        >>> float(robustvit_penalty(r, m))  # 2 * 0.0625 + 0.3 * 0
+        0.125
+    """
+    for value, name in ((background, "background"), (foreground, "foreground")):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise RangeError(f"`{name}` must be a number >= 0, got {value!r}.")
+    return background * relevance_background_loss(
+        maps, masks
+    ) + foreground * relevance_foreground_loss(maps, masks)
+
+
+def robustvit_classification_loss(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    r"""RobustViT's classification term: cross-entropy with the model's own top-1 prediction.
+
+    .. math:: L_{cls} = \operatorname{CE}\big(z / T,\ \arg\max_k z_k\big)
+
+    The reference (``imagenet_finetune.py``) takes the target from the logits being trained
+    (``output.topk(1)``), not from the labels nor from the frozen original model, so the term
+    keeps the fine-tuned model confident in its current prediction while the relevance loss
+    moves its evidence; the paper's objective is
+    :math:`0.8\, L_{seg} + 0.2\, L_{cls}`. It needs logits, not maps, so it is a function
+    to add to the objective next to the :class:`~xai_feedback.losses.RobustViTPenalty`,
+    not a map penalty.
+
+    Args:
+        logits: ``(B, K)`` logits.
+        temperature: :math:`T > 0` (the reference's ``--temperature``, default 1).
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0]])
+        >>> round(float(robustvit_classification_loss(z)), 4)  # -log softmax(z)_0
+        0.1269
+    """
+    check_shape(logits, "B K", "logits")
+    check_floating(logits, "logits")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not temperature > 0
+        or temperature == float("inf")
+    ):
+        raise RangeError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+    pred = logits.detach().argmax(dim=1)
+    return F.cross_entropy(logits / temperature, pred)

@@ -1,0 +1,657 @@
+r"""Relevance maps of vision transformers, in the training loop: capture attention, explain.
+
+:class:`AttentionCapture` records one forward's attention probabilities ``(B, heads, N, N)``
+of every self-attention block, in forward order; :meth:`AttentionCapture.relevance` turns them
+into maps ``(B, h, w)`` on the patch grid with a method of the registry's ``"relevance"``
+family of :mod:`xai_feedback.methods` (registered there when the registry is imported):
+
+- ``"rollout"`` (:class:`Rollout`): attention rollout (Abnar & Zuidema 2020), class-agnostic;
+- ``"chefer_relevance"`` (:class:`CheferRelevance`): Chefer et al.'s gradient-weighted
+  relevance (ICCV 2021), of the target class.
+
+Both are kernels of :mod:`xai_feedback.functional.relevance`, batched and differentiable, so a
+penalty on the maps trains the transformer (:mod:`xai_feedback.losses`).
+
+How the probabilities are captured
+----------------------------------
+Fused attention (``F.scaled_dot_product_attention``) never materializes them, so for the
+duration of the ``with`` block:
+
+- **timm** (``Attention`` modules of ViT, DeiT, ...: a ``fused_attn`` flag and an
+  ``attn_drop`` module): each module's ``fused_attn`` is set to False, so timm runs its own
+  unfused path ``softmax(q k^T * scale)``, and a forward hook on ``attn_drop`` keeps its
+  output, the tensor that multiplies ``v`` (the probabilities after attention dropout, the
+  tensor Chefer et al.'s code keeps). Each module's flag is restored on exit.
+- **torchvision** (``nn.MultiheadAttention`` called with ``need_weights=False`` inside
+  ``EncoderBlock``): a forward hook on the module recomputes the attention from the module's
+  own ``in_proj``/``out_proj`` weights, :math:`A = \operatorname{softmax}(QK^\top/\sqrt d)`,
+  and returns ``out_proj(A V)`` as the module's output, so ``A`` is in the logits' graph (the
+  weights ``need_weights=True`` would return are a view that is not). The module's own
+  (fused) computation still runs and is discarded: that is the cost of not patching
+  ``forward``.
+
+``benchmarks/relevance.py`` measures both against the fused forward.
+
+Limits: timm's attention pool (``global_pool="map"``, ``AttentionPoolLatent``) is not
+captured: such a model's maps read the mean of the patch rows and ignore the pool's own
+attention; ``torch.compile``'d models are untested (call the
+uncompiled ``model._orig_mod`` inside the block); an
+``nn.MultiheadAttention`` with masks, separate q/k/v projections, ``bias_k`` or
+``add_zero_attn`` is refused with a ``LayerError``.
+
+Prefix tokens and the grid
+--------------------------
+The class token (torchvision, timm), distillation token (DeiT) and register tokens (timm's
+``num_prefix_tokens`` counts them all) are dropped from the maps' columns; the class token's
+row is read (``query=0``), or the mean of the patch rows for a timm model pooled by
+``global_pool="avg"`` (``query=None``). The grid is the input's size divided by the patch
+size (timm ``patch_embed.patch_size``, torchvision ``patch_size``), else the square grid;
+``prefix=``, ``grid=`` and ``query=`` override the inference.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from xai_feedback._checks import check_finite, check_int, check_model_input, check_shape
+from xai_feedback._modes import eval_mode
+from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
+from xai_feedback.functional.cam import resize_maps
+from xai_feedback.functional.relevance import attention_rollout, chefer_relevance
+from xai_feedback.layers import unwrap_model
+from xai_feedback.methods import (
+    AttributionFn,
+    CaptumMethod,
+    Family,
+    get_method,
+    method_names,
+    register_method,
+)
+
+if TYPE_CHECKING:  # hooks imports methods, which imports this module at its end
+    from xai_feedback.hooks import Target
+
+__all__ = [
+    "RELEVANCE_METHODS",
+    "AttentionCapture",
+    "AttentionInputs",
+    "CheferRelevance",
+    "RelevanceMethod",
+    "Rollout",
+    "attention_modules",
+    "relevance_maps",
+]
+
+Query = int | None | Literal["auto"]
+"""A token index, ``None`` (mean of the patch rows) or ``"auto"`` (inferred from the model)."""
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What a relevance method reads: one forward's attention probabilities and logits.
+
+    Built by :meth:`AttentionCapture.relevance`.
+
+    Attributes:
+        attentions: Per block, first block first, ``(B, heads, N, N)``, in the logits' graph.
+        logits: ``(B, K)`` logits of the same forward.
+        grid: Patch grid ``(h, w)``, or ``None`` for the square grid.
+        prefix: Leading non-patch tokens.
+        query: The row read (a token index), or ``None`` for the mean of the patch rows.
+        create_graph: Keep the gradients in the graph (second-order training through them).
+    """
+
+    attentions: Sequence[torch.Tensor]
+    logits: torch.Tensor
+    grid: tuple[int, int] | None = None
+    prefix: int = 1
+    query: int | None = 0
+    create_graph: bool = True
+
+
+class RelevanceMethod(CaptumMethod):
+    """A transformer relevance method: attention probabilities ``-> (B, h, w)`` maps.
+
+    It has the registry's attribution contract (:meth:`build` returns ``fn(images,
+    targets)``), so :func:`xai_feedback.attribution.attribute` serves it (maps resized to the
+    input, one channel) without captum; in the training loop it is called through
+    :meth:`maps` (:meth:`AttentionCapture.relevance`), as every CAM method is through
+    ``CAMMethod.maps``.
+    """
+
+    family: ClassVar[Family] = "relevance"
+    options: ClassVar[frozenset[str]] = frozenset({"prefix", "grid", "query"})
+    needs_gradients: ClassVar[bool] = True
+
+    @abstractmethod
+    def from_attention(
+        self,
+        attentions: Sequence[torch.Tensor],
+        gradients: Sequence[torch.Tensor] | None,
+        *,
+        grid: tuple[int, int] | None,
+        prefix: int,
+        query: int | None,
+    ) -> torch.Tensor:
+        """The kernel: maps ``(B, h, w)`` from attentions (and the target's gradients)."""
+
+    def gradients(self, inputs: AttentionInputs, target: torch.Tensor) -> list[torch.Tensor]:
+        """``d(sum_b y_{b, target_b}) / dA_l`` for every block, by ``torch.autograd.grad``.
+
+        Raises:
+            HookError: The attentions do not require grad, or the logits do not depend on
+                them (another forward).
+        """
+        if not all(a.requires_grad for a in inputs.attentions):
+            raise HookError(
+                f"method {self.name!r} needs gradients, but the captured attentions do not "
+                "require grad (was the forward run under torch.no_grad()?)."
+            )
+        if not inputs.logits.requires_grad:
+            raise HookError(
+                "the logits do not require grad, so they cannot depend on the captured "
+                "attentions (computed under torch.no_grad(), or by another forward?)."
+            )
+        score = inputs.logits.gather(1, target[:, None]).sum()
+        try:
+            grads = torch.autograd.grad(
+                score, list(inputs.attentions), create_graph=inputs.create_graph, retain_graph=True
+            )
+        except RuntimeError as err:
+            if "not have been used in the graph" not in str(err):
+                raise
+            raise HookError(
+                "the logits do not depend on the captured attentions (do they come from "
+                "another forward than the last one inside the `with` block?)."
+            ) from err
+        return list(grads)
+
+    def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
+        """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).
+
+        Shape:
+            - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
+        """
+        if target is None:
+            b, k = inputs.logits.shape
+            device = inputs.logits.device
+            per_class = [
+                self.maps(inputs, torch.full((b,), c, dtype=torch.long, device=device))
+                for c in range(k)
+            ]
+            return torch.stack(per_class, dim=1)
+        grads = self.gradients(inputs, target) if self.needs_gradients else None
+        return self.from_attention(
+            inputs.attentions, grads, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+        )
+
+    def build(
+        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
+    ) -> AttributionFn:
+        """``fn(images, targets) -> (B, 1, H, W)``: detached maps resized to the input."""
+        prefix = options.get("prefix")
+        grid = options.get("grid")
+        query = options.get("query", "auto")
+
+        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with AttentionCapture(model, prefix=prefix, grid=grid, query=query) as capture:
+                logits = model(x)
+                maps = capture.relevance(logits, t, method=self.name, create_graph=False)
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            return resize_maps(maps.detach(), size).unsqueeze(1)
+
+        return fn
+
+
+@register_method
+class Rollout(RelevanceMethod):
+    """Attention rollout (Abnar & Zuidema 2020), :func:`~xai_feedback.functional.attention_rollout`.
+
+    Class-agnostic: every target gets the same map (``target=None`` gives ``K`` equal maps).
+    """
+
+    name = "rollout"
+    citation = "S. Abnar, W. Zuidema, Quantifying Attention Flow in Transformers, ACL 2020."
+    needs_gradients = False
+
+    def from_attention(
+        self,
+        attentions: Sequence[torch.Tensor],
+        gradients: Sequence[torch.Tensor] | None,
+        *,
+        grid: tuple[int, int] | None,
+        prefix: int,
+        query: int | None,
+    ) -> torch.Tensor:
+        """Rollout maps."""
+        return attention_rollout(attentions, grid, prefix=prefix, query=query)
+
+    def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
+        """One rollout, expanded over the classes for ``target=None``."""
+        maps = self.from_attention(
+            inputs.attentions, None, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+        )
+        if target is None:
+            return maps.unsqueeze(1).expand(-1, int(inputs.logits.shape[1]), -1, -1)
+        return maps
+
+
+@register_method
+class CheferRelevance(RelevanceMethod):
+    """Chefer et al.'s relevance (ICCV 2021), :func:`~xai_feedback.functional.chefer_relevance`."""
+
+    name = "chefer_relevance"
+    citation = (
+        "H. Chefer, S. Gur, L. Wolf, Generic Attention-model Explainability for Interpreting "
+        "Bi-Modal and Encoder-Decoder Transformers, ICCV 2021."
+    )
+
+    def from_attention(
+        self,
+        attentions: Sequence[torch.Tensor],
+        gradients: Sequence[torch.Tensor] | None,
+        *,
+        grid: tuple[int, int] | None,
+        prefix: int,
+        query: int | None,
+    ) -> torch.Tensor:
+        """Relevance maps."""
+        if gradients is None:
+            raise HookError("method 'chefer_relevance' needs the attentions' gradients, got None.")
+        return chefer_relevance(attentions, gradients, grid, prefix=prefix, query=query)
+
+
+RELEVANCE_METHODS = method_names("relevance")
+"""The relevance family of the registry (``("rollout", "chefer_relevance")``)."""
+
+
+# --- capture ---------------------------------------------------------------------------------
+
+
+def _is_timm_attention(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "fused_attn", None), bool) and isinstance(
+        getattr(module, "attn_drop", None), nn.Module
+    )
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The self-attention modules :class:`AttentionCapture` hooks, in ``named_modules`` order.
+
+    timm-style modules (a boolean ``fused_attn`` and an ``attn_drop`` module) and
+    ``nn.MultiheadAttention``.
+
+    Example:
+        >>> layer = nn.TransformerEncoderLayer(8, 2, batch_first=True)
+        >>> [name for name, _ in attention_modules(layer)]
+        ['self_attn']
+    """
+    found = []
+    for name, module in unwrap_model(model).named_modules():
+        if _is_timm_attention(module) or isinstance(module, nn.MultiheadAttention):
+            found.append((name, module))
+    return found
+
+
+def _patch_size(model: nn.Module) -> tuple[int, int] | None:
+    embed = getattr(model, "patch_embed", None)
+    for size in (getattr(embed, "patch_size", None), getattr(model, "patch_size", None)):
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size, size
+        if (
+            isinstance(size, tuple | list)
+            and len(size) == 2
+            and all(isinstance(s, int) for s in size)
+        ):
+            return int(size[0]), int(size[1])
+    return None
+
+
+def _has_class_token(model: nn.Module) -> bool:
+    return any(
+        isinstance(getattr(model, attr, None), torch.Tensor)
+        for attr in ("cls_token", "class_token")
+    )
+
+
+def _infer_prefix(model: nn.Module) -> int:
+    count = getattr(model, "num_prefix_tokens", None)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    if _has_class_token(model):
+        return 1
+    raise LayerError(
+        f"cannot tell how many prefix (class, distillation, register) tokens "
+        f"{type(model).__name__} has (no `num_prefix_tokens`, `cls_token` or `class_token`): "
+        "pass `prefix=`."
+    )
+
+
+def _infer_query(model: nn.Module, prefix: int) -> int | None:
+    pool = getattr(model, "global_pool", None)
+    if isinstance(pool, str) and pool.startswith("avg"):
+        return None
+    if _has_class_token(model):
+        return 0
+    if prefix == 0:
+        return None
+    raise LayerError(
+        f"cannot tell which token {type(model).__name__} classifies from: pass `query=` (a "
+        "token index, or None for the mean of the patch tokens)."
+    )
+
+
+def _bind_mha_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    names = ("query", "key", "value")
+    values = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) != 3:
+        raise LayerError("nn.MultiheadAttention was called without query, key and value tensors.")
+    return tensors
+
+
+class AttentionCapture:
+    r"""Capture every self-attention block's probabilities ``(B, heads, N, N)`` in a ``with``.
+
+    Inside the block each forward of the model (re)fills :attr:`attentions`, first block
+    first; :meth:`relevance` turns them into maps. The hooks are removed and each timm
+    module's ``fused_attn`` flag restored on exit, also when the block raises. See the module
+    docstring for how the probabilities are obtained from timm and torchvision models.
+
+    Args:
+        model: A vision transformer (wrappers are unwrapped).
+        prefix: Leading non-patch tokens (default: timm's ``num_prefix_tokens``, else 1 for
+            a model with a class token).
+        grid: Patch grid ``(h, w)`` (default: the input's size over the patch size, else the
+            square grid).
+        query: The token row read: an index, ``None`` for the mean of the patch rows, or
+            ``"auto"``: ``None`` for timm's ``global_pool="avg"``, else the class token (0).
+
+    Raises:
+        LayerError: The model has no attention module this class can capture, or an
+            ``nn.MultiheadAttention`` in a configuration it does not reproduce.
+
+    Example:
+        >>> enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+        >>> model = nn.Sequential(enc)
+        >>> tokens = torch.randn(3, 5, 8)  # class token + 2 x 2 patches
+        >>> with AttentionCapture(model, prefix=1, query=0) as capture:
+        ...     out = model(tokens)
+        ...     logits = out[:, 0, :4]
+        ...     maps = capture.relevance(logits, torch.tensor([0, 1, 2]))
+        >>> len(capture.attentions), tuple(capture.attentions[0].shape), tuple(maps.shape)
+        (1, (3, 2, 5, 5), (3, 2, 2))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        prefix: int | None = None,
+        grid: tuple[int, int] | None = None,
+        query: Query = "auto",
+    ) -> None:
+        self.model = unwrap_model(model)
+        if prefix is not None:
+            check_int(prefix, "prefix", minimum=0)
+        if query is not None and query != "auto":
+            check_int(query, "query", minimum=0)
+        self.prefix = prefix
+        self.grid = grid
+        self.query: Query = query
+        self.attentions: list[torch.Tensor] = []
+        """The last forward's attention probabilities, one ``(B, heads, N, N)`` per block."""
+        self.image_size: tuple[int, int] | None = None
+        self._handles: list[RemovableHandle] = []
+        self._flags: list[tuple[nn.Module, bool]] = []
+        self._active = False
+
+    # -- the with block -------------------------------------------------------------------
+
+    def __enter__(self) -> AttentionCapture:
+        if self._active:
+            raise HookError("this AttentionCapture is already active (nested `with`).")
+        modules = attention_modules(self.model)
+        if not modules:
+            raise LayerError(
+                f"{type(self.model).__name__} has no attention module to capture (timm "
+                "`Attention` with `fused_attn` and `attn_drop`, or nn.MultiheadAttention)."
+            )
+        self._active = True
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._start))
+            for name, module in modules:
+                if isinstance(module, nn.MultiheadAttention):
+                    self._check_mha(name, module)
+                    self._handles.append(
+                        module.register_forward_hook(self._mha_hook, with_kwargs=True)
+                    )
+                else:
+                    self._flags.append((module, bool(module.fused_attn)))
+                    setattr(module, "fused_attn", False)  # noqa: B010 (typed as a Module)
+                    drop = cast(nn.Module, module.attn_drop)
+                    self._handles.append(drop.register_forward_hook(self._keep))
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            for module, flag in self._flags:
+                setattr(module, "fused_attn", flag)  # noqa: B010
+            self._handles.clear()
+            self._flags.clear()
+            self._active = False
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.attentions = []
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor) and first.dim() >= 2:
+            self.image_size = (int(first.shape[-2]), int(first.shape[-1]))
+
+    def _keep(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.attentions.append(output)
+
+    @staticmethod
+    def _check_mha(name: str, module: nn.MultiheadAttention) -> None:
+        if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+            raise LayerError(
+                f"nn.MultiheadAttention {name!r} uses separate q/k/v projections, bias_k/bias_v "
+                "or add_zero_attn; AttentionCapture reproduces only the packed in_proj form "
+                "(torchvision's ViT, nn.TransformerEncoderLayer)."
+            )
+
+    def _mha_hook(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: tuple[torch.Tensor, torch.Tensor | None],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mha = cast(nn.MultiheadAttention, module)
+        for option in ("key_padding_mask", "attn_mask"):
+            if kwargs.get(option) is not None:
+                raise LayerError(
+                    f"AttentionCapture does not reproduce an MHA call with `{option}`."
+                )
+        if kwargs.get("is_causal"):
+            raise LayerError("AttentionCapture does not reproduce a causal MHA call.")
+        query, key, value = _bind_mha_inputs(args, kwargs)
+        if query.dim() != 3:
+            raise LayerError(
+                f"AttentionCapture needs batched MHA inputs (3-D), got {query.dim()}-D."
+            )
+        if not mha.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        e, heads = mha.embed_dim, mha.num_heads
+        d = e // heads
+        w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+        bias = mha.in_proj_bias
+        b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
+        b, n, _ = query.shape
+
+        def split(x: torch.Tensor, w: torch.Tensor, bb: torch.Tensor | None) -> torch.Tensor:
+            return F.linear(x, w, bb).view(b, int(x.shape[1]), heads, d).transpose(1, 2)
+
+        q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
+        attn = torch.softmax((q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1), dim=-1)
+        if mha.training and mha.dropout > 0:
+            attn = F.dropout(attn, p=mha.dropout)
+        self.attentions.append(attn)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, e)
+        out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+        if not mha.batch_first:
+            out = out.transpose(0, 1)
+        return out, output[1]
+
+    # -- maps -----------------------------------------------------------------------------
+
+    def tokens(self) -> tuple[int, int | None, tuple[int, int] | None]:
+        """``(prefix, query, grid)`` for the captured forward (given or inferred)."""
+        if not self.attentions:
+            raise HookError(
+                "AttentionCapture captured nothing: run the model's forward inside the `with` "
+                "block before asking for maps."
+            )
+        prefix = self.prefix if self.prefix is not None else _infer_prefix(self.model)
+        query = _infer_query(self.model, prefix) if self.query == "auto" else self.query
+        n = int(self.attentions[0].shape[-1])
+        grid = self.grid
+        patch = _patch_size(self.model)
+        if grid is None and patch is not None and self.image_size is not None:
+            (hh, ww), (ph, pw) = self.image_size, patch
+            for cand in ((hh // ph, ww // pw), (-(-hh // ph), -(-ww // pw))):
+                if cand[0] * cand[1] == n - prefix:
+                    grid = cand
+                    break
+        return prefix, query, grid
+
+    def relevance(
+        self,
+        logits: torch.Tensor,
+        target: Target = None,
+        *,
+        method: str = "chefer_relevance",
+        create_graph: bool = True,
+        all_classes: bool = False,
+    ) -> torch.Tensor:
+        r"""Relevance maps of the captured forward, on the patch grid, in the logits' graph.
+
+        Args:
+            logits: ``(B, K)`` logits of the last forward inside the block.
+            target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
+            method: One of :data:`RELEVANCE_METHODS`.
+            create_graph: Keep the gradients ``dy/dA`` in the graph, so a loss on the maps
+                trains through them too (second order). ``False`` treats them as constants:
+                the maps still depend on ``A`` and train the model through it (RobustViT's
+                choice, cheaper).
+            all_classes: Maps of every class ``(B, K, h, w)`` instead of ``target``'s.
+
+        Returns:
+            ``(B, h, w)`` maps (``(B, K, h, w)`` with ``all_classes``).
+
+        Raises:
+            HookError: Nothing was captured, or the logits come from another forward.
+            RangeError: ``method`` is not a relevance method.
+        """
+        from xai_feedback.hooks import resolve_targets
+
+        spec = get_method(method, "relevance")
+        check_shape(
+            logits, "B K", "logits", B=int(self.attentions[0].shape[0]) if self.attentions else None
+        )
+        prefix, query, grid = self.tokens()
+        inputs = AttentionInputs(
+            list(self.attentions), logits, grid, prefix, query, bool(create_graph)
+        )
+        classes = None if all_classes else resolve_targets(target, logits)
+        return cast(RelevanceMethod, spec).maps(inputs, classes)
+
+
+def relevance_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target = None,
+    *,
+    method: str = "chefer_relevance",
+    prefix: int | None = None,
+    grid: tuple[int, int] | None = None,
+    query: Query = "auto",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Detached relevance maps ``(B, h, w)`` on the patch grid, for explanation.
+
+    The model runs in eval mode (every module's ``training`` flag restored). To train through
+    the maps use :class:`AttentionCapture` directly.
+
+    Args:
+        model: A vision transformer returning ``(B, K)`` logits.
+        images: ``(B, C, H, W)``.
+        target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
+        method: One of :data:`RELEVANCE_METHODS`.
+        prefix: See :class:`AttentionCapture`.
+        grid: See :class:`AttentionCapture`.
+        query: See :class:`AttentionCapture`.
+        batch_size: Images per forward.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
+
+    Example:
+        >>> from torch import nn
+        >>> class Tiny(nn.Module):  # a 2 x 2 patch ViT with one block
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.patch_size, self.embed = 4, nn.Conv2d(1, 8, 4, stride=4)
+        ...         self.class_token = nn.Parameter(torch.zeros(1, 1, 8))
+        ...         self.block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        ...         self.head = nn.Linear(8, 3)
+        ...     def forward(self, x):
+        ...         t = self.embed(x).flatten(2).transpose(1, 2)
+        ...         t = torch.cat([self.class_token.expand(len(x), -1, -1), t], dim=1)
+        ...         return self.head(self.block(t)[:, 0])
+        >>> relevance_maps(Tiny(), torch.rand(2, 1, 8, 8), method="rollout").shape
+        torch.Size([2, 2, 2])
+    """
+    spec = cast(RelevanceMethod, get_method(method, "relevance"))
+    dims = check_shape(images, "B C H W", "images")
+    check_int(batch_size, "batch_size", minimum=1)
+    if dims["B"] == 0:
+        raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
+    check_model_input(model, images)
+    check_finite(images, "images")
+    if not isinstance(target, torch.Tensor) and target is not None and not callable(target):
+        raise RangeError(f"`target` must be a tensor, a callable or None, got {target!r}.")
+    chunks = []
+    with eval_mode(model):
+        for i in range(0, dims["B"], batch_size):
+            x = images[i : i + batch_size].detach().requires_grad_(spec.needs_gradients)
+            t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
+            with AttentionCapture(model, prefix=prefix, grid=grid, query=query) as capture:
+                logits = model(x)
+                maps = capture.relevance(logits, t, method=method, create_graph=False)
+            chunks.append(maps.detach())
+    return torch.cat(chunks)
