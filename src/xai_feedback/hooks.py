@@ -266,9 +266,10 @@ class ActivationHook:
                 "the block first."
                 + (
                     " The model is compiled (torch.compile): a graph compiled before the hook "
-                    "was registered does not run it. Enter the hook before the first call of "
-                    "the compiled model, or explain the uncompiled model "
-                    "(`model._orig_mod`)."
+                    "was registered does not run it, and dynamo may skip a hook on a layer "
+                    "nested inside a traced block (seen for a vision transformer block's norm "
+                    "on torch 2.14.1). Enter the hook before the first call of the compiled "
+                    "model, or explain the uncompiled model (`model._orig_mod`)."
                     if compiled
                     else ""
                 )

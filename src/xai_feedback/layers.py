@@ -55,6 +55,7 @@ _WRAPPER_ATTRS = ("module", "_orig_mod")
 _PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
 _PRE_NORMS = ("norm1", "ln_1", "layernorm_before")
 """Attribute names of a transformer block's first norm (timm, torchvision, Hugging Face)."""
+_ATTENTION_NAMES = ("attn", "attention", "self_attn", "self_attention")
 _logged: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
@@ -115,16 +116,23 @@ def pre_norm(block: nn.Module) -> str | None:
     """The attribute name of a transformer block's first norm, or ``None`` if not a block.
 
     A transformer block is a module with a first norm (``norm1``, ``ln_1`` or
-    ``layernorm_before``) and an attention child (``nn.MultiheadAttention`` or a module whose
-    class name contains ``Attention``).
+    ``layernorm_before``) and an attention child: an ``nn.MultiheadAttention``, a module whose
+    class name contains ``Attention`` or ``Attn`` (timm's ``ClassAttn``, ``TalkingHeadAttn``),
+    or a child named ``attn``, ``attention``, ``self_attn`` or ``self_attention``.
     """
     for attr in _PRE_NORMS:
         if isinstance(getattr(block, attr, None), nn.Module):
             break
     else:
         return None
-    for child in block.children():
-        if isinstance(child, nn.MultiheadAttention) or "Attention" in type(child).__name__:
+    for name, child in block.named_children():
+        kind = type(child).__name__.lower()
+        if (
+            isinstance(child, nn.MultiheadAttention)
+            or "attention" in kind
+            or "attn" in kind
+            or name in _ATTENTION_NAMES
+        ):
             return attr
     return None
 
@@ -175,6 +183,18 @@ def _is_spatial(name: str, module: nn.Module) -> bool:
     )
 
 
+def _last_called(name: str, module: nn.Module) -> str:
+    """``name``, or its last element for an ``nn.ModuleList``.
+
+    A ``ModuleList`` is never called itself, so a hook on it never fires (torchvision's MaxViT
+    iterates over its ``blocks``).
+    """
+    while isinstance(module, nn.ModuleList) and len(module) > 0:
+        index, module = list(module.named_children())[-1]
+        name = f"{name}.{index}"
+    return name
+
+
 def _search(module: nn.Module, prefix: str) -> str | None:
     children = list(module.named_children())
     for i, (_, child) in enumerate(children):
@@ -182,7 +202,7 @@ def _search(module: nn.Module, prefix: str) -> str | None:
             continue
         for name, before in reversed(children[:i]):
             if _is_spatial(name, before):
-                return prefix + name
+                return prefix + _last_called(name, before)
         return None
     # No head at this level: descend into the single child that holds the convolutions and
     # the last Linear (a model wrapped in a container, e.g. Sequential(normalize, resnet)).
