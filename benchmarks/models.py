@@ -13,6 +13,15 @@ on the same batch and the same target classes:
 - one training step (SGD) of cross-entropy (vanilla), cross-entropy + the CAM center penalty
   (``cam_penalty_objective``), and cross-entropy + RRR (input-gradient penalty).
 
+Vision transformers (part ``vit``; ``--vit-models``, torchvision ``vit_b_16`` and timm
+``vit_tiny_patch16_224`` at ``--size`` px): token Grad-CAM extraction by ``xai_feedback``
+(``CAMHook(leaf=True)`` on the default layer, the last block's first norm, tokens folded by the
+structure's ``TokenReshape``) against the same floor and pytorch-grad-cam's ViT recipe (the
+same layer, its ``reshape_transform`` dropping the class token), same output (resized, min-max
+normalized). Extraction needs a backward pass from the logits to the layer: with the graph cut
+at the layer that is the last block and the head, about ``2 / depth`` of a forward on top of
+the floor.
+
 Timing: ``--repeats`` rounds after ``--warmup`` rounds; within a round every candidate runs
 once, in turn, so a load change on the machine hits all of them alike; the median is reported.
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the memory held before the
@@ -54,7 +63,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: keep)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--parts", default="extract,train")
+    parser.add_argument("--parts", default="extract,train,vit")
+    parser.add_argument("--vit-models", default="vit_b_16,vit_tiny_patch16_224")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # PART:CANDIDATE
     return parser.parse_args(argv)
@@ -100,6 +110,7 @@ def _peak_mib_subprocess(args: argparse.Namespace, model: str, part: str, name: 
         f"--threads={args.threads}",
         f"--device={args.device}",
         f"--measure={part}:{name}",
+        f"--vit-models={model}",
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -221,6 +232,73 @@ def _extract_runners(
     return runners
 
 
+def _vit_runners(
+    model: nn.Module, layer: str, prefix: int, x: torch.Tensor, target: torch.Tensor
+) -> dict[str, Runner]:
+    from xai_feedback.hooks import CAMHook
+
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    module = dict(model.named_modules())[layer]
+
+    def floor() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def ours() -> torch.Tensor:
+        with _frozen(model), CAMHook(model, layer, leaf=True) as hook:
+            logits = model(x)
+            maps = hook.cam(logits, target, method="grad_cam", create_graph=False)
+        return _minmax(F.interpolate(maps[:, None].detach(), size=size, mode="bilinear"))
+
+    runners: dict[str, Runner] = {"floor: no-grad forward": floor, "xai_feedback": ours}
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        targets = [ClassifierOutputTarget(int(t)) for t in target]
+
+        def reshape_transform(tensor: torch.Tensor) -> torch.Tensor:
+            # pytorch-grad-cam's ViT recipe (its README), with the grid of this input
+            side = int((tensor.size(1) - prefix) ** 0.5)
+            result = tensor[:, prefix:, :].reshape(tensor.size(0), side, side, tensor.size(2))
+            return result.transpose(2, 3).transpose(1, 2)
+
+        def grad_cam_lib() -> Any:
+            with GradCAM(
+                model=model, target_layers=[module], reshape_transform=reshape_transform
+            ) as extractor:
+                return extractor(input_tensor=x, targets=targets)
+
+        runners["pytorch-grad-cam"] = grad_cam_lib
+    except ImportError:
+        pass
+    return runners
+
+
+def _setup_vit(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> tuple[nn.Module, str, torch.Tensor, torch.Tensor]:
+    from xai_feedback.layers import find_feature_layer
+
+    torch.manual_seed(0)
+    if name.startswith("vit_") and "patch" in name:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, img_size=args.size)
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, image_size=args.size)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():  # torchvision zero-initializes its head: every gradient would be 0
+        head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    model = model.to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
+    target = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+    return model, find_feature_layer(model), x, target
+
+
 def _train_runners(
     model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
@@ -300,6 +378,11 @@ def _setup(
 def _runners(
     part: str, model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
+    if part == "vit":
+        from xai_feedback.layers import prefix_token_count
+
+        model.eval()
+        return _vit_runners(model, layer, prefix_token_count(model), x, target)
     if part == "train":
         model.train()
         return _train_runners(model, layer, x, target)
@@ -315,14 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.measure is not None:  # child process of a CPU memory measurement
         part, candidate = args.measure.split(":", 1)
-        fn = _runners(part, *_setup(args.models, args, device))[candidate]
+        setup = _setup_vit(args.vit_models, args, device) if part == "vit" else None
+        fn = _runners(part, *(setup or _setup(args.models, args, device)))[candidate]
         fn()  # warm-up: one-time allocations are not the step's footprint
         print(_peak_mib(fn, device))
         return 0
     results: list[dict[str, Any]] = []
-    for name in args.models.split(","):
+    parts = args.parts.split(",")
+    for name in args.models.split(",") if {"extract", "train"} & set(parts) else []:
         model, layer, x, target = _setup(name, args, device)
-        parts = args.parts.split(",")
         if "extract" in parts:
             for method in ("grad_cam", "grad_cam_pp"):
                 runners = _runners(method, model, layer, x, target)
@@ -339,6 +423,17 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(model=name, part="train")
             results += rows
             _print(rows, f"{name}: training step", "vs vanilla")
+    for name in args.vit_models.split(",") if "vit" in parts else []:
+        model, layer, x, target = _setup_vit(name, args, device)
+        runners = _runners("vit", model, layer, x, target)
+        rows = _bench(runners, "floor: no-grad forward", args, device, name, "vit")
+        ours = next(r["seconds"] for r in rows if r["candidate"] == "xai_feedback")
+        for row in rows:
+            row.update(
+                model=name, part="vit_grad_cam", layer=layer, vs_xai_feedback=row["seconds"] / ours
+            )
+        results += rows
+        _print(rows, f"{name} ({layer}): token Grad-CAM extraction", "vs floor")
     print(
         f"\n{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"batch {args.batch}, {args.size} px, median of {args.repeats} after {args.warmup} warm-up"

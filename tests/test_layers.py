@@ -342,3 +342,27 @@ def test_one_registry_one_definition_on_every_path() -> None:
         get_method("saliency", "cam")
     with pytest.raises(RangeError, match="`method` must be one of"):
         cam_penalty_objective(CenterPenalty(), 1.0, method="saliency")
+
+
+def test_a_module_list_resolves_to_its_last_called_element() -> None:
+    # torchvision's MaxViT iterates over an nn.ModuleList of stages before its pooled head: a
+    # hook on the list itself would never fire, so the default is the list's last element.
+    class Stages(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3)])
+            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return self.classifier(x)
+
+    model = Stages()
+    assert find_feature_layer(model) == "blocks.1"
+    x = torch.rand(2, 3, 9, 9)
+    with CAMHook(model) as hook:
+        logits = model(x)
+        cam = hook.cam(logits, all_classes=True)  # exact: the pooled map, verified
+    assert cam.shape == (2, 2, 5, 5)
+    assert torch.allclose(cam.mean(dim=(2, 3)) + model.classifier[2].bias, logits, atol=1e-6)

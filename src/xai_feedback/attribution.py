@@ -36,7 +36,7 @@ from xai_feedback._checks import (
 from xai_feedback._modes import eval_mode
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
-from xai_feedback.hooks import CAMHook, Target, resolve_targets
+from xai_feedback.hooks import CAMHook, Reshape, Target, logits_of, resolve_targets
 from xai_feedback.layers import resolve_layer
 from xai_feedback.methods import (
     AttributionFn,
@@ -140,6 +140,7 @@ def cam_maps(
     relu: bool | None = None,
     scale: str = "cam",
     batch_size: int = 256,
+    reshape: Reshape | None = None,
 ) -> torch.Tensor:
     """Maps ``(B, h, w)`` of a CAM-family method at the layer's resolution, for explanation.
 
@@ -149,16 +150,21 @@ def cam_maps(
     detached; to train through maps, use :class:`~xai_feedback.hooks.CAMHook` directly.
 
     Args:
-        model: A classifier returning ``(B, K)`` logits (wrappers are unwrapped).
+        model: A classifier returning ``(B, K)`` logits, or an output with ``.logits``
+            (wrappers are unwrapped).
         images: ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
         method: A method of the ``"cam"`` family (:data:`~xai_feedback.hooks.CAM_METHODS`).
-        layer: The layer (default: the feature map feeding the global pooling).
+        layer: The layer (default: the feature map feeding the global pooling; for a vision
+            transformer the first norm of its last block).
         relu: Keep only positive evidence. Default: the published definition (ReLU for
             the gradient methods, signed for ``"cam"``); the training path
             (:meth:`~xai_feedback.hooks.CAMHook.cam`) is signed for every method.
         scale: ``"cam"`` or ``"paper"`` (see :mod:`xai_feedback.methods`).
         batch_size: Images per forward.
+        reshape: How the layer's tokens fold to ``(B, C, h, w)``
+            (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
+            structure (see :class:`~xai_feedback.hooks.CAMHook`).
 
     Shape:
         - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
@@ -176,7 +182,7 @@ def cam_maps(
         raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
     check_model_input(model, images)
     check_finite(images, "images")
-    return _cam_maps(model, images, target, method, layer, relu, scale, batch_size)
+    return _cam_maps(model, images, target, method, layer, relu, scale, batch_size, reshape)
 
 
 def _cam_maps(
@@ -188,6 +194,7 @@ def _cam_maps(
     relu: bool | None,
     scale: str,
     batch_size: int,
+    reshape: Reshape | None = None,
 ) -> torch.Tensor:
     """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
     use_relu = cast(CAMMethod, get_method(method, "cam")).default_relu if relu is None else relu
@@ -197,7 +204,7 @@ def _cam_maps(
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size]
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
-            with CAMHook(model, layer, eval_mode=True, leaf=True) as hook:
+            with CAMHook(model, layer, eval_mode=True, leaf=True, reshape=reshape) as hook:
                 logits = model(x)
                 maps = hook.cam(
                     logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
@@ -224,6 +231,7 @@ def attribute(
     layer: nn.Module | str | None = None,
     generator: torch.Generator | None = None,
     options: Mapping[str, Any] | None = None,
+    reshape: Reshape | None = None,
 ) -> torch.Tensor:
     r"""Attributions of ``model``'s ``target`` scores for ``images``, by any registered method.
 
@@ -241,7 +249,8 @@ def attribute(
         batch_size: Most (noisy) images per call (bounds memory).
         reduce: Channel reduction to ``(B, H, W)`` (:func:`reduce_channels`), or ``"none"``.
         layer: Layer of the CAM family and ``"guided_grad_cam"`` (default: the feature map
-            feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`).
+            feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`; for a
+            vision transformer the first norm of its last block).
         generator: Random generator for the ensemble noise.
         options: The method's own options, one mapping (each method lists what it takes in
             ``get_method(name).options``; another key is an error):
@@ -252,6 +261,9 @@ def attribute(
             - CAM family: ``relu`` (default: the published definition, ReLU for the
               gradient methods), ``scale`` (``"cam"``, default, or ``"paper"``; see
               :mod:`xai_feedback.methods`).
+        reshape: CAM family: how the layer's tokens fold to ``(B, C, h, w)``
+            (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
+            structure.
 
     Returns:
         ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM family), or ``(B, H, W)``
@@ -289,7 +301,7 @@ def attribute(
     check_finite(images, "images")
     with eval_mode(model):
         classes = _classes(model, images, target, batch_size)
-        fn = _method_fn(model, spec, layer, options, batch_size)
+        fn = _method_fn(model, spec, layer, options, batch_size, reshape)
         if ensemble == "none":
             result = _chunked(fn, images, classes, batch_size)
         else:
@@ -305,11 +317,14 @@ def _classes(
     """Target classes, checked against the number of classes (one image's forward)."""
     with torch.no_grad():
         if isinstance(target, torch.Tensor):  # one image tells the number of classes
-            k = int(model(images[:1]).shape[1])
+            k = int(logits_of(model(images[:1])).shape[1])
             logits = images.new_zeros(images.shape[0], k)
         else:
             logits = torch.cat(
-                [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+                [
+                    logits_of(model(images[i : i + batch_size]))
+                    for i in range(0, len(images), batch_size)
+                ]
             )
     return resolve_targets(target, logits)
 
@@ -320,6 +335,7 @@ def _method_fn(
     layer: nn.Module | str | None,
     options: Mapping[str, Any],
     batch_size: int,
+    reshape: Reshape | None = None,
 ) -> AttributionFn:
     """``fn(images, classes) -> (b, C, H, W)`` detached attributions of one chunk."""
     if isinstance(spec, CaptumMethod):
@@ -330,7 +346,7 @@ def _method_fn(
     relu = options.get("relu")
 
     def cam_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        maps = _cam_maps(model, x, t, spec.name, layer, relu, scale, batch_size)
+        maps = _cam_maps(model, x, t, spec.name, layer, relu, scale, batch_size, reshape)
         return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
 
     return cam_fn

@@ -22,10 +22,15 @@ Safety rules, each enforced by an error rather than a silently wrong map:
   modified, which is what feeds the pooling.
 - **torch.compile.** A compiled graph may not run hooks added after compilation; then the
   hook never fires and the first use raises, naming the cause.
+
+Vision transformers (:mod:`xai_feedback.tokens`): a layer that outputs tokens ``(B, N, C)``
+or a channels-last grid ``(B, H, W, C)`` is folded to ``(B, C, h, w)`` by the hook's
+``reshape`` (read from the model's structure by default), and its gradients the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -33,6 +38,7 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xai_feedback._checks import check_choice, check_labels, check_shape
 from xai_feedback._modes import module_flags, restore_flags
@@ -41,13 +47,16 @@ from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_feature_layer, find_head, unwrap_model
 from xai_feedback.layers import resolve_layer as _resolve
 from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method, method_names
+from xai_feedback.tokens import TokenReshape, default_reshape
 
 __all__ = [
     "CAM_METHODS",
     "INPLACE_POLICIES",
     "ActivationHook",
     "CAMHook",
+    "Reshape",
     "Target",
+    "logits_of",
     "resolve_layer",
     "resolve_targets",
 ]
@@ -60,6 +69,31 @@ INPLACE_POLICIES = ("raise", "copy", "follow")
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 """Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
+
+Reshape = TokenReshape | Callable[[torch.Tensor], torch.Tensor]
+"""How a hook folds its layer's output to ``(B, C, h, w)``: a :class:`TokenReshape` or a
+function that only selects and rearranges entries (pytorch-grad-cam's ``reshape_transform``)."""
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself, or its ``.logits`` (Hugging Face).
+
+    Raises:
+        DTypeError: Neither a tensor nor an object with a tensor ``.logits``.
+
+    Example:
+        >>> logits_of(torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise DTypeError(
+        f"`logits` must be a (B, K) tensor or a model output with a `.logits` tensor, got "
+        f"{type(output).__name__}."
+    )
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
@@ -232,9 +266,10 @@ class ActivationHook:
                 "the block first."
                 + (
                     " The model is compiled (torch.compile): a graph compiled before the hook "
-                    "was registered does not run it. Enter the hook before the first call of "
-                    "the compiled model, or explain the uncompiled model "
-                    "(`model._orig_mod`)."
+                    "was registered does not run it, and dynamo may skip a hook on a layer "
+                    "nested inside a traced block (seen for a vision transformer block's norm "
+                    "on torch 2.14.1). Enter the hook before the first call of the compiled "
+                    "model, or explain the uncompiled model (`model._orig_mod`)."
                     if compiled
                     else ""
                 )
@@ -274,14 +309,27 @@ class CAMHook(ActivationHook):
 
     Args:
         model: The model, possibly wrapped (DataParallel, DDP, ``torch.compile``).
-        layer: The layer whose output ``A`` (4-D) is explained; ``None``: the feature map
-            feeding the global pooling (``model.cam_layer`` for the reference models).
+        layer: The layer whose output ``A`` is explained: ``(B, C, h, w)``, or tokens folded
+            by ``reshape``; ``None``: the feature map feeding the global pooling
+            (``model.cam_layer`` for the reference models), or for a vision transformer the
+            first norm of its last block (:func:`~xai_feedback.layers.find_token_layer`).
         head: The linear head for ``"cam"`` (module or dotted name); ``None`` uses
             ``model.classifier`` when it is an ``nn.Linear``, else the last ``nn.Linear``.
         eval_mode: Put the model in eval mode for the block (restoring every module's
             ``training`` flag on exit). Off by default, for use inside training steps.
         leaf: Cut the graph before the layer (explanation only; see :class:`ActivationHook`).
         inplace: In-place policy (see :class:`ActivationHook`).
+        reshape: How the layer's output becomes ``(B, C, h, w)``: a
+            :class:`~xai_feedback.tokens.TokenReshape` (prefix tokens dropped, patch tokens
+            folded to the grid, channels-last grids permuted), a function that only selects
+            and rearranges entries, or ``None``: read from the model's structure
+            (:func:`~xai_feedback.tokens.default_reshape`; nothing for a CNN).
+        sdpa_math: Run scaled-dot-product attention with its math kernel inside the block.
+            The fused kernels (flash / memory-efficient, also on CPU; timm's ``fused_attn``,
+            ``nn.MultiheadAttention``, Hugging Face's ``sdpa``) have no double backward,
+            which a loss on differentiable maps of a transformer needs. ``None``: on unless
+            ``leaf`` (explanation only, one backward). The switch is process-wide (torch's
+            backend flags) and undone when the block ends.
 
     Note:
         Gradient methods take one gradient of the summed target scores for the whole batch.
@@ -297,6 +345,33 @@ class CAMHook(ActivationHook):
         ...     maps = hook.cam(logits, y, method="grad_cam")
         >>> maps.shape, maps.requires_grad, hook.layer_name
         (torch.Size([2, 14, 14]), True, 'features')
+
+        A vision transformer's tokens ``(B, 1 + 7 * 7, C)`` give ``(B, 7, 7)`` maps:
+
+        >>> class Block(nn.Module):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.norm1 = nn.LayerNorm(8)
+        ...         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        ...     def forward(self, x):
+        ...         y = self.norm1(x)
+        ...         return x + self.attn(y, y, y, need_weights=False)[0]
+        >>> class ViT(nn.Module):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.patch_embed = nn.Conv2d(3, 8, 4, stride=4)
+        ...         self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        ...         self.blocks = nn.Sequential(Block(), Block())
+        ...         self.head = nn.Linear(8, 3)
+        ...     def forward(self, x):
+        ...         t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        ...         t = torch.cat([self.cls_token.expand(len(x), -1, -1), t], 1)
+        ...         return self.head(self.blocks(t)[:, 0])
+        >>> vit = ViT()
+        >>> with CAMHook(vit) as hook:
+        ...     maps = hook.cam(vit(torch.rand(2, 3, 28, 28)), method="grad_cam")
+        >>> hook.layer_name, maps.shape
+        ('blocks.1.norm1', torch.Size([2, 7, 7]))
     """
 
     def __init__(
@@ -308,17 +383,38 @@ class CAMHook(ActivationHook):
         eval_mode: bool = False,
         leaf: bool = False,
         inplace: Literal["raise", "copy", "follow"] | None = None,
+        reshape: Reshape | None = None,
+        sdpa_math: bool | None = None,
     ) -> None:
         super().__init__(model, layer, leaf=leaf, inplace=inplace)
+        if reshape is not None and not callable(reshape):
+            raise DTypeError(
+                "`reshape` must be a TokenReshape, a function or None, got "
+                f"{type(reshape).__name__}."
+            )
         self._head_spec = head
         self.eval_mode = eval_mode
+        self.reshape: Reshape | None = (
+            default_reshape(self.module, self.layer) if reshape is None else reshape
+        )
+        self.sdpa_math = (not leaf) if sdpa_math is None else bool(sdpa_math)
         self._flags: list[tuple[nn.Module, bool]] = []
+        self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> CAMHook:
         super().__enter__()
-        if self.eval_mode:
-            self._flags = module_flags(self.model)
-            self.model.eval()
+        stack = contextlib.ExitStack()
+        try:
+            if self.sdpa_math:
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            if self.eval_mode:
+                self._flags = module_flags(self.model)
+                self.model.eval()
+        except BaseException:
+            stack.close()
+            super().__exit__(None, None, None)
+            raise
+        self._stack = stack
         return self
 
     def __exit__(
@@ -330,8 +426,13 @@ class CAMHook(ActivationHook):
         try:
             super().__exit__(exc_type, exc, tb)
         finally:
-            restore_flags(self._flags)
-            self._flags = []
+            try:
+                restore_flags(self._flags)
+            finally:
+                self._flags = []
+                if self._stack is not None:
+                    self._stack.close()
+                    self._stack = None
 
     @property
     def head(self) -> nn.Linear:
@@ -343,23 +444,27 @@ class CAMHook(ActivationHook):
             raise LayerError(f"`head` must be an nn.Linear, got {type(module).__name__}.")
         return module
 
-    def _acts4d(self, batch: int) -> torch.Tensor:
-        acts = self.activations
-        if acts.dim() != 4:
+    def _grid(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captured output and its ``(B, C, h, w)`` fold (the same tensor for a CNN)."""
+        raw = self.activations
+        acts = self.reshape(raw) if self.reshape is not None else raw
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
+            got = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
             raise LayerError(
-                f"the hooked layer {self.layer_name!r} must produce a 4-D (B, C, h, w) output, "
-                f"got shape {tuple(acts.shape)}."
+                f"the hooked layer {self.layer_name!r} must produce a 4-D (B, C, h, w) output "
+                f"(or tokens folded by `reshape=`), got {got} from an output of shape "
+                f"{tuple(raw.shape)}. For a transformer, pass reshape=TokenReshape(...)."
             )
         if acts.shape[0] != batch:
             raise ShapeError(
                 f"`logits` has batch size {batch} but the hooked activations have "
                 f"{acts.shape[0]}: pass the logits of the most recent forward."
             )
-        return acts
+        return raw, acts
 
     def cam(
         self,
-        logits: torch.Tensor,
+        logits: torch.Tensor | Any,
         target: Target = None,
         *,
         method: str = "cam",
@@ -374,7 +479,8 @@ class CAMHook(ActivationHook):
         r"""Maps of ``logits`` (from the forward inside this block).
 
         Args:
-            logits: ``(B, K)`` logits of the most recent forward.
+            logits: ``(B, K)`` logits of the most recent forward, or the model's output
+                object with a ``.logits`` tensor (Hugging Face).
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` for the
                 predicted class. Ignored with ``all_classes=True``.
             method: One of :data:`CAM_METHODS`.
@@ -397,19 +503,25 @@ class CAMHook(ActivationHook):
 
         Raises:
             LayerError: ``"cam"`` on a layer whose maps do not reproduce the logits (use
-                ``"grad_cam"`` or ``"hires_cam"`` there), or a layer that is not 4-D.
+                ``"grad_cam"`` or ``"hires_cam"`` there; a ViT's class-token head is refused
+                so), or a layer that is not 4-D after ``reshape``.
+            ShapeError: Token counts that do not fold to the grid (see
+                :class:`~xai_feedback.tokens.TokenReshape`).
 
         Shape:
             - logits: :math:`(B, K)`; output: :math:`(B, h, w)` or :math:`(B, K, h, w)`
         """
         spec = cast(CAMMethod, get_method(method, "cam"))
         check_choice(scale, "scale", SCALES)
+        logits = logits_of(logits)
         dims = check_shape(logits, "B K", "logits")
-        acts = self._acts4d(dims["B"])
+        raw, acts = self._grid(dims["B"])
         target = None if all_classes else resolve_targets(target, logits)
         inputs = MapInputs(
             acts,
             logits,
+            source=raw if acts is not raw else None,
+            fold=self.reshape if acts is not raw else None,
             create_graph=create_graph,
             head=lambda: self.head,
             check=check,

@@ -15,6 +15,14 @@ Every entry of the library that computes a map (:class:`~xai_feedback.hooks.CAMH
   It is never "the last Conv2d", which in a ResNet is the second convolution inside the last
   residual branch.
 
+  For **vision transformers** (:func:`find_token_layer`): a single stack of pre-norm
+  transformer blocks (ViT, DeiT, EVA, BEiT, Hugging Face ViT) gives the *first norm of the last
+  block* (``encoder.layers.encoder_layer_11.ln_1`` of torchvision's ViT-B/16,
+  ``blocks.11.norm1`` in timm), whose patch tokens still reach the logits through the last
+  block's attention; hierarchical transformers (Swin) give the final norm that feeds their
+  global pooling. It is never the patch embedding (a map of the input, not of the model's
+  evidence): a search that ends there is refused.
+
 When the structure does not tell, :class:`~xai_feedback.errors.LayerError` lists candidate
 layers.
 """
@@ -29,12 +37,25 @@ from torch import nn
 
 from xai_feedback.errors import DTypeError, LayerError
 
-__all__ = ["ResolvedLayer", "find_feature_layer", "find_head", "resolve_layer", "unwrap_model"]
+__all__ = [
+    "ResolvedLayer",
+    "find_feature_layer",
+    "find_head",
+    "find_token_layer",
+    "pre_norm",
+    "prefix_token_count",
+    "resolve_layer",
+    "transformer_stacks",
+    "unwrap_model",
+]
 
 _log = logging.getLogger("xai_feedback")
 
 _WRAPPER_ATTRS = ("module", "_orig_mod")
 _PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
+_PRE_NORMS = ("norm1", "ln_1", "layernorm_before")
+"""Attribute names of a transformer block's first norm (timm, torchvision, Hugging Face)."""
+_ATTENTION_NAMES = ("attn", "attention", "self_attn", "self_attention")
 _logged: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
@@ -91,9 +112,60 @@ def _has(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
     return any(isinstance(m, kinds) for m in module.modules())
 
 
+def pre_norm(block: nn.Module) -> str | None:
+    """The attribute name of a transformer block's first norm, or ``None`` if not a block.
+
+    A transformer block is a module with a first norm (``norm1``, ``ln_1`` or
+    ``layernorm_before``) and an attention child: an ``nn.MultiheadAttention``, a module whose
+    class name contains ``Attention`` or ``Attn`` (timm's ``ClassAttn``, ``TalkingHeadAttn``),
+    or a child named ``attn``, ``attention``, ``self_attn`` or ``self_attention``.
+    """
+    for attr in _PRE_NORMS:
+        if isinstance(getattr(block, attr, None), nn.Module):
+            break
+    else:
+        return None
+    for name, child in block.named_children():
+        kind = type(child).__name__.lower()
+        if (
+            isinstance(child, nn.MultiheadAttention)
+            or "attention" in kind
+            or "attn" in kind
+            or name in _ATTENTION_NAMES
+        ):
+            return attr
+    return None
+
+
+def transformer_stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The stacks of transformer blocks of ``model``: ``(name, container)`` in module order.
+
+    A stack is an ``nn.Sequential`` or ``nn.ModuleList`` whose every child is a transformer
+    block (see :func:`pre_norm`): one for a ViT (``blocks``, ``encoder.layers``), one per
+    stage for Swin.
+
+    Example:
+        >>> transformer_stacks(nn.Sequential(nn.Conv2d(3, 8, 3)))
+        []
+    """
+    return [
+        (name, module)
+        for name, module in unwrap_model(model).named_modules()
+        if isinstance(module, nn.Sequential | nn.ModuleList)
+        and len(module) > 0
+        and all(pre_norm(child) is not None for child in module.children())
+    ]
+
+
+def _is_transformer(module: nn.Module) -> bool:
+    return any(pre_norm(m) is not None for m in module.modules())
+
+
 def _is_head(module: nn.Module) -> bool:
-    """A classifier head: holds a Linear (or is a global pool) and no convolution."""
+    """A classifier head: holds a Linear (or is a global pool), no convolution, no block."""
     if _has(module, (nn.Conv2d,)) and not _is_global_pool(module):
+        return False
+    if _is_transformer(module):  # a transformer stage holds Linears too: not a head
         return False
     return _has(module, (nn.Linear,)) or any(_is_global_pool(m) for m in module.modules())
 
@@ -104,9 +176,23 @@ def _is_spatial(name: str, module: nn.Module) -> bool:
         return False
     if isinstance(module, _PASSTHROUGH) or _is_global_pool(module):
         return False
+    if type(module).__name__ == "Permute":  # torchvision Swin: explain the norm before it
+        return False
     return not isinstance(
         module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d | nn.AvgPool2d | nn.MaxPool2d
     )
+
+
+def _last_called(name: str, module: nn.Module) -> str:
+    """``name``, or its last element for an ``nn.ModuleList``.
+
+    A ``ModuleList`` is never called itself, so a hook on it never fires (torchvision's MaxViT
+    iterates over its ``blocks``).
+    """
+    while isinstance(module, nn.ModuleList) and len(module) > 0:
+        index, module = list(module.named_children())[-1]
+        name = f"{name}.{index}"
+    return name
 
 
 def _search(module: nn.Module, prefix: str) -> str | None:
@@ -116,7 +202,7 @@ def _search(module: nn.Module, prefix: str) -> str | None:
             continue
         for name, before in reversed(children[:i]):
             if _is_spatial(name, before):
-                return prefix + name
+                return prefix + _last_called(name, before)
         return None
     # No head at this level: descend into the single child that holds the convolutions and
     # the last Linear (a model wrapped in a container, e.g. Sequential(normalize, resnet)).
@@ -131,9 +217,82 @@ def _search(module: nn.Module, prefix: str) -> str | None:
 
 
 def _candidates(model: nn.Module, limit: int = 8) -> list[str]:
+    stacks = transformer_stacks(model)
+    if stacks:  # the first norm of the last blocks
+        blocks = [
+            f"{name}.{i}.{pre_norm(block)}"
+            for name, stack in stacks
+            for i, block in enumerate(stack.children())
+        ]
+        return blocks[-limit:]
     names = [n for n, m in model.named_modules() if n and _has(m, (nn.Conv2d,))]
     top = [n for n in names if "." not in n]
     return (top or names)[-limit:]
+
+
+_TOKEN_PARAMETERS = (
+    "cls_token",
+    "class_token",
+    "dist_token",
+    "distillation_token",
+    "reg_token",
+    "register_tokens",
+)
+"""Names of the learned prefix-token parameters (timm, torchvision, Hugging Face)."""
+
+
+def prefix_token_count(model: nn.Module) -> int:
+    """How many prefix tokens (class, distillation, register) precede a ViT's patch tokens.
+
+    timm's ``num_prefix_tokens`` attribute when a module has one; else the number of tokens
+    of the parameters named ``cls_token`` / ``class_token`` (torchvision), ``dist_token`` /
+    ``distillation_token`` and ``reg_token`` / ``register_tokens`` (``(1, n, C)`` each: ``n``
+    tokens). 0 for a model without them (a CNN, Swin).
+
+    Example:
+        >>> prefix_token_count(nn.Linear(2, 2))
+        0
+    """
+    model = unwrap_model(model)
+    for module in model.modules():
+        count = getattr(module, "num_prefix_tokens", None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return sum(
+        int(p.shape[-2]) if p.dim() >= 2 else 1
+        for name, p in model.named_parameters()
+        if name.rsplit(".", 1)[-1] in _TOKEN_PARAMETERS
+    )
+
+
+def find_token_layer(model: nn.Module) -> str | None:
+    """Default layer of a vision transformer with a single stack of blocks, or ``None``.
+
+    For a model with exactly one stack of transformer blocks (:func:`transformer_stacks`:
+    torchvision's ViT, timm's ViT / DeiT / EVA / BEiT, Hugging Face's ViT), the first norm of
+    the last block: ``encoder.layers.encoder_layer_11.ln_1`` (torchvision ViT-B/16),
+    ``blocks.11.norm1`` (timm), ``vit.layers.1.layernorm_before`` (Hugging Face). Its patch
+    tokens reach the class token, which the head reads, through the last block's attention;
+    the final norm's patch tokens do not reach the logits at all (a class-token head), so
+    their gradient is zero. This is the layer of pytorch-grad-cam's ViT recipe.
+
+    ``None`` for a model without transformer blocks or with several stacks (Swin's stages:
+    their pooled feature map is found by :func:`find_feature_layer`).
+
+    Example:
+        >>> find_token_layer(nn.Sequential(nn.Conv2d(3, 8, 3))) is None
+        True
+    """
+    stacks = transformer_stacks(model)
+    if len(stacks) != 1:
+        return None
+    name, stack = stacks[0]
+    index, block = list(stack.named_children())[-1]
+    return f"{name}.{index}.{pre_norm(block)}"
+
+
+def _module_order(model: nn.Module) -> dict[str, int]:
+    return {name: i for i, (name, _) in enumerate(model.named_modules())}
 
 
 def find_feature_layer(model: nn.Module) -> str:
@@ -141,12 +300,16 @@ def find_feature_layer(model: nn.Module) -> str:
 
     Read from the model's structure: the classifier head is the first child (at the top level,
     or inside the one child that holds the whole network) that holds a ``Linear`` or a global
-    pooling and no convolution; the feature layer is the last child before it that is not a
-    pass-through (``Identity``, ``Dropout``, ``Flatten``) or pooling module. A model with a
-    ``cam_layer`` attribute (a dotted name) uses it.
+    pooling and no convolution or transformer block; the feature layer is the last child
+    before it that is not a pass-through (``Identity``, ``Dropout``, ``Flatten``, a
+    ``Permute``) or pooling module. A model with a ``cam_layer`` attribute (a dotted name)
+    uses it; a vision transformer with one stack of blocks uses :func:`find_token_layer`.
+    A layer before the first transformer block (the patch embedding) is never returned.
 
     Raises:
-        LayerError: The structure does not tell; the message lists candidate layers.
+        LayerError: The structure does not tell (also: it points at a transformer's patch
+            embedding, or a transformer reads class tokens but has several stacks); the
+            message lists candidate layers.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -158,7 +321,26 @@ def find_feature_layer(model: nn.Module) -> str:
     named = getattr(model, "cam_layer", None)
     if isinstance(named, str):
         return named
+    token_layer = find_token_layer(model)
+    if token_layer is not None:
+        return token_layer
     found = _search(model, "")
+    stacks = transformer_stacks(model)
+    if found is not None and stacks:
+        order, first = _module_order(model), stacks[0][0]
+        if order[found] < order[first] and not first.startswith(found + "."):
+            raise LayerError(
+                f"the structure of {type(model).__name__} points at {found!r}, which runs "
+                "before its first transformer block (the patch embedding): its map is of the "
+                "input, not of the model's evidence. Pass `layer=` (a module or dotted name). "
+                f"Candidates: {_candidates(model)}."
+            )
+        if prefix_token_count(model) > 0:
+            raise LayerError(
+                f"{type(model).__name__} reads class (prefix) tokens and has "
+                f"{len(stacks)} stacks of transformer blocks: which layer to explain is not "
+                f"decidable from its structure. Pass `layer=`. Candidates: {_candidates(model)}."
+            )
     if found is None:
         raise LayerError(
             f"cannot tell which layer of {type(model).__name__} feeds its global pooling and "

@@ -106,6 +106,10 @@ class MapInputs:
         owner: The (unwrapped) model, the key of that one-time check.
         layer_name: The layer's name, for messages.
         compiled: The model is ``torch.compile``'d (for messages).
+        source: The captured output when ``acts`` is a fold of it (a transformer's tokens,
+            :mod:`xai_feedback.tokens`): ``dy/dA`` is taken with respect to ``source``, the
+            tensor in the logits' graph, and folded by ``fold``. ``None``: ``acts`` itself.
+        fold: The fold ``source -> acts`` (selection and rearrangement only).
     """
 
     acts: torch.Tensor
@@ -116,6 +120,8 @@ class MapInputs:
     owner: nn.Module | None = None
     layer_name: str = "layer"
     compiled: bool = False
+    source: torch.Tensor | None = None
+    fold: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class CAMMethod(Method):
@@ -145,11 +151,15 @@ class CAMMethod(Method):
     def gradients(self, inputs: MapInputs, target: torch.Tensor) -> torch.Tensor:
         """``d(sum_b y_{b, target_b}) / dA`` by ``torch.autograd.grad``, ``(B, C, h, w)``.
 
+        With ``inputs.source`` (tokens), the gradient of the tokens, folded by ``inputs.fold``.
+
         Raises:
             HookError: The activations do not require grad, or the logits do not depend on
                 them (another forward, a hook that replaced them, a compiled graph).
         """
         acts, logits = inputs.acts, inputs.logits
+        if inputs.source is not None:
+            acts = inputs.source
         if not acts.requires_grad:
             raise HookError(
                 f"method {self.name!r} needs gradients, but the activations do not require grad "
@@ -174,7 +184,7 @@ class CAMMethod(Method):
                 f"the logits do not depend on the captured output of layer "
                 f"{inputs.layer_name!r} ({cause})."
             ) from err
-        return grads
+        return inputs.fold(grads) if inputs.fold is not None else grads
 
     def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
         """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).

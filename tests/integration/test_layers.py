@@ -3,9 +3,12 @@ feeds the global pooling: checked against a hand-written split of each model's f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import timm
 import torch
+import torchvision
 from torch import nn
 
 from tests.integration._zoo import ZOO, ZOO_IDS, Arch, images, model_of
@@ -69,15 +72,108 @@ def test_unknown_layer_name_is_a_layer_error_with_candidates() -> None:
         CAMHook(model, "layer5")
 
 
-def test_no_spatial_map_is_a_clear_layer_error() -> None:
-    # A ViT has no (B, C, h, w) map before its head: the default layer is undecidable.
+# Vision transformers: the default layer is read from the structure (never the patch
+# embedding): the last block's first norm for a single stack of blocks, the final norm
+# that feeds the pooling for Swin (channels-last), the last called block for MaxViT.
+TRANSFORMERS = [
+    pytest.param(
+        lambda: torchvision.models.vit_b_16(weights=None, image_size=32, num_classes=10),
+        32,
+        "encoder.layers.encoder_layer_11.ln_1",
+        (2, 1 + 2 * 2, 768),
+        id="tv_vit_b_16",
+    ),
+    pytest.param(
+        lambda: torchvision.models.swin_t(weights=None, num_classes=10),
+        64,
+        "norm",
+        (2, 2, 2, 768),
+        id="tv_swin_t",
+    ),
+    pytest.param(
+        lambda: torchvision.models.maxvit_t(weights=None, num_classes=10),
+        224,
+        "blocks.3",
+        (2, 512, 7, 7),
+        id="tv_maxvit_t",
+    ),
+    pytest.param(
+        lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32),
+        32,
+        "blocks.11.norm1",
+        (2, 1 + 2 * 2, 192),
+        id="timm_vit_tiny",
+    ),
+    pytest.param(
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32),
+        32,
+        "blocks.11.norm1",
+        (2, 2 + 2 * 2, 192),
+        id="timm_deit_tiny_distilled",
+    ),
+    pytest.param(
+        lambda: timm.create_model(
+            "vit_tiny_patch16_224", num_classes=10, img_size=32, reg_tokens=4
+        ),
+        32,
+        "blocks.11.norm1",
+        (2, 5 + 2 * 2, 192),
+        id="timm_vit_tiny_reg4",
+    ),
+    pytest.param(
+        lambda: timm.create_model("eva02_tiny_patch14_224", num_classes=10, img_size=28),
+        28,
+        "blocks.11.norm1",
+        (2, 1 + 2 * 2, 192),
+        id="timm_eva02_tiny",
+    ),
+    pytest.param(
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224", num_classes=10, img_size=64, window_size=2
+        ),
+        64,
+        "norm",
+        (2, 2, 2, 768),
+        id="timm_swin_tiny",
+    ),
+    pytest.param(
+        lambda: timm.create_model("maxvit_tiny_tf_224", num_classes=10, img_size=64),
+        64,
+        "stages",
+        (2, 512, 2, 2),
+        id="timm_maxvit_tiny",
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "size", "layer", "shape"), TRANSFORMERS)
+def test_transformer_default_layers(
+    build: Callable[[], nn.Module], size: int, layer: str, shape: tuple[int, ...]
+) -> None:
     torch.manual_seed(0)
-    vit = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32
-    ).eval()
+    model = build().eval()
+    x = torch.rand(2, 3, size, size)
+    with CAMHook(model) as hook:
+        logits = model(x)
+        assert hook.layer_name == layer
+        assert tuple(hook.activations.shape) == shape  # the hook fired on that layer
+        maps = hook.cam(logits, method="grad_cam")
+    side = shape[1] if len(shape) == 4 and shape[1] == shape[2] else shape[-1]
+    if len(shape) == 3:  # tokens: the grid of the patch tokens
+        side = 2
+    assert maps.shape == (2, side, side)
+    # the patch embedding is never the default
+    assert not any(key in layer for key in ("patch_embed", "conv_proj", "features.0", "stem"))
+
+
+def test_vit_without_a_stack_of_blocks_is_a_clear_layer_error() -> None:
+    # A class-token ViT whose blocks the structure cannot find (a second stack of
+    # class-attention blocks, CaiT): undecidable, with candidates, never the patch embedding.
+    torch.manual_seed(0)
+    cait = timm.create_model("cait_xxs24_224", pretrained=False, num_classes=10, img_size=32)
     x = torch.rand(2, 3, 32, 32)
-    with pytest.raises(LayerError) as info, CAMHook(vit) as hook:
-        logits = vit(x)
+    with pytest.raises(LayerError, match="Candidates") as info, CAMHook(cait) as hook:
+        logits = cait(x)
         hook.cam(logits, method="grad_cam")
     assert isinstance(info.value, XAIFeedbackError)
     assert isinstance(info.value, ValueError | TypeError | LookupError | RuntimeError)
