@@ -337,3 +337,37 @@ def test_misuse_is_reported(x: torch.Tensor) -> None:
         with pytest.raises(HookError, match="no_grad"):
             capture.relevance(logits, method="chefer_relevance")
     assert [n for n, _ in attention_modules(model)] == ["blocks.0.attn", "blocks.1.attn"]
+
+
+def test_relevance_penalty_objective_is_the_hand_written_step(x: torch.Tensor) -> None:
+    """The objective equals its three lines: CE + w * penalty(relevance) + c * L_cls."""
+    from xai_feedback.functional.penalties import robustvit_classification_loss
+    from xai_feedback.losses import RobustViTPenalty
+    from xai_feedback.objectives import relevance_penalty_objective
+    from xai_feedback.training import Batch
+
+    model = TinyViT("timm").eval()  # no dropout: the two forwards are the same
+    labels = torch.tensor([0, 1, 2])
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, :, :2] = True  # the excluded region (a confound's), as MaskPenalty takes it
+    batch = Batch(images=x, labels=labels, masks=masks, epoch=0, step=0, total_epochs=1)
+    penalty = RobustViTPenalty(marks="excluded")
+    loss, logits = relevance_penalty_objective(penalty, 2.0, classification=0.25)(model, batch)
+    with AttentionCapture(model) as capture:
+        expected_logits = model(x)
+        maps = capture.relevance(expected_logits, labels, create_graph=False)
+    foreground = RobustViTPenalty()(maps, masks=(~masks).float())
+    expected = (
+        torch.nn.functional.cross_entropy(expected_logits, labels)
+        + 2.0 * foreground
+        + 0.25 * robustvit_classification_loss(expected_logits)
+    )
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, expected_logits)
+    assert torch.autograd.grad(loss, model.blocks[0].attn.qkv.weight)[0].abs().sum() > 0
+    # the fused flags are back, the penalty off at weight 0 is the cross-entropy alone
+    assert all(blk.attn.fused_attn for blk in model.blocks)
+    ce, _ = relevance_penalty_objective("mask", 0.0)(model, batch)
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(expected_logits, labels))
+    with pytest.raises(RangeError, match="relevance"):
+        relevance_penalty_objective("mask", method="grad_cam")

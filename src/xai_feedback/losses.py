@@ -329,6 +329,11 @@ class RobustViTPenalty(MapPenalty):
         normalize: ``"minmax"`` (the paper's) or another of
             :data:`~xai_feedback.functional.NORMALIZATIONS` (``"none"`` for maps already in
             [0, 1]).
+        marks: What ``masks`` marks: ``"foreground"`` (the paper's annotations, :math:`M`)
+            or ``"excluded"`` (:class:`MaskPenalty`'s convention, the region evidence must not
+            come from, such as a confound: :math:`M` is its complement). With
+            ``"excluded"`` the penalty takes the same ``batch.masks`` as ``"mask"`` in the
+            objectives.
 
     Shape:
         - maps: :math:`(B, h, w)`, or :math:`(B, K, h, w)` with ``target``; masks:
@@ -352,11 +357,13 @@ class RobustViTPenalty(MapPenalty):
         background: float = ROBUSTVIT_BACKGROUND,
         foreground: float = ROBUSTVIT_FOREGROUND,
         normalize: str = "minmax",
+        marks: str = "foreground",
     ) -> None:
         super().__init__()
         self.background = check_number(background, "background", minimum=0)
         self.foreground = check_number(foreground, "foreground", minimum=0)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        self.marks = check_choice(marks, "marks", ("foreground", "excluded"))
 
     def forward(
         self,
@@ -380,6 +387,8 @@ class RobustViTPenalty(MapPenalty):
         if tuple(maps.shape[-2:]) != size:
             maps = resize_maps(maps, size)
         maps = normalize_maps(maps, self.normalize)
+        if self.marks == "excluded":
+            masks = 1 - masks.to(maps.dtype)
         return robustvit_penalty(
             maps, masks, background=self.background, foreground=self.foreground
         )
@@ -388,7 +397,7 @@ class RobustViTPenalty(MapPenalty):
         """Hyper-parameters shown by ``repr``."""
         return (
             f"background={self.background}, foreground={self.foreground}, "
-            f"normalize={self.normalize!r}"
+            f"normalize={self.normalize!r}, marks={self.marks!r}"
         )
 
 

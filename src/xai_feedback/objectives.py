@@ -7,8 +7,9 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ __all__ = [
     "cam_penalty_objective",
     "counterexample_objective",
     "per_example_batchnorm",
+    "relevance_penalty_objective",
     "rrr_counterexample_objective",
     "rrr_objective",
 ]
@@ -129,6 +131,90 @@ def _verify_cam_head(model: nn.Module, layer: nn.Module | str | None, images: to
     with torch.no_grad(), eval_mode(model), CAMHook(model, layer) as hook:
         logits = model(images[:4])
         hook.cam(logits, method="cam", check=True)
+
+
+def relevance_penalty_objective(
+    penalty: MapPenalty | str,
+    schedule: LossSchedule | float = 1.0,
+    *,
+    method: str = "chefer_relevance",
+    create_graph: bool = False,
+    classification: float = 0.0,
+    capture: Mapping[str, Any] | None = None,
+) -> Objective:
+    r"""Cross-entropy plus a penalty on a vision transformer's relevance maps.
+
+    The transformer counterpart of :func:`cam_penalty_objective`: the attention probabilities
+    of the forward are captured (:class:`~xai_feedback.relevance.AttentionCapture`, fused
+    attention switched off for the step), turned into maps of the labels' class with a method
+    of the ``"relevance"`` family, and penalized:
+
+    .. math:: L = w_{ce}\,\operatorname{CE}(z, y) + w\,P(R_y) + c\,L_{cls}(z)
+
+    With ``penalty="robustvit"`` and ``classification=0.25`` (0.2 / 0.8) this is RobustViT's
+    objective (Chefer, Schwartz & Wolf, NeurIPS 2022) plus the cross-entropy of the labels;
+    :math:`L_{cls}` is :func:`~xai_feedback.functional.penalties.robustvit_classification_loss`.
+
+    Args:
+        penalty: A map penalty or a registered name (``"robustvit"``, ``"mask"``, ``"center"``);
+            it is called ``penalty(maps, target=labels, masks=batch.masks)``.
+        schedule: A loss schedule, or a constant penalty weight.
+        method: ``"chefer_relevance"`` (class-specific) or ``"rollout"`` (class-agnostic).
+        create_graph: Keep the gradients inside the maps in the graph (second order);
+            ``False`` is RobustViT's choice: the maps still train the model through the
+            attention.
+        classification: Weight :math:`c` of RobustViT's own-prediction classification term.
+        capture: Keywords of :class:`~xai_feedback.relevance.AttentionCapture` (``prefix``,
+            ``grid``, ``query``) for a model whose tokens it cannot read from its structure.
+
+    Example:
+        >>> from torch import nn
+        >>> from xai_feedback.training import Batch
+        >>> enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+        >>> class Tiny(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.enc, self.head = enc, nn.Linear(8, 3)
+        ...     def forward(self, x):  # x: (B, 5, 8) tokens, class token first
+        ...         return self.head(self.enc(x)[:, 0])
+        >>> tokens, masks = torch.randn(2, 5, 8), torch.ones(2, 2, 2, dtype=torch.bool)
+        >>> batch = Batch(tokens, torch.tensor([0, 2]), masks, epoch=0, step=0, total_epochs=1)
+        >>> objective = relevance_penalty_objective("mask", capture={"prefix": 1, "query": 0})
+        >>> loss, logits = objective(Tiny(), batch)
+        >>> loss.backward()
+    """
+    from xai_feedback.functional.penalties import robustvit_classification_loss
+    from xai_feedback.relevance import AttentionCapture
+
+    get_method(method, "relevance")
+    if isinstance(penalty, str):
+        penalty = get_penalty(penalty)
+    _check_penalty(penalty, MapPenalty, optional=False)
+    sched = _as_schedule(schedule)
+    if isinstance(classification, bool) or not isinstance(classification, int | float):
+        raise DTypeError(f"`classification` must be a number, got {type(classification).__name__}.")
+    all_classes = penalty.classes == "all"
+    options = dict(capture or {})
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        with AttentionCapture(model, **options) as capture:
+            logits = model(batch.images)
+            loss = ce_w * F.cross_entropy(logits, batch.labels)
+            if classification:
+                loss = loss + classification * robustvit_classification_loss(logits)
+            if pen_w == 0:
+                return loss, logits
+            maps = capture.relevance(
+                logits,
+                batch.labels,
+                method=method,
+                create_graph=create_graph,
+                all_classes=all_classes,
+            )
+        return loss + pen_w * penalty(maps, target=batch.labels, masks=batch.masks), logits
+
+    return objective
 
 
 def rrr_objective(
