@@ -385,6 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=RECIPE.lr)
     parser.add_argument("--dim", type=int, default=RECIPE.dim, help="token width")
     parser.add_argument("--depth", type=int, default=RECIPE.depth, help="transformer blocks")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="run seeds FIRST_SEED ... FIRST_SEED + SEEDS - 1 (to share the runs between "
+        "processes writing to one --out)",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --out")
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate the finished runs, train nothing"
@@ -422,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = common.settings_store(args.out / "runs")
     jobs = [
         (seed, family, arm)
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for family in args.families
         for arm in args.arms
         if applies(ARMS[arm], family)
@@ -450,8 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = tables(records, args.families, args.arms)
     print(
         f"\nViT confound battery: TinyViT(dim {recipe.dim}, depth {recipe.depth}), lr "
-        f"{recipe.lr:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, up to {args.seeds} "
-        f"seeds, torch threads {torch.get_num_threads()}, {time.perf_counter() - start:.0f} s"
+        f"{recipe.lr:g}, {recipe.epochs} epochs, batch {recipe.batch_size}, seeds "
+        f"{args.first_seed}-{args.first_seed + args.seeds - 1}, torch threads "
+        f"{torch.get_num_threads()}, {time.perf_counter() - start:.0f} s"
     )
     for name in args.arms:
         print(f"  {name:16s} {ARMS[name].description}")

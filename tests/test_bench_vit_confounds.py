@@ -105,3 +105,11 @@ def test_unknown_arm_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         vit.main(["--quick", "--arms", "rollout_center"])
     assert "unknown arm 'rollout_center'" in capsys.readouterr().err
+
+
+def test_first_seed_shares_the_seeds_between_processes(tmp_path: Path) -> None:
+    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--arms", "vanilla"]
+    assert vit.main([*argv, "--first-seed", "2"]) == 0
+    assert _json_files(tmp_path) == ["runs/tinyvit/frame/vanilla/seed2.json"]
+    record = json.loads((tmp_path / "runs/tinyvit/frame/vanilla/seed2.json").read_text())
+    assert record["seed"] == 2
