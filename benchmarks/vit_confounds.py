@@ -32,6 +32,7 @@ Each finished run is kept in a run store under ``OUT/runs/tinyvit/<family>/<arm>
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class ViTRecipe:
 
     def settings(self) -> dict[str, Any]:
         """The recipe as JSON-ready settings (part of each run's fingerprint)."""
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 # Fixed with ``--select`` on a validation split of the frame family (seed 0), before any test run.
@@ -140,6 +141,9 @@ def _penalty_arm(map_name: str, kind: str, weight: float) -> Arm:
 MAPS: dict[str, MapFn] = {}
 """The maps a penalty arm can use, by name (see :func:`register_map`)."""
 
+MAP_OF: dict[str, str] = {}
+"""Penalty arm name -> the name of the map it penalizes."""
+
 ARMS: dict[str, Arm] = {
     name: CNN_ARMS[name] for name in ("vanilla", "counterexamples", "periphery", "oracle")
 }
@@ -162,8 +166,9 @@ def register_map(name: str, fn: MapFn, *, center: float, mask: float) -> None:
     if name in MAPS:
         raise ValueError(f"a map named {name!r} is already registered")
     MAPS[name] = fn
-    register_arm(_penalty_arm(name, "center", center))
-    register_arm(_penalty_arm(name, "mask", mask))
+    for kind, weight in (("center", center), ("mask", mask)):
+        arm = register_arm(_penalty_arm(name, kind, weight))
+        MAP_OF[arm.name] = name
 
 
 # weights fixed with ``--select`` (frame, validation split, seed 0)
@@ -236,15 +241,11 @@ def summary(records: list[dict[str, Any]], families: Sequence[str], arms: Sequen
         oracle = _mean(_values(records, family, "oracle", key))
         annotated = [a for a in arms if ARMS[a].annotated and not ARMS[a].oracle]
         scored = [(a, _mean(_values(records, family, a, key))) for a in annotated]
-        scored = [(a, m) for a, m in scored if m == m]
-        penalties = [
-            (a, _mean(_values(records, family, a, key)))
-            for a in arms
-            if a.split("_", 1)[0] in ("center", "mask") and a.split("_", 1)[-1] in MAPS
-        ]
-        penalties = [(a, m) for a, m in penalties if m == m]
+        scored = [(a, m) for a, m in scored if not math.isnan(m)]
+        penalties = [(a, _mean(_values(records, family, a, key))) for a in arms if a in MAP_OF]
+        penalties = [(a, m) for a, m in penalties if not math.isnan(m)]
         row: list[object] = [family]
-        if scored and oracle == oracle:
+        if scored and not math.isnan(oracle):
             best, value = max(scored, key=lambda t: t[1])
             gap = 100 * (oracle - value)
             row += [
@@ -258,7 +259,7 @@ def summary(records: list[dict[str, Any]], families: Sequence[str], arms: Sequen
             row += ["-"] * 5
         if penalties:
             best_pen, value = max(penalties, key=lambda t: t[1])
-            row += [f"{best_pen} ({best_pen.split('_', 1)[1]}, {value:.3f})"]
+            row += [f"{best_pen} ({MAP_OF[best_pen]}, {value:.3f})"]
         else:
             row += ["-"]
         rows.append(row)

@@ -57,9 +57,11 @@ def test_map_penalty_objective_adds_the_weighted_penalty_of_the_token_cams() -> 
 def test_register_map_adds_its_arms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vit, "MAPS", dict(vit.MAPS))
     monkeypatch.setattr(vit, "ARMS", dict(vit.ARMS))
+    monkeypatch.setattr(vit, "MAP_OF", dict(vit.MAP_OF))
     vit.register_map("copy_cam", vit.token_cam, center=1.0, mask=2.0)
     assert {"center_copy_cam", "mask_copy_cam"} <= set(vit.ARMS)
     assert "lambda 2" in vit.ARMS["mask_copy_cam"].description
+    assert vit.MAP_OF["center_copy_cam"] == "copy_cam"
     with pytest.raises(ValueError, match="already registered"):
         vit.register_map("copy_cam", vit.token_cam, center=1.0, mask=2.0)
     with pytest.raises(ValueError, match="already registered"):
@@ -113,3 +115,21 @@ def test_first_seed_shares_the_seeds_between_processes(tmp_path: Path) -> None:
     assert _json_files(tmp_path) == ["runs/tinyvit/frame/vanilla/seed2.json"]
     record = json.loads((tmp_path / "runs/tinyvit/frame/vanilla/seed2.json").read_text())
     assert record["seed"] == 2
+
+
+def test_summary_names_the_best_annotation_arm_and_its_gap() -> None:
+    def rec(arm: str, acc: float) -> dict[str, object]:
+        return {"family": "frame", "arm": arm, "confound_test_accuracy": acc}
+
+    records = [rec("oracle", 0.96), rec("oracle", 0.94), rec("mask_cam", 0.5)]
+    records += [rec("counterexamples", 0.92), rec("counterexamples", 0.93)]
+    records += [rec("center_cam", 0.6), rec("vanilla", 0.3)]
+    arms = ["vanilla", "center_cam", "mask_cam", "counterexamples", "oracle"]
+    row = [line for line in vit.summary(records, ["frame"], arms).splitlines() if "frame" in line]
+    # best annotation arm: counterexamples 0.925 vs oracle 0.950, 2.5 points: within 3;
+    # best penalty: the center penalty on CAMs (0.6 > 0.5)
+    assert row == [
+        "| frame | counterexamples | 0.925 | 0.950 | +2.5 | yes | center_cam (cam, 0.600) |"
+    ]
+    far = vit.summary([*records, rec("oracle", 0.99)], ["frame"], arms)
+    assert "| 0.963 | +3.8 | no |" in far  # oracle (0.96 + 0.94 + 0.99) / 3
