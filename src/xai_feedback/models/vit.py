@@ -15,7 +15,7 @@ patches give a 7x7 grid of tokens. Two design points make it usable by the libra
   and Grad-CAM on the grid equals CAM (on the CAM scale). With ``pool="cls"`` the class token
   is classified; the grid then folds the patch tokens entering the *last* block (the layer
   Grad-CAM uses on ViTs: the last block's output tokens get no gradient from the class token),
-  is unfolded back into tokens, and only ``"grad_cam"``/``"hires_cam"`` apply there.
+  is unfolded back into tokens, and only the gradient methods (``"grad_cam"``, ...) apply.
 - **Attention is explicit.** Each block's :class:`Attention` computes
   :math:`A = \mathrm{softmax}(QK^\top / \sqrt{d_h})` as a tensor of the graph and passes it
   through ``attn_drop`` (an ``nn.Dropout``, probability 0 by default, so an identity): a forward
