@@ -1,4 +1,4 @@
-"""Reference models, ready for the CAM hooks; pretrained weights and fine-tuning helpers.
+"""Reference models (CNNs, a small ViT) for the CAM hooks; pretrained weights, fine-tuning.
 
 The reference models serve the CAM hooks, the penalties and the evaluators;
 :mod:`xai_feedback.models.pretrained` loads weights from a file and prepares a pretrained
@@ -16,6 +16,7 @@ from xai_feedback.models.attention import (
 )
 from xai_feedback.models.gapnet import ConvBlock, GAPNet
 from xai_feedback.models.pretrained import freeze_batchnorm, load_weights, replace_head
+from xai_feedback.models.vit import TinyViT, TokenGrid
 
 __all__ = [
     "CBAM",
@@ -27,6 +28,8 @@ __all__ = [
     "ResidualAttentionNet",
     "SimpleCNN",
     "SpatialAttention",
+    "TinyViT",
+    "TokenGrid",
     "freeze_batchnorm",
     "load_weights",
     "replace_head",
