@@ -155,3 +155,21 @@ def test_bad_arguments_and_inputs() -> None:
         model(torch.rand(2, 1, 32, 32))
     with pytest.raises(DTypeError, match="floating-point"):
         model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls"])
+def test_relevance_capture_reads_tinyvit(pool: str) -> None:
+    """AttentionCapture finds every block's probabilities, the prefix and the classified token."""
+    from xai_feedback.relevance import AttentionCapture
+
+    model = TinyViT(pool=pool, depth=2, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        maps = capture.relevance(logits, torch.tensor([1, 2]))
+    assert capture.tokens() == (int(pool == "cls"), None if pool == "avg" else 0, (7, 7))
+    assert len(capture.attentions) == 2 and maps.shape == (2, 7, 7)
+    torch.testing.assert_close(
+        capture.attentions[0].sum(-1), torch.ones(2, 4, 49 + (pool == "cls"))
+    )
+    assert torch.autograd.grad(maps.sum(), model.blocks[0].attn.qkv.weight)[0].abs().sum() > 0

@@ -129,6 +129,8 @@ class Attention(nn.Module):
             raise RangeError(f"`dim` ({dim}) must be a multiple of `heads` ({heads}).")
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
+        # timm's flag, read by AttentionCapture: this module always takes the explicit path
+        self.fused_attn = False
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_drop = nn.Dropout(dropout)
         self.proj = nn.Linear(dim, dim)
@@ -276,6 +278,10 @@ class TinyViT(nn.Module):
         self.num_classes = num_classes
         self.image_size = image_size
         self.patch_size = patch_size
+        # timm's attributes, read by the relevance capture: the tokens before the patches and
+        # the pooling ("avg": the mean of the patch tokens is classified)
+        self.num_prefix_tokens = int(pool == "cls")
+        self.global_pool = pool
         side = image_size // patch_size
         self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
         self.cls_token: nn.Parameter | None = None
