@@ -53,7 +53,7 @@ class PatchEmbed(nn.Module):
     """Non-overlapping ``patch x patch`` patches, linearly embedded (a strided convolution).
 
     Shape:
-        - Input :math:`(B, C_{in}, H, W)`; output :math:`(B, HW / p^2, D)` tokens, row-major.
+        - input: :math:`(B, C_{in}, H, W)`; output: :math:`(B, HW / p^2, D)` tokens, row-major.
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int) -> None:
@@ -77,7 +77,7 @@ class TokenGrid(nn.Module):
         width: Grid columns ``w``.
 
     Shape:
-        - Input :math:`(B, hw, C)`; output :math:`(B, C, h, w)`.
+        - input: :math:`(B, hw, C)`; output: :math:`(B, C, h, w)`.
 
     Example:
         >>> grid = TokenGrid(2, 3)
@@ -120,7 +120,7 @@ class Attention(nn.Module):
     hook that module to read ``A`` ``(B, heads, T, T)`` or take gradients with respect to it.
 
     Shape:
-        - Input :math:`(B, T, D)`; output :math:`(B, T, D)`.
+        - input: :math:`(B, T, D)`; output: :math:`(B, T, D)`.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
@@ -166,7 +166,7 @@ class TransformerBlock(nn.Module):
     :math:`x \leftarrow x + \mathrm{MLP}(\mathrm{LN}_2(x))`.
 
     Shape:
-        - Input :math:`(B, T, D)`; output :math:`(B, T, D)`.
+        - input: :math:`(B, T, D)`; output: :math:`(B, T, D)`.
     """
 
     def __init__(self, dim: int, heads: int, hidden: int, attn_dropout: float = 0.0) -> None:
