@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,54 @@ def test_example_runs(fashion: None) -> None:
     ).stdout
     for arm in ("vanilla", "center", "counterexamples"):
         assert f"{arm}: confound-test accuracy" in out
+
+
+def _python_block(text: str, marker: str, fence: str) -> str:
+    if fence == "md":
+        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    else:  # reStructuredText: an indented ``.. code-block:: python``
+        blocks = [
+            textwrap.dedent(b)
+            for b in re.findall(r".. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+        ]
+    return next(b for b in blocks if marker in b)
+
+
+def _photo_folder(root: Path) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for name in ("cat", "dog"):
+        (root / "photos" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = (torch.rand(40, 50, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / "photos" / "train" / name / f"{i}.png")
+
+
+def test_readme_fine_tuning_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = _python_block((ROOT / "README.md").read_text(), "load_weights", "md")
+    _photo_folder(tmp_path)
+    (tmp_path / rw.WEIGHTS_FILE).symlink_to(rw.weights_path())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    head = namespace["model"].classifier[-1]  # type: ignore[attr-defined]
+    assert head.out_features == 2  # the folder's two classes
+    # freeze_batchnorm: the BatchNorm layers kept ImageNet's statistics through fit
+    import torchvision
+
+    ref = rw.load_weights(torchvision.models.mobilenet_v2(), rw.weights_path())
+    bn = namespace["model"].features[1].conv[0][1]  # type: ignore[attr-defined]
+    assert torch.equal(bn.running_mean, ref.features[1].conv[0][1].running_mean)
+
+
+def test_pretrained_page_fit_snippet_runs() -> None:
+    text = (ROOT / "docs" / "pretrained.rst").read_text()
+    block = _python_block(text, "replace_head(model", "rst")
+    from xai_feedback.data import ImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 2, 3]))
+    namespace: dict[str, object] = {"path": rw.weights_path(), "data": data}
+    exec(compile(block, "docs/pretrained.rst", "exec"), namespace)
+    assert namespace["model"].classifier[-1].out_features == 10  # type: ignore[attr-defined]
