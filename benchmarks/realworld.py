@@ -553,10 +553,10 @@ def goals(records: list[dict[str, Any]], archs: Sequence[str], families: Sequenc
 
 
 def draw_figure(args: argparse.Namespace, path: Path) -> None:
-    """CAMs of the fine-tuned MobileNetV2, vanilla vs the center penalty, frame family, seed 0."""
+    """CAMs of the fine-tuned MobileNetV2, vanilla vs the center penalty, swatch family, seed 0."""
     from xai_feedback.attribution import cam_maps
 
-    family = "frame" if "frame" in args.families else args.families[0]
+    family = "swatch" if "swatch" in args.families else args.families[0]
     settings = _settings(args, "mobilenet_v2")
     data = load_data(family, 0, size=args.size, n_train=8, n_test=args.test)
     test = data["confound_test"]
@@ -572,8 +572,8 @@ def draw_figure(args: argparse.Namespace, path: Path) -> None:
             full = load_data(family, 0, size=args.size, n_train=args.train, n_test=8)
             model, _ = train("mobilenet_v2", arm, 0, full, settings)
         model.eval()
-        label = "vanilla" if arm == "vanilla" else f"center penalty (w {settings['center']:g})"
-        maps[f"{label}: CAM of true class"] = cam_maps(model, images, labels, "cam")
+        label = "vanilla" if arm == "vanilla" else f"center, w {settings['center']:g}"
+        maps[label] = cam_maps(model, images, labels, "cam")
     classes = test.classes or tuple(str(i) for i in range(10))
     titles = [classes[int(k)] for k in labels]
 
@@ -617,6 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-step", action="store_true", help="skip the step measurement")
     p.add_argument("--figure", type=Path, default=None, help=f"default {FIGURE}")
     p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--draw", action="store_true", help="the figure only")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds of --step")
     p.add_argument("--batch", type=int, default=64, help="batch of --step")
     p.add_argument("--dask", action="store_true", help="run the grid on dask_executor")
@@ -636,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.select:
         select(args)
+        return 0
+    if args.draw:
+        draw_figure(args, args.figure or FIGURE)
         return 0
     if not args.step:
         store = common.settings_store(args.out / "runs")
