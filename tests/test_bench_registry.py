@@ -22,6 +22,7 @@ from xai_feedback.cli import (
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"decoy", "proxy", "pcace", "roar", "attention", "confounds"}
 NAMES |= {"confounds_select", "confounds_levels", "confounds_mlp"}
+NAMES |= {"realworld"}
 
 
 @pytest.fixture(autouse=True)
