@@ -51,6 +51,7 @@ Run: ``python benchmarks/realworld.py [--quick] [--select] [--dask]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -129,6 +130,12 @@ def _prepare(data: ImageDataset, index: torch.Tensor, size: int) -> ImageDataset
     return ImageDataset(images, data.labels[index], None, data.name, data.classes)
 
 
+@functools.lru_cache(maxsize=2)
+def _fashion(split: str) -> ImageDataset:
+    """Fashion-MNIST's ``split``, read once per process."""
+    return load_fashion_mnist(split)
+
+
 def load_data(
     family: str, seed: int, *, size: int, n_train: int, n_test: int, n_val: int = 0
 ) -> dict[str, ImageDataset]:
@@ -137,10 +144,10 @@ def load_data(
     ``val_*`` (with ``n_val``): training-split images that are not in the training subset.
     """
     g = torch.Generator().manual_seed(seed)
-    train_all = load_fashion_mnist("train")
+    train_all = _fashion("train")
     perm = torch.randperm(len(train_all.labels), generator=g)
     train = _prepare(train_all, perm[:n_train], size)
-    test_all = load_fashion_mnist("test")
+    test_all = _fashion("test")
     test = _prepare(test_all, torch.arange(n_test), size)
 
     def confound(data: ImageDataset, rule: str, k: int) -> ImageDataset:
@@ -612,6 +619,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--families", type=lambda s: s.split(","), default=list(FAMILIES))
     p.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
+    p.add_argument("--seed-from", type=int, default=0, help="run seeds seed-from ... seeds-1")
     p.add_argument("--select", action="store_true", help="the validation grid only")
     p.add_argument("--step", action="store_true", help="the step time and memory only")
     p.add_argument("--no-step", action="store_true", help="skip the step measurement")
@@ -645,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = common.settings_store(args.out / "runs")
         tasks = []
         for family in args.families:
-            for seed in range(args.seeds):
+            for seed in range(args.seed_from, args.seeds):
                 for arch in args.models:
                     for arm in args.arms:
                         s = _settings(args, arch)
