@@ -282,7 +282,11 @@ def run_one(
     model, seconds = train(arch, arm, seed, data, settings)
     record: dict[str, Any] = {"arch": arch, "family": family, "arm": arm, "seed": seed}
     record["train_seconds"] = seconds
-    for name in ("confound_test", "clean_test", "confound_val", "clean_val"):
+    # selection runs are scored on validation only: the test sets stay unseen
+    names = (
+        ("confound_val", "clean_val") if settings.get("val") else ("confound_test", "clean_test")
+    )
+    for name in names:
         if name in data:
             record[f"{name}_accuracy"] = accuracy(model, data[name])
     if settings.get("save"):
