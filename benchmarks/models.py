@@ -21,6 +21,10 @@ same layer, its ``reshape_transform`` dropping the class token), same output (re
 normalized). Extraction needs a backward pass from the logits to the layer: with the graph cut
 at the layer that is the last block and the head, about ``2 / depth`` of a forward on top of
 the floor.
+Part ``vit_train``: one training step of each ViT (random images, a border mask) with
+cross-entropy (vanilla), + the center penalty on token Grad-CAM (``cam_penalty_objective(...,
+method="grad_cam")``), + a mask penalty on Chefer relevance and RobustViT's objective
+(``relevance_penalty_objective``), timed and measured like the CNN steps.
 
 Timing: ``--repeats`` rounds after ``--warmup`` rounds; within a round every candidate runs
 once, in turn, so a load change on the machine hits all of them alike; the median is reported.
@@ -63,7 +67,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: keep)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--parts", default="extract,train,vit")
+    parser.add_argument("--parts", default="extract,train,vit,vit_train")
     parser.add_argument("--vit-models", default="vit_b_16,vit_tiny_patch16_224")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # PART:CANDIDATE
@@ -300,10 +304,14 @@ def _setup_vit(
 
 
 def _train_runners(
-    model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
+    model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor, vit: bool = False
 ) -> dict[str, Runner]:
-    from xai_feedback.losses import CenterPenalty
-    from xai_feedback.objectives import cam_penalty_objective, rrr_objective
+    from xai_feedback.losses import CenterPenalty, RobustViTPenalty
+    from xai_feedback.objectives import (
+        cam_penalty_objective,
+        relevance_penalty_objective,
+        rrr_objective,
+    )
     from xai_feedback.training import Batch, cross_entropy_objective
 
     h, w = x.shape[-2:]
@@ -320,6 +328,17 @@ def _train_runners(
         "CAM-penalty step": cam_penalty_objective(CenterPenalty(), 1.0, layer=layer),
         "RRR step": rrr_objective(None, 1.0),
     }
+    if vit:  # token Grad-CAM (no GAP + linear head on the tokens) and relevance penalties
+        objectives = {
+            "vanilla step (cross-entropy)": cross_entropy_objective,
+            "token Grad-CAM center-penalty step": cam_penalty_objective(
+                CenterPenalty(), 1.0, method="grad_cam", layer=layer
+            ),
+            "Chefer-relevance mask-penalty step": relevance_penalty_objective("mask", 1.0),
+            "RobustViT step": relevance_penalty_objective(
+                RobustViTPenalty(marks="excluded"), 1.0, classification=0.25
+            ),
+        }
 
     def runner(objective: Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]):
         def step() -> None:
@@ -383,9 +402,9 @@ def _runners(
 
         model.eval()
         return _vit_runners(model, layer, prefix_token_count(model), x, target)
-    if part == "train":
+    if part in ("train", "vit_train"):
         model.train()
-        return _train_runners(model, layer, x, target)
+        return _train_runners(model, layer, x, target, vit=part == "vit_train")
     model.eval()
     return _extract_runners(model, layer, x, target, part)
 
@@ -398,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.measure is not None:  # child process of a CPU memory measurement
         part, candidate = args.measure.split(":", 1)
-        setup = _setup_vit(args.vit_models, args, device) if part == "vit" else None
+        setup = _setup_vit(args.vit_models, args, device) if part.startswith("vit") else None
         fn = _runners(part, *(setup or _setup(args.models, args, device)))[candidate]
         fn()  # warm-up: one-time allocations are not the step's footprint
         print(_peak_mib(fn, device))
@@ -434,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         results += rows
         _print(rows, f"{name} ({layer}): token Grad-CAM extraction", "vs floor")
+    for name in args.vit_models.split(",") if "vit_train" in parts else []:
+        model, layer, x, target = _setup_vit(name, args, device)
+        runners = _runners("vit_train", model, layer, x, target)
+        rows = _bench(runners, "vanilla step (cross-entropy)", args, device, name, "vit_train")
+        for row in rows:
+            row.update(model=name, part="vit_train", layer=layer)
+        results += rows
+        _print(rows, f"{name}: training step", "vs vanilla")
     print(
         f"\n{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"batch {args.batch}, {args.size} px, median of {args.repeats} after {args.warmup} warm-up"

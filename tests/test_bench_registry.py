@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"decoy", "proxy", "pcace", "roar", "attention", "confounds"}
 NAMES |= {"confounds_select", "confounds_levels", "confounds_mlp"}
 NAMES |= {"vit_confounds"}  # issue 22
+NAMES |= {"realworld"}
 
 
 @pytest.fixture(autouse=True)

@@ -16,17 +16,20 @@ from xai_feedback.models.attention import (
 )
 from xai_feedback.models.gapnet import ConvBlock, GAPNet
 from xai_feedback.models.pretrained import freeze_batchnorm, load_weights, replace_head
+from xai_feedback.models.resnet import BasicBlock, SmallResNet
 from xai_feedback.models.vit import TinyViT, TokenGrid
 
 __all__ = [
     "CBAM",
     "WARN",
     "AttentionModel",
+    "BasicBlock",
     "ChannelAttention",
     "ConvBlock",
     "GAPNet",
     "ResidualAttentionNet",
     "SimpleCNN",
+    "SmallResNet",
     "SpatialAttention",
     "TinyViT",
     "TokenGrid",
