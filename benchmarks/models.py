@@ -21,7 +21,8 @@ same layer, its ``reshape_transform`` dropping the class token), same output (re
 normalized). Extraction needs a backward pass from the logits to the layer: with the graph cut
 at the layer that is the last block and the head, about ``2 / depth`` of a forward on top of
 the floor.
-Part ``vit_train``: one training step of each ViT (random images, a border mask) with
+Part ``vit_train``: one training step of each ViT (a new 10-class head as in fine-tuning,
+random images, a border mask) with
 cross-entropy (vanilla), + the center penalty on token Grad-CAM (``cam_penalty_objective(...,
 method="grad_cam")``), + a mask penalty on Chefer relevance and RobustViT's objective
 (``relevance_penalty_objective``), timed and measured like the CNN steps.
@@ -402,9 +403,17 @@ def _runners(
 
         model.eval()
         return _vit_runners(model, layer, prefix_token_count(model), x, target)
-    if part in ("train", "vit_train"):
+    if part == "vit_train":
+        from xai_feedback.models import replace_head
+
+        # a fine-tuning head of 10 classes: the center penalty takes every class's token
+        # Grad-CAM, one backward pass per class (CAM's single einsum needs a GAP head)
+        replace_head(model, num_classes=10, generator=torch.Generator().manual_seed(1))
         model.train()
-        return _train_runners(model, layer, x, target, vit=part == "vit_train")
+        return _train_runners(model, layer, x, target % 10, vit=True)
+    if part == "train":
+        model.train()
+        return _train_runners(model, layer, x, target)
     model.eval()
     return _extract_runners(model, layer, x, target, part)
 
