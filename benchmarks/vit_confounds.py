@@ -49,8 +49,10 @@ from torch import nn
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty
+from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
+from xai_feedback.objectives import relevance_penalty_objective
+from xai_feedback.relevance import AttentionCapture
 from xai_feedback.training import Batch, Objective, accuracy, fit
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "map_penalty_objective",
     "register_arm",
     "register_map",
+    "relevance_map",
+    "robustvit_arm",
     "run_vit",
     "token_cam",
 ]
@@ -105,6 +109,27 @@ def token_cam(
         logits = model(images)
         maps = hook.cam(logits, all_classes=True)
     return logits, maps
+
+
+def relevance_map(method: str) -> MapFn:
+    """A map of the labels' class ``(B, 7, 7)`` by a relevance ``method`` of the library.
+
+    ``"chefer_relevance"`` (Chefer et al. 2021) or ``"rollout"`` (Abnar & Zuidema 2020, the
+    same map for every class), read by :class:`~xai_feedback.relevance.AttentionCapture` from
+    the forward's attention probabilities (mean of the patch rows: TinyViT average-pools its
+    tokens). The gradients inside Chefer's maps are constants (``create_graph=False``, as
+    RobustViT): the penalty trains the model through the attention probabilities.
+    """
+
+    def fn(
+        model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with AttentionCapture(model) as capture:
+            logits = model(images)
+            maps = capture.relevance(logits, labels, method=method, create_graph=False)
+        return logits, maps
+
+    return fn
 
 
 def map_penalty_objective(map_fn: MapFn, penalty: MapPenalty, weight: float) -> Objective:
@@ -171,8 +196,42 @@ def register_map(name: str, fn: MapFn, *, center: float, mask: float) -> None:
         MAP_OF[arm.name] = name
 
 
+WEIGHTED_ARMS: dict[str, Callable[[float], Arm]] = {}
+"""Arms with an objective of their own and one weight ``--select`` grids, by name."""
+
+
+def robustvit_arm(weight: float) -> Arm:
+    """RobustViT's relevance loss on the confound masks, plus cross-entropy on the labels.
+
+    ``relevance_penalty_objective(RobustViTPenalty(marks="excluded"), weight)`` on Chefer
+    relevance of the labels' class (gradients constant, as the reference). Without RobustViT's
+    own-prediction term (``classification=0``): it keeps a *pretrained* model's predictions
+    while the labels are not used; here the labels' cross-entropy is in the loss and the model
+    is trained from scratch, so the term would only reinforce its early (random, later
+    shortcut-driven) predictions.
+    """
+    return Arm(
+        "robustvit",
+        f"RobustViT loss (bg 2, fg 0.3, min-max) on Chefer relevance, foreground = not the "
+        f"confound, + cross-entropy, lambda {weight:g}",
+        lambda seed, train: relevance_penalty_objective(
+            RobustViTPenalty(marks="excluded"),
+            weight,
+            method="chefer_relevance",
+            create_graph=False,
+            classification=0.0,
+        ),
+        annotated=True,
+    )
+
+
+WEIGHTED_ARMS["robustvit"] = robustvit_arm
+
 # weights fixed with ``--select`` (frame, validation split, seed 0)
 register_map("cam", token_cam, center=10.0, mask=10.0)
+register_map("chefer", relevance_map("chefer_relevance"), center=10.0, mask=10.0)
+register_map("rollout", relevance_map("rollout"), center=10.0, mask=10.0)
+register_arm(robustvit_arm(10.0))
 
 DEFAULT_ARMS = ("vanilla", "center_cam", "mask_cam", "counterexamples", "periphery", "oracle")
 DEFAULT_FAMILIES = SHORTCUT_FAMILIES
@@ -350,6 +409,14 @@ def _select(args: Any, base: ViTRecipe) -> int:
                 results.append((run(arm, best_recipe, train)["val_random_accuracy"], weight))
             score, weight = max(results)
             chosen.append(f"{kind}_{map_name}: lambda {weight:g} (val random {score:.3f})")
+    for name in args.select_arms:
+        results = []
+        for weight in args.select_weights:
+            arm = WEIGHTED_ARMS[name](weight)
+            arm = Arm(f"{arm.name}:lam={weight:g}", arm.description, arm.make, arm.annotated)
+            results.append((run(arm, best_recipe, train)["val_random_accuracy"], weight))
+        score, weight = max(results)
+        chosen.append(f"{name}: lambda {weight:g} (val random {score:.3f})")
     print("\nchosen on the validation split: " + "; ".join(chosen))
     return 0
 
@@ -377,6 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "1",
         "--select-weights",
         "10",
+        "--maps",
+        "cam",
+        "--select-arms",
+        "",
     ]
     parser = common.parser("vit_confounds", __doc__, seeds=3, quick=quick)
     split = lambda s: s.split(",")  # noqa: E731
@@ -400,6 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--select", action="store_true", help="run the validation grid")
     parser.add_argument("--family", default="frame", help="--select: the family split")
     parser.add_argument("--maps", default=",".join(MAPS), type=split, help="--select: maps")
+    parser.add_argument(
+        "--select-arms",
+        default=",".join(WEIGHTED_ARMS),
+        type=lambda s: [v for v in s.split(",") if v],
+        help="--select: arms with a weight of their own",
+    )
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--select-lrs", default=SELECT_LRS, type=floats)
@@ -410,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.families, CONFOUND_FAMILIES, "family"),
         (args.arms, ARMS, "arm"),
         (args.maps, MAPS, "map"),
+        (args.select_arms, WEIGHTED_ARMS, "arm"),
         ([args.family], CONFOUND_FAMILIES, "family"),
     ):
         for v in values:
