@@ -5,8 +5,11 @@ heads, MLP 2x, average-pooled patch tokens; about 139 k parameters) trained from
 confounded digit families (:func:`xai_feedback.data.make_confound`) with each arm: vanilla, the
 Gaussian center penalty and the annotation-mask penalty on a *map* of the tokens (``MAPS``;
 ``center_cam`` / ``mask_cam``: the class activation maps of the token grid, which for this
-GAP + linear head are also its Grad-CAM), counterexamples of the annotated region (Teso &
-Kersting 2019), annotation-free counterexamples of the center prior's periphery, and the oracle
+GAP + linear head are also its Grad-CAM; ``center_chefer`` / ``mask_chefer`` and
+``center_rollout`` / ``mask_rollout``: Chefer et al.'s relevance and attention rollout of the
+input tokens, :class:`xai_feedback.relevance.AttentionCapture`), RobustViT's relevance loss on
+the confound masks plus cross-entropy (``robustvit``), counterexamples of the annotated region
+(Teso & Kersting 2019), annotation-free counterexamples of the center prior's periphery, and the oracle
 (trained with the shortcut's level random). It reports accuracy on test digits with the
 shortcut random (confound-test) and absent (clean-test), mean ± std over seeds, and per family
 the best annotation arm's gap to the oracle and the map of the best penalty arm.
@@ -15,7 +18,9 @@ Hyper-parameters were fixed before any test run, on a validation split (20 %) of
 family's training images, seed 0 (``--select``): first the training recipe (learning rate and
 epochs, by the oracle's accuracy on the validation images with the frame's level random), then
 each map penalty's weight with that recipe (by the same accuracy). Those picked are the
-constants below; the periphery arm keeps the CNN battery's prior (``_arms.py``).
+constants below; the periphery arm keeps the CNN battery's prior (``_arms.py``). The relevance
+maps sum to about 1 over the 49 tokens (the CAMs are of order 1 per token), so their weights
+were gridded over ``RELEVANCE_SELECT_WEIGHTS`` (``--select-weights 1000,10000,100000``).
 
 Extension point (maps and arms). A map is ``fn(model, images, labels) -> (logits, maps)``:
 the logits of a forward pass and differentiable maps, ``(B, K, h, w)`` for every class or
@@ -98,6 +103,7 @@ MASK_DILATION = 4  # the CNN battery's annotation dilation (``_arms.MASK_DILATIO
 SELECT_LRS = (1e-3, 3e-3)
 SELECT_EPOCHS = (10, 15)
 SELECT_WEIGHTS = (1.0, 10.0, 100.0)
+RELEVANCE_SELECT_WEIGHTS = (1e3, 1e4, 1e5)  # maps of about 1/49 per token
 VALIDATION_FRACTION = 0.2
 
 

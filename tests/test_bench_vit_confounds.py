@@ -179,13 +179,16 @@ def test_select_resumes_from_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--quick", "--select", "--out", str(tmp_path), "--threads", "1"]
+    argv += ["--maps", "rollout", "--select-arms", "robustvit"]
     assert vit.main(argv) == 0
     assert _json_files(tmp_path) == [
-        "select/tinyvit/frame/center_cam_lam=10/lr0.003_e1/seed0.json",
-        "select/tinyvit/frame/mask_cam_lam=10/lr0.003_e1/seed0.json",
+        "select/tinyvit/frame/center_rollout_lam=10/lr0.003_e1/seed0.json",
+        "select/tinyvit/frame/mask_rollout_lam=10/lr0.003_e1/seed0.json",
         "select/tinyvit/frame/oracle/lr0.003_e1/seed0.json",
+        "select/tinyvit/frame/robustvit_lam=10/lr0.003_e1/seed0.json",
     ]
-    assert "chosen on the validation split" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "chosen on the validation split" in out and "robustvit: lambda 10" in out
     monkeypatch.setattr(vit, "run_vit", lambda *a, **k: pytest.fail("retrained"))
     assert vit.main(argv) == 0
 
