@@ -9,8 +9,8 @@ GAP + linear head are also its Grad-CAM; ``center_chefer`` / ``mask_chefer`` and
 ``center_rollout`` / ``mask_rollout``: Chefer et al.'s relevance and attention rollout of the
 input tokens, :class:`xai_feedback.relevance.AttentionCapture`), RobustViT's relevance loss on
 the confound masks plus cross-entropy (``robustvit``), counterexamples of the annotated region
-(Teso & Kersting 2019), annotation-free counterexamples of the center prior's periphery, and the oracle
-(trained with the shortcut's level random). It reports accuracy on test digits with the
+(Teso & Kersting 2019), annotation-free counterexamples of the center prior's periphery, and
+the oracle (trained with the shortcut's level random). It reports accuracy on test digits with the
 shortcut random (confound-test) and absent (clean-test), mean ± std over seeds, and per family
 the best annotation arm's gap to the oracle and the map of the best penalty arm.
 
