@@ -407,7 +407,7 @@ def _select(args: Any, base: ViTRecipe) -> int:
     best_recipe = max(scores, key=lambda t: t[0])[1]
     chosen = [f"recipe: lr {best_recipe.lr:g}, {best_recipe.epochs} epochs (oracle)"]
     for map_name in args.maps:
-        for kind in ("center", "mask"):
+        for kind in args.select_kinds:
             results = []
             for weight in args.select_weights:
                 arm = _penalty_arm(map_name, kind, weight)
@@ -478,6 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--family", default="frame", help="--select: the family split")
     parser.add_argument("--maps", default=",".join(MAPS), type=split, help="--select: maps")
     parser.add_argument(
+        "--select-kinds",
+        default="center,mask",
+        type=lambda s: [v for v in s.split(",") if v],
+        help="--select: the map penalties gridded (center, mask)",
+    )
+    parser.add_argument(
         "--select-arms",
         default=",".join(WEIGHTED_ARMS),
         type=lambda s: [v for v in s.split(",") if v],
@@ -494,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.arms, ARMS, "arm"),
         (args.maps, MAPS, "map"),
         (args.select_arms, WEIGHTED_ARMS, "arm"),
+        (args.select_kinds, ("center", "mask"), "penalty kind"),
         ([args.family], CONFOUND_FAMILIES, "family"),
     ):
         for v in values:
