@@ -235,9 +235,9 @@ WEIGHTED_ARMS["robustvit"] = robustvit_arm
 
 # weights fixed with ``--select`` (frame, validation split, seed 0)
 register_map("cam", token_cam, center=10.0, mask=10.0)
-register_map("chefer", relevance_map("chefer_relevance"), center=10.0, mask=10.0)
-register_map("rollout", relevance_map("rollout"), center=10.0, mask=10.0)
-register_arm(robustvit_arm(10.0))
+register_map("chefer", relevance_map("chefer_relevance"), center=1e6, mask=1e7)
+register_map("rollout", relevance_map("rollout"), center=1e4, mask=1e6)
+register_arm(robustvit_arm(1.0))
 
 DEFAULT_ARMS = ("vanilla", "center_cam", "mask_cam", "counterexamples", "periphery", "oracle")
 DEFAULT_FAMILIES = SHORTCUT_FAMILIES
