@@ -197,6 +197,12 @@ def test_unknown_arm_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         vit.main(["--quick", "--arms", "rollout_center"])
     assert "unknown arm 'rollout_center'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        vit.main(["--quick", "--select", "--select-kinds", "mask,border"])
+    assert "unknown penalty kind 'border'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        vit.main(["--quick", "--select", "--select-arms", "vanilla"])
+    assert "unknown arm 'vanilla'" in capsys.readouterr().err
 
 
 def test_first_seed_shares_the_seeds_between_processes(tmp_path: Path) -> None:
