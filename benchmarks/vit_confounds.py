@@ -5,9 +5,12 @@ heads, MLP 2x, average-pooled patch tokens; about 139 k parameters) trained from
 confounded digit families (:func:`xai_feedback.data.make_confound`) with each arm: vanilla, the
 Gaussian center penalty and the annotation-mask penalty on a *map* of the tokens (``MAPS``;
 ``center_cam`` / ``mask_cam``: the class activation maps of the token grid, which for this
-GAP + linear head are also its Grad-CAM), counterexamples of the annotated region (Teso &
-Kersting 2019), annotation-free counterexamples of the center prior's periphery, and the oracle
-(trained with the shortcut's level random). It reports accuracy on test digits with the
+GAP + linear head are also its Grad-CAM; ``center_chefer`` / ``mask_chefer`` and
+``center_rollout`` / ``mask_rollout``: Chefer et al.'s relevance and attention rollout of the
+input tokens, :class:`xai_feedback.relevance.AttentionCapture`), RobustViT's relevance loss on
+the confound masks plus cross-entropy (``robustvit``), counterexamples of the annotated region
+(Teso & Kersting 2019), annotation-free counterexamples of the center prior's periphery, and
+the oracle (trained with the shortcut's level random). It reports accuracy on test digits with the
 shortcut random (confound-test) and absent (clean-test), mean ± std over seeds, and per family
 the best annotation arm's gap to the oracle and the map of the best penalty arm.
 
@@ -15,7 +18,9 @@ Hyper-parameters were fixed before any test run, on a validation split (20 %) of
 family's training images, seed 0 (``--select``): first the training recipe (learning rate and
 epochs, by the oracle's accuracy on the validation images with the frame's level random), then
 each map penalty's weight with that recipe (by the same accuracy). Those picked are the
-constants below; the periphery arm keeps the CNN battery's prior (``_arms.py``).
+constants below; the periphery arm keeps the CNN battery's prior (``_arms.py``). The relevance
+maps sum to about 1 over the 49 tokens (the CAMs are of order 1 per token), so their weights
+were gridded over ``RELEVANCE_SELECT_WEIGHTS`` (``--select-weights 1000,10000,100000``).
 
 Extension point (maps and arms). A map is ``fn(model, images, labels) -> (logits, maps)``:
 the logits of a forward pass and differentiable maps, ``(B, K, h, w)`` for every class or
@@ -49,8 +54,10 @@ from torch import nn
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.hooks import CAMHook
-from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty
+from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
+from xai_feedback.objectives import relevance_penalty_objective
+from xai_feedback.relevance import AttentionCapture
 from xai_feedback.training import Batch, Objective, accuracy, fit
 
 __all__ = [
@@ -62,6 +69,8 @@ __all__ = [
     "map_penalty_objective",
     "register_arm",
     "register_map",
+    "relevance_map",
+    "robustvit_arm",
     "run_vit",
     "token_cam",
 ]
@@ -94,6 +103,7 @@ MASK_DILATION = 4  # the CNN battery's annotation dilation (``_arms.MASK_DILATIO
 SELECT_LRS = (1e-3, 3e-3)
 SELECT_EPOCHS = (10, 15)
 SELECT_WEIGHTS = (1.0, 10.0, 100.0)
+RELEVANCE_SELECT_WEIGHTS = (1e3, 1e4, 1e5)  # maps of about 1/49 per token
 VALIDATION_FRACTION = 0.2
 
 
@@ -105,6 +115,27 @@ def token_cam(
         logits = model(images)
         maps = hook.cam(logits, all_classes=True)
     return logits, maps
+
+
+def relevance_map(method: str) -> MapFn:
+    """A map of the labels' class ``(B, 7, 7)`` by a relevance ``method`` of the library.
+
+    ``"chefer_relevance"`` (Chefer et al. 2021) or ``"rollout"`` (Abnar & Zuidema 2020, the
+    same map for every class), read by :class:`~xai_feedback.relevance.AttentionCapture` from
+    the forward's attention probabilities (mean of the patch rows: TinyViT average-pools its
+    tokens). The gradients inside Chefer's maps are constants (``create_graph=False``, as
+    RobustViT): the penalty trains the model through the attention probabilities.
+    """
+
+    def fn(
+        model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with AttentionCapture(model) as capture:
+            logits = model(images)
+            maps = capture.relevance(logits, labels, method=method, create_graph=False)
+        return logits, maps
+
+    return fn
 
 
 def map_penalty_objective(map_fn: MapFn, penalty: MapPenalty, weight: float) -> Objective:
@@ -171,8 +202,42 @@ def register_map(name: str, fn: MapFn, *, center: float, mask: float) -> None:
         MAP_OF[arm.name] = name
 
 
+WEIGHTED_ARMS: dict[str, Callable[[float], Arm]] = {}
+"""Arms with an objective of their own and one weight ``--select`` grids, by name."""
+
+
+def robustvit_arm(weight: float) -> Arm:
+    """RobustViT's relevance loss on the confound masks, plus cross-entropy on the labels.
+
+    ``relevance_penalty_objective(RobustViTPenalty(marks="excluded"), weight)`` on Chefer
+    relevance of the labels' class (gradients constant, as the reference). Without RobustViT's
+    own-prediction term (``classification=0``): it keeps a *pretrained* model's predictions
+    while the labels are not used; here the labels' cross-entropy is in the loss and the model
+    is trained from scratch, so the term would only reinforce its early (random, later
+    shortcut-driven) predictions.
+    """
+    return Arm(
+        "robustvit",
+        f"RobustViT loss (bg 2, fg 0.3, min-max) on Chefer relevance, foreground = not the "
+        f"confound, + cross-entropy, lambda {weight:g}",
+        lambda seed, train: relevance_penalty_objective(
+            RobustViTPenalty(marks="excluded"),
+            weight,
+            method="chefer_relevance",
+            create_graph=False,
+            classification=0.0,
+        ),
+        annotated=True,
+    )
+
+
+WEIGHTED_ARMS["robustvit"] = robustvit_arm
+
 # weights fixed with ``--select`` (frame, validation split, seed 0)
 register_map("cam", token_cam, center=10.0, mask=10.0)
+register_map("chefer", relevance_map("chefer_relevance"), center=1e6, mask=1e7)
+register_map("rollout", relevance_map("rollout"), center=1e4, mask=1e6)
+register_arm(robustvit_arm(1.0))
 
 DEFAULT_ARMS = ("vanilla", "center_cam", "mask_cam", "counterexamples", "periphery", "oracle")
 DEFAULT_FAMILIES = SHORTCUT_FAMILIES
@@ -342,7 +407,7 @@ def _select(args: Any, base: ViTRecipe) -> int:
     best_recipe = max(scores, key=lambda t: t[0])[1]
     chosen = [f"recipe: lr {best_recipe.lr:g}, {best_recipe.epochs} epochs (oracle)"]
     for map_name in args.maps:
-        for kind in ("center", "mask"):
+        for kind in args.select_kinds:
             results = []
             for weight in args.select_weights:
                 arm = _penalty_arm(map_name, kind, weight)
@@ -350,6 +415,14 @@ def _select(args: Any, base: ViTRecipe) -> int:
                 results.append((run(arm, best_recipe, train)["val_random_accuracy"], weight))
             score, weight = max(results)
             chosen.append(f"{kind}_{map_name}: lambda {weight:g} (val random {score:.3f})")
+    for name in args.select_arms:
+        results = []
+        for weight in args.select_weights:
+            arm = WEIGHTED_ARMS[name](weight)
+            arm = Arm(f"{arm.name}:lam={weight:g}", arm.description, arm.make, arm.annotated)
+            results.append((run(arm, best_recipe, train)["val_random_accuracy"], weight))
+        score, weight = max(results)
+        chosen.append(f"{name}: lambda {weight:g} (val random {score:.3f})")
     print("\nchosen on the validation split: " + "; ".join(chosen))
     return 0
 
@@ -377,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "1",
         "--select-weights",
         "10",
+        "--maps",
+        "cam",
+        "--select-arms",
+        "",
     ]
     parser = common.parser("vit_confounds", __doc__, seeds=3, quick=quick)
     split = lambda s: s.split(",")  # noqa: E731
@@ -400,6 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--select", action="store_true", help="run the validation grid")
     parser.add_argument("--family", default="frame", help="--select: the family split")
     parser.add_argument("--maps", default=",".join(MAPS), type=split, help="--select: maps")
+    parser.add_argument(
+        "--select-kinds",
+        default="center,mask",
+        type=lambda s: [v for v in s.split(",") if v],
+        help="--select: the map penalties gridded (center, mask)",
+    )
+    parser.add_argument(
+        "--select-arms",
+        default=",".join(WEIGHTED_ARMS),
+        type=lambda s: [v for v in s.split(",") if v],
+        help="--select: arms with a weight of their own",
+    )
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--select-lrs", default=SELECT_LRS, type=floats)
@@ -410,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.families, CONFOUND_FAMILIES, "family"),
         (args.arms, ARMS, "arm"),
         (args.maps, MAPS, "map"),
+        (args.select_arms, WEIGHTED_ARMS, "arm"),
+        (args.select_kinds, ("center", "mask"), "penalty kind"),
         ([args.family], CONFOUND_FAMILIES, "family"),
     ):
         for v in values:
