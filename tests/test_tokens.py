@@ -406,3 +406,35 @@ def test_sdpa_switch_is_scoped_to_the_block() -> None:
     with pytest.raises(RuntimeError), CAMHook(_vit()):
         raise RuntimeError("boom")
     assert torch.backends.cuda.flash_sdp_enabled() == before[0]
+
+
+def test_sdpa_switch_survives_interleaved_threads() -> None:
+    """Two threads' blocks overlapping in any order leave the kernel choice as it was."""
+    import threading
+
+    before = torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()
+    model = _vit()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside: list[bool] = []
+
+    def first() -> None:  # enters first, leaves first (the order that leaked)
+        with CAMHook(model):
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with CAMHook(model):
+            second_in.set()
+            first_out.wait(5)
+            inside.append(torch.backends.cuda.flash_sdp_enabled())  # still inside a block
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()
+    assert inside == [False]  # the math kernel for as long as one block is open
+    assert after == before

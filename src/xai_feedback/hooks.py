@@ -123,6 +123,40 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     return target.to(device=logits.device, dtype=torch.long)
 
 
+class _MathAttention:
+    """Scaled-dot-product attention on its math kernel while any hook of any thread needs it.
+
+    torch's kernel choice (``sdpa_kernel``) is process-wide: two threads that each saved and
+    restored it around their own block could interleave and leave the math kernel on for good
+    (thread A saves "all", B saves "math only", A restores "all", B restores "math only").
+    One counter under a lock: the first block in switches, the last block out restores what
+    was there before the first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: contextlib.ExitStack | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                stack = contextlib.ExitStack()
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+                self._saved = stack
+            self._depth += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._saved is not None:
+                self._saved.close()
+                self._saved = None
+
+
+_MATH_ATTENTION = _MathAttention()
+
+
 def _default_name(model: nn.Module) -> str | None:
     try:
         return find_feature_layer(model)
@@ -406,7 +440,8 @@ class CAMHook(ActivationHook):
         stack = contextlib.ExitStack()
         try:
             if self.sdpa_math:
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+                _MATH_ATTENTION.enter()
+                stack.callback(_MATH_ATTENTION.exit)
             if self.eval_mode:
                 self._flags = module_flags(self.model)
                 self.model.eval()
