@@ -208,8 +208,8 @@ def test_grad_cam_equals_the_hand_fold(arch: ViTArch) -> None:
         out = model(x)
         got = hook.cam(out, TARGET, method="grad_cam", scale="paper", create_graph=False)
     # the hook runs attention with the math kernel, the reference with the fused one: equal to
-    # float32 rounding of logits up to ~40 (vit_b_16's std-1 head), hence relative
-    assert torch.allclose(out, logits, rtol=1e-5, atol=1e-5)
+    # float32 rounding of logits up to ~40 (vit_b_16's std-1 head, 768-wide sums): 1e-4 relative
+    assert torch.allclose(out, logits, rtol=1e-4, atol=1e-4)
     scale = float(want.abs().max())
     assert scale > 0
     assert torch.allclose(got, want, rtol=0, atol=1e-4 * scale)
