@@ -20,7 +20,7 @@ from xai_feedback.data import ImageDataset, make_confound
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.functional import periphery_mask
 from xai_feedback.losses import CenterPenalty, MaskPenalty, RRRPenalty
-from xai_feedback.models import GAPNet
+from xai_feedback.models import BasicBlock, GAPNet
 from xai_feedback.models.gapnet import init_weights
 from xai_feedback.objectives import (
     cam_penalty_objective,
@@ -71,33 +71,6 @@ DECOY_MASK_DILATION = 0
 """bench decoy's mask penalty: the annotation mask undilated."""
 MLP_RRR_LAMBDA = 1.0
 """RRR's weight for the Decoy-MNIST MLP (``confounds_mlp --select``: validation, seeds 0-2)."""
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet ``BasicBlock``: two 3x3 conv-BN, identity or 1x1-conv shortcut."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=False)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        result: torch.Tensor = self.relu(out + identity)
-        return result
 
 
 class SmallResNet(nn.Module):
