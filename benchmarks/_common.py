@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,33 @@ __all__ = [
     "run_store",
     "settings_store",
     "stored_run",
+    "time_round_robin",
     "write_json_atomic",
 ]
 
 RESULTS = Path("benchmarks/results")
+
+
+def time_round_robin(
+    runners: Mapping[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of each runner: ``warmup + repeats`` rounds, every runner once per round.
+
+    Within a round the runners run in turn, so a change of the machine's load hits all of them
+    alike (ratios within one call stay valid); CUDA is synchronized around each call.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for round_ in range(warmup + repeats):
+        for name, fn in runners.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def run_store(root: Path) -> RunStore:

@@ -44,14 +44,13 @@ import contextlib
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,26 +118,6 @@ def _peak_mib_subprocess(args: argparse.Namespace, model: str, part: str, name: 
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
-
-
-# ----- timing -----------------------------------------------------------------------------
-
-
-def _time_round_robin(
-    runners: dict[str, Runner], repeats: int, warmup: int, device: torch.device
-) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_ in range(warmup + repeats):
-        for name, fn in runners.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # ----- candidates -------------------------------------------------------------------------
@@ -364,7 +343,7 @@ def _bench(
     model: str,
     part: str,
 ) -> list[dict[str, Any]]:
-    seconds = _time_round_robin(runners, args.repeats, args.warmup, device)
+    seconds = common.time_round_robin(runners, args.repeats, args.warmup, device)
     rows = []
     for name, fn in runners.items():
         if device.type == "cuda":

@@ -25,12 +25,11 @@ Run: ``python benchmarks/relevance.py --threads 2`` (``--quick``: 2 blocks, 64 p
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
+import _common as common
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,23 +79,6 @@ def _model(name: str, args: argparse.Namespace) -> nn.Module:
     )
     nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision starts the head at 0
     return model
-
-
-def _time_round_robin(
-    runners: dict[str, Runner], repeats: int, warmup: int, device: torch.device
-) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_ in range(warmup + repeats):
-        for name, fn in runners.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _runners(
@@ -166,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     masks[:, quarter:-quarter, quarter:-quarter] = 1
     for name in args.models.split(","):
         model = _model(name, args).to(device).train()
-        times = _time_round_robin(
+        times = common.time_round_robin(
             _runners(model, x, target, masks), args.repeats, args.warmup, device
         )
         print(f"\n{name} ({args.depth} blocks)")
