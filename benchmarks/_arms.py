@@ -18,7 +18,7 @@ from torch import nn
 from xai_feedback.counterexamples import Counterexamples, region_range
 from xai_feedback.data import ImageDataset, make_confound
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
-from xai_feedback.functional import periphery_mask
+from xai_feedback.functional import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.losses import CenterPenalty, MaskPenalty, RRRPenalty
 from xai_feedback.models import BasicBlock, GAPNet
 from xai_feedback.models.gapnet import init_weights
@@ -26,6 +26,7 @@ from xai_feedback.objectives import (
     cam_penalty_objective,
     counterexample_objective,
     per_example_batchnorm,
+    periphery_objective,
     rrr_counterexample_objective,
     rrr_objective,
 )
@@ -42,12 +43,10 @@ __all__ = [
     "ARCHS",
     "ARMS",
     "CENTER_LAMBDA",
-    "CENTER_SIGMA",
     "DECOY_MASK_DILATION",
     "MASK_DILATION",
     "MASK_LAMBDA",
     "MLP_RRR_LAMBDA",
-    "PERIPHERY_THRESHOLD",
     "RRR_LAMBDA",
     "Arm",
     "BasicBlock",
@@ -61,12 +60,10 @@ __all__ = [
 
 # Fixed once with ``bench confounds_select`` on a validation split of the frame family (GAPNet),
 # never on test sets and never per family or architecture.
-CENTER_SIGMA = 0.7
 CENTER_LAMBDA = 10.0
 MASK_LAMBDA = 10.0  # also bench decoy's (chosen there on its own validation split)
 MASK_DILATION = 4
 RRR_LAMBDA = 1000.0  # also bench decoy's
-PERIPHERY_THRESHOLD = 0.5
 DECOY_MASK_DILATION = 0
 """bench decoy's mask penalty: the annotation mask undilated."""
 MLP_RRR_LAMBDA = 1.0
@@ -155,9 +152,9 @@ ARMS: dict[str, Arm] = {
         Arm("vanilla", "cross-entropy", lambda seed, train: cross_entropy_objective),
         Arm(
             "center",
-            f"Gaussian center penalty, signed all-class CAMs, sigma {CENTER_SIGMA}, "
+            f"Gaussian center penalty, signed all-class CAMs, sigma {DEFAULT_SIGMA}, "
             f"lambda {CENTER_LAMBDA:g}",
-            lambda seed, train: cam_penalty_objective(CenterPenalty(CENTER_SIGMA), CENTER_LAMBDA),
+            lambda seed, train: cam_penalty_objective(CenterPenalty(DEFAULT_SIGMA), CENTER_LAMBDA),
         ),
         Arm(
             "mask",
@@ -192,14 +189,10 @@ ARMS: dict[str, Arm] = {
         Arm(
             "periphery",
             f"annotation-free counterexamples: the center prior's periphery (sigma "
-            f"{CENTER_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) taken from another image, and "
+            f"{DEFAULT_SIGMA}, weight >= {PERIPHERY_THRESHOLD}) taken from another image, and "
             f"set to a random constant (two copies)",
-            lambda seed, train: counterexample_objective(
-                [
-                    Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
-                    for k, fill in ((10_000, "swap"), (20_000, "constant"))
-                ],
-                region=periphery_mask(28, 28, CENTER_SIGMA, threshold=PERIPHERY_THRESHOLD),
+            lambda seed, train: periphery_objective(
+                generator=torch.Generator().manual_seed(10_000 + seed)
             ),
         ),
         Arm(
@@ -236,7 +229,7 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
     lam = float(kw.get("lam", 10))
     g = torch.Generator().manual_seed(1000 + seed)
     if name == "center":
-        return cam_penalty_objective(CenterPenalty(float(kw.get("s", CENTER_SIGMA))), lam)
+        return cam_penalty_objective(CenterPenalty(float(kw.get("s", DEFAULT_SIGMA))), lam)
     if name == "mask":
         penalty = MaskPenalty(dilation=int(kw.get("d", 0)), field=int(kw.get("f", 1)))
         return cam_penalty_objective(penalty, lam)
@@ -275,7 +268,7 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
         region = periphery_mask(
             28,
             28,
-            float(kw.get("s", CENTER_SIGMA)),
+            float(kw.get("s", DEFAULT_SIGMA)),
             threshold=float(kw.get("t", PERIPHERY_THRESHOLD)),
         )
         augs = [Counterexamples(fill=f, generator=g) for f in kw.get("fill", "constant").split("+")]

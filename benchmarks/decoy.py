@@ -26,8 +26,9 @@ from _arms import ARMS, DECOY_MASK_DILATION, MASK_LAMBDA, Arm, objective_from_sp
 
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.digits import DigitFamily
-from xai_feedback.demo import CAM_LAMBDA, CAM_SIGMA, ConfoundSetup, run_confounded
+from xai_feedback.demo import CAM_LAMBDA, ConfoundSetup, run_confounded
 from xai_feedback.evaluation.fingerprint import Fingerprint
+from xai_feedback.functional import DEFAULT_SIGMA
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import GAPNet
@@ -44,36 +45,34 @@ METHODS: dict[str, Arm] = {
         ARMS["vanilla"],
         Arm(
             "cam",
-            f"Gaussian center penalty, signed CAM of all classes (default), sigma {CAM_SIGMA}, "
+            f"Gaussian center penalty, signed CAM of all classes (default), sigma {DEFAULT_SIGMA}, "
             f"lambda {CAM_LAMBDA:g}",
-            lambda seed, train: cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA),
+            lambda seed, train: cam_penalty_objective(CenterPenalty(), CAM_LAMBDA),
         ),
         Arm(
             "cam-target-relu",
             "the first experiments' form: ReLU'd CAM of the target class",
             lambda seed, train: cam_penalty_objective(
-                CenterPenalty(CAM_SIGMA, classes="target", signed=False), CAM_LAMBDA
+                CenterPenalty(classes="target", signed=False), CAM_LAMBDA
             ),
         ),
         Arm(
             "cam-all-relu",
             "ReLU'd CAMs of all classes",
-            lambda seed, train: cam_penalty_objective(
-                CenterPenalty(CAM_SIGMA, signed=False), CAM_LAMBDA
-            ),
+            lambda seed, train: cam_penalty_objective(CenterPenalty(signed=False), CAM_LAMBDA),
         ),
         Arm(
             "gradcam",
             "Gaussian penalty on the signed Grad-CAMs of all classes (CAM scale, CAM's lambda)",
             lambda seed, train: cam_penalty_objective(
-                CenterPenalty(CAM_SIGMA), CAM_LAMBDA, method="grad_cam"
+                CenterPenalty(), CAM_LAMBDA, method="grad_cam"
             ),
         ),
         Arm(
             "gradcam-target",
             "Gaussian penalty on the signed Grad-CAM of the target class (CAM scale)",
             lambda seed, train: cam_penalty_objective(
-                CenterPenalty(CAM_SIGMA, classes="target"), CAM_LAMBDA, method="grad_cam"
+                CenterPenalty(classes="target"), CAM_LAMBDA, method="grad_cam"
             ),
         ),
         Arm(

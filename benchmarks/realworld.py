@@ -71,11 +71,14 @@ from torch import nn
 from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.data import ImageDataset, load_fashion_mnist
 from xai_feedback.data.shortcuts import confound_dataset
-from xai_feedback.functional import periphery_mask
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.models import freeze_batchnorm, load_weights, replace_head
 from xai_feedback.models.resnet import SmallResNet
-from xai_feedback.objectives import cam_penalty_objective, counterexample_objective
+from xai_feedback.objectives import (
+    cam_penalty_objective,
+    counterexample_objective,
+    periphery_objective,
+)
 from xai_feedback.training import Batch, Objective, accuracy, cross_entropy_objective, fit
 
 __all__ = [
@@ -96,8 +99,6 @@ ARMS = ("vanilla", "center", "periphery", "mask", "counterexamples", "oracle")
 ANNOTATED = ("mask", "counterexamples")
 FREE = ("center", "periphery")
 SELECT_FAMILY = "frame"
-CENTER_SIGMA = 0.7
-PERIPHERY_THRESHOLD = 0.5
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -228,19 +229,14 @@ def make_objective(arm: str, seed: int, *, size: int, center: float, mask: float
     if arm in ("vanilla", "oracle"):
         return cross_entropy_objective
     if arm == "center":
-        return cam_penalty_objective(CenterPenalty(CENTER_SIGMA), center)
+        return cam_penalty_objective(CenterPenalty(), center)
     if arm == "mask":
         return cam_penalty_objective(MaskPenalty(), mask)
     if arm == "counterexamples":
         g = torch.Generator().manual_seed(10_000 + seed)
         return counterexample_objective(Counterexamples(generator=g))
     if arm == "periphery":
-        region = periphery_mask(size, size, CENTER_SIGMA, threshold=PERIPHERY_THRESHOLD)
-        augs = [
-            Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
-            for k, fill in ((10_000, "swap"), (20_000, "constant"))
-        ]
-        return counterexample_objective(augs, region=region)
+        return periphery_objective(generator=torch.Generator().manual_seed(10_000 + seed))
     raise ValueError(f"unknown arm {arm!r}")
 
 

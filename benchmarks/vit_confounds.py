@@ -53,6 +53,7 @@ from torch import nn
 
 from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
+from xai_feedback.functional import DEFAULT_SIGMA
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
@@ -97,7 +98,6 @@ class ViTRecipe:
 
 # Fixed with ``--select`` on a validation split of the frame family (seed 0), before any test run.
 RECIPE = ViTRecipe(lr=3e-3, epochs=10, batch_size=32)
-CENTER_SIGMA = 0.7  # the CNN battery's prior (``_arms.CENTER_SIGMA``)
 MASK_DILATION = 4  # the CNN battery's annotation dilation (``_arms.MASK_DILATION``)
 
 SELECT_LRS = (1e-3, 3e-3)
@@ -151,13 +151,13 @@ def map_penalty_objective(map_fn: MapFn, penalty: MapPenalty, weight: float) -> 
 
 def _penalty(kind: str) -> MapPenalty:
     if kind == "center":
-        return CenterPenalty(CENTER_SIGMA)
+        return CenterPenalty()
     return MaskPenalty(dilation=MASK_DILATION)
 
 
 def _penalty_arm(map_name: str, kind: str, weight: float) -> Arm:
     what = (
-        f"Gaussian center penalty (sigma {CENTER_SIGMA})"
+        f"Gaussian center penalty (sigma {DEFAULT_SIGMA})"
         if kind == "center"
         else f"annotation-mask penalty (dilation {MASK_DILATION} px)"
     )

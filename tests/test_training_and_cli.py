@@ -96,10 +96,10 @@ class _Recorder(torch.nn.Module):
 
 def test_periphery_arm_randomizes_only_the_periphery() -> None:
     from xai_feedback.data import confounded_digits
-    from xai_feedback.demo import CAM_SIGMA, PERIPHERY_THRESHOLD, periphery_objective
     from xai_feedback.functional import periphery_mask
+    from xai_feedback.objectives import periphery_objective
 
-    region = periphery_mask(28, 28, CAM_SIGMA, threshold=PERIPHERY_THRESHOLD)
+    region = periphery_mask(28, 28)
     # the frame confound lies inside the periphery, the digits' center outside it
     assert not (confounded_digits("train", "frame").masks.any(0) & ~region).any()
     assert not region[10:18, 10:18].any()
@@ -108,7 +108,8 @@ def test_periphery_arm_randomizes_only_the_periphery() -> None:
     seen = []
     for seed in (3, 3, 4):
         model = _Recorder()
-        loss, logits = periphery_objective(seed)(model, batch)
+        objective = periphery_objective(generator=torch.Generator().manual_seed(seed))
+        loss, logits = objective(model, batch)
         assert logits.shape == (8, 10) and loss.ndim == 0
         seen.append(model.seen)
     x = seen[0]
@@ -125,13 +126,14 @@ def test_periphery_arm_randomizes_only_the_periphery() -> None:
         for i in range(8)
     )
     assert torch.all(x[16:, 0][:, region].std(1) == 0)
-    # deterministic in the demo's seed
+    # deterministic in the generator's seed
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
 
 
 def test_periphery_arm_trains_on_a_small_subset() -> None:
     from xai_feedback.data import confounded_digits, load_digits
-    from xai_feedback.demo import ConfoundSetup, periphery_objective, run_confounded
+    from xai_feedback.demo import ConfoundSetup, run_confounded
+    from xai_feedback.objectives import periphery_objective
 
     setup = ConfoundSetup(epochs=1, width=4, batch_size=32)
     train = confounded_digits("train", "frame").subset(torch.arange(96))
@@ -139,7 +141,7 @@ def test_periphery_arm_trains_on_a_small_subset() -> None:
     run, model = run_confounded(
         setup,
         method="periphery counterexamples",
-        objective=periphery_objective(0),
+        objective=periphery_objective(generator=torch.Generator().manual_seed(0)),
         train_data=train,
         evals=evals,
     )
@@ -195,3 +197,20 @@ def test_one_flag_silences_every_progress_bar(
     assert not progress_enabled(True)
     fit(GAPNet(width=4), data, epochs=1, batch_size=16, progress="flagged")
     assert "flagged" not in capsys.readouterr().err
+
+
+def test_periphery_objective_takes_the_size_from_the_batch() -> None:
+    from xai_feedback.functional import periphery_mask
+    from xai_feedback.objectives import periphery_objective
+
+    images = torch.rand(4, 1, 20, 36, generator=torch.Generator().manual_seed(1))
+    batch = Batch(images, torch.arange(4), None, 0, 0, 1)
+    model = _Recorder()
+    model.linear = torch.nn.Linear(20 * 36, 10)
+    objective = periphery_objective(sigma=0.5, generator=torch.Generator().manual_seed(0))
+    objective(model, batch)
+    region = periphery_mask(20, 36, 0.5)
+    changed = (model.seen[4:] != images.repeat(2, 1, 1, 1)).any(1)
+    assert changed[:, region].all() and not changed[:, ~region].any()
+    with pytest.raises(RangeError, match="threshold"):
+        periphery_objective(threshold=1.5)

@@ -4,11 +4,11 @@
 set and reports the three numbers that make a shortcut visible: training accuracy, accuracy on
 clean test digits, and accuracy on the confound's test set (where the confound no longer
 gives the class away). :func:`demo` runs it with the arms of :data:`DEMO_ARMS`: plain
-cross-entropy, the Gaussian CAM penalty (:data:`CAM_SIGMA`, :data:`CAM_LAMBDA`) and
-annotation-free counterexamples of the center prior's periphery (:func:`periphery_objective`,
-:data:`PERIPHERY_THRESHOLD`), and prints the comparison. The benchmarks in the repository's
-``benchmarks/`` folder reuse them (``xai-feedback bench decoy``, ``xai-feedback bench
-confounds``).
+cross-entropy, the Gaussian CAM penalty (:data:`CAM_LAMBDA`) and annotation-free
+counterexamples of the center prior's periphery
+(:func:`~xai_feedback.objectives.periphery_objective`), and prints the comparison. The
+benchmarks in the repository's ``benchmarks/`` folder reuse :func:`run_confounded`
+(``xai-feedback bench decoy``, ``xai-feedback bench proxy``).
 """
 
 from __future__ import annotations
@@ -20,43 +20,34 @@ from pathlib import Path
 import torch
 
 from xai_feedback._checks import check_choice
-from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
 from xai_feedback.data.digits import DigitFamily
-from xai_feedback.functional.kernels import DEFAULT_SIGMA, periphery_mask
+from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD
 from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
-from xai_feedback.objectives import cam_penalty_objective, counterexample_objective
+from xai_feedback.objectives import cam_penalty_objective, periphery_objective
 from xai_feedback.training import Objective, accuracy, cross_entropy_objective, fit
 
 __all__ = [
     "CAM_LAMBDA",
-    "CAM_SIGMA",
     "DEMO_ARMS",
     "DEMO_FIGURE",
-    "PERIPHERY_THRESHOLD",
     "ConfoundRun",
     "ConfoundSetup",
     "demo",
-    "periphery_objective",
     "run_confounded",
     "save_demo_maps",
 ]
 
-CAM_SIGMA = DEFAULT_SIGMA
-"""``sigma`` of the Gaussian center penalty (:class:`~xai_feedback.losses.CenterPenalty`)."""
 CAM_LAMBDA = 10.0
-"""Weight of the CAM penalty. Both chosen by ``xai-feedback bench decoy --select`` on a
-validation split carved from the training images, never on the test sets."""
-PERIPHERY_THRESHOLD = 0.5
-"""Center weight from which a pixel is periphery for the periphery counterexamples
-(:func:`~xai_feedback.functional.periphery_mask`, with the center prior's :data:`CAM_SIGMA`).
-Chosen by ``xai-feedback bench confounds --select`` on a validation split of the frame family's
-training images, never on the test sets."""
+"""Weight of the CAM penalty (its ``sigma`` is the library's
+:data:`~xai_feedback.functional.DEFAULT_SIGMA`). Chosen by ``xai-feedback bench decoy --select``
+on a validation split carved from the training images, never on the test sets."""
 
 DEMO_ARMS = ("vanilla", "CAM penalty", "periphery counterexamples")
 """The demo's arms, in the order they run: plain cross-entropy, the Gaussian CAM center penalty,
-and annotation-free periphery counterexamples (:func:`periphery_objective`)."""
+and annotation-free periphery counterexamples
+(:func:`~xai_feedback.objectives.periphery_objective`)."""
 
 
 @dataclass(frozen=True)
@@ -186,57 +177,12 @@ def run_confounded(
     return run, model
 
 
-def periphery_objective(
-    seed: int = 0,
-    *,
-    sigma: float = CAM_SIGMA,
-    threshold: float = PERIPHERY_THRESHOLD,
-    size: tuple[int, int] = (28, 28),
-) -> Objective:
-    """Annotation-free counterexamples of the center prior's periphery: the demo's third arm.
-
-    Built exactly as the ``periphery`` arm of ``xai-feedback bench confounds``: every batch is
-    followed by two counterexamples of each image, whose periphery
-    (:func:`~xai_feedback.functional.periphery_mask` with ``sigma`` and ``threshold``) is
-    taken from another image of the batch (``fill="swap"``) and set to a random constant
-    (``fill="constant"``), labels kept; the center is left as it is. Each augmentation draws
-    from its own generator, seeded from ``seed``, so a run is reproducible.
-
-    Args:
-        seed: Seed of the augmentations' random draws (``10000 + seed`` for the swap,
-            ``20000 + seed`` for the constant, as in the benchmark).
-        sigma: Width of the center prior (the CAM penalty's, by default).
-        threshold: Center weight from which a pixel is periphery.
-        size: ``(H, W)`` of the training images.
-
-    Returns:
-        The training objective (cross-entropy over the batch and its counterexamples; the batch
-        is three times as large).
-
-    Example:
-        >>> from xai_feedback.training import Batch
-        >>> objective = periphery_objective(seed=0)
-        >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
-        >>> batch = Batch(torch.rand(8, 1, 28, 28), torch.arange(8), None, 0, 0, 1)
-        >>> loss, logits = objective(model, batch)
-        >>> tuple(logits.shape)
-        (8, 10)
-    """
-    return counterexample_objective(
-        [
-            Counterexamples(fill=fill, generator=torch.Generator().manual_seed(k + seed))
-            for k, fill in ((10_000, "swap"), (20_000, "constant"))
-        ],
-        region=periphery_mask(size[0], size[1], sigma, threshold=threshold),
-    )
-
-
 def _arm_objective(arm: str, seed: int) -> Objective:
     """The training objective of one of :data:`DEMO_ARMS`."""
     if arm == "CAM penalty":
-        return cam_penalty_objective(CenterPenalty(CAM_SIGMA), CAM_LAMBDA)
+        return cam_penalty_objective(CenterPenalty(), CAM_LAMBDA)
     if arm == "periphery counterexamples":
-        return periphery_objective(seed)
+        return periphery_objective(generator=torch.Generator().manual_seed(seed))
     return cross_entropy_objective
 
 
@@ -300,8 +246,9 @@ def demo(
     """Train ``setup`` with each of :data:`DEMO_ARMS` and print the comparison.
 
     The arms are plain cross-entropy, the Gaussian CAM penalty, and periphery
-    counterexamples (:func:`periphery_objective`); none of them needs annotations. The last
-    is the recommendation for that case (centered objects, no annotations).
+    counterexamples (:func:`~xai_feedback.objectives.periphery_objective`); none of them needs
+    annotations. The last is the recommendation for that case (centered objects, no
+    annotations).
 
     Args:
         setup: The confound and training hyper-parameters.
@@ -328,12 +275,12 @@ def demo(
     described = {
         "vanilla": "plain cross-entropy",
         "CAM penalty": (
-            f"the Gaussian CAM center penalty (signed CAMs of all classes, sigma {CAM_SIGMA},"
+            f"the Gaussian CAM center penalty (signed CAMs of all classes, sigma {DEFAULT_SIGMA},"
             f" lambda {CAM_LAMBDA:g})"
         ),
         "periphery counterexamples": (
             f"cross-entropy on each image plus two copies whose periphery (center weight"
-            f" >= {PERIPHERY_THRESHOLD:g} at sigma {CAM_SIGMA}) is swapped from another image"
+            f" >= {PERIPHERY_THRESHOLD:g} at sigma {DEFAULT_SIGMA}) is swapped from another image"
             " and set to a random constant"
         ),
     }

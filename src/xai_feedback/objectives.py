@@ -19,6 +19,7 @@ from xai_feedback._checks import check_shape
 from xai_feedback._modes import eval_mode, restore_flags
 from xai_feedback.counterexamples import Counterexamples, counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
+from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
     ConstantSchedule,
@@ -34,6 +35,7 @@ __all__ = [
     "cam_penalty_objective",
     "counterexample_objective",
     "per_example_batchnorm",
+    "periphery_objective",
     "relevance_penalty_objective",
     "rrr_counterexample_objective",
     "rrr_objective",
@@ -327,6 +329,54 @@ def counterexample_objective(
             labels.append(y[start:])
         logits = model(torch.cat(images))
         return F.cross_entropy(logits, torch.cat(labels)), logits[:n]
+
+    return objective
+
+
+def periphery_objective(
+    *,
+    sigma: float = DEFAULT_SIGMA,
+    threshold: float = PERIPHERY_THRESHOLD,
+    generator: torch.Generator | None = None,
+) -> Objective:
+    r"""Annotation-free counterexamples of the center prior's periphery.
+
+    Every batch is followed by two counterexamples of each image whose periphery
+    :math:`M = [\, 1 - e^{-(x^2 + y^2) / (2\sigma^2)} \ge t \,]`
+    (:func:`~xai_feedback.functional.periphery_mask`, on the batch's own ``(H, W)``) is taken
+    from another image of the batch (``fill="swap"``) or set to a random constant
+    (``fill="constant"``), labels kept; the center is left as it is (Teso & Kersting 2019's
+    counterexamples, with the center penalty's prior in place of annotations). The loss is
+    the cross-entropy over the batch and both copies (a batch three times as large).
+
+    Args:
+        sigma: Width of the center prior, on [-1, 1] coordinates (the center penalty's).
+        threshold: Center weight from which a pixel is periphery, in (0, 1).
+        generator: Source of both augmentations' random draws (``None``: torch's global one).
+
+    Returns:
+        The training objective; the logits it returns are the original images'.
+
+    Example:
+        >>> from xai_feedback.models import GAPNet
+        >>> from xai_feedback.training import Batch
+        >>> objective = periphery_objective(generator=torch.Generator().manual_seed(0))
+        >>> model = GAPNet(width=4, generator=torch.Generator().manual_seed(0))
+        >>> batch = Batch(torch.rand(8, 1, 28, 28), torch.arange(8), None, 0, 0, 1)
+        >>> loss, logits = objective(model, batch)
+        >>> tuple(logits.shape)
+        (8, 10)
+    """
+    periphery_mask(8, 8, sigma, threshold=threshold)  # checks sigma and threshold now
+    augs = [Counterexamples(fill=fill, generator=generator) for fill in ("swap", "constant")]
+    by_size: dict[tuple[int, int], Objective] = {}
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = (int(n) for n in batch.images.shape[-2:])
+        if (h, w) not in by_size:
+            region = periphery_mask(h, w, sigma, threshold=threshold)
+            by_size[h, w] = counterexample_objective(augs, region=region)
+        return by_size[h, w](model, batch)
 
     return objective
 

@@ -22,6 +22,7 @@ from xai_feedback.functional.imputation import (
 from xai_feedback.functional.kernels import (
     DEFAULT_SIGMA,
     KERNEL_SHAPES,
+    PERIPHERY_THRESHOLD,
     center_weight,
     normalized_grid,
     periphery_mask,
@@ -57,6 +58,7 @@ __all__ = [
     "FILLS",
     "KERNEL_SHAPES",
     "NORMALIZATIONS",
+    "PERIPHERY_THRESHOLD",
     "REMOVALS",
     "ACEResult",
     "ace",

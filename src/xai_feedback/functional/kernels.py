@@ -6,7 +6,14 @@ import torch
 
 from xai_feedback._checks import check_choice, check_int, check_number
 
-__all__ = ["DEFAULT_SIGMA", "KERNEL_SHAPES", "center_weight", "normalized_grid", "periphery_mask"]
+__all__ = [
+    "DEFAULT_SIGMA",
+    "KERNEL_SHAPES",
+    "PERIPHERY_THRESHOLD",
+    "center_weight",
+    "normalized_grid",
+    "periphery_mask",
+]
 
 KERNEL_SHAPES = ("gaussian", "flat")
 """Kernel shapes understood by :func:`center_weight`."""
@@ -39,6 +46,10 @@ def normalized_grid(
 DEFAULT_SIGMA = 0.7
 """The one default width of the center penalty, on [-1, 1] coordinates: chosen on a
 validation split of the frame-confounded digits (``benchmarks/decoy.py``)."""
+
+PERIPHERY_THRESHOLD = 0.5
+"""The default center weight from which a pixel is periphery (:func:`periphery_mask`): chosen
+with ``xai-feedback bench confounds_select`` on a validation split of the frame family."""
 
 
 def center_weight(
@@ -98,7 +109,7 @@ def periphery_mask(
     w: int,
     sigma: float = DEFAULT_SIGMA,
     *,
-    threshold: float = 0.5,
+    threshold: float = PERIPHERY_THRESHOLD,
     shape: str = "gaussian",
     radius: float = 0.7,
     device: torch.device | str | None = None,
