@@ -49,6 +49,8 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,7 +82,6 @@ WATERMARK_TEXT = "捷径捷径捷径"
 """ImageNet-W's watermark text ("shortcut" in Chinese, three times)."""
 
 _RULES = ("tied", "random", "none")
-_GRAY = ("frame", "swatch", "stripe", "center_dot", "patch")
 _REFERENCE = 28
 _FONT = "SourceHanSerifSC-ExtraLight.otf"
 # ImageNet-W's font sizes (AddWatermark); other sides use int(side / 6.22)
@@ -169,6 +170,23 @@ def _scaled(family: str, height: int, width: int) -> int:
     return max(1, round(SHORTCUT_SIZES[family] * min(height, width) / _REFERENCE))
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """Where each image's shortcut may go: its geometry and the positions drawn for it."""
+
+    images: torch.Tensor
+    side: int
+    corner: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    threshold: float
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        n, _, height, width = (int(d) for d in self.images.shape)
+        return n, height, width
+
+
 def _boxes(
     top: torch.Tensor, left: torch.Tensor, side: int, height: int, width: int
 ) -> torch.Tensor:
@@ -178,6 +196,132 @@ def _boxes(
     in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + side)
     in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < left[:, None] + side)
     return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def _frame(p: _Placement) -> torch.Tensor:
+    """A border ``side`` pixels wide."""
+    n, height, width = p.size
+    rows = torch.arange(height, device=p.images.device)
+    cols = torch.arange(width, device=p.images.device)
+    dist_r = torch.minimum(rows, height - 1 - rows)
+    dist_c = torch.minimum(cols, width - 1 - cols)
+    return (torch.minimum(dist_r[:, None], dist_c[None, :]) < p.side).expand(n, -1, -1)
+
+
+def _swatch(p: _Placement) -> torch.Tensor:
+    """A square in the drawn corner (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)."""
+    _, height, width = p.size
+    top = torch.where(p.corner >= 2, height - p.side, 0)
+    left = torch.where(p.corner % 2 == 1, width - p.side, 0)
+    return _boxes(top, left, p.side, height, width)
+
+
+def _stripe(p: _Placement) -> torch.Tensor:
+    """A stripe ``side`` pixels wide down the left side."""
+    n, height, width = p.size
+    cols = torch.arange(width, device=p.images.device)
+    return (cols < p.side)[None, None, :].expand(n, height, -1)
+
+
+def _center_dot(p: _Placement) -> torch.Tensor:
+    """A square at the center."""
+    n, height, width = p.size
+    top = torch.full((n,), (height - p.side) // 2, device=p.images.device)
+    left = torch.full((n,), (width - p.side) // 2, device=p.images.device)
+    return _boxes(top, left, p.side, height, width)
+
+
+def _patch(p: _Placement) -> torch.Tensor:
+    """A square at the drawn position."""
+    _, height, width = p.size
+    return _boxes(p.top, p.left, p.side, height, width)
+
+
+def _background(p: _Placement) -> torch.Tensor:
+    """Every pixel whose channels are all below ``threshold``."""
+    return p.images.amax(dim=1) < p.threshold
+
+
+def _watermark(p: _Placement) -> torch.Tensor:
+    """The pixels ImageNet-W's watermark touches."""
+    n, height, width = p.size
+    return (watermark_alpha(height, width, device=p.images.device) > 0).expand(n, -1, -1)
+
+
+def _nothing(p: _Placement) -> torch.Tensor:
+    """No pixel."""
+    n, height, width = p.size
+    return torch.zeros(n, height, width, dtype=torch.bool, device=p.images.device)
+
+
+_MASKS: dict[str, Callable[[_Placement], torch.Tensor]] = {
+    "frame": _frame,
+    "swatch": _swatch,
+    "stripe": _stripe,
+    "center_dot": _center_dot,
+    "background": _background,
+    "patch": _patch,
+    "watermark": _watermark,
+    "none": _nothing,
+}
+"""Each family's mask: the one place a family's geometry is written."""
+
+
+def _gray_level(level: torch.Tensor, family: str, levels: int) -> torch.Tensor:
+    """The gray of each level: ``(255 - s v) / 255``, or ``s v`` for the background."""
+    if family == "background":
+        return (0.05 if levels <= 10 else 0.45 / (levels - 1)) * level
+    return (255.0 - (25.0 if levels <= 10 else 250.0 / (levels - 1)) * level) / 255.0
+
+
+def _draw(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    level: torch.Tensor,
+    family: str,
+    levels: int,
+    opacity: float | None,
+) -> torch.Tensor:
+    """Paint (or, for the watermark, composite) each image's level over its mask."""
+    level = level.to(torch.float64)
+    if family == "watermark":
+        alpha = watermark_alpha(*images.shape[-2:], dtype=images.dtype, device=images.device)
+        strength = (_WATERMARK_OPACITY if opacity is None else opacity) * (levels - level)
+        a = (strength / levels).to(images.dtype)[:, None, None, None] * alpha
+        return images + a * (1 - images)
+    fill = _gray_level(level, family, levels).to(images.dtype)[:, None, None, None]
+    if opacity is not None and opacity < 1:
+        fill = (1 - opacity) * images + opacity * fill
+    return torch.where(masks[:, None], fill, images)
+
+
+def _check_arguments(
+    data: ImageDataset,
+    family: str,
+    rule: str,
+    size: int | None,
+    levels: int | None,
+    generator: torch.Generator | None,
+) -> int:
+    """Check ``confound_dataset``'s arguments; returns the number of levels."""
+    if not isinstance(data, ImageDataset):
+        raise DTypeError(f"`data` must be an ImageDataset, got {type(data).__name__}.")
+    check_choice(family, "family", IMAGE_CONFOUND_FAMILIES)
+    check_choice(rule, "rule", _RULES)
+    height, width = (int(d) for d in data.images.shape[-2:])
+    if size is not None:
+        check_int(size, "size", minimum=1, maximum=min(height, width))
+    if levels is None:
+        levels = max(2, data.num_classes)
+    check_int(levels, "levels", minimum=2)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise DTypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
+    if rule == "tied" and len(data) and int(data.labels.max()) >= levels:
+        raise RangeError(
+            f"`levels` must be above the largest label for rule='tied', got {levels} for "
+            f"labels up to {int(data.labels.max())}."
+        )
+    return levels
 
 
 def confound_dataset(
@@ -234,28 +378,12 @@ def confound_dataset(
         tensor([[1.0000, 1.0000, 1.0000],
                 [0.1176, 0.1176, 0.1176]])
     """
-    if not isinstance(data, ImageDataset):
-        raise DTypeError(f"`data` must be an ImageDataset, got {type(data).__name__}.")
-    check_choice(family, "family", IMAGE_CONFOUND_FAMILIES)
-    check_choice(rule, "rule", _RULES)
-    n, _, height, width = (int(d) for d in data.images.shape)
-    if size is not None:
-        check_int(size, "size", minimum=1, maximum=min(height, width))
+    levels = _check_arguments(data, family, rule, size, levels, generator)
     if opacity is not None:
         opacity = check_number(opacity, "opacity", minimum=0, maximum=1, strict_minimum=True)
     threshold = check_number(threshold, "threshold")
-    if levels is None:
-        levels = max(2, data.num_classes)
-    check_int(levels, "levels", minimum=2)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise DTypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
-    if rule == "tied" and n and int(data.labels.max()) >= levels:
-        raise RangeError(
-            f"`levels` must be above the largest label for rule='tied', got {levels} for "
-            f"labels up to {int(data.labels.max())}."
-        )
-
     images, device = data.images, data.images.device
+    n, _, height, width = (int(d) for d in images.shape)
     side = 0  # the shortcut's size in pixels, for the families that have one
     if family in SHORTCUT_SIZES:
         side = size if size is not None else _scaled(family, height, width)
@@ -269,49 +397,10 @@ def confound_dataset(
     corner = draw(4)
     top, left = draw(height - patch + 1), draw(width - patch + 1)
     random_level = draw(levels)
-
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    alpha = torch.zeros((), dtype=images.dtype, device=device)
-    if family == "frame":
-        dist_r = torch.minimum(rows, height - 1 - rows)
-        dist_c = torch.minimum(cols, width - 1 - cols)
-        masks = (torch.minimum(dist_r[:, None], dist_c[None, :]) < side).expand(n, -1, -1)
-    elif family == "swatch":
-        top_c = torch.where(corner >= 2, height - side, 0)
-        left_c = torch.where(corner % 2 == 1, width - side, 0)
-        masks = _boxes(top_c, left_c, side, height, width)
-    elif family == "stripe":
-        masks = (cols < side)[None, None, :].expand(n, height, -1)
-    elif family == "center_dot":
-        start = torch.ones(n, 2, dtype=torch.long, device=device)
-        start = start * torch.tensor([(height - side) // 2, (width - side) // 2], device=device)
-        masks = _boxes(start[:, 0], start[:, 1], side, height, width)
-    elif family == "patch":
-        masks = _boxes(top, left, side, height, width)
-    elif family == "background":
-        masks = images.amax(dim=1) < threshold
-    elif family == "watermark":
-        alpha = watermark_alpha(height, width, dtype=images.dtype, device=device)
-        masks = (alpha > 0).expand(n, -1, -1)
-    else:
-        masks = torch.zeros(n, height, width, dtype=torch.bool, device=device)
-    masks = masks.contiguous()
-
+    placement = _Placement(images, side, corner, top, left, threshold)
+    masks = _MASKS[family](placement).contiguous()
     if family != "none" and rule != "none":
-        level = (data.labels if rule == "tied" else random_level).to(torch.float64)
-        if family == "watermark":
-            strength = (_WATERMARK_OPACITY if opacity is None else opacity) * (levels - level)
-            a = (strength / levels).to(images.dtype)[:, None, None, None] * alpha
-            images = images + a * (1 - images)
-        else:
-            if family == "background":
-                value = (0.05 if levels <= 10 else 0.45 / (levels - 1)) * level
-            else:
-                value = (255.0 - (25.0 if levels <= 10 else 250.0 / (levels - 1)) * level) / 255.0
-            fill = value.to(images.dtype)[:, None, None, None]
-            if opacity is not None and opacity < 1:
-                fill = (1 - opacity) * images + opacity * fill
-            images = torch.where(masks[:, None], fill, images)
+        level = data.labels if rule == "tied" else random_level
+        images = _draw(images, masks, level, family, levels, opacity)
     name = f"{data.name}+{family}-{rule}" if data.name else f"{family}-{rule}"
     return ImageDataset(images, data.labels, masks, name, data.classes)
