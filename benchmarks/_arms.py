@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback.counterexamples import Counterexamples, region_range
-from xai_feedback.data import ImageDataset, make_confound
+from xai_feedback.data import ImageDataset, confounded_digits
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.functional import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.losses import CenterPenalty, MaskPenalty, RRRPenalty
-from xai_feedback.models import BasicBlock, GAPNet
-from xai_feedback.models.gapnet import init_weights
+from xai_feedback.models import GAPNet
+from xai_feedback.models.resnet import SmallResNet
 from xai_feedback.objectives import (
     cam_penalty_objective,
     counterexample_objective,
@@ -49,8 +49,6 @@ __all__ = [
     "MLP_RRR_LAMBDA",
     "RRR_LAMBDA",
     "Arm",
-    "BasicBlock",
-    "SmallResNet",
     "applies",
     "objective_from_spec",
     "run_one",
@@ -70,53 +68,12 @@ MLP_RRR_LAMBDA = 1.0
 """RRR's weight for the Decoy-MNIST MLP (``confounds_mlp --select``: validation, seeds 0-2)."""
 
 
-class SmallResNet(nn.Module):
-    """A torchvision-style ResNet for 28x28 inputs (the CIFAR adaptation of He et al. 2016).
-
-    3x3 stem (no 7x7 conv, no max-pool), three stages of ``blocks`` BasicBlocks with
-    ``width, 2 width, 4 width`` channels and strides 1, 2, 1 (a 14x14 map, as GAPNet's),
-    global average pooling and ``fc``. ``layer3`` feeds the pooling: the CAM layer.
-    """
-
-    cam_layer = "layer3"
-
-    def __init__(
-        self,
-        width: int = 16,
-        blocks: int = 1,
-        num_classes: int = 10,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=False)
-        planes = [width, 2 * width, 4 * width]
-        strides = [1, 2, 1]
-        inplanes = width
-        stages = []
-        for p, s in zip(planes, strides, strict=True):
-            layers = [BasicBlock(inplanes, p, s)] + [BasicBlock(p, p) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*layers))
-            inplanes = p
-        self.layer1, self.layer2, self.layer3 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(inplanes, num_classes)
-        if generator is not None:
-            init_weights(self, generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, K)``."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        out: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
-        return out
-
-
 ARCHS: dict[str, Callable[[int, torch.Generator], nn.Module]] = {
     "gapnet": lambda width, g: GAPNet(width=width, pools=1, generator=g),
-    "resnet": lambda width, g: SmallResNet(width=width, generator=g),
+    # the library's SmallResNet adapted to 28x28 (stride-1 stem, strides 1/2/1: a 14x14 CAM)
+    "resnet": lambda width, g: SmallResNet(
+        1, 10, width=width, stem_stride=1, strides=(1, 2, 1), generator=g
+    ),
 }
 
 
@@ -290,7 +247,9 @@ def train_model(
 ) -> tuple[nn.Module, History]:
     """Train a fresh ``arch`` with ``arm`` on ``train`` (default: ``family``'s training set)."""
     if train is None:
-        train = make_confound("train", family, rule="random" if arm.oracle else "tied", seed=seed)
+        train = confounded_digits(
+            "train", family, rule="random" if arm.oracle else "tied", seed=seed
+        )
     generator = torch.Generator().manual_seed(seed)
     model = ARCHS[arch](width, generator)
     history = fit(model, train, epochs=epochs, objective=arm.make(seed, train), generator=generator)
@@ -314,11 +273,13 @@ def run_one(
     and without it (``clean_test``).
     """
     if train is None:
-        train = make_confound("train", family, rule="random" if arm.oracle else "tied", seed=seed)
+        train = confounded_digits(
+            "train", family, rule="random" if arm.oracle else "tied", seed=seed
+        )
     if evals is None:
         evals = {
-            "confound_test": make_confound("test", family, seed=seed),
-            "clean_test": make_confound("test", family, rule="none", seed=seed),
+            "confound_test": confounded_digits("test", family, seed=seed),
+            "clean_test": confounded_digits("test", family, rule="none", seed=seed),
         }
     model, history = train_model(arch, family, arm, seed, epochs=epochs, width=width, train=train)
     record: dict[str, Any] = {

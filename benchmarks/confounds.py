@@ -1,6 +1,6 @@
 """Benchmark: a battery of confounds x feedback methods x architectures (``bench confounds``).
 
-Families (:func:`xai_feedback.data.make_confound`): frame, corner swatch, left stripe, center
+Families (:func:`xai_feedback.data.confounded_digits`): frame, corner swatch, left stripe, center
 dot, background level, random-position patch, uncentered digits and no confound. Arms: vanilla,
 the Gaussian center penalty (no annotations), the annotation-mask CAM penalty, RRR (input
 gradients, Ross et al. 2017), counterexample augmentation (Teso & Kersting 2019), the same with

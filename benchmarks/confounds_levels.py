@@ -18,7 +18,7 @@ import torch
 from _arms import ARMS, train_model
 from torch import nn
 
-from xai_feedback.data import ImageDataset, make_confound
+from xai_feedback.data import ImageDataset, confounded_digits
 
 __all__ = ["level_probe", "main"]
 
@@ -49,7 +49,7 @@ def level_probe(model: nn.Module, clean: ImageDataset) -> dict[str, Any]:
 
 def _run(arm: str, seed: int, *, epochs: int, width: int) -> dict[str, Any]:
     model, _ = train_model("gapnet", "frame", ARMS[arm], seed, epochs=epochs, width=width)
-    clean = make_confound("test", "frame", rule="none", seed=seed)
+    clean = confounded_digits("test", "frame", rule="none", seed=seed)
     return {"arm": arm, "seed": seed, "epochs": epochs, **level_probe(model, clean)}
 
 

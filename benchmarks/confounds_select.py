@@ -17,7 +17,7 @@ from functools import partial
 import _common as common
 from _arms import Arm, objective_from_spec, run_one
 
-from xai_feedback.data import CONFOUND_FAMILIES, make_confound, train_val_split
+from xai_feedback.data import CONFOUND_FAMILIES, confounded_digits, train_val_split
 
 __all__ = ["SELECT_GRID", "main"]
 
@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     family = args.family
     split = partial(train_val_split, val_fraction=VALIDATION_FRACTION, seed=0)
-    train, val = split(make_confound("train", family))
-    _, val_random = split(make_confound("train", family, rule="random"))
-    _, val_clean = split(make_confound("train", family, rule="none"))
+    train, val = split(confounded_digits("train", family))
+    _, val_random = split(confounded_digits("train", family, rule="random"))
+    _, val_clean = split(confounded_digits("train", family, rule="none"))
     evals = {"val_tied": val, "val_random": val_random, "val_clean": val_clean}
     store = common.settings_store(args.out / "select")
     print(f"validation: {len(val)} held-out {family} training images; tied / random / none")

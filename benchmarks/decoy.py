@@ -25,7 +25,6 @@ import torch
 from _arms import ARMS, DECOY_MASK_DILATION, MASK_LAMBDA, Arm, objective_from_spec
 
 from xai_feedback.data import ImageDataset, confounded_digits, train_val_split
-from xai_feedback.data.digits import DigitFamily
 from xai_feedback.demo import CAM_LAMBDA, ConfoundSetup, run_confounded
 from xai_feedback.evaluation.fingerprint import Fingerprint
 from xai_feedback.functional import DEFAULT_SIGMA
@@ -89,7 +88,7 @@ METHODS: dict[str, Arm] = {
 }
 """The compared methods: arms of ``_arms.py`` (``oracle``: the confound's gray random)."""
 
-CONFOUNDS: dict[str, tuple[DigitFamily, int]] = {
+CONFOUNDS: dict[str, tuple[str, int]] = {
     "frame": ("frame", 2),
     "swatch8": ("swatch", 8),
     "swatch4": ("swatch", 4),

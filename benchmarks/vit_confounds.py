@@ -2,7 +2,7 @@
 
 :class:`~xai_feedback.models.TinyViT` (4x4 patches, a 7x7 token grid, dim 64, depth 4, 4
 heads, MLP 2x, average-pooled patch tokens; about 139 k parameters) trained from scratch on the
-confounded digit families (:func:`xai_feedback.data.make_confound`) with each arm: vanilla, the
+confounded digit families (:func:`xai_feedback.data.confounded_digits`) with each arm: vanilla, the
 Gaussian center penalty and the annotation-mask penalty on a *map* of the tokens (``MAPS``;
 ``center_cam`` / ``mask_cam``: the class activation maps of the token grid, which for this
 GAP + linear head are also its Grad-CAM; ``center_chefer`` / ``mask_chefer`` and
@@ -51,7 +51,7 @@ from _arms import ARMS as CNN_ARMS
 from _arms import Arm, applies
 from torch import nn
 
-from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, make_confound, train_val_split
+from xai_feedback.data import CONFOUND_FAMILIES, ImageDataset, confounded_digits, train_val_split
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.functional import DEFAULT_SIGMA
 from xai_feedback.hooks import CAMHook
@@ -259,11 +259,13 @@ def run_vit(
     (``clean_test``).
     """
     if train is None:
-        train = make_confound("train", family, rule="random" if arm.oracle else "tied", seed=seed)
+        train = confounded_digits(
+            "train", family, rule="random" if arm.oracle else "tied", seed=seed
+        )
     if evals is None:
         evals = {
-            "confound_test": make_confound("test", family, seed=seed),
-            "clean_test": make_confound("test", family, rule="none", seed=seed),
+            "confound_test": confounded_digits("test", family, seed=seed),
+            "clean_test": confounded_digits("test", family, rule="none", seed=seed),
         }
     generator = torch.Generator().manual_seed(seed)
     model = TinyViT(dim=recipe.dim, depth=recipe.depth, heads=recipe.heads, generator=generator)
@@ -370,9 +372,9 @@ def _select(args: Any, base: ViTRecipe) -> int:
     """
     family = args.family
     split = partial(train_val_split, val_fraction=VALIDATION_FRACTION, seed=0)
-    train, val_tied = split(make_confound("train", family))
-    train_random, val_random = split(make_confound("train", family, rule="random"))
-    _, val_clean = split(make_confound("train", family, rule="none"))
+    train, val_tied = split(confounded_digits("train", family))
+    train_random, val_random = split(confounded_digits("train", family, rule="random"))
+    _, val_clean = split(confounded_digits("train", family, rule="none"))
     evals = {"val_tied": val_tied, "val_random": val_random, "val_clean": val_clean}
     store = common.settings_store(args.out / "select")
     print(f"validation: {len(val_random)} held-out {family} training images; tied / random / none")

@@ -28,8 +28,8 @@ def test_every_experiment_is_a_benchmark_and_the_shared_module_is_not() -> None:
     assert not [name for name in found if name.startswith("_")]
 
 
-def test_small_resnet_shapes_and_exact_cam() -> None:
-    model = arms.SmallResNet(width=4, generator=torch.Generator().manual_seed(0)).eval()
+def test_battery_resnet_shapes_and_exact_cam() -> None:
+    model = arms.ARCHS["resnet"](4, torch.Generator().manual_seed(0)).eval()
     x = torch.rand(3, 1, 28, 28)
     logits = model(x)
     assert logits.shape == (3, 10)
@@ -50,9 +50,9 @@ def test_annotation_arms_are_skipped_without_a_shortcut() -> None:
 
 
 def test_arm_specs_build_objectives() -> None:
-    from xai_feedback.data import make_confound
+    from xai_feedback.data import confounded_digits
 
-    train = make_confound("train", "background")
+    train = confounded_digits("train", "background")
     for spec in select.SELECT_GRID:
         assert callable(arms.objective_from_spec(spec, 0, train))
     for arm in arms.ARMS.values():
@@ -178,9 +178,9 @@ class _FrameReader(torch.nn.Module):
 
 
 def test_level_probe_on_a_pure_frame_reader() -> None:
-    from xai_feedback.data import make_confound
+    from xai_feedback.data import confounded_digits
 
-    clean = make_confound("test", "frame", rule="none")
+    clean = confounded_digits("test", "frame", rule="none")
     probe = levels.level_probe(_FrameReader(), clean)
     shares = torch.bincount(clean.labels, minlength=10).float() / len(clean.labels)
     # at gray v every image is called v: accuracy = the share of class v

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xai_feedback.cli import find_benchmarks, list_benchmarks, load_benchmark
-from xai_feedback.data import make_confound
+from xai_feedback.data import confounded_digits
 from xai_feedback.losses import MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
 from xai_feedback.training import Batch
@@ -34,7 +34,7 @@ def test_default_arms_and_annotations() -> None:
 
 def test_map_penalty_objective_adds_the_weighted_penalty_of_the_token_cams() -> None:
     model = TinyViT(dim=16, depth=1, heads=2, generator=torch.Generator().manual_seed(0))
-    data = make_confound("train", "frame").subset(torch.arange(6))
+    data = confounded_digits("train", "frame").subset(torch.arange(6))
     batch = Batch(data.images, data.labels, data.masks, 0, 0, 1)
     loss, logits = vit.map_penalty_objective(vit.token_cam, MaskPenalty(), 3.0)(model, batch)
     # independent reference: the head's weights on the folded, normed tokens by hand
@@ -105,7 +105,7 @@ def test_relevance_map_objective_adds_the_weighted_penalty_of_hand_computed_maps
     name: str,
 ) -> None:
     model = TinyViT(dim=16, depth=2, heads=2, generator=torch.Generator().manual_seed(1))
-    data = make_confound("train", "frame").subset(torch.arange(6))
+    data = confounded_digits("train", "frame").subset(torch.arange(6))
     batch = Batch(data.images, data.labels, data.masks, 0, 0, 1)
     assert {f"center_{name}", f"mask_{name}"} <= set(vit.ARMS)
     assert vit.MAP_OF[f"mask_{name}"] == name
@@ -126,7 +126,7 @@ def test_relevance_map_objective_adds_the_weighted_penalty_of_hand_computed_maps
 
 def test_robustvit_arm_is_cross_entropy_plus_robustvit_on_chefer_relevance() -> None:
     model = TinyViT(dim=16, depth=2, heads=2, generator=torch.Generator().manual_seed(2))
-    data = make_confound("train", "stripe").subset(torch.arange(6))
+    data = confounded_digits("train", "stripe").subset(torch.arange(6))
     batch = Batch(data.images, data.labels, data.masks, 0, 0, 1)
     arm = vit.robustvit_arm(5.0)
     assert arm.annotated and not arm.oracle and "lambda 5" in arm.description

@@ -114,9 +114,11 @@ def test_dilate_masks_by_hand() -> None:
 
 def test_frame_mask_at_cam_resolution_covers_only_the_outer_ring() -> None:
     """The diagnosis: a 2 px frame area-downsampled to 14x14 marks only the outermost cells."""
-    from xai_feedback.data import confound_masks
+    from xai_feedback.data import confounded_digits
 
-    frame = confound_masks("frame", 2)[None]
+    masks = confounded_digits("train", "frame", size=2, rule="none").masks
+    assert masks is not None
+    frame = masks[:1]
     cover = masks_to_maps(frame, (14, 14))[0]
     ring = torch.zeros(14, 14)
     ring[[0, -1], :] = 1.0

@@ -20,7 +20,8 @@ from xai_feedback._checks import (
 )
 from xai_feedback.attribution import attribute, cam_maps
 from xai_feedback.data import ImageDataset, train_val_split
-from xai_feedback.data.digits import confound_masks, load_digits
+from xai_feedback.data.confounds import confounded_digits
+from xai_feedback.data.digits import load_digits
 from xai_feedback.functional import (
     ace,
     blur_images,
@@ -279,10 +280,8 @@ def test_fit_refuses_labels_beyond_the_model_and_keeps_flags_and_weights() -> No
 def test_data_helpers_refuse_bad_arguments() -> None:
     with pytest.raises(DTypeError, match=r"`dtype` must be a torch\.dtype"):
         load_digits("train", dtype="float32")  # type: ignore[arg-type]
-    with pytest.raises(RangeError, match=r"`corners` must hold classes in \[0, 4\)"):
-        confound_masks("swatch", 4, torch.tensor([0, 4]))
     with pytest.raises(RangeError, match="`size` must be <= 28"):
-        confound_masks("frame", 40)
+        confounded_digits("train", "frame", size=40)
     tiny = ImageDataset(torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2]))
     with pytest.raises(RangeError, match=r"`dataset` .*cannot be split stratified"):
         train_val_split(tiny, 0.5)  # before: sklearn's ValueError

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from xai_feedback.data.confounds import CONFOUND_FAMILIES
 from xai_feedback.demo import DEMO_FIGURE
 from xai_feedback.errors import XAIFeedbackError
 
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="show a CNN learning a shortcut on confounded digits")
-    demo.add_argument("--family", default="frame", choices=["frame", "swatch", "cdep"])
+    demo.add_argument("--family", default="frame", choices=CONFOUND_FAMILIES)
     demo.add_argument("--size", type=int, default=None, help="frame width / swatch side")
     demo.add_argument("--epochs", type=int, default=12)
     demo.add_argument("--width", type=int, default=16)

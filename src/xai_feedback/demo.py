@@ -21,7 +21,6 @@ import torch
 
 from xai_feedback._checks import check_choice
 from xai_feedback.data import ImageDataset, confounded_digits, load_digits
-from xai_feedback.data.digits import DigitFamily
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD
 from xai_feedback.losses import CenterPenalty
 from xai_feedback.models import GAPNet
@@ -54,7 +53,7 @@ and annotation-free periphery counterexamples
 class ConfoundSetup:
     """Which confound, and how the reference CNN is trained on it."""
 
-    family: DigitFamily = "frame"
+    family: str = "frame"
     size: int | None = None
     epochs: int = 12
     width: int = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xai_feedback.data import CONFOUND_FAMILIES, load_digits, make_confound
+from xai_feedback.data import CONFOUND_FAMILIES, confounded_digits, load_digits
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
 from xai_feedback.errors import RangeError
 
@@ -21,8 +21,8 @@ def _levels(family: str, data) -> torch.Tensor:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("family", SHORTCUT_FAMILIES)
 def test_shortcut_tied_in_train_random_at_test(family: str) -> None:
-    train = make_confound("train", family)
-    test = make_confound("test", family)
+    train = confounded_digits("train", family)
+    test = confounded_digits("test", family)
     assert train.masks is not None and test.masks is not None
     assert bool(train.masks.flatten(1).any(1).all())
     # constant over each image's region
@@ -43,11 +43,11 @@ def test_shortcut_tied_in_train_random_at_test(family: str) -> None:
 
 
 def test_geometry_of_each_family() -> None:
-    frame = make_confound("train", "frame").masks
-    stripe = make_confound("train", "stripe").masks
-    dot = make_confound("train", "center_dot").masks
-    swatch = make_confound("train", "swatch").masks
-    patch = make_confound("train", "patch").masks
+    frame = confounded_digits("train", "frame").masks
+    stripe = confounded_digits("train", "stripe").masks
+    dot = confounded_digits("train", "center_dot").masks
+    swatch = confounded_digits("train", "swatch").masks
+    patch = confounded_digits("train", "patch").masks
     assert frame is not None and stripe is not None and dot is not None
     assert swatch is not None and patch is not None
     assert int(frame[0].sum()) == 28 * 28 - 24 * 24
@@ -64,7 +64,7 @@ def test_geometry_of_each_family() -> None:
 
 
 def test_background_is_global_and_faint() -> None:
-    train = make_confound("train", "background")
+    train = confounded_digits("train", "background")
     assert train.masks is not None
     share = float(train.masks.float().mean())
     assert 0.5 < share < 0.9
@@ -73,10 +73,10 @@ def test_background_is_global_and_faint() -> None:
 
 def test_uncentered_moves_the_digit_and_none_is_clean() -> None:
     clean = load_digits("test")
-    none = make_confound("test", "none")
+    none = confounded_digits("test", "none")
     assert torch.equal(none.images, clean.images)
     assert none.masks is not None and not bool(none.masks.any())
-    un = make_confound("test", "uncentered")
+    un = confounded_digits("test", "uncentered")
     assert un.masks is not None and not bool(un.masks.any())
     # the ink's center of mass spreads far from the canvas center
     ink = un.images[:, 0]
@@ -89,21 +89,21 @@ def test_uncentered_moves_the_digit_and_none_is_clean() -> None:
 
 @pytest.mark.parametrize("family", CONFOUND_FAMILIES)
 def test_deterministic_and_rule_none(family: str) -> None:
-    a = make_confound("train", family, seed=3)
-    b = make_confound("train", family, seed=3)
+    a = confounded_digits("train", family, seed=3)
+    b = confounded_digits("train", family, seed=3)
     assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)  # type: ignore[arg-type]
-    blank = make_confound("train", family, rule="none", seed=3)
+    blank = confounded_digits("train", family, rule="none", seed=3)
     assert torch.equal(blank.masks, a.masks)  # type: ignore[arg-type]
     if family in SHORTCUT_FAMILIES:
         assert not torch.equal(blank.images, a.images)
-        other = make_confound("test", family, seed=4)
-        assert not torch.equal(other.images, make_confound("test", family, seed=3).images)
+        other = confounded_digits("test", family, seed=4)
+        assert not torch.equal(other.images, confounded_digits("test", family, seed=3).images)
 
 
 def test_errors() -> None:
     with pytest.raises(RangeError, match="family"):
-        make_confound("train", "stripes")
+        confounded_digits("train", "stripes")
     with pytest.raises(RangeError, match="rule"):
-        make_confound("train", "frame", rule="cdep")
+        confounded_digits("train", "frame", rule="cdep")
     with pytest.raises(RangeError, match="seed"):
-        make_confound("train", "frame", seed=-1)
+        confounded_digits("train", "frame", seed=-1)

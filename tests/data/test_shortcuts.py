@@ -12,8 +12,8 @@ from xai_feedback.data import (
     IMAGE_CONFOUND_FAMILIES,
     ImageDataset,
     confound_dataset,
+    confounded_digits,
     load_digits,
-    make_confound,
     watermark_alpha,
 )
 from xai_feedback.data.confounds import SHORTCUT_FAMILIES
@@ -97,7 +97,7 @@ def test_digit_battery_is_confound_dataset_at_28_px() -> None:
             seed = 2 * CONFOUND_FAMILIES.index(family) + split_test
             g = torch.Generator().manual_seed(seed)
             ours = confound_dataset(clean, family, rule=rule, levels=10, generator=g)
-            theirs = make_confound(split, family, rule=rule)
+            theirs = confounded_digits(split, family, rule=rule)
             assert torch.equal(ours.images, theirs.images), (family, rule)
             assert torch.equal(ours.masks, theirs.masks), (family, rule)  # type: ignore[arg-type]
     assert len(digits) == 1437

@@ -21,7 +21,7 @@ from tests.fuzz.strategies import (
     specs,
 )
 from xai_feedback.data import ImageDataset
-from xai_feedback.data.digits import confound_masks
+from xai_feedback.data.confounds import CONFOUND_FAMILIES, confounded_digits
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.models import WARN, GAPNet, ResidualAttentionNet, SimpleCNN
 from xai_feedback.training import accuracy, fit, predict
@@ -152,32 +152,24 @@ def test_image_dataset(
 
 @FAST
 @given(
-    family=st.sampled_from(["frame", "swatch", "cdep", "ring"]),
-    size=st.integers(-1, 30),
-    corners=st.one_of(st.none(), st.lists(st.integers(-1, 4), max_size=4)),
-    canvas=st.integers(0, 10),
+    family=st.sampled_from([*CONFOUND_FAMILIES, "cdep", "ring"]),
+    size=st.one_of(st.none(), st.integers(-1, 30)),
 )
-def test_confound_masks(family: str, size: int, corners: list[int] | None, canvas: int) -> None:
-    c = None if corners is None else torch.tensor(corners, dtype=torch.long)
+def test_confounded_digits(family: str, size: int | None) -> None:
     out, error = outcome(
         "data",
         "arguments",
-        lambda: confound_masks(family, size, c, canvas),  # type: ignore[arg-type]
-        ["family", "size", "corners", "canvas"],
+        lambda: confounded_digits("test", family, size=size, rule="none"),
+        ["family", "size"],
     )
-    if family == "ring" or canvas < 1 or not 1 <= size <= canvas:
+    if family not in CONFOUND_FAMILIES or (size is not None and not 1 <= size <= 28):
         expect_error(error, RangeError)
         return
-    if family != "frame" and (corners is None or any(v < 0 or v > 3 for v in corners)):
-        expect_error(error, RangeError, ValueError)
-        return
     assert out is not None, error
-    assert out.dtype == torch.bool
-    if family == "frame":
-        assert out.shape == (canvas, canvas)
-    else:
-        assert out.shape == (len(corners or []), canvas, canvas)
-        assert out.flatten(1).sum(1).tolist() == [size * size] * len(corners or [])
+    assert out.masks is not None and out.masks.dtype == torch.bool
+    assert out.masks.shape == (len(out), 28, 28)
+    if size is not None and family in ("swatch", "center_dot", "patch"):
+        assert out.masks.flatten(1).sum(1).tolist() == [size * size] * len(out)
 
 
 @SLOW

@@ -5,15 +5,8 @@ image folders are read from disk, never downloaded.
 """
 
 from xai_feedback.data._dataset import ImageDataset, train_val_split
-from xai_feedback.data.confounds import CONFOUND_FAMILIES, make_confound
-from xai_feedback.data.digits import (
-    CANVAS,
-    CONFOUND_DEFAULTS,
-    MARGIN,
-    confound_masks,
-    confounded_digits,
-    load_digits,
-)
+from xai_feedback.data.confounds import CONFOUND_FAMILIES, confounded_digits
+from xai_feedback.data.digits import CANVAS, MARGIN, load_digits
 from xai_feedback.data.readers import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -34,7 +27,6 @@ from xai_feedback.data.shortcuts import (
 
 __all__ = [
     "CANVAS",
-    "CONFOUND_DEFAULTS",
     "CONFOUND_FAMILIES",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
@@ -46,13 +38,11 @@ __all__ = [
     "WATERMARK_TEXT",
     "ImageDataset",
     "confound_dataset",
-    "confound_masks",
     "confounded_digits",
     "load_digits",
     "load_fashion_mnist",
     "load_idx",
     "load_image_folder",
-    "make_confound",
     "read_idx",
     "train_val_split",
     "watermark_alpha",

@@ -1,10 +1,11 @@
-"""A battery of label-tied confounds on the digits, differing in where, what, how large, how local.
+"""Label-tied confounds on the digits, differing in where, what, how large, how local.
 
-Each family draws a *shortcut* on scikit-learn's digits (28x28, see
+:func:`confounded_digits` draws one family's *shortcut* on scikit-learn's digits (28x28, see
 :func:`~xai_feedback.data.load_digits`) whose value gives the class away in training
 (``rule="tied"``) and is random at test (``rule="random"``), with the boolean mask of where it
 is (the annotation a user would give). ``rule="none"`` draws nothing (clean images; the masks
-still say where the shortcut would be).
+still say where the shortcut would be). Decoy-MNIST (Ross et al. 2017) in miniature is
+``family="swatch", size=4``.
 
 ==================  ====================================================  ===================
 family              shortcut (``v``: the label if tied, else random)      kind
@@ -27,7 +28,7 @@ drawn by :func:`~xai_feedback.data.confound_dataset`, which draws them (and Imag
 watermark) on any image data set, sizes scaled with the image.
 
 Example:
-    >>> train = make_confound("train", "stripe")
+    >>> train = confounded_digits("train", "stripe")
     >>> tuple(train.images.shape), int(train.masks[0].sum())
     ((1437, 1, 28, 28), 84)
 """
@@ -44,11 +45,12 @@ from xai_feedback.data._dataset import ImageDataset
 from xai_feedback.data.digits import CANVAS, MARGIN, load_digits
 from xai_feedback.data.shortcuts import SHORTCUT_FAMILIES, confound_dataset
 
-__all__ = ["CONFOUND_FAMILIES", "SHORTCUT_FAMILIES", "make_confound"]
+__all__ = ["CONFOUND_FAMILIES", "SHORTCUT_FAMILIES", "confounded_digits"]
 
 CONFOUND_FAMILIES = (*SHORTCUT_FAMILIES, "uncentered", "none")
-"""Every family of :func:`make_confound`."""
-"""The families that draw a shortcut (the others have empty masks)."""
+"""Every family of :func:`confounded_digits`: the shortcuts of
+:func:`~xai_feedback.data.confound_dataset` (:data:`SHORTCUT_FAMILIES`), the digits moved off
+center, and none."""
 
 Split = Literal["train", "test"]
 _RULES = ("tied", "random", "none")
@@ -75,23 +77,29 @@ def _uncenter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(valid, picked, torch.zeros((), dtype=images.dtype)).unsqueeze(1)
 
 
-def make_confound(
-    split: Split,
-    family: str,
+def confounded_digits(
+    split: Split = "train",
+    family: str = "frame",
     *,
+    size: int | None = None,
     rule: str | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> ImageDataset:
-    """Digits with one confound family of the battery (see the module docstring).
+    """Digits with one confound family (see the module docstring).
 
     Args:
         split: ``"train"`` or ``"test"`` (the fixed split of :func:`load_digits`).
         family: One of :data:`CONFOUND_FAMILIES`.
-        rule: ``"tied"`` (level = label), ``"random"`` (level uniform in 0-9) or ``"none"``
-            (nothing drawn). Default: ``"tied"`` for training, ``"random"`` for test.
+        size: Width of the frame or stripe, side of the swatch, dot or patch, in pixels
+            (default :data:`~xai_feedback.data.SHORTCUT_SIZES`: frame 2, swatch 6, stripe 3,
+            center dot 4, patch 4). Not used by ``"background"``, ``"uncentered"``, ``"none"``.
+        rule: ``"tied"`` (level = label), ``"random"`` (level uniform in 0-9: the oracle's
+            training data) or ``"none"`` (nothing drawn). Default: ``"tied"`` for training,
+            ``"random"`` for test.
         seed: Seed of every random draw (positions, corners, random levels); the same
-            ``(split, family, rule, seed)`` always gives the same data.
+            ``(split, family, rule, seed)`` always gives the same data, and the rule does not
+            change positions or corners.
         dtype: Floating dtype of the images.
 
     Returns:
@@ -102,7 +110,7 @@ def make_confound(
         - masks: :math:`(N, 28, 28)`, bool
 
     Example:
-        >>> train = make_confound("train", "center_dot")
+        >>> train = confounded_digits("train", "center_dot")
         >>> dot = train.images[:, 0][train.masks].view(len(train), -1)[:, 0]
         >>> bool(torch.allclose(dot * 255, 255 - 25 * train.labels.float()))
         True
@@ -113,16 +121,19 @@ def make_confound(
         rule = "tied" if split == "train" else "random"
     check_choice(rule, "rule", _RULES)
     check_int(seed, "seed", minimum=0)
+    if size is not None:
+        check_int(size, "size", minimum=1, maximum=CANVAS)
 
     clean = load_digits(split, dtype=dtype)
-    name = f"confound-{family}-{rule}/{split}"
+    sized = f"{family}{size}" if size is not None else family
+    name = f"confound-{sized}-{rule}/{split}"
     # one stream per (family, split, seed); the rule does not change positions or corners
     family_id = CONFOUND_FAMILIES.index(family)
     generator = torch.Generator().manual_seed(1_000_003 * seed + 2 * family_id + (split == "test"))
     if family in SHORTCUT_FAMILIES:
-        # the shortcut families are those of confound_dataset, whose sizes at 28 px are the
-        # battery's (frame 2, swatch 6, stripe 3, center dot 4, patch 4)
-        drawn = confound_dataset(clean, family, rule=rule, levels=10, generator=generator)
+        drawn = confound_dataset(
+            clean, family, rule=rule, size=size, levels=10, generator=generator
+        )
         return ImageDataset(drawn.images, drawn.labels, drawn.masks, name)
     images, n = clean.images, len(clean)
     # the same four draws as confound_dataset's (corner, top, left, random level) come first

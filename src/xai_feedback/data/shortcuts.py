@@ -5,7 +5,7 @@
 (Fashion-MNIST, an image folder of photos), or ImageNet-W's watermark. Sizes are those of the
 28-pixel digits scaled with the shorter image side (a 2 px frame on 28 px is a 16 px frame on
 224 px); at 28 px the digits' battery is reproduced exactly
-(:func:`~xai_feedback.data.make_confound` is built on this function).
+(:func:`~xai_feedback.data.confounded_digits` is built on this function).
 
 The *level* ``v`` of an image is its label (``rule="tied"``: the shortcut gives the class
 away), a uniform random level (``"random"``: the shortcut says nothing, the oracle's training
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 SHORTCUT_FAMILIES = ("frame", "swatch", "stripe", "center_dot", "background", "patch")
-"""The label-tied shortcuts drawn on any image set (and on the digits by ``make_confound``)."""
+"""The label-tied shortcuts drawn on any image set (and on the digits by ``confounded_digits``)."""
 
 IMAGE_CONFOUND_FAMILIES = (*SHORTCUT_FAMILIES, "watermark", "none")
 """Every family of :func:`confound_dataset`."""
