@@ -271,6 +271,25 @@ def demo(
     names = [a for a in DEMO_ARMS if a in chosen]
     if threads:
         torch.set_num_threads(threads)
+    _print_plan(setup, seed, names)
+    runs: list[ConfoundRun] = []
+    models: dict[str, GAPNet] = {}
+    for name in names:
+        objective = _arm_objective(name, seed)
+        run, model = run_confounded(
+            setup, method=name, objective=objective, seed=seed, progress=True
+        )
+        runs.append(run)
+        models[name] = model
+    _print_table(names, runs)
+    _print_verdict(dict(zip(names, runs, strict=True)))
+    if figure is not None:
+        _save_figure(setup, seed, dict(zip(names, runs, strict=True)), models, figure)
+    return runs
+
+
+def _print_plan(setup: ConfoundSetup, seed: int, names: Sequence[str]) -> None:
+    """What the demo trains, arm by arm."""
     described = {
         "vanilla": "plain cross-entropy",
         "CAM penalty": (
@@ -291,15 +310,10 @@ def demo(
         + "\n".join(f"  {i}. {name}: {described[name]}" for i, name in enumerate(names, 1)),
         flush=True,
     )
-    runs: list[ConfoundRun] = []
-    models: dict[str, GAPNet] = {}
-    for name in names:
-        objective = _arm_objective(name, seed)
-        run, model = run_confounded(
-            setup, method=name, objective=objective, seed=seed, progress=True
-        )
-        runs.append(run)
-        models[name] = model
+
+
+def _print_table(names: Sequence[str], runs: Sequence[ConfoundRun]) -> None:
+    """One column per arm: training, clean-test and confound-test accuracy, epoch time."""
     rows = [
         ("train accuracy (confound tied to label)", [r.train_accuracy for r in runs]),
         ("clean test accuracy (no confound)", [r.clean_accuracy for r in runs]),
@@ -314,7 +328,10 @@ def demo(
             f"{name:<{width}}"
             + "".join(f"   {v:>{c}.3f}" for v, c in zip(values, cols, strict=True))
         )
-    by_name = dict(zip(names, runs, strict=True))
+
+
+def _print_verdict(by_name: dict[str, ConfoundRun]) -> None:
+    """The shortcut vanilla learned, what each arm changed, and the recommendation."""
     if "vanilla" in by_name:
         base = by_name["vanilla"]
         gap = base.train_accuracy - base.confound_accuracy
@@ -334,36 +351,44 @@ def demo(
                     f" {run.clean_accuracy - base.clean_accuracy:+.2f} against vanilla"
                     f" (benchmark over several seeds: xai-feedback bench {bench})."
                 )
-    if len(names) > 1:
+    if len(by_name) > 1:
         print(
             "Recommended without annotations (objects centered): periphery counterexamples --"
             " they remove the shortcut and keep clean accuracy, while the CAM penalty only"
             " moves the CAMs to the center (see the figure and the clean test accuracy)."
         )
-    if figure is not None:
-        labels = {
-            "vanilla": "vanilla",
-            "CAM penalty": "CAM penalty",
-            "periphery counterexamples": "periphery\ncounterexamples",
-        }
-        rowed = {
-            f"{labels[name]}\nclean acc. {run.clean_accuracy:.2f}": models[name]
-            for name, run in by_name.items()
-        }
-        saved = save_demo_maps(
-            rowed,
-            setup.datasets(seed)["confound_test"],
-            figure,
-            title=(
-                f"Signed CAMs of the predicted class on confound-test digits ({setup.family},"
-                " random gray); red: evidence for the class, blue: against"
-            ),
+
+
+def _save_figure(
+    setup: ConfoundSetup,
+    seed: int,
+    by_name: dict[str, ConfoundRun],
+    models: dict[str, GAPNet],
+    figure: str | Path,
+) -> None:
+    """The signed CAMs of every arm's model on confound-test digits, one row per arm."""
+    labels = {
+        "vanilla": "vanilla",
+        "CAM penalty": "CAM penalty",
+        "periphery counterexamples": "periphery\ncounterexamples",
+    }
+    rowed = {
+        f"{labels[name]}\nclean acc. {run.clean_accuracy:.2f}": models[name]
+        for name, run in by_name.items()
+    }
+    saved = save_demo_maps(
+        rowed,
+        setup.datasets(seed)["confound_test"],
+        figure,
+        title=(
+            f"Signed CAMs of the predicted class on confound-test digits ({setup.family},"
+            " random gray); red: evidence for the class, blue: against"
+        ),
+    )
+    if saved is None:
+        print("(no figure: matplotlib is not installed; pip install 'xai-feedback[plot]')")
+    else:
+        print(
+            f"Figure: {saved} -- the signed CAMs of the predicted class on confound-test"
+            " digits, one row per arm (red: evidence for the class, blue: against)."
         )
-        if saved is None:
-            print("(no figure: matplotlib is not installed; pip install 'xai-feedback[plot]')")
-        else:
-            print(
-                f"Figure: {saved} -- the signed CAMs of the predicted class on confound-test"
-                " digits, one row per arm (red: evidence for the class, blue: against)."
-            )
-    return runs
