@@ -506,31 +506,10 @@ def _ace(
         sub_phi, sub_theta, sub_rsq = phi[rows], theta[rows], rsq[rows]
         sub_order = x_order[rows]
         sub_plans = [plan.select(rows) for plan in x_plans]
-        # inner loop: refit each phi_j against theta minus the others while R^2 improves
-        inner = torch.arange(rows.numel(), device=x.device)
-        for inner_iteration in range(1, maxit + 1):
-            before = sub_rsq[inner].clone()
-            i_phi, i_rsq = sub_phi[inner], sub_rsq[inner]
-            rest = sub_theta[inner] - i_phi.sum(dim=1)
-            for j in range(k):
-                order = sub_order[inner, j]
-                target = (rest + i_phi[:, j]).gather(-1, order)
-                plan = sub_plans[j].select(inner)
-                smooth = _supersmooth_sorted(plan.x, target, plan)
-                smooth = smooth - smooth.mean(dim=-1, keepdim=True)
-                new_rsq = 1.0 - ((target - smooth) ** 2).mean(dim=-1)
-                accept = new_rsq > i_rsq
-                i_rsq = torch.where(accept, new_rsq, i_rsq)
-                new_phi = _unsort(smooth, order)
-                rest = torch.where(accept.unsqueeze(1), rest + i_phi[:, j] - new_phi, rest)
-                i_phi[:, j] = torch.where(accept.unsqueeze(1), new_phi, i_phi[:, j])
-            sub_phi[inner], sub_rsq[inner] = i_phi, i_rsq
-            if k == 1 or inner_iteration == maxit:
-                break
-            inner = inner[i_rsq - before > delrsq]
-            if inner.numel() == 0:
-                break
-        # theta <- E[sum phi | y], standardised
+        sub_phi, sub_rsq = _backfit(
+            sub_phi, sub_theta, sub_rsq, sub_order, sub_plans, maxit, delrsq
+        )
+        # theta <- E[sum phi | y], standardized
         order = y_order[rows]
         total = sub_phi.sum(dim=1).gather(-1, order)
         plan = y_plan.select(rows)
@@ -544,9 +523,60 @@ def _ace(
         active[rows] = ~(stable | (iterations[rows] >= maxit))
 
     phi = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(phi), phi)
+    return ACEResult(phi.transpose(1, 2), theta, _correlation(phi, theta), rsq, iterations)
+
+
+def _backfit(
+    phi: torch.Tensor,
+    theta: torch.Tensor,
+    rsq: torch.Tensor,
+    order: torch.Tensor,
+    plans: list[_Plan],
+    maxit: int,
+    delrsq: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ACE's inner loop: refit each ``phi_j`` against ``theta`` minus the other transforms.
+
+    Each problem's transforms are refit in turn while its :math:`R^2` improves by more than
+    ``delrsq`` (at most ``maxit`` rounds); a refit is kept only where it raises :math:`R^2`.
+
+    Shape:
+        - phi: :math:`(P, k, n)`; theta: :math:`(P, n)`; rsq: :math:`(P,)`
+        - order: :math:`(P, k, n)`, each predictor's sorting permutation
+    """
+    k = phi.shape[1]
+    inner = torch.arange(phi.shape[0], device=phi.device)
+    for inner_iteration in range(1, maxit + 1):
+        before = rsq[inner].clone()
+        i_phi, i_rsq = phi[inner], rsq[inner]
+        rest = theta[inner] - i_phi.sum(dim=1)
+        for j in range(k):
+            j_order = order[inner, j]
+            target = (rest + i_phi[:, j]).gather(-1, j_order)
+            plan = plans[j].select(inner)
+            smooth = _supersmooth_sorted(plan.x, target, plan)
+            smooth = smooth - smooth.mean(dim=-1, keepdim=True)
+            new_rsq = 1.0 - ((target - smooth) ** 2).mean(dim=-1)
+            accept = new_rsq > i_rsq
+            i_rsq = torch.where(accept, new_rsq, i_rsq)
+            new_phi = _unsort(smooth, j_order)
+            rest = torch.where(accept.unsqueeze(1), rest + i_phi[:, j] - new_phi, rest)
+            i_phi[:, j] = torch.where(accept.unsqueeze(1), new_phi, i_phi[:, j])
+        phi[inner], rsq[inner] = i_phi, i_rsq
+        if k == 1 or inner_iteration == maxit:
+            break
+        inner = inner[i_rsq - before > delrsq]
+        if inner.numel() == 0:
+            break
+    return phi, rsq
+
+
+def _correlation(phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""Pearson correlation of :math:`\sum_j \phi_j` and :math:`\theta`, per problem ``(P,)``."""
     total = phi.sum(dim=1)
     total_c = total - total.mean(dim=-1, keepdim=True)
     theta_c = theta - theta.mean(dim=-1, keepdim=True)
-    norm = (total_c.norm(dim=-1) * theta_c.norm(dim=-1)).clamp(min=torch.finfo(dtype).tiny)
-    correlation = (total_c * theta_c).sum(dim=-1) / norm
-    return ACEResult(phi.transpose(1, 2), theta, correlation, rsq, iterations)
+    tiny = torch.finfo(theta.dtype).tiny
+    norm = (total_c.norm(dim=-1) * theta_c.norm(dim=-1)).clamp(min=tiny)
+    correlation: torch.Tensor = (total_c * theta_c).sum(dim=-1) / norm
+    return correlation
