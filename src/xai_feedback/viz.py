@@ -113,6 +113,36 @@ def _gray_or_rgb(images: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1) if x.shape[1] == 3 else x[:, 0]
 
 
+def _map_rows(
+    maps: Mapping[str, torch.Tensor] | torch.Tensor, row_names: Sequence[str] | None, n: int
+) -> list[tuple[str, torch.Tensor]]:
+    """``plot_maps``'s rows: ``(name, maps (N, h, w))``, checked against ``n`` images."""
+    if isinstance(maps, torch.Tensor) and maps.dim() == 3:
+        maps = maps.unsqueeze(1)  # (N, h, w): one row (attribute(), a one-class hook.cam)
+        row_names = ["map"] if row_names is None else row_names
+    if isinstance(maps, torch.Tensor):
+        mdims = check_shape(maps, "N R h w", "maps", N=n)
+        names = [f"class {r}" for r in range(mdims["R"])] if row_names is None else list(row_names)
+        if len(names) != mdims["R"]:
+            raise ShapeError(
+                f"`row_names` must name the {mdims['R']} rows of `maps`, got {len(names)} names."
+            )
+        rows = [(names[r], maps[:, r]) for r in range(mdims["R"])]
+    elif isinstance(maps, Mapping):
+        rows = []
+        for name, m in maps.items():
+            check_shape(m, "N h w", f"maps[{name!r}]", N=n)
+            rows.append((str(name), m))
+    else:
+        raise DTypeError(
+            "`maps` must be a mapping name -> (N, h, w) tensor or an (N, R, h, w) tensor, "
+            f"got {type(maps).__name__}."
+        )
+    if not rows:
+        raise RangeError("`maps` must hold at least one row, got none.")
+    return rows
+
+
 def plot_maps(
     images: torch.Tensor,
     maps: Mapping[str, torch.Tensor] | torch.Tensor,
@@ -171,30 +201,7 @@ def plot_maps(
     """
     dims = check_shape(images, "N C H W", "images")
     n = dims["N"]
-    rows: list[tuple[str, torch.Tensor]]
-    if isinstance(maps, torch.Tensor) and maps.dim() == 3:
-        maps = maps.unsqueeze(1)  # (N, h, w): one row (attribute(), a one-class hook.cam)
-        row_names = ["map"] if row_names is None else row_names
-    if isinstance(maps, torch.Tensor):
-        mdims = check_shape(maps, "N R h w", "maps", N=n)
-        names = [f"class {r}" for r in range(mdims["R"])] if row_names is None else list(row_names)
-        if len(names) != mdims["R"]:
-            raise ShapeError(
-                f"`row_names` must name the {mdims['R']} rows of `maps`, got {len(names)} names."
-            )
-        rows = [(names[r], maps[:, r]) for r in range(mdims["R"])]
-    elif isinstance(maps, Mapping):
-        rows = []
-        for name, m in maps.items():
-            check_shape(m, "N h w", f"maps[{name!r}]", N=n)
-            rows.append((str(name), m))
-    else:
-        raise DTypeError(
-            "`maps` must be a mapping name -> (N, h, w) tensor or an (N, R, h, w) tensor, "
-            f"got {type(maps).__name__}."
-        )
-    if not rows:
-        raise RangeError("`maps` must hold at least one row, got none.")
+    rows = _map_rows(maps, row_names, n)
     if titles is not None and len(titles) != n:
         raise ShapeError(f"`titles` must have one title per image ({n}), got {len(titles)}.")
     check_number(alpha, "alpha", minimum=0, maximum=1)
