@@ -160,6 +160,16 @@ def check_int(
     return value
 
 
+def check_sizes(**sizes: Any) -> None:
+    """Check that each keyword argument is an int >= 1 (channels, classes, widths, depths).
+
+    Example:
+        >>> check_sizes(in_channels=3, width=16)
+    """
+    for name, value in sizes.items():
+        check_int(value, name, minimum=1)
+
+
 def check_number(
     value: Any,
     name: str,

@@ -26,10 +26,10 @@ from torch import nn
 
 from xai_feedback._checks import (
     check_choice,
-    check_int,
     check_model_input,
     check_number,
     check_shape,
+    check_sizes,
 )
 from xai_feedback.errors import ShapeError
 from xai_feedback.models.gapnet import ConvBlock, check_training_batch, init_weights
@@ -178,9 +178,7 @@ class SimpleCNN(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
-        check_int(num_classes, "num_classes", minimum=1)
-        check_int(width, "width", minimum=1)
+        check_sizes(in_channels=in_channels, num_classes=num_classes, width=width)
         self.head = check_choice(head, "head", ("gap", "fc"))
         self.in_channels = in_channels
         layers: list[nn.Module] = []
@@ -309,9 +307,7 @@ class ResidualAttentionNet(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
-        check_int(num_classes, "num_classes", minimum=1)
-        check_int(width, "width", minimum=1)
+        check_sizes(in_channels=in_channels, num_classes=num_classes, width=width)
         self.in_channels = in_channels
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.unit1 = _PreActUnit(width, 2 * width)
@@ -393,12 +389,10 @@ class WARN(AttentionModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
-        check_int(num_classes, "num_classes", minimum=1)
+        check_sizes(
+            in_channels=in_channels, num_classes=num_classes, widen=widen, units=units, heads=heads
+        )
         check_number(dropout, "dropout", minimum=0, maximum=1, strict_maximum=True)
-        check_int(widen, "widen", minimum=1)
-        check_int(units, "units", minimum=1)
-        check_int(heads, "heads", minimum=1)
         self.in_channels = in_channels
         widths = (16 * widen, 32 * widen, 64 * widen)
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)

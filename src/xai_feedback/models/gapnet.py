@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_int, check_model_input, check_shape
+from xai_feedback._checks import check_int, check_model_input, check_shape, check_sizes
 from xai_feedback.errors import ShapeError
 
 __all__ = ["ConvBlock", "GAPNet"]
@@ -122,9 +122,8 @@ class GAPNet(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
+        check_sizes(in_channels=in_channels, width=width)
         check_int(num_classes, "num_classes", minimum=2)
-        check_int(width, "width", minimum=1)
         check_int(depth, "depth", minimum=2)
         check_int(pools, "pools", minimum=0, maximum=depth)
         self.pools = pools

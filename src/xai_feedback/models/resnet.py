@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_int, check_model_input, check_shape
+from xai_feedback._checks import check_int, check_model_input, check_shape, check_sizes
 from xai_feedback.errors import RangeError
 from xai_feedback.models.gapnet import init_weights
 
@@ -111,11 +111,13 @@ class SmallResNet(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
-        check_int(num_classes, "num_classes", minimum=1)
-        check_int(width, "width", minimum=1)
-        check_int(blocks, "blocks", minimum=1)
-        check_int(stem_stride, "stem_stride", minimum=1)
+        check_sizes(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width=width,
+            blocks=blocks,
+            stem_stride=stem_stride,
+        )
         strides = tuple(strides)
         if len(strides) != 3:
             raise RangeError(f"`strides` must hold three strides, got {strides!r}.")

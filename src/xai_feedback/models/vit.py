@@ -40,6 +40,7 @@ from xai_feedback._checks import (
     check_model_input,
     check_number,
     check_shape,
+    check_sizes,
 )
 from xai_feedback.errors import RangeError
 
@@ -258,13 +259,11 @@ class TinyViT(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", minimum=1)
+        check_sizes(
+            in_channels=in_channels, patch_size=patch_size, dim=dim, depth=depth, heads=heads
+        )
         check_int(num_classes, "num_classes", minimum=2)
-        check_int(patch_size, "patch_size", minimum=1)
         check_int(image_size, "image_size", minimum=patch_size)
-        check_int(dim, "dim", minimum=1)
-        check_int(depth, "depth", minimum=1)
-        check_int(heads, "heads", minimum=1)
         check_number(mlp_ratio, "mlp_ratio", minimum=0, strict_minimum=True)
         check_number(attn_dropout, "attn_dropout", minimum=0, maximum=1)
         self.pool_kind = check_choice(pool, "pool", POOLS)
