@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,12 +98,27 @@ def _check_path(path: Any) -> Path:
 
 
 def _read(file: Path) -> Mapping[str, Any]:
+    size = file.stat().st_size
+    expected = (
+        "`path` must be a state-dict file written by torch.save (a zip archive, or the legacy "
+        "pickle format) that torch.load(..., weights_only=True) reads"
+    )
+    if size == 0:
+        raise WeightsError(f"{expected}, got {str(file)!r}, which is empty (0 bytes).")
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:
+        # a damaged file fails anywhere in torch's parsers (the legacy format: IndexError,
+        # KeyError, struct.error; the zip one: RuntimeError; weights_only: UnpicklingError)
+        with file.open("rb") as handle:
+            head = handle.read(16)
+        detail = (str(err).splitlines() or [""])[0]
         raise WeightsError(
-            f"`path` must be a state-dict file that torch.load(..., weights_only=True) reads, "
-            f"got {str(file)!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"{expected}, got {str(file)!r} ({size} bytes, starting with {head!r}): "
+            f"{type(err).__name__}: {detail or repr(err)}. The file is truncated, damaged, "
+            "not a torch.save file, or holds objects other than tensors and containers."
         ) from err
     if isinstance(loaded, Mapping) and not _is_state_dict(loaded):
         nested = [k for k in _NESTED if isinstance(loaded.get(k), Mapping)]
