@@ -349,23 +349,23 @@ def check_masks(masks: Any, name: str = "masks", *, sync: bool = True) -> torch.
         ...     print(str(error)[50:72], "Divide it by 255" in str(error))
         got values in [0, 255] True
     """
-    check_tensor(masks, name)
-    if masks.dtype == torch.bool or masks.device.type == "meta" or masks.numel() == 0:
-        return masks
-    if masks.is_complex():
-        raise DTypeError(f"`{name}` must be boolean or real, got {masks.dtype}.")
-    inside = ((masks >= 0) & (masks <= 1)).all()  # NaN compares False: refused too
+    x = check_tensor(masks, name)
+    if x.dtype == torch.bool or x.device.type == "meta" or x.numel() == 0:
+        return x
+    if x.is_complex():
+        raise DTypeError(f"`{name}` must be boolean or real, got {x.dtype}.")
+    inside = ((x >= 0) & (x <= 1)).all()  # NaN compares False: refused too
     expected = f"`{name}` must be boolean or hold values in [0, 1]"
-    if not sync and on_accelerator(masks):
+    if not sync and on_accelerator(x):
         torch._assert_async(inside, f"{expected}, got values outside (or NaN).")
-        return masks
+        return x
     if bool(inside):
-        return masks
-    if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
-        n_bad = int((~torch.isfinite(masks)).sum())
+        return x
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
         raise RangeError(f"{expected}, got {n_bad} NaN or infinite value(s).")
-    low, high = float(masks.min()), float(masks.max())
-    got = f"{expected}, got values in [{low:.4g}, {high:.4g}] (dtype {masks.dtype})"
+    low, high = float(x.min()), float(x.max())
+    got = f"{expected}, got values in [{low:.4g}, {high:.4g}] (dtype {x.dtype})"
     if low >= 0 and 1 < high <= 255:
         raise RangeError(
             f"{got}: a 0/255 mask, as read from an 8-bit image? Divide it by 255 (or "
