@@ -19,9 +19,11 @@ Every entry of the library that computes a map (:class:`~xai_feedback.hooks.CAMH
   transformer blocks (ViT, DeiT, EVA, BEiT, Hugging Face ViT) gives the *first norm of the last
   block* (``encoder.layers.encoder_layer_11.ln_1`` of torchvision's ViT-B/16,
   ``blocks.11.norm1`` in timm), whose patch tokens still reach the logits through the last
-  block's attention; hierarchical transformers (Swin) give the final norm that feeds their
-  global pooling. It is never the patch embedding (a map of the input, not of the model's
-  evidence): a search that ends there is refused.
+  block's attention; a stack of post-norm blocks (``nn.TransformerEncoderLayer``'s default
+  ``norm_first=False``, whose first norm runs after the attention) gives the previous
+  block's output, the tokens entering the last block; hierarchical transformers (Swin) give
+  the final norm that feeds their global pooling. It is never the patch embedding (a map of
+  the input, not of the model's evidence): a search that ends there is refused.
 
 When the structure does not tell, :class:`~xai_feedback.errors.LayerError` lists candidate
 layers.
@@ -277,19 +279,56 @@ def find_token_layer(model: nn.Module) -> str | None:
     the final norm's patch tokens do not reach the logits at all (a class-token head), so
     their gradient is zero. This is the layer of pytorch-grad-cam's ViT recipe.
 
+    A **post-norm** last block (``nn.TransformerEncoderLayer`` with its default
+    ``norm_first=False``, timm's ``ResPostBlock``) runs its first norm *after* the attention,
+    where the patch tokens no longer reach the class token (Grad-CAM on it is zero). The
+    tokens that do are the ones entering the last block: the previous block's output
+    (``blocks.10`` of twelve), the post-norm analogue of the pre-norm choice. A stack of one
+    post-norm block has no such layer (its input is the patch embedding's):
+    :class:`~xai_feedback.errors.LayerError`, pass ``layer=``.
+
     ``None`` for a model without transformer blocks or with several stacks (Swin's stages:
     their pooled feature map is found by :func:`find_feature_layer`).
+
+    Raises:
+        LayerError: The only block of the stack is post-norm.
 
     Example:
         >>> find_token_layer(nn.Sequential(nn.Conv2d(3, 8, 3))) is None
         True
+        >>> post = nn.Sequential(*[nn.TransformerEncoderLayer(8, 2, 16) for _ in range(3)])
+        >>> find_token_layer(post)  # norm_first=False: the tokens entering the last block
+        '1'
     """
     stacks = transformer_stacks(model)
     if len(stacks) != 1:
         return None
     name, stack = stacks[0]
-    index, block = list(stack.named_children())[-1]
-    return f"{name}.{index}.{pre_norm(block)}"
+    children = list(stack.named_children())
+    index, block = children[-1]
+    prefix = f"{name}." if name else ""  # the stack may be the model itself
+    if not _is_post_norm(block):
+        return f"{prefix}{index}.{pre_norm(block)}"
+    if len(children) < 2:
+        raise LayerError(
+            f"{type(model).__name__}'s only transformer block {prefix}{index} is post-norm (its "
+            f"{pre_norm(block)} runs after the attention, so its patch tokens never reach the "
+            "class token): the tokens to explain are those entering the block, which come "
+            "from the patch embedding. Pass `layer=` (a module or dotted name)."
+        )
+    return f"{prefix}{children[-2][0]}"
+
+
+def _is_post_norm(block: nn.Module) -> bool:
+    """A block that normalizes after its residual branches (torch's ``norm_first=False``).
+
+    ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` with ``norm_first=False``
+    (their default) and timm's ``ResPostBlock`` family: their first norm's output has
+    already been through the attention.
+    """
+    if getattr(block, "norm_first", None) is False:
+        return True
+    return "ResPost" in type(block).__name__
 
 
 def _module_order(model: nn.Module) -> dict[str, int]:
