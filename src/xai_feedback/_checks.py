@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_maps",
+    "check_masks",
     "check_model_input",
     "check_nonempty",
     "check_number",
@@ -333,3 +334,51 @@ def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str)
             f"got {a.shape[0]} and {b.shape[0]}."
         )
     return int(a.shape[0])
+
+
+def check_masks(masks: Any, name: str = "masks", *, sync: bool = True) -> torch.Tensor:
+    """Check annotation masks: boolean, or real values in [0, 1] (finite); reads the data.
+
+    Masks weight pixels (1: the annotated region, 0: elsewhere, in between: partly), so a
+    value outside [0, 1] gives a silently wrong answer rather than a NaN. The common mistake,
+    a 0/255 mask read from an 8-bit image, gets a message that says to divide by 255. Integer
+    dtypes (``uint8``, ``int64``) must hold 0 and 1 only. With ``sync=False`` (the
+    training-step path) a mask on an accelerator is checked by a device-side assertion, as in
+    :func:`check_finite`; the shape is the caller's to check.
+
+    Raises:
+        DTypeError: ``masks`` is not a tensor, or is complex.
+        RangeError: A value is NaN, infinite, below 0 or above 1.
+
+    Example:
+        >>> check_masks(torch.tensor([[0.0, 0.5, 1.0]])).shape
+        torch.Size([1, 3])
+        >>> try:
+        ...     check_masks(torch.tensor([[0, 255]], dtype=torch.uint8))
+        ... except RangeError as error:
+        ...     print(str(error)[50:72], "Divide it by 255" in str(error))
+        got values in [0, 255] True
+    """
+    x = check_tensor(masks, name)
+    if x.dtype == torch.bool or x.device.type == "meta" or x.numel() == 0:
+        return x
+    if x.is_complex():
+        raise DTypeError(f"`{name}` must be boolean or real, got {x.dtype}.")
+    inside = ((x >= 0) & (x <= 1)).all()  # NaN compares False: refused too
+    expected = f"`{name}` must be boolean or hold values in [0, 1]"
+    if not sync and on_accelerator(x):
+        torch._assert_async(inside, f"{expected}, got values outside (or NaN).")
+        return x
+    if bool(inside):
+        return x
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise RangeError(f"{expected}, got {n_bad} NaN or infinite value(s).")
+    low, high = float(x.min()), float(x.max())
+    got = f"{expected}, got values in [{low:.4g}, {high:.4g}] (dtype {x.dtype})"
+    if low >= 0 and 1 < high <= 255:
+        raise RangeError(
+            f"{got}: a 0/255 mask, as read from an 8-bit image? Divide it by 255 (or "
+            f"compare: {name} > 127)."
+        )
+    raise RangeError(f"{got}.")

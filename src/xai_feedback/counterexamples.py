@@ -30,7 +30,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_floating, check_int, check_number, check_shape
+from xai_feedback._checks import (
+    check_choice,
+    check_floating,
+    check_int,
+    check_masks,
+    check_number,
+    check_shape,
+)
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 
 __all__ = ["COUNTEREXAMPLE_FILLS", "Counterexamples", "counterexamples", "region_range"]
@@ -75,6 +82,11 @@ def counterexamples(
         ``(copies * B, C, H, W)`` counterexamples, same dtype and device as ``images``;
         not detached from ``images`` (gradients flow through the unmasked pixels).
 
+    Raises:
+        ShapeError: ``images`` or ``masks`` of the wrong shape.
+        RangeError: ``masks`` neither boolean nor in [0, 1] (NaN, negative, or a 0/255
+            mask, which the message says to divide by 255); ``high <= low``.
+
     Shape:
         - images: :math:`(B, C, H, W)`; masks: :math:`(B, H, W)`
         - output: :math:`(R B, C, H, W)` with ``R = copies``
@@ -89,6 +101,7 @@ def counterexamples(
     dims = check_shape(images, "B C H W", "images")
     check_floating(images, "images")
     check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_masks(masks, "masks", sync=False)  # a 0/255 mask would scale the pixels by 255
     check_int(copies, "copies", minimum=1)
     check_choice(fill, "fill", COUNTEREXAMPLE_FILLS)
     low = check_number(low, "low")

@@ -19,9 +19,11 @@ Every entry of the library that computes a map (:class:`~xai_feedback.hooks.CAMH
   transformer blocks (ViT, DeiT, EVA, BEiT, Hugging Face ViT) gives the *first norm of the last
   block* (``encoder.layers.encoder_layer_11.ln_1`` of torchvision's ViT-B/16,
   ``blocks.11.norm1`` in timm), whose patch tokens still reach the logits through the last
-  block's attention; hierarchical transformers (Swin) give the final norm that feeds their
-  global pooling. It is never the patch embedding (a map of the input, not of the model's
-  evidence): a search that ends there is refused.
+  block's attention; a stack of post-norm blocks (``nn.TransformerEncoderLayer``'s default
+  ``norm_first=False``, whose first norm runs after the attention) gives the previous
+  block's output, the tokens entering the last block; hierarchical transformers (Swin) give
+  the final norm that feeds their global pooling. It is never the patch embedding (a map of
+  the input, not of the model's evidence): a search that ends there is refused.
 
 When the structure does not tell, :class:`~xai_feedback.errors.LayerError` lists candidate
 layers.
@@ -39,6 +41,7 @@ from xai_feedback.errors import DTypeError, LayerError
 
 __all__ = [
     "ResolvedLayer",
+    "find_classifier",
     "find_feature_layer",
     "find_head",
     "find_token_layer",
@@ -276,19 +279,56 @@ def find_token_layer(model: nn.Module) -> str | None:
     the final norm's patch tokens do not reach the logits at all (a class-token head), so
     their gradient is zero. This is the layer of pytorch-grad-cam's ViT recipe.
 
+    A **post-norm** last block (``nn.TransformerEncoderLayer`` with its default
+    ``norm_first=False``, timm's ``ResPostBlock``) runs its first norm *after* the attention,
+    where the patch tokens no longer reach the class token (Grad-CAM on it is zero). The
+    tokens that do are the ones entering the last block: the previous block's output
+    (``blocks.10`` of twelve), the post-norm analogue of the pre-norm choice. A stack of one
+    post-norm block has no such layer (its input is the patch embedding's):
+    :class:`~xai_feedback.errors.LayerError`, pass ``layer=``.
+
     ``None`` for a model without transformer blocks or with several stacks (Swin's stages:
     their pooled feature map is found by :func:`find_feature_layer`).
+
+    Raises:
+        LayerError: The only block of the stack is post-norm.
 
     Example:
         >>> find_token_layer(nn.Sequential(nn.Conv2d(3, 8, 3))) is None
         True
+        >>> post = nn.Sequential(*[nn.TransformerEncoderLayer(8, 2, 16) for _ in range(3)])
+        >>> find_token_layer(post)  # norm_first=False: the tokens entering the last block
+        '1'
     """
     stacks = transformer_stacks(model)
     if len(stacks) != 1:
         return None
     name, stack = stacks[0]
-    index, block = list(stack.named_children())[-1]
-    return f"{name}.{index}.{pre_norm(block)}"
+    children = list(stack.named_children())
+    index, block = children[-1]
+    prefix = f"{name}." if name else ""  # the stack may be the model itself
+    if not _is_post_norm(block):
+        return f"{prefix}{index}.{pre_norm(block)}"
+    if len(children) < 2:
+        raise LayerError(
+            f"{type(model).__name__}'s only transformer block {prefix}{index} is post-norm (its "
+            f"{pre_norm(block)} runs after the attention, so its patch tokens never reach the "
+            "class token): the tokens to explain are those entering the block, which come "
+            "from the patch embedding. Pass `layer=` (a module or dotted name)."
+        )
+    return f"{prefix}{children[-2][0]}"
+
+
+def _is_post_norm(block: nn.Module) -> bool:
+    """A block that normalizes after its residual branches (torch's ``norm_first=False``).
+
+    ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` with ``norm_first=False``
+    (their default) and timm's ``ResPostBlock`` family: their first norm's output has
+    already been through the attention.
+    """
+    if getattr(block, "norm_first", None) is False:
+        return True
+    return "ResPost" in type(block).__name__
 
 
 def _module_order(model: nn.Module) -> dict[str, int]:
@@ -350,22 +390,96 @@ def find_feature_layer(model: nn.Module) -> str:
     return found
 
 
-def find_head(model: nn.Module) -> ResolvedLayer:
-    """The model's linear classifier, ``(name, module)``.
+_HEAD_NAMES = ("classifier", "fc", "head", "heads", "last_linear")
+"""Attribute names under which models keep their classifier (torchvision, timm, Hugging Face)."""
 
-    ``model.classifier`` if it is an ``nn.Linear``, else the last ``nn.Linear`` of the model.
+
+def _is_pointwise_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+
+
+def _is_classifier_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_pointwise_conv(module)
+
+
+def find_classifier(model: nn.Module) -> ResolvedLayer:
+    """The layer that produces the logits, ``(name, module)``: an ``nn.Linear`` or 1x1 conv.
+
+    1. The last ``nn.Linear`` or 1x1 ``nn.Conv2d`` (``groups=1``) inside the model's
+       classifier attribute, the first of ``classifier``, ``fc``, ``head``, ``heads`` and
+       ``last_linear`` that holds one: ``fc`` of a ResNet, ``classifier.1`` of a MobileNetV2,
+       EfficientNet or SqueezeNet (a 1x1 conv before the global pooling), ``heads.head`` of
+       torchvision's ViT, ``head`` of timm's.
+    2. Else the last such layer in module order, a 1x1 conv only in a model with a global
+       pooling, and only if no spatial convolution (kernel larger than 1) comes after it:
+       the layer must end the network, not sit inside its features (a squeeze-excitation
+       block's ``nn.Linear`` is not the head).
 
     Raises:
-        LayerError: The model has no ``nn.Linear``.
+        LayerError: No candidate, or the last one is followed by spatial convolutions (the
+            message asks to name the head).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(8, 10))
+        >>> find_classifier(net).name
+        '3'
     """
     model = unwrap_model(model)
-    spec = getattr(model, "classifier", None)
-    if isinstance(spec, nn.Linear):
-        return ResolvedLayer("classifier", spec)
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    for attr in _HEAD_NAMES:
+        spec = getattr(model, attr, None)
+        if isinstance(spec, nn.Module):
+            inside = [
+                (f"{attr}.{name}" if name else attr, module)
+                for name, module in spec.named_modules()
+                if _is_classifier_layer(module)
+            ]
+            if inside:
+                return ResolvedLayer(*inside[-1])
+    order = list(model.named_modules())
+    pooled = any(_is_global_pool(m) for _, m in order)
+    candidates = [
+        i
+        for i, (_, m) in enumerate(order)
+        if isinstance(m, nn.Linear) or (pooled and _is_pointwise_conv(m))
+    ]
+    if not candidates:
+        raise LayerError(
+            f"`model` must have a classifier (an nn.Linear, or a 1x1 nn.Conv2d in a model with "
+            f"a global pooling), got a {type(model).__name__} without one."
+        )
+    name, module = order[candidates[-1]]
+    later = [
+        n
+        for n, m in order[candidates[-1] + 1 :]
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and any(k > 1 for k in m.kernel_size)
+    ]
+    if later:
+        raise LayerError(
+            f"`model`'s classifier cannot be told from its structure: its last nn.Linear or "
+            f"1x1 nn.Conv2d, {name!r}, is followed by the convolution {later[0]!r}, so it is "
+            "inside the features. Name the layer that produces the logits (head='...')."
+        )
+    return ResolvedLayer(name, module)
+
+
+def find_head(model: nn.Module) -> ResolvedLayer:
+    """The model's linear classifier, ``(name, module)`` (:func:`find_classifier`, linear).
+
+    Raises:
+        LayerError: The model has no ``nn.Linear``, or its classifier is a 1x1 convolution
+            or cannot be found (see :func:`find_classifier`).
+    """
+    model = unwrap_model(model)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise LayerError("method 'cam' needs a linear head: `model` has no nn.Linear.")
-    return ResolvedLayer(*linears[-1])
+    name, module = find_classifier(model)
+    if not isinstance(module, nn.Linear):
+        raise LayerError(
+            f"method 'cam' needs a linear head: `model`'s classifier {name!r} is a 1x1 "
+            f"{type(module).__name__}, not an nn.Linear; use a gradient method (grad_cam)."
+        )
+    return ResolvedLayer(name, module)
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None) -> ResolvedLayer:

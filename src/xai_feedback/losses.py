@@ -23,6 +23,7 @@ from xai_feedback._checks import (
     check_int,
     check_labels,
     check_maps,
+    check_masks,
     check_number,
     check_shape,
 )
@@ -281,6 +282,7 @@ class MaskPenalty(MapPenalty):
 
         Raises:
             MissingInputError: ``masks`` is None.
+            RangeError: ``masks`` neither boolean nor in [0, 1] (checked by the kernels).
         """
         if masks is None:
             raise MissingInputError(
@@ -376,6 +378,8 @@ class RobustViTPenalty(MapPenalty):
 
         Raises:
             MissingInputError: ``masks`` is None (or ``target`` with all-class maps).
+            RangeError: ``masks`` neither boolean nor in [0, 1] (NaN, negative, or a 0/255
+                mask, which the message says to divide by 255).
         """
         if masks is None:
             raise MissingInputError(
@@ -383,6 +387,7 @@ class RobustViTPenalty(MapPenalty):
             )
         maps = _prepare_maps(maps, target, "target", True, "none")
         dims = check_shape(masks, "B H W", "masks", B=int(maps.shape[0]))
+        check_masks(masks, "masks", sync=False)  # before "excluded" flips them
         size = (dims["H"], dims["W"])
         if tuple(maps.shape[-2:]) != size:
             maps = resize_maps(maps, size)

@@ -137,6 +137,9 @@ def test_masks_to_maps(masks: Spec, size: tuple[int, int], seed: int) -> None:
     if m.dim() != 3 or min(size) < 1 or 0 in m.shape[1:]:
         expect_error(error, ShapeError, RangeError, DTypeError)
         return
+    if m.device.type != "meta" and not bool(((m >= 0) & (m <= 1)).all()):
+        expect_error(error, RangeError)  # masks must be boolean or in [0, 1] (check_masks)
+        return
     assert out is not None, error
     assert out.shape == (m.shape[0], *size)
     if masks.dtype == torch.bool and out.numel():

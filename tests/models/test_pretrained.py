@@ -355,12 +355,15 @@ def test_replace_head_errors() -> None:
     with pytest.raises(DTypeError, match="`num_classes` must be an int"):
         replace_head(TinyResNet(), 2.0)  # type: ignore[arg-type]
     with pytest.raises(
-        LayerError, match=re.escape("must name an nn.Linear of `model`, got Conv2d")
+        LayerError,
+        match=re.escape(
+            "must name an nn.Linear or a 1x1 nn.Conv2d (groups 1) of `model`, got Conv2d"
+        ),
     ):
         replace_head(TinyResNet(), 2, head="conv1")
     with pytest.raises(LayerError, match="not a module of the model"):
         replace_head(TinyResNet(), 2, head="head")
-    with pytest.raises(LayerError, match=re.escape("must have an nn.Linear classifier")):
+    with pytest.raises(LayerError, match=re.escape("must have a classifier (an nn.Linear, or")):
         replace_head(nn.Sequential(nn.Conv2d(3, 2, 1)), 2)
     with pytest.raises(DTypeError, match=re.escape("`model` must be an nn.Module")):
         replace_head("resnet", 2)  # type: ignore[type-var]

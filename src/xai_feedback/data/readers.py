@@ -371,9 +371,81 @@ def _open(path: Path, what: str) -> PILImage.Image:
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:  # raised from the header, before decoding
+        raise DataError(
+            f"{what} must hold images of at most {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+            f"(twice Pillow's PIL.Image.MAX_IMAGE_PIXELS, its guard against decompression "
+            f"bombs), got {path}, whose header claims more: {error} Raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted."
+        ) from error
     except (OSError, ValueError, SyntaxError) as error:  # UnidentifiedImageError is an OSError
         raise DataError(f"{what} must be a readable image, got {path}: {error}.") from error
     return image
+
+
+def _deep_gray(image: PILImage.Image, path: Path) -> np.ndarray | None:
+    """Gray levels in [0, 1] (float64, (H, W)) of a 16-bit, 32-bit integer or float image.
+
+    ``None`` for the 8-bit modes, which :meth:`PIL.Image.Image.convert` maps without loss of
+    scale. 16-bit modes (``I;16``, ``I;16B``, ...) are divided by 65535; ``I`` (32-bit
+    integers, how older Pillow opens 16-bit PNG) must hold values in [0, 65535] and is read
+    the same way; ``F`` (32-bit float, e.g. a float TIFF) must hold finite values in [0, 1].
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        levels = np.asarray(image).astype(np.float64)
+        if levels.size and (levels.min() < 0 or levels.max() > 65535):
+            raise DataError(
+                f"`root` must hold integer images (Pillow mode {image.mode!r}) with 16-bit "
+                f"gray levels in [0, 65535], got {path} with values in [{levels.min():g}, "
+                f"{levels.max():g}]; save it as 8- or 16-bit, or as float in [0, 1]."
+            )
+        scaled: np.ndarray = levels / 65535
+        return scaled
+    if image.mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        if values.size and not (
+            np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+        ):
+            shown = f"[{np.nanmin(values):g}, {np.nanmax(values):g}]"
+            if not np.isfinite(values).all():
+                shown = f"{int((~np.isfinite(values)).sum())} NaN or infinite value(s)"
+            raise DataError(
+                f"`root` must hold float images (Pillow mode 'F') with finite values in "
+                f"[0, 1], got {path} with {shown}; rescale it to [0, 1] or save it as "
+                "8- or 16-bit."
+            )
+        return values
+    return None
+
+
+def _image_pixels(
+    image: PILImage.Image, path: Path, mode: str, target: tuple[int, int] | None
+) -> np.ndarray:
+    """The pixels of one image in ``mode``, resized to ``target`` (H, W): (H, W, C).
+
+    uint8 (0-255) for 8-bit images, float64 in [0, 1] for deeper ones (:func:`_deep_gray`;
+    these are gray, so ``"RGB"`` repeats the gray level in the three channels).
+    """
+    from PIL import Image
+
+    channels = 3 if mode == "RGB" else 1
+    gray = _deep_gray(image, path)
+    if gray is not None:
+        if target is not None and gray.shape != target:
+            as_float = Image.fromarray(gray.astype(np.float32), mode="F")
+            resized = as_float.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+            gray = np.clip(np.asarray(resized).astype(np.float64), 0.0, 1.0)
+        return np.repeat(gray[:, :, None], channels, axis=2)
+    try:
+        converted = image.convert(mode)
+    except ValueError as error:  # e.g. "conversion from La to L not supported"
+        raise DataError(
+            f"`root` must hold images that Pillow converts to mode {mode!r}, got {path} in "
+            f"mode {image.mode!r}: {error}."
+        ) from error
+    if target is not None and converted.size != (target[1], target[0]):
+        converted = converted.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+    return np.array(converted, dtype=np.uint8).reshape(*converted.size[::-1], channels)
 
 
 def _mask_file(mask_root: Path, relative: Path, extensions: tuple[str, ...]) -> Path:
@@ -426,7 +498,13 @@ def load_image_folder(
             or ``(H, W)``; images are resized bilinearly with Pillow's antialiasing, masks
             with nearest-neighbor sampling.
         mode: ``"RGB"`` (3 channels) or ``"L"`` (grayscale, 1 channel); images of other modes
-            are converted.
+            are converted. 8-bit images (Pillow modes ``1``, ``L``, ``P``, ``LA``, ``RGB``,
+            ``RGBA``, ``CMYK``, ...) are converted by Pillow (alpha dropped) and divided by
+            255. Deeper gray images keep their precision: 16-bit (``I;16``, ``I;16B``, e.g. a
+            16-bit PNG) are divided by 65535, 32-bit integer (``I``) must hold 16-bit levels
+            in [0, 65535] and are read the same way, float (``F``, e.g. a float32 TIFF) must
+            hold values in [0, 1] and are read as they are; in ``"RGB"`` the gray level
+            fills the three channels.
         masks: Folder of annotation masks parallel to ``root``, or ``None``.
         extensions: File extensions read as images (case-insensitive); other files are
             ignored.
@@ -440,7 +518,10 @@ def load_image_folder(
         ImportError: Pillow is not installed (``pip install 'xai-feedback[data]'``).
         MissingDataError: ``root`` or ``masks`` is not a folder, or an image has no mask.
         DataError: ``root`` has no class sub-folder, a class sub-folder has no image, or a
-            file cannot be read as an image (the message names the file).
+            file cannot be read as an image (the message names the file): not an image,
+            corrupt, a header claiming more pixels than Pillow's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``), a mode Pillow cannot convert to ``mode``, a
+            float image outside [0, 1] or not finite, an integer image outside [0, 65535].
         ShapeError: Images of different sizes with ``size=None``, or a mask whose size
             differs from its image's (both named).
 
@@ -510,10 +591,7 @@ def load_image_folder(
                     f"{first[1][1]}x{first[1][0]} (H x W) for {first[0]} and "
                     f"{original[1]}x{original[0]} for {path}; pass size=(H, W) to resize."
                 )
-        rgb = image.convert(mode)
-        if target is not None and rgb.size != (target[1], target[0]):
-            rgb = rgb.resize((target[1], target[0]), Image.Resampling.BILINEAR)
-        pixels.append(np.asarray(rgb, dtype=np.uint8))
+        pixels.append(_image_pixels(image, path, mode, target))
         if mask_root is not None:
             mask_path = _mask_file(mask_root, path.relative_to(folder), suffixes)
             mask_image = _open(mask_path, "`masks`")
@@ -530,9 +608,11 @@ def load_image_folder(
                 marked = np.asarray(resized) != 0
             annotations.append(marked)
 
-    stacked = torch.from_numpy(np.stack(pixels))
-    stacked = stacked.unsqueeze(1) if mode == "L" else stacked.permute(0, 3, 1, 2)
-    images = stacked.to(dtype) / 255
+    height, width, channels = pixels[0].shape
+    images = torch.empty((len(pixels), channels, height, width), dtype=dtype)
+    for index, array in enumerate(pixels):  # one image at a time: no second full-size copy
+        chw = torch.from_numpy(array).permute(2, 0, 1)
+        images[index] = chw.to(dtype) / 255 if array.dtype == np.uint8 else chw.to(dtype)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     mask_tensor = None if mask_root is None else torch.from_numpy(np.stack(annotations))
     classes = tuple(p.name for p in class_dirs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xai_feedback._checks import check_floating, check_int, check_maps, check_shape
+from xai_feedback._checks import check_floating, check_int, check_maps, check_masks, check_shape
 from xai_feedback.errors import RangeError, ShapeError
 
 __all__ = [
@@ -150,7 +150,8 @@ def input_gradient_penalty(
 
 
 def _float_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Masks as floats: their own dtype if floating, else the default dtype."""
+    """Masks checked (:func:`check_masks`) as floats: own dtype if floating, else the default."""
+    check_masks(masks, "masks", sync=False)  # 0/255 or out-of-range masks: a silent wrong answer
     return masks.to(masks.dtype if masks.is_floating_point() else torch.get_default_dtype())
 
 
@@ -265,6 +266,7 @@ def projected_input_gradient_penalty(
         check_shape(directions, "B K", "directions", B=dims["B"], K=int(logits.shape[1]))
     check_floating(images, "images")
     check_floating(logits, "logits")
+    check_masks(masks, "masks", sync=False)
     if not images.requires_grad or not logits.requires_grad:
         raise RangeError(
             "`images` must require grad and `logits` must be computed from them (call "

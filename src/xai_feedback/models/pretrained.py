@@ -8,9 +8,9 @@ into any ``nn.Module``. torchvision is not needed; its models are ordinary modul
   digits in torchvision's convention (``mobilenet_v2-b0353104.pth``: the digest starts with
   ``b0353104``), reads it with ``torch.load(..., weights_only=True)`` (tensors only, no code)
   and loads it, naming missing, unexpected and mismatched keys when they do not fit;
-- :func:`replace_head` swaps the classifier's last ``nn.Linear`` (``fc`` of a ResNet,
-  ``classifier[-1]`` of a MobileNetV2 or an EfficientNet) for a new one with
-  ``num_classes`` outputs;
+- :func:`replace_head` swaps the layer that produces the logits (``fc`` of a ResNet,
+  ``classifier[-1]`` of a MobileNetV2 or an EfficientNet, the 1x1 conv ``classifier[1]`` of a
+  SqueezeNet) for a new one with ``num_classes`` outputs;
 - :func:`freeze_batchnorm` puts the model in training mode with every BatchNorm in eval mode,
   the usual recipe for fine-tuning on a small dataset: :func:`~xai_feedback.training.fit`
   keeps the per-module flags of a model already in training mode, so the ImageNet statistics
@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +32,7 @@ from torch import nn
 
 from xai_feedback._checks import check_int
 from xai_feedback.errors import DTypeError, LayerError, WeightsError, WeightsNotFoundError
-from xai_feedback.layers import find_head, resolve_layer, unwrap_model
+from xai_feedback.layers import find_classifier, resolve_layer, unwrap_model
 
 __all__ = ["file_sha256", "freeze_batchnorm", "hash_prefix", "load_weights", "replace_head"]
 
@@ -100,12 +98,27 @@ def _check_path(path: Any) -> Path:
 
 
 def _read(file: Path) -> Mapping[str, Any]:
+    size = file.stat().st_size
+    expected = (
+        "`path` must be a state-dict file written by torch.save (a zip archive, or the legacy "
+        "pickle format) that torch.load(..., weights_only=True) reads"
+    )
+    if size == 0:
+        raise WeightsError(f"{expected}, got {str(file)!r}, which is empty (0 bytes).")
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:
+        # a damaged file fails anywhere in torch's parsers (the legacy format: IndexError,
+        # KeyError, struct.error; the zip one: RuntimeError; weights_only: UnpicklingError)
+        with file.open("rb") as handle:
+            head = handle.read(16)
+        detail = (str(err).splitlines() or [""])[0]
         raise WeightsError(
-            f"`path` must be a state-dict file that torch.load(..., weights_only=True) reads, "
-            f"got {str(file)!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"{expected}, got {str(file)!r} ({size} bytes, starting with {head!r}): "
+            f"{type(err).__name__}: {detail or repr(err)}. The file is truncated, damaged, "
+            "not a torch.save file, or holds objects other than tensors and containers."
         ) from err
     if isinstance(loaded, Mapping) and not _is_state_dict(loaded):
         nested = [k for k in _NESTED if isinstance(loaded.get(k), Mapping)]
@@ -266,20 +279,24 @@ def replace_head(
     head: str | None = None,
     generator: torch.Generator | None = None,
 ) -> ModelT:
-    r"""Replace the classifier's last ``nn.Linear`` by a new one with ``num_classes`` outputs.
+    r"""Replace the classifier (a Linear or 1x1 conv) by a new one with ``num_classes`` outputs.
 
-    The head is found from the model's structure (:func:`~xai_feedback.layers.find_head`:
-    ``model.classifier`` when it is an ``nn.Linear``, else the model's last ``nn.Linear``),
-    so ``fc`` of a ResNet, ``classifier.1`` of a MobileNetV2 or an EfficientNet,
-    ``classifier.6`` of a VGG. The new layer has the old one's inputs, bias (or none),
-    device and dtype; its weights are PyTorch's default initialization, or uniform in
+    The head is the layer that produces the logits, found from the model's structure
+    (:func:`~xai_feedback.layers.find_classifier`): the last ``nn.Linear`` or 1x1
+    ``nn.Conv2d`` of the model's ``classifier`` / ``fc`` / ``head`` / ``heads`` attribute,
+    else the last one of the model if nothing but pooling follows it. So ``fc`` of a ResNet,
+    ``classifier.1`` of a MobileNetV2, an EfficientNet or a SqueezeNet (a 1x1 conv),
+    ``classifier.6`` of a VGG, never the ``nn.Linear`` of a squeeze-excitation block inside the
+    features. The new layer has the old one's kind and inputs, bias (or none), device and
+    dtype; its weights are PyTorch's default initialization, or uniform in
     :math:`\pm 1/\sqrt{\text{in}}` (bias 0) from ``generator``. Everything else is untouched:
     the pretrained features, their ``requires_grad`` flags and the modes.
 
     Args:
         model: Any classifier (possibly wrapped: DataParallel, DDP, ``torch.compile``).
         num_classes: Outputs of the new head.
-        head: Dotted name of the ``nn.Linear`` to replace (default: found as above).
+        head: Dotted name of the ``nn.Linear`` or 1x1 ``nn.Conv2d`` to replace (default:
+            found as above).
         generator: Random generator for the new weights (reproducible runs).
 
     Returns:
@@ -288,11 +305,13 @@ def replace_head(
     Raises:
         DTypeError: ``model`` is not an ``nn.Module``, or ``num_classes`` not an int.
         RangeError: ``num_classes < 1``.
-        LayerError: The model has no ``nn.Linear``, or ``head`` names no ``nn.Linear`` (or no
-            module at all).
+        LayerError: The model has no classifier, the last candidate is inside the features
+            (followed by spatial convolutions: name it with ``head``), or ``head`` names
+            neither an ``nn.Linear`` nor a 1x1 ``nn.Conv2d`` (or no module at all).
 
     Shape:
-        - head weight: :math:`(K_{old}, F) \to (K, F)`, with :math:`K` = ``num_classes``
+        - head weight: :math:`(K_{old}, F) \to (K, F)` (a 1x1 conv:
+          :math:`(K_{old}, F, 1, 1) \to (K, F, 1, 1)`), with :math:`K` = ``num_classes``
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -307,25 +326,10 @@ def replace_head(
     target = unwrap_model(model)
     if head is not None and not isinstance(head, str):
         raise DTypeError(f"`head` must be a dotted name or None, got {type(head).__name__}.")
-    if head is None and not any(isinstance(m, nn.Linear) for m in target.modules()):
-        raise LayerError(
-            f"`model` must have an nn.Linear classifier to replace, got a "
-            f"{type(target).__name__} without one."
-        )
-    name, old = find_head(target) if head is None else resolve_layer(target, head)
-    if not isinstance(old, nn.Linear):
-        raise LayerError(
-            f"`head` {name!r} must name an nn.Linear of `model`, got {type(old).__name__}."
-        )
-    new = nn.Linear(
-        old.in_features,
-        num_classes,
-        bias=old.bias is not None,
-        device=old.weight.device,
-        dtype=old.weight.dtype,
-    )
+    name, old = find_classifier(target) if head is None else resolve_layer(target, head)
+    new = _new_head(name, old, num_classes)
     if generator is not None:
-        bound = 1.0 / old.in_features**0.5
+        bound = 1.0 / new.weight[0].numel() ** 0.5
         with torch.no_grad():
             new.weight.copy_(
                 torch.empty(new.weight.shape, dtype=new.weight.dtype).uniform_(
@@ -339,6 +343,34 @@ def replace_head(
     parent = target.get_submodule(parent_name) if parent_name else target
     setattr(parent, child, new)
     return model
+
+
+def _new_head(name: str, old: nn.Module, num_classes: int) -> nn.Linear | nn.Conv2d:
+    """A layer like ``old`` (``nn.Linear`` or 1x1 ``nn.Conv2d``) with ``num_classes`` outputs."""
+    if isinstance(old, nn.Linear):
+        return nn.Linear(
+            old.in_features,
+            num_classes,
+            bias=old.bias is not None,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+        )
+    if isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1) and old.groups == 1:
+        return nn.Conv2d(
+            old.in_channels,
+            num_classes,
+            1,
+            bias=old.bias is not None,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+        )
+    what = type(old).__name__
+    if isinstance(old, nn.Conv2d):
+        what += f" with kernel {old.kernel_size} and groups {old.groups}"
+    raise LayerError(
+        f"`head` {name!r} must name an nn.Linear or a 1x1 nn.Conv2d (groups 1) of `model`, "
+        f"got {what}."
+    )
 
 
 def freeze_batchnorm(model: ModelT, *, parameters: bool = False) -> ModelT:
