@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback.errors import HookError, LayerError, RangeError
+from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.methods import get_method, method_names
@@ -369,3 +369,36 @@ def test_relevance_penalty_objective_is_the_hand_written_step(x: torch.Tensor) -
     torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(expected_logits, labels))
     with pytest.raises(RangeError, match="relevance"):
         relevance_penalty_objective("mask", method="grad_cam")
+
+
+def test_relevance_maps_refuses_more_targets_than_images(x: torch.Tensor) -> None:
+    """Chunks of ``batch_size`` images once sliced ``target`` too, so extra targets passed."""
+    model = TinyViT("timm").eval()
+    four = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ShapeError, match="target"):
+        relevance_maps(model, x, four, batch_size=1)
+    with pytest.raises(ShapeError, match="target"):
+        relevance_maps(model, x, four[:2], batch_size=2)
+    assert relevance_maps(model, x, four[:3], batch_size=2).shape == (3, 2, 2)
+
+
+def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tensor) -> None:
+    """K classes keep K sets of attention gradients: a bound checked up front, not an OOM."""
+    model = TinyViT("timm").eval()
+    calls = []
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        hook = capture.attentions[0].register_hook(lambda g: calls.append(1))
+        per_class = sum(a.numel() * a.element_size() for a in capture.attentions)
+        with pytest.raises(RangeError, match="max_bytes"):
+            capture.relevance(logits, all_classes=True, max_bytes=3 * per_class - 1)
+        assert calls == []  # refused before any backward
+        every = capture.relevance(logits, all_classes=True, max_bytes=3 * per_class)
+        assert len(calls) == 3  # one backward per class reaches the first block
+        unbounded = capture.relevance(logits, all_classes=True, max_bytes=None)
+        hook.remove()
+    torch.testing.assert_close(every, unbounded)
+    assert every.shape == (3, 3, 2, 2)
+    with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
+        rolled = capture.relevance(model(x), method="rollout", all_classes=True, max_bytes=0)
+    assert rolled.shape == (3, 3, 2, 2)

@@ -419,6 +419,10 @@ def relevance_maps(
         query: See :class:`AttentionCapture`.
         batch_size: Images per forward.
 
+    Raises:
+        ShapeError: ``images`` is not ``(B, C, H, W)`` or empty, or a ``target`` tensor does
+            not hold one class per image.
+
     Shape:
         - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
 
@@ -447,6 +451,8 @@ def relevance_maps(
     check_finite(images, "images")
     if not isinstance(target, torch.Tensor) and target is not None and not callable(target):
         raise RangeError(f"`target` must be a tensor, a callable or None, got {target!r}.")
+    if isinstance(target, torch.Tensor):  # one target per image, whatever `batch_size`
+        check_shape(target, "B", "target", B=dims["B"])
     chunks = []
     with eval_mode(model):
         for i in range(0, dims["B"], batch_size):
