@@ -402,3 +402,54 @@ def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tenso
     with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
         rolled = capture.relevance(model(x), method="rollout", all_classes=True, max_bytes=0)
     assert rolled.shape == (3, 3, 2, 2)
+
+
+def test_two_threads_share_the_fused_attention_switch(x: torch.Tensor) -> None:
+    """A enters, B enters, A exits, B runs and exits: B captures, every flag comes back."""
+    import threading
+
+    model = TinyViT("timm").eval()
+    model.blocks[1].attn.fused_attn = False  # a user's own choice, kept
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    got: list[object] = []
+
+    def first() -> None:
+        with AttentionCapture(model):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        try:
+            with AttentionCapture(model) as capture:
+                b_in.set()
+                a_out.wait(5)
+                logits = model(x)
+                got.append(capture.relevance(logits, torch.tensor([0, 1, 2])))
+                got.append(len(capture.attentions))
+        except Exception as err:  # reported in the main thread
+            got.append(err)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and isinstance(got[0], torch.Tensor), got
+    assert got[0].shape == (3, 2, 2) and got[1] == 2  # both blocks captured in B's block
+    assert [blk.attn.fused_attn for blk in model.blocks] == [True, False]
+
+
+def test_a_capture_ignores_another_threads_forward(x: torch.Tensor) -> None:
+    """Forwards run by a thread that did not enter the block are not captured."""
+    import threading
+
+    model = TinyViT("mha").eval()
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        other = threading.Thread(target=lambda: model(x[:1]))
+        other.start()
+        other.join()
+        assert [tuple(a.shape) for a in capture.attentions] == [(3, 2, 5, 5)] * 2
+        assert capture.relevance(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)

@@ -33,7 +33,7 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback._modes import eval_mode
+from xai_feedback._modes import eval_mode, frozen_parameters
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.hooks import CAMHook, Reshape, logits_of
@@ -121,13 +121,6 @@ def ensemble_noise(
     return eps.flatten(0, 1)
 
 
-def _frozen_parameters(model: nn.Module) -> list[nn.Parameter]:
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
-
-
 def cam_maps(
     model: nn.Module,
     images: torch.Tensor,
@@ -196,9 +189,8 @@ def _cam_maps(
 ) -> torch.Tensor:
     """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
     use_relu = cast(CAMMethod, get_method(method, "cam")).default_relu if relu is None else relu
-    frozen = _frozen_parameters(model)
-    try:
-        chunks = []
+    chunks = []
+    with frozen_parameters(model):
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size]
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
@@ -208,9 +200,6 @@ def _cam_maps(
                     logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
                 )
             chunks.append(maps.detach())
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return torch.cat(chunks)
 
 

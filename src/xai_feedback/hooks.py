@@ -38,10 +38,9 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xai_feedback._checks import check_choice, check_shape
-from xai_feedback._modes import module_flags, restore_flags
+from xai_feedback._modes import math_attention, module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
@@ -79,40 +78,6 @@ def logits_of(output: Any) -> torch.Tensor:
         f"`logits` must be a (B, K) tensor or a model output with a `.logits` tensor, got "
         f"{type(output).__name__}."
     )
-
-
-class _MathAttention:
-    """Scaled-dot-product attention on its math kernel while any hook of any thread needs it.
-
-    torch's kernel choice (``sdpa_kernel``) is process-wide: two threads that each saved and
-    restored it around their own block could interleave and leave the math kernel on for good
-    (thread A saves "all", B saves "math only", A restores "all", B restores "math only").
-    One counter under a lock: the first block in switches, the last block out restores what
-    was there before the first.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: contextlib.ExitStack | None = None
-
-    def enter(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                stack = contextlib.ExitStack()
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-                self._saved = stack
-            self._depth += 1
-
-    def exit(self) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0 and self._saved is not None:
-                self._saved.close()
-                self._saved = None
-
-
-_MATH_ATTENTION = _MathAttention()
 
 
 def _default_name(model: nn.Module) -> str | None:
@@ -321,7 +286,8 @@ class CAMHook(ActivationHook):
             ``nn.MultiheadAttention``, Hugging Face's ``sdpa``) have no double backward,
             which a loss on differentiable maps of a transformer needs. ``None``: on unless
             ``leaf`` (explanation only, one backward). The switch is process-wide (torch's
-            backend flags) and undone when the block ends.
+            backend flags): :func:`xai_feedback._modes.math_attention`, counted over every
+            open block of every thread, undone when the last one ends.
 
     Note:
         Gradient methods take one gradient of the summed target scores for the whole batch.
@@ -397,9 +363,7 @@ class CAMHook(ActivationHook):
         super().__enter__()
         stack = contextlib.ExitStack()
         try:
-            if self.sdpa_math:
-                _MATH_ATTENTION.enter()
-                stack.callback(_MATH_ATTENTION.exit)
+            stack.enter_context(math_attention(self.sdpa_math))
             if self.eval_mode:
                 self._flags = module_flags(self.model)
                 self.model.eval()

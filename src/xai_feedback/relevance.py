@@ -52,6 +52,8 @@ size (timm ``patch_embed.patch_size``, torchvision ``patch_size``), else the squ
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any, Literal, cast
 
@@ -61,7 +63,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from xai_feedback._checks import check_finite, check_int, check_model_input, check_shape
-from xai_feedback._modes import eval_mode
+from xai_feedback._modes import eval_mode, unfused_attention
 from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
 from xai_feedback.layers import unwrap_model
 from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
@@ -161,9 +163,12 @@ def _bind_mha_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torc
 class AttentionCapture:
     r"""Capture every self-attention block's probabilities ``(B, heads, N, N)`` in a ``with``.
 
-    Inside the block each forward of the model (re)fills :attr:`attentions`, first block
-    first; :meth:`relevance` turns them into maps. The hooks are removed and each timm
-    module's ``fused_attn`` flag restored on exit, also when the block raises. See the module
+    Inside the block each forward of the model run by the thread that entered it (re)fills
+    :attr:`attentions`, first block first; :meth:`relevance` turns them into maps. The hooks
+    are removed on exit, also when the block raises; timm's ``fused_attn`` flags are one
+    counted switch per module (:func:`xai_feedback._modes.unfused_attention`), so captures
+    of one model open in several threads keep them off until the last one leaves, which
+    restores each module's own flag. See the module
     docstring for how the probabilities are obtained from timm and torchvision models.
 
     Args:
@@ -211,13 +216,13 @@ class AttentionCapture:
         """The last forward's attention probabilities, one ``(B, heads, N, N)`` per block."""
         self.image_size: tuple[int, int] | None = None
         self._handles: list[RemovableHandle] = []
-        self._flags: list[tuple[nn.Module, bool]] = []
-        self._active = False
+        self._switch: ExitStack | None = None
+        self._owner: int | None = None
 
     # -- the with block -------------------------------------------------------------------
 
     def __enter__(self) -> AttentionCapture:
-        if self._active:
+        if self._switch is not None:
             raise HookError("this AttentionCapture is already active (nested `with`).")
         modules = attention_modules(self.model)
         if not modules:
@@ -225,20 +230,23 @@ class AttentionCapture:
                 f"{type(self.model).__name__} has no attention module to capture (timm "
                 "`Attention` with `fused_attn` and `attn_drop`, or nn.MultiheadAttention)."
             )
-        self._active = True
+        self._switch = ExitStack()
+        self._owner = threading.get_ident()
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start))
             for name, module in modules:
                 if isinstance(module, nn.MultiheadAttention):
                     self._check_mha(name, module)
+            timm = [m for _, m in modules if not isinstance(m, nn.MultiheadAttention)]
+            self._switch.enter_context(unfused_attention(timm))
+            self._handles.append(self.model.register_forward_pre_hook(self._start))
+            for module in timm:
+                drop = cast(nn.Module, module.attn_drop)
+                self._handles.append(drop.register_forward_hook(self._keep))
+            for _, module in modules:
+                if isinstance(module, nn.MultiheadAttention):
                     self._handles.append(
                         module.register_forward_hook(self._mha_hook, with_kwargs=True)
                     )
-                else:
-                    self._flags.append((module, bool(module.fused_attn)))
-                    setattr(module, "fused_attn", False)  # noqa: B010 (typed as a Module)
-                    drop = cast(nn.Module, module.attn_drop)
-                    self._handles.append(drop.register_forward_hook(self._keep))
         except BaseException:
             self._close()
             raise
@@ -257,22 +265,28 @@ class AttentionCapture:
             for handle in self._handles:
                 handle.remove()
         finally:
-            for module, flag in self._flags:
-                setattr(module, "fused_attn", flag)  # noqa: B010
             self._handles.clear()
-            self._flags.clear()
-            self._active = False
+            switch, self._switch, self._owner = self._switch, None, None
+            if switch is not None:
+                switch.close()
 
     # -- hooks ----------------------------------------------------------------------------
 
+    def _mine(self) -> bool:
+        """Whether the running forward is this capture's (its thread entered the block)."""
+        return threading.get_ident() == self._owner
+
     def _start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._mine():
+            return  # another thread's forward: not ours to capture
         self.attentions = []
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.dim() >= 2:
             self.image_size = (int(first.shape[-2]), int(first.shape[-1]))
 
     def _keep(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        self.attentions.append(output)
+        if self._mine():
+            self.attentions.append(output)
 
     @staticmethod
     def _check_mha(name: str, module: nn.MultiheadAttention) -> None:
@@ -289,7 +303,9 @@ class AttentionCapture:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         output: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if not self._mine():
+            return None  # another thread's forward: its own output, untouched
         mha = cast(nn.MultiheadAttention, module)
         for option in ("key_padding_mask", "attn_mask"):
             if kwargs.get(option) is not None:
