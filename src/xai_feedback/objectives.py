@@ -77,8 +77,8 @@ def cam_penalty_objective(
             :class:`~xai_feedback.losses.CenterPenalty` (``"center"``, no annotations) or
             :class:`~xai_feedback.losses.MaskPenalty` (``"mask"``, uses ``batch.masks``).
         schedule: A loss schedule, or a constant penalty weight.
-        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`), on the CAM scale
-            (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
+        method: Map method (``method_names("cam")``, :mod:`xai_feedback.methods`), on the CAM
+            scale (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
             penalty as ``"cam"``, so one penalty weight serves all). The maps are signed; the
             penalty's ``signed`` flag decides whether only positive evidence is penalized.
         layer: Layer whose maps are penalized (default: the feature map feeding the global
