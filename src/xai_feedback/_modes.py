@@ -1,23 +1,22 @@
-"""Switch a model's mode for a moment and give every module its own flag back.
+"""Every switch the library makes for a moment, and the two rules that give each value back.
 
-Every switch of the library lives here, under two rules.
+**A mode for the length of a call.** ``model.train(was_training)`` is not a restore: it sets
+*every* submodule's flag, so a BatchNorm frozen for fine-tuning (``bn.eval()`` inside a model
+in training mode, the usual recipe) comes back in training mode. :func:`eval_mode` records
+each module's own ``training`` flag and restores exactly those flags, also when the block
+raises. Every public call of the library that evaluates a model in the middle of training
+goes through it, and :func:`train_mode` is its twin for the calls that train (``fit``, proxy
+training): a model already in training mode keeps the flags its user set (a frozen BatchNorm
+stays frozen).
 
-``model.train(was_training)`` is not a restore: it sets *every* submodule's flag, so a
-BatchNorm frozen for fine-tuning (``bn.eval()`` inside a model in training mode, the usual
-recipe) comes back in training mode. :func:`eval_mode` records each module's own
-``training`` flag and restores exactly those flags, also when the block raises. Every public
-call of the library that evaluates a model in the middle of training goes through it, and
-:func:`train_mode` is its twin for the calls that train (``fit``, proxy training): a model
-already in training mode keeps the flags its user set (a frozen BatchNorm stays frozen).
-
-The switches that a block makes for its own computation while other code may hold the same
-model (the math attention kernel, timm's ``fused_attn``, per-example BatchNorm, frozen
-parameters) follow the second rule, :func:`switched`: **one locked, counted switch per
-object and attribute**, shared by every thread. The first block in records the object's own
-value and sets the new one; the last block out restores the recorded value. Two threads whose
-blocks overlap in any order (A enters, B enters, A exits, B exits) therefore never leave a
-value switched, and B's block keeps the switch until B leaves. Two blocks that ask for
-different values of one attribute at once are refused (:class:`~xai_feedback.errors.HookError`).
+**A switch a block makes for its own computation** while other code may hold the same model
+(the math attention kernel, timm's ``fused_attn``, per-example BatchNorm, frozen parameters):
+:func:`switched`, **one locked, counted switch per object and attribute**, shared by every
+thread. The first block in records the object's own value and sets the new one; the last
+block out restores the recorded value. Two threads whose blocks overlap in any order (A
+enters, B enters, A exits, B exits) therefore never leave a value switched, and B's block
+keeps the switch until B leaves. Two blocks that ask for different values of one attribute
+at once are refused (:class:`~xai_feedback.errors.HookError`).
 """
 
 from __future__ import annotations
