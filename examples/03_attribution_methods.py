@@ -5,7 +5,7 @@ Run: python examples/03_attribution_methods.py
 
 import torch
 
-from xai_feedback.attribution import METHODS, attribute
+from xai_feedback.attribution import attribute
 from xai_feedback.data import load_digits
 from xai_feedback.methods import method_names
 from xai_feedback.models import GAPNet
@@ -18,7 +18,7 @@ fit(model, load_digits("train"), epochs=4, generator=g)
 test = load_digits("test")
 x, y = test.images[:8], test.labels[:8]
 
-for method in (m for m in METHODS if m not in method_names("relevance")):  # relevance: ViTs
+for method in (m for m in method_names() if m not in method_names("relevance")):  # relevance: ViTs
     steps = {"n_steps": 16} if method == "integrated_gradients" else None
     maps = attribute(model, x, y, method=method, reduce="abs_sum", options=steps)
     # share of attribution inside the central 20x20 box where the digit lives

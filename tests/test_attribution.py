@@ -3,7 +3,7 @@ import torch
 from captum import attr
 
 from xai_feedback import DTypeError, LayerError, RangeError, ShapeError
-from xai_feedback.attribution import METHODS, attribute, ensemble_noise, reduce_channels
+from xai_feedback.attribution import attribute, ensemble_noise, reduce_channels
 from xai_feedback.methods import method_names
 from xai_feedback.models import GAPNet
 
@@ -56,7 +56,8 @@ def _direct(model: GAPNet, method: str, x: torch.Tensor, y: torch.Tensor) -> tor
 # every registered method with an independent reference (grad_cam_pp: tests/functional)
 # (the relevance family needs a vision transformer: tests/test_relevance.py)
 @pytest.mark.parametrize(
-    "method", [m for m in METHODS if m != "grad_cam_pp" and m not in method_names("relevance")]
+    "method",
+    [m for m in method_names() if m != "grad_cam_pp" and m not in method_names("relevance")],
 )
 def test_equals_direct_captum_call(
     model: GAPNet, data: tuple[torch.Tensor, torch.Tensor], method: str

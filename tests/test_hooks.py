@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from xai_feedback import DTypeError, HookError, LayerError, RangeError, ShapeError
-from xai_feedback.hooks import ActivationHook, CAMHook, resolve_layer
+from xai_feedback.hooks import ActivationHook, CAMHook
+from xai_feedback.layers import resolve_layer
 from xai_feedback.models import GAPNet
 
 
@@ -119,7 +120,7 @@ def test_gradient_map_training_signal_matches_finite_difference() -> None:
 
 def test_hooks_removed_after_block_and_after_exception() -> None:
     model = _model()
-    layer = resolve_layer(model, None)
+    layer = resolve_layer(model, None).module
     with CAMHook(model) as hook:
         assert len(layer._forward_hooks) == 1 and hook.active
     assert len(layer._forward_hooks) == 0 and not hook.active

@@ -13,7 +13,7 @@ from torch import nn
 
 from xai_feedback.errors import HookError, RangeError
 from xai_feedback.hooks import CAMHook
-from xai_feedback.methods import CAMMethod, MapInputs, get_method, method_names
+from xai_feedback.methods import CAMMethod, MapInputs, get_method, method_names, register_method
 
 C, K, H, W = 5, 3, 4, 4
 
@@ -132,3 +132,72 @@ def test_options_are_checked_per_method() -> None:
     with pytest.raises(RangeError, match="n_steps"):
         get_method("grad_cam").check_options({"n_steps": 8})
     get_method("integrated_gradients").check_options({"n_steps": 8})
+
+
+def test_all_class_maps_are_bounded_before_the_first_backward() -> None:
+    """Both gradient families share one all-class loop with one memory check."""
+    model, x = Head(), torch.rand(2, 2, H, W)
+    inputs = _inputs(model, x)
+    per_class = inputs.acts.numel() * inputs.acts.element_size()
+    grad_cam = get_method("grad_cam")
+    tight = MapInputs(inputs.acts, inputs.logits, max_bytes=K * per_class - 1)
+    with pytest.raises(RangeError, match="max_bytes"):
+        grad_cam.maps(tight, None, relu=False)  # type: ignore[attr-defined]
+    fits = MapInputs(inputs.acts, inputs.logits, max_bytes=K * per_class)
+    every = grad_cam.maps(fits, None, relu=False)  # type: ignore[attr-defined]
+    for k in range(K):
+        one = grad_cam.maps(inputs, torch.full((2,), k), relu=False)  # type: ignore[attr-defined]
+        torch.testing.assert_close(every[:, k], one)
+    with CAMHook(model, "features") as hook:  # the hook passes the bound through
+        logits = model(x)
+        with pytest.raises(RangeError, match="max_bytes"):
+            hook.cam(logits, method="grad_cam", all_classes=True, max_bytes=1)
+        # CAM reads the head: no gradient kept, nothing to bound
+        assert hook.cam(logits, all_classes=True, max_bytes=0).shape == (2, K, H, W)
+
+
+def test_one_gradient_helper_serves_both_families() -> None:
+    """``score_gradients``: autograd of the summed target scores; unused tensors refused."""
+    from xai_feedback.methods._gradients import score_gradients
+
+    x = torch.rand(2, 3, requires_grad=True)
+    w = torch.randn(3, 4)
+    logits = x @ w
+    (got,) = score_gradients(logits, torch.tensor([1, 3]), [x], create_graph=False, what="x")
+    torch.testing.assert_close(got, torch.stack([w[:, 1], w[:, 3]]))
+    unused = torch.rand(2, 3, requires_grad=True)
+    with pytest.raises(HookError, match="do not depend on u"):
+        score_gradients(logits, torch.tensor([0, 0]), [unused], create_graph=False, what="u")
+
+
+def test_method_names_see_a_method_registered_later() -> None:
+    """The registry is read at each call: no import-time snapshot misses a user's method."""
+    from xai_feedback.methods import _registry
+
+    @register_method
+    class Doubled(CAMMethod):
+        name = "test_doubled_grad_cam"
+
+        def from_gradients(
+            self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+        ) -> torch.Tensor:
+            return 2 * (acts * grads).sum(1)
+
+    try:
+        assert "test_doubled_grad_cam" in method_names("cam")
+        assert "test_doubled_grad_cam" in method_names()
+        model, x = Head(), torch.rand(2, 2, H, W)
+        with CAMHook(model, "features") as hook:
+            logits = model(x)
+            got = hook.cam(logits, torch.tensor([0, 1]), method="test_doubled_grad_cam")
+            want = 2 * hook.cam(logits, torch.tensor([0, 1]), method="hires_cam", scale="paper")
+        torch.testing.assert_close(got, want)
+    finally:
+        del _registry._REGISTRY["test_doubled_grad_cam"]
+    import xai_feedback.attribution as attribution
+    import xai_feedback.hooks as hooks
+    import xai_feedback.relevance as relevance
+
+    for module, snapshot in ((hooks, "CAM_METHODS"), (relevance, "RELEVANCE_METHODS")):
+        assert not hasattr(module, snapshot)
+    assert not hasattr(attribution, "METHODS")

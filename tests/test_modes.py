@@ -16,12 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from xai_feedback._modes import eval_mode, train_mode
+from xai_feedback._modes import eval_mode, per_example_batchnorm, train_mode
 from xai_feedback.attribution import attribute, cam_maps
 from xai_feedback.data import ImageDataset
+from xai_feedback.errors import HookError
 from xai_feedback.evaluation import road, selectivity
 from xai_feedback.hooks import CAMHook
-from xai_feedback.objectives import per_example_batchnorm, rrr_objective
+from xai_feedback.objectives import rrr_objective
 from xai_feedback.pcace import capture, pcace
 from xai_feedback.proxy import train_with_proxy
 from xai_feedback.training import accuracy, fit, predict
@@ -165,3 +166,73 @@ def test_mode_managers_restore_flags_when_the_block_raises() -> None:
         with pytest.raises(RuntimeError, match="boom"), manager(model):
             raise RuntimeError("boom")
         assert _state(model)[0] == flags
+
+
+def test_switches_are_counted_across_threads_and_restore_each_own_value() -> None:
+    """A enters, B enters, A exits: B still holds the switch; B exits: each own value back."""
+    import threading
+
+    from xai_feedback._modes import frozen_parameters, switched
+
+    model, _ = _frozen()
+    flags, _ = _state(model)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with per_example_batchnorm(model):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        with per_example_batchnorm(model):
+            b_in.set()
+            a_out.wait(5)
+            seen.append(any(isinstance(m, nn.BatchNorm2d) and m.training for m in model.modules()))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [False]  # B's block kept running statistics after A left
+    assert _state(model)[0] == flags
+
+    frozen = next(iter(model.parameters()))
+    frozen.requires_grad_(False)  # the user froze one parameter
+    with frozen_parameters(model), frozen_parameters(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()][:2] == [False, True]
+    norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    with (
+        switched([(norm, "training")], False),
+        pytest.raises(HookError, match="training"),
+        switched([(norm, "training")], True),
+    ):
+        pass
+
+
+def test_input_gradient_penalty_on_fused_attention_trains() -> None:
+    """RRR's double backward through scaled-dot-product attention needs the math kernel."""
+    from tests.test_relevance import TinyViT
+    from xai_feedback.training import Batch
+
+    model = TinyViT("timm").train()  # timm-style: F.scaled_dot_product_attention
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 8, 8, generator=g)
+    masks = torch.zeros(4, 8, 8)
+    masks[:, :, :2] = 1
+    batch = Batch(x, torch.tensor([0, 1, 2, 0]), masks, epoch=0, total_epochs=1, step=0)
+    loss, _ = rrr_objective(None, 10.0)(model, batch)
+    loss.backward()
+    qkv = model.blocks[0].attn.qkv.weight.grad
+    assert qkv is not None and bool(torch.isfinite(qkv).all())
+    # the penalty's own gradient reaches the attention (the double backward ran)
+    model.zero_grad()
+    rrr_objective(None, 10.0)(model, batch)[0].backward()
+    with_penalty = model.blocks[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    rrr_objective(None, 0.0)(model, batch)[0].backward()
+    assert not torch.allclose(with_penalty, model.blocks[0].attn.qkv.weight.grad)

@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback.errors import HookError, LayerError, RangeError
+from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.methods import get_method, method_names
 from xai_feedback.relevance import (
-    RELEVANCE_METHODS,
     AttentionCapture,
     attention_modules,
     relevance_maps,
@@ -290,12 +289,11 @@ def test_penalties_on_relevance_train_the_vit(create_graph: bool, x: torch.Tenso
 def test_registry_and_attribute(x: torch.Tensor) -> None:
     from xai_feedback.attribution import attribute
 
-    assert RELEVANCE_METHODS == ("rollout", "chefer_relevance")
-    assert method_names("relevance") == RELEVANCE_METHODS
+    assert method_names("relevance") == ("rollout", "chefer_relevance")
     assert get_method("chefer_relevance").family == "relevance"
     model = TinyViT("timm").eval()
     target = torch.tensor([2, 0, 1])
-    for method in RELEVANCE_METHODS:
+    for method in method_names("relevance"):
         got = attribute(model, x, target, method=method)
         expected = resize_maps(relevance_maps(model, x, target, method=method), (8, 8))
         assert got.shape == (3, 1, 8, 8)
@@ -371,3 +369,87 @@ def test_relevance_penalty_objective_is_the_hand_written_step(x: torch.Tensor) -
     torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(expected_logits, labels))
     with pytest.raises(RangeError, match="relevance"):
         relevance_penalty_objective("mask", method="grad_cam")
+
+
+def test_relevance_maps_refuses_more_targets_than_images(x: torch.Tensor) -> None:
+    """Chunks of ``batch_size`` images once sliced ``target`` too, so extra targets passed."""
+    model = TinyViT("timm").eval()
+    four = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ShapeError, match="target"):
+        relevance_maps(model, x, four, batch_size=1)
+    with pytest.raises(ShapeError, match="target"):
+        relevance_maps(model, x, four[:2], batch_size=2)
+    assert relevance_maps(model, x, four[:3], batch_size=2).shape == (3, 2, 2)
+
+
+def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tensor) -> None:
+    """K classes keep K sets of attention gradients: a bound checked up front, not an OOM."""
+    model = TinyViT("timm").eval()
+    calls = []
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        hook = capture.attentions[0].register_hook(lambda g: calls.append(1))
+        per_class = sum(a.numel() * a.element_size() for a in capture.attentions)
+        with pytest.raises(RangeError, match="max_bytes"):
+            capture.relevance(logits, all_classes=True, max_bytes=3 * per_class - 1)
+        assert calls == []  # refused before any backward
+        every = capture.relevance(logits, all_classes=True, max_bytes=3 * per_class)
+        assert len(calls) == 3  # one backward per class reaches the first block
+        unbounded = capture.relevance(logits, all_classes=True, max_bytes=None)
+        hook.remove()
+    torch.testing.assert_close(every, unbounded)
+    assert every.shape == (3, 3, 2, 2)
+    with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
+        rolled = capture.relevance(model(x), method="rollout", all_classes=True, max_bytes=0)
+    assert rolled.shape == (3, 3, 2, 2)
+
+
+def test_two_threads_share_the_fused_attention_switch(x: torch.Tensor) -> None:
+    """A enters, B enters, A exits, B runs and exits: B captures, every flag comes back."""
+    import threading
+
+    model = TinyViT("timm").eval()
+    model.blocks[1].attn.fused_attn = False  # a user's own choice, kept
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    got: list[object] = []
+
+    def first() -> None:
+        with AttentionCapture(model):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        try:
+            with AttentionCapture(model) as capture:
+                b_in.set()
+                a_out.wait(5)
+                logits = model(x)
+                got.append(capture.relevance(logits, torch.tensor([0, 1, 2])))
+                got.append(len(capture.attentions))
+        except Exception as err:  # reported in the main thread
+            got.append(err)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and isinstance(got[0], torch.Tensor), got
+    assert got[0].shape == (3, 2, 2) and got[1] == 2  # both blocks captured in B's block
+    assert [blk.attn.fused_attn for blk in model.blocks] == [True, False]
+
+
+def test_a_capture_ignores_another_threads_forward(x: torch.Tensor) -> None:
+    """Forwards run by a thread that did not enter the block are not captured."""
+    import threading
+
+    model = TinyViT("mha").eval()
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        other = threading.Thread(target=lambda: model(x[:1]))
+        other.start()
+        other.join()
+        assert [tuple(a.shape) for a in capture.attentions] == [(3, 2, 5, 5)] * 2
+        assert capture.relevance(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)

@@ -33,32 +33,30 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback._modes import eval_mode
+from xai_feedback._modes import eval_mode, frozen_parameters
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
-from xai_feedback.hooks import CAMHook, Reshape, Target, logits_of, resolve_targets
+from xai_feedback.hooks import CAMHook, Reshape, logits_of
 from xai_feedback.layers import resolve_layer
 from xai_feedback.methods import (
     AttributionFn,
     CAMMethod,
     CaptumMethod,
     Method,
+    RelevanceMethod,
     get_method,
-    method_names,
 )
+from xai_feedback.relevance import relevance_maps
+from xai_feedback.targets import Target, resolve_targets
 
 __all__ = [
     "ENSEMBLES",
-    "METHODS",
     "REDUCTIONS",
     "attribute",
     "cam_maps",
     "ensemble_noise",
     "reduce_channels",
 ]
-
-METHODS = method_names()
-"""Every method :func:`attribute` understands: one registry (:mod:`xai_feedback.methods`)."""
 
 ENSEMBLES = ("none", "smoothgrad", "smoothgrad_sq", "vargrad")
 """Noise ensembles understood by :func:`attribute`."""
@@ -123,13 +121,6 @@ def ensemble_noise(
     return eps.flatten(0, 1)
 
 
-def _frozen_parameters(model: nn.Module) -> list[nn.Parameter]:
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
-
-
 def cam_maps(
     model: nn.Module,
     images: torch.Tensor,
@@ -154,7 +145,7 @@ def cam_maps(
             (wrappers are unwrapped).
         images: ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: A method of the ``"cam"`` family (:data:`~xai_feedback.hooks.CAM_METHODS`).
+        method: A method of the ``"cam"`` family (``method_names("cam")``).
         layer: The layer (default: the feature map feeding the global pooling; for a vision
             transformer the first norm of its last block).
         relu: Keep only positive evidence. Default: the published definition (ReLU for
@@ -198,9 +189,8 @@ def _cam_maps(
 ) -> torch.Tensor:
     """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
     use_relu = cast(CAMMethod, get_method(method, "cam")).default_relu if relu is None else relu
-    frozen = _frozen_parameters(model)
-    try:
-        chunks = []
+    chunks = []
+    with frozen_parameters(model):
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size]
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
@@ -210,9 +200,6 @@ def _cam_maps(
                     logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
                 )
             chunks.append(maps.detach())
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return torch.cat(chunks)
 
 
@@ -239,9 +226,11 @@ def attribute(
         model: A classifier returning ``(B, K)`` logits (wrappers are unwrapped).
         images: Inputs ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted class).
-        method: One of :data:`METHODS`: the captum methods, and the CAM family
-            (:data:`~xai_feedback.hooks.CAM_METHODS`), computed by the project's kernels
-            (:func:`cam_maps`), resized bilinearly to the input and returned with one channel.
+        method: A registered method (``method_names()`` of :mod:`xai_feedback.methods`):
+            the captum methods, the CAM family computed by the project's kernels
+            (:func:`cam_maps`) and the relevance family of vision transformers
+            (:func:`~xai_feedback.relevance.relevance_maps`), these two resized bilinearly to
+            the input and returned with one channel.
         ensemble: One of :data:`ENSEMBLES`.
         n_samples: Noisy copies per image for the ensembles.
         noise_level: Noise std relative to each image's range (Smilkov et al.: 0.1-0.2).
@@ -260,7 +249,9 @@ def attribute(
               ``internal_batch_size``;
             - CAM family: ``relu`` (default: the published definition, ReLU for the
               gradient methods), ``scale`` (``"cam"``, default, or ``"paper"``; see
-              :mod:`xai_feedback.methods`).
+              :mod:`xai_feedback.methods`);
+            - relevance family: ``prefix``, ``grid``, ``query`` (see
+              :class:`~xai_feedback.relevance.AttentionCapture`).
         reshape: CAM family: how the layer's tokens fold to ``(B, C, h, w)``
             (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
             structure.
@@ -342,6 +333,22 @@ def _method_fn(
         module = resolve_layer(model, layer).module if spec.needs_layer else None
         captum_fn = spec.build(model, module, options)
         return lambda x, t: captum_fn(x.detach().requires_grad_(), t).detach()
+    if isinstance(spec, RelevanceMethod):
+
+        def relevance_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            maps = relevance_maps(
+                model,
+                x,
+                t,
+                method=spec.name,
+                prefix=options.get("prefix"),
+                grid=options.get("grid"),
+                query=options.get("query", "auto"),
+                batch_size=batch_size,
+            )
+            return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
+
+        return relevance_fn
     scale = str(options.get("scale", "cam"))
     relu = options.get("relu")
 

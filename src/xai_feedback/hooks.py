@@ -38,37 +38,21 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from xai_feedback._checks import check_choice, check_labels, check_shape
-from xai_feedback._modes import module_flags, restore_flags
+from xai_feedback._checks import check_choice, check_shape
+from xai_feedback._modes import math_attention, module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.functional.cam import normalize_maps, resize_maps
-from xai_feedback.layers import find_feature_layer, find_head, unwrap_model
-from xai_feedback.layers import resolve_layer as _resolve
-from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method, method_names
+from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
+from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method
+from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
+from xai_feedback.targets import Target, resolve_targets
 from xai_feedback.tokens import TokenReshape, default_reshape
 
-__all__ = [
-    "CAM_METHODS",
-    "INPLACE_POLICIES",
-    "ActivationHook",
-    "CAMHook",
-    "Reshape",
-    "Target",
-    "logits_of",
-    "resolve_layer",
-    "resolve_targets",
-]
-
-CAM_METHODS = method_names("cam")
-"""Map methods understood by :meth:`CAMHook.cam` (the ``"cam"`` family of the registry)."""
+__all__ = ["INPLACE_POLICIES", "ActivationHook", "CAMHook", "Reshape", "logits_of"]
 
 INPLACE_POLICIES = ("raise", "copy", "follow")
 """What a hook does when later code modifies the captured tensor in place."""
-
-Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-"""Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
 
 Reshape = TokenReshape | Callable[[torch.Tensor], torch.Tensor]
 """How a hook folds its layer's output to ``(B, C, h, w)``: a :class:`TokenReshape` or a
@@ -94,67 +78,6 @@ def logits_of(output: Any) -> torch.Tensor:
         f"`logits` must be a (B, K) tensor or a model output with a `.logits` tensor, got "
         f"{type(output).__name__}."
     )
-
-
-def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    """The module named by ``layer`` (see :func:`xai_feedback.layers.resolve_layer`)."""
-    return _resolve(model, layer).module
-
-
-def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    """Turn ``target`` into a ``(B,)`` long tensor of classes, checking length and range.
-
-    Raises:
-        ShapeError: Wrong number of targets.
-        RangeError: A class outside ``[0, K)`` (negative indices are refused, never wrapped).
-    """
-    dims = check_shape(logits, "B K", "logits")
-    if target is None:
-        return logits.argmax(dim=1)
-    if callable(target) and not isinstance(target, torch.Tensor):
-        target = target(logits)
-    if not isinstance(target, torch.Tensor):
-        raise DTypeError(
-            f"`target` must be a tensor, a callable or None, got {type(target).__name__}."
-        )
-    check_shape(target, "B", "target", B=dims["B"])
-    # in the training step: no host synchronisation on accelerators (device-side assertion)
-    check_labels(target, "target", dims["K"], sync=False)
-    return target.to(device=logits.device, dtype=torch.long)
-
-
-class _MathAttention:
-    """Scaled-dot-product attention on its math kernel while any hook of any thread needs it.
-
-    torch's kernel choice (``sdpa_kernel``) is process-wide: two threads that each saved and
-    restored it around their own block could interleave and leave the math kernel on for good
-    (thread A saves "all", B saves "math only", A restores "all", B restores "math only").
-    One counter under a lock: the first block in switches, the last block out restores what
-    was there before the first.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: contextlib.ExitStack | None = None
-
-    def enter(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                stack = contextlib.ExitStack()
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-                self._saved = stack
-            self._depth += 1
-
-    def exit(self) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0 and self._saved is not None:
-                self._saved.close()
-                self._saved = None
-
-
-_MATH_ATTENTION = _MathAttention()
 
 
 def _default_name(model: nn.Module) -> str | None:
@@ -221,7 +144,7 @@ class ActivationHook:
         self.model = model
         self.module = unwrap_model(model)
         self.leaf = leaf
-        self.layer_name, self.layer = _resolve(model, layer)
+        self.layer_name, self.layer = resolve_layer(model, layer)
         self.inplace: str = inplace or (
             "follow" if layer is None or self.layer_name == _default_name(self.module) else "raise"
         )
@@ -363,7 +286,8 @@ class CAMHook(ActivationHook):
             ``nn.MultiheadAttention``, Hugging Face's ``sdpa``) have no double backward,
             which a loss on differentiable maps of a transformer needs. ``None``: on unless
             ``leaf`` (explanation only, one backward). The switch is process-wide (torch's
-            backend flags) and undone when the block ends.
+            backend flags): :func:`xai_feedback._modes.math_attention`, counted over every
+            open block of every thread, undone when the last one ends.
 
     Note:
         Gradient methods take one gradient of the summed target scores for the whole batch.
@@ -439,9 +363,7 @@ class CAMHook(ActivationHook):
         super().__enter__()
         stack = contextlib.ExitStack()
         try:
-            if self.sdpa_math:
-                _MATH_ATTENTION.enter()
-                stack.callback(_MATH_ATTENTION.exit)
+            stack.enter_context(math_attention(self.sdpa_math))
             if self.eval_mode:
                 self._flags = module_flags(self.model)
                 self.model.eval()
@@ -474,7 +396,7 @@ class CAMHook(ActivationHook):
         """The linear head used by ``method="cam"``."""
         if self._head_spec is None:
             return find_head(self.module).module  # type: ignore[return-value]
-        module = _resolve(self.model, self._head_spec).module
+        module = resolve_layer(self.model, self._head_spec).module
         if not isinstance(module, nn.Linear):
             raise LayerError(f"`head` must be an nn.Linear, got {type(module).__name__}.")
         return module
@@ -510,6 +432,7 @@ class CAMHook(ActivationHook):
         create_graph: bool = True,
         scale: str = "cam",
         check: bool = True,
+        max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
     ) -> torch.Tensor:
         r"""Maps of ``logits`` (from the forward inside this block).
 
@@ -518,7 +441,8 @@ class CAMHook(ActivationHook):
                 object with a ``.logits`` tensor (Hugging Face).
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` for the
                 predicted class. Ignored with ``all_classes=True``.
-            method: One of :data:`CAM_METHODS`.
+            method: A method of the ``"cam"`` family (``method_names("cam")`` of
+                :mod:`xai_feedback.methods`).
             all_classes: Return the maps of every class, ``(B, K, h, w)``.
             relu: Keep only positive evidence. Default ``False`` for every method: signed
                 maps, the training path's rule (see the class docstring; ``True`` gives the
@@ -532,6 +456,9 @@ class CAMHook(ActivationHook):
             check: For ``"cam"``, verify (once per model, layer and head) that the layer feeds
                 a global-average-pool + linear head. Turn off for a head that is not exact in
                 training mode (e.g. dropout before the linear layer).
+            max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
+                maps may keep alive (estimated before the first backward; 4 GiB by default);
+                ``None``: no bound.
 
         Returns:
             Maps ``(B, h, w)``, or ``(B, K, h, w)`` with ``all_classes``.
@@ -542,6 +469,7 @@ class CAMHook(ActivationHook):
                 so), or a layer that is not 4-D after ``reshape``.
             ShapeError: Token counts that do not fold to the grid (see
                 :class:`~xai_feedback.tokens.TokenReshape`).
+            RangeError: ``all_classes`` maps would keep more than ``max_bytes`` of gradients.
 
         Shape:
             - logits: :math:`(B, K)`; output: :math:`(B, h, w)` or :math:`(B, K, h, w)`
@@ -563,6 +491,7 @@ class CAMHook(ActivationHook):
             owner=self.module,
             layer_name=self.layer_name,
             compiled=type(self.model).__name__ == "OptimizedModule",
+            max_bytes=max_bytes,
         )
         maps = spec.maps(inputs, target, relu=bool(relu))
         if scale == "cam":

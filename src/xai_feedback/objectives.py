@@ -7,8 +7,7 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback._checks import check_shape
-from xai_feedback._modes import eval_mode, restore_flags
+from xai_feedback._modes import eval_mode, math_attention, per_example_batchnorm
 from xai_feedback.counterexamples import Counterexamples, counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
@@ -78,8 +77,8 @@ def cam_penalty_objective(
             :class:`~xai_feedback.losses.CenterPenalty` (``"center"``, no annotations) or
             :class:`~xai_feedback.losses.MaskPenalty` (``"mask"``, uses ``batch.masks``).
         schedule: A loss schedule, or a constant penalty weight.
-        method: Map method (see :data:`~xai_feedback.hooks.CAM_METHODS`), on the CAM scale
-            (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
+        method: Map method (``method_names("cam")``, :mod:`xai_feedback.methods`), on the CAM
+            scale (for a GAP + linear head, ``"grad_cam"`` and ``"hires_cam"`` then give the same
             penalty as ``"cam"``, so one penalty weight serves all). The maps are signed; the
             penalty's ``signed`` flag decides whether only positive evidence is penalized.
         layer: Layer whose maps are penalized (default: the feature map feeding the global
@@ -244,7 +243,8 @@ def rrr_objective(
             raise MissingInputError("RRR needs `masks` in the training data, got None.")
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
         images = batch.images.detach().requires_grad_(pen_w != 0)
-        logits = model(images)
+        with math_attention(pen_w != 0):  # the penalty differentiates an input gradient
+            logits = model(images)
         ce = F.cross_entropy(logits, batch.labels)
         if pen_w == 0:
             return ce_w * ce, logits
@@ -446,43 +446,12 @@ def rrr_counterexample_objective(
             generator=aug.generator,
         ).requires_grad_(True)
         masks = batch.masks.repeat(aug.copies, 1, 1)
-        if batch_statistics:
-            probe_logits = model(probes)
-        else:
-            with per_example_batchnorm(model):
+        with math_attention():  # the penalty differentiates an input gradient
+            if batch_statistics:
                 probe_logits = model(probes)
+            else:
+                with per_example_batchnorm(model):
+                    probe_logits = model(probes)
         return ce_w * ce + pen_w * rrr(probe_logits, probes, masks), logits
 
     return objective
-
-
-@contextmanager
-def per_example_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
-    r"""Put ``model``'s batch-norm layers in eval mode (running statistics) inside the block.
-
-    An input-gradient penalty differentiates :math:`\sum_b \sum_k \log p_{bk}` with respect
-    to each image. With batch statistics, image ``b``'s gradient also holds the terms through
-    the batch mean and variance that every other image's output depends on, and a network
-    trained with RRR learns to make those cancel: on the frame confound, the batch-statistics
-    penalty of an RRR-trained GAPNet was 33x smaller than the per-example one on the same
-    batch while the frame still decided the class. With running statistics each example's
-    gradient is its own (Ross et al.'s MLP has no batch norm, so this is their penalty).
-    Other layers (dropout) keep their mode; the flags are restored on exit, also on errors.
-
-    Example:
-        >>> from xai_feedback.models import GAPNet
-        >>> model = GAPNet(width=4).train()
-        >>> with per_example_batchnorm(model):
-        ...     model.features[0][1].training
-        False
-        >>> model.features[0][1].training
-        True
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    flags = [(m, m.training) for m in norms]
-    try:
-        for m in norms:
-            m.training = False
-        yield model
-    finally:
-        restore_flags(flags)

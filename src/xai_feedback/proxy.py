@@ -39,7 +39,7 @@ from xai_feedback.functional.masking import (
     fill_values,
     threshold_mask,
 )
-from xai_feedback.hooks import resolve_targets
+from xai_feedback.targets import resolve_targets
 from xai_feedback.training import History, fit, predict
 
 __all__ = [

@@ -3,11 +3,11 @@ r"""Relevance maps of vision transformers, in the training loop: capture attenti
 :class:`AttentionCapture` records one forward's attention probabilities ``(B, heads, N, N)``
 of every self-attention block, in forward order; :meth:`AttentionCapture.relevance` turns them
 into maps ``(B, h, w)`` on the patch grid with a method of the registry's ``"relevance"``
-family of :mod:`xai_feedback.methods` (registered there when the registry is imported):
+family (:mod:`xai_feedback.methods.relevance`):
 
-- ``"rollout"`` (:class:`Rollout`): attention rollout (Abnar & Zuidema 2020), class-agnostic;
-- ``"chefer_relevance"`` (:class:`CheferRelevance`): Chefer et al.'s gradient-weighted
-  relevance (ICCV 2021), of the target class.
+- ``"rollout"``: attention rollout (Abnar & Zuidema 2020), class-agnostic;
+- ``"chefer_relevance"``: Chefer et al.'s gradient-weighted relevance (ICCV 2021), of the
+  target class.
 
 Both are kernels of :mod:`xai_feedback.functional.relevance`, batched and differentiable, so a
 penalty on the maps trains the transformer (:mod:`xai_feedback.losses`).
@@ -52,11 +52,10 @@ size (timm ``patch_embed.patch_size``, torchvision ``patch_size``), else the squ
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from contextlib import ExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,215 +63,17 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from xai_feedback._checks import check_finite, check_int, check_model_input, check_shape
-from xai_feedback._modes import eval_mode
+from xai_feedback._modes import eval_mode, unfused_attention
 from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
-from xai_feedback.functional.cam import resize_maps
-from xai_feedback.functional.relevance import attention_rollout, chefer_relevance
 from xai_feedback.layers import unwrap_model
-from xai_feedback.methods import (
-    AttributionFn,
-    CaptumMethod,
-    Family,
-    get_method,
-    method_names,
-    register_method,
-)
+from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
+from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
+from xai_feedback.targets import Target, resolve_targets
 
-if TYPE_CHECKING:  # hooks imports methods, which imports this module at its end
-    from xai_feedback.hooks import Target
-
-__all__ = [
-    "RELEVANCE_METHODS",
-    "AttentionCapture",
-    "AttentionInputs",
-    "CheferRelevance",
-    "RelevanceMethod",
-    "Rollout",
-    "attention_modules",
-    "relevance_maps",
-]
+__all__ = ["AttentionCapture", "attention_modules", "relevance_maps"]
 
 Query = int | None | Literal["auto"]
 """A token index, ``None`` (mean of the patch rows) or ``"auto"`` (inferred from the model)."""
-
-
-@dataclass(frozen=True)
-class AttentionInputs:
-    """What a relevance method reads: one forward's attention probabilities and logits.
-
-    Built by :meth:`AttentionCapture.relevance`.
-
-    Attributes:
-        attentions: Per block, first block first, ``(B, heads, N, N)``, in the logits' graph.
-        logits: ``(B, K)`` logits of the same forward.
-        grid: Patch grid ``(h, w)``, or ``None`` for the square grid.
-        prefix: Leading non-patch tokens.
-        query: The row read (a token index), or ``None`` for the mean of the patch rows.
-        create_graph: Keep the gradients in the graph (second-order training through them).
-    """
-
-    attentions: Sequence[torch.Tensor]
-    logits: torch.Tensor
-    grid: tuple[int, int] | None = None
-    prefix: int = 1
-    query: int | None = 0
-    create_graph: bool = True
-
-
-class RelevanceMethod(CaptumMethod):
-    """A transformer relevance method: attention probabilities ``-> (B, h, w)`` maps.
-
-    It has the registry's attribution contract (:meth:`build` returns ``fn(images,
-    targets)``), so :func:`xai_feedback.attribution.attribute` serves it (maps resized to the
-    input, one channel) without captum; in the training loop it is called through
-    :meth:`maps` (:meth:`AttentionCapture.relevance`), as every CAM method is through
-    ``CAMMethod.maps``.
-    """
-
-    family: ClassVar[Family] = "relevance"
-    options: ClassVar[frozenset[str]] = frozenset({"prefix", "grid", "query"})
-    needs_gradients: ClassVar[bool] = True
-
-    @abstractmethod
-    def from_attention(
-        self,
-        attentions: Sequence[torch.Tensor],
-        gradients: Sequence[torch.Tensor] | None,
-        *,
-        grid: tuple[int, int] | None,
-        prefix: int,
-        query: int | None,
-    ) -> torch.Tensor:
-        """The kernel: maps ``(B, h, w)`` from attentions (and the target's gradients)."""
-
-    def gradients(self, inputs: AttentionInputs, target: torch.Tensor) -> list[torch.Tensor]:
-        """``d(sum_b y_{b, target_b}) / dA_l`` for every block, by ``torch.autograd.grad``.
-
-        Raises:
-            HookError: The attentions do not require grad, or the logits do not depend on
-                them (another forward).
-        """
-        if not all(a.requires_grad for a in inputs.attentions):
-            raise HookError(
-                f"method {self.name!r} needs gradients, but the captured attentions do not "
-                "require grad (was the forward run under torch.no_grad()?)."
-            )
-        if not inputs.logits.requires_grad:
-            raise HookError(
-                "the logits do not require grad, so they cannot depend on the captured "
-                "attentions (computed under torch.no_grad(), or by another forward?)."
-            )
-        score = inputs.logits.gather(1, target[:, None]).sum()
-        try:
-            grads = torch.autograd.grad(
-                score, list(inputs.attentions), create_graph=inputs.create_graph, retain_graph=True
-            )
-        except RuntimeError as err:
-            if "not have been used in the graph" not in str(err):
-                raise
-            raise HookError(
-                "the logits do not depend on the captured attentions (do they come from "
-                "another forward than the last one inside the `with` block?)."
-            ) from err
-        return list(grads)
-
-    def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
-        """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).
-
-        Shape:
-            - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
-        """
-        if target is None:
-            b, k = inputs.logits.shape
-            device = inputs.logits.device
-            per_class = [
-                self.maps(inputs, torch.full((b,), c, dtype=torch.long, device=device))
-                for c in range(k)
-            ]
-            return torch.stack(per_class, dim=1)
-        grads = self.gradients(inputs, target) if self.needs_gradients else None
-        return self.from_attention(
-            inputs.attentions, grads, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
-        )
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """``fn(images, targets) -> (B, 1, H, W)``: detached maps resized to the input."""
-        prefix = options.get("prefix")
-        grid = options.get("grid")
-        query = options.get("query", "auto")
-
-        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with AttentionCapture(model, prefix=prefix, grid=grid, query=query) as capture:
-                logits = model(x)
-                maps = capture.relevance(logits, t, method=self.name, create_graph=False)
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            return resize_maps(maps.detach(), size).unsqueeze(1)
-
-        return fn
-
-
-@register_method
-class Rollout(RelevanceMethod):
-    """Attention rollout (Abnar & Zuidema 2020), :func:`~xai_feedback.functional.attention_rollout`.
-
-    Class-agnostic: every target gets the same map (``target=None`` gives ``K`` equal maps).
-    """
-
-    name = "rollout"
-    citation = "S. Abnar, W. Zuidema, Quantifying Attention Flow in Transformers, ACL 2020."
-    needs_gradients = False
-
-    def from_attention(
-        self,
-        attentions: Sequence[torch.Tensor],
-        gradients: Sequence[torch.Tensor] | None,
-        *,
-        grid: tuple[int, int] | None,
-        prefix: int,
-        query: int | None,
-    ) -> torch.Tensor:
-        """Rollout maps."""
-        return attention_rollout(attentions, grid, prefix=prefix, query=query)
-
-    def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
-        """One rollout, expanded over the classes for ``target=None``."""
-        maps = self.from_attention(
-            inputs.attentions, None, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
-        )
-        if target is None:
-            return maps.unsqueeze(1).expand(-1, int(inputs.logits.shape[1]), -1, -1)
-        return maps
-
-
-@register_method
-class CheferRelevance(RelevanceMethod):
-    """Chefer et al.'s relevance (ICCV 2021), :func:`~xai_feedback.functional.chefer_relevance`."""
-
-    name = "chefer_relevance"
-    citation = (
-        "H. Chefer, S. Gur, L. Wolf, Generic Attention-model Explainability for Interpreting "
-        "Bi-Modal and Encoder-Decoder Transformers, ICCV 2021."
-    )
-
-    def from_attention(
-        self,
-        attentions: Sequence[torch.Tensor],
-        gradients: Sequence[torch.Tensor] | None,
-        *,
-        grid: tuple[int, int] | None,
-        prefix: int,
-        query: int | None,
-    ) -> torch.Tensor:
-        """Relevance maps."""
-        if gradients is None:
-            raise HookError("method 'chefer_relevance' needs the attentions' gradients, got None.")
-        return chefer_relevance(attentions, gradients, grid, prefix=prefix, query=query)
-
-
-RELEVANCE_METHODS = method_names("relevance")
-"""The relevance family of the registry (``("rollout", "chefer_relevance")``)."""
 
 
 # --- capture ---------------------------------------------------------------------------------
@@ -362,9 +163,12 @@ def _bind_mha_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torc
 class AttentionCapture:
     r"""Capture every self-attention block's probabilities ``(B, heads, N, N)`` in a ``with``.
 
-    Inside the block each forward of the model (re)fills :attr:`attentions`, first block
-    first; :meth:`relevance` turns them into maps. The hooks are removed and each timm
-    module's ``fused_attn`` flag restored on exit, also when the block raises. See the module
+    Inside the block each forward of the model run by the thread that entered it (re)fills
+    :attr:`attentions`, first block first; :meth:`relevance` turns them into maps. The hooks
+    are removed on exit, also when the block raises; timm's ``fused_attn`` flags are one
+    counted switch per module (:func:`xai_feedback._modes.unfused_attention`), so captures
+    of one model open in several threads keep them off until the last one leaves, which
+    restores each module's own flag. See the module
     docstring for how the probabilities are obtained from timm and torchvision models.
 
     Args:
@@ -412,13 +216,13 @@ class AttentionCapture:
         """The last forward's attention probabilities, one ``(B, heads, N, N)`` per block."""
         self.image_size: tuple[int, int] | None = None
         self._handles: list[RemovableHandle] = []
-        self._flags: list[tuple[nn.Module, bool]] = []
-        self._active = False
+        self._switch: ExitStack | None = None
+        self._owner: int | None = None
 
     # -- the with block -------------------------------------------------------------------
 
     def __enter__(self) -> AttentionCapture:
-        if self._active:
+        if self._switch is not None:
             raise HookError("this AttentionCapture is already active (nested `with`).")
         modules = attention_modules(self.model)
         if not modules:
@@ -426,20 +230,23 @@ class AttentionCapture:
                 f"{type(self.model).__name__} has no attention module to capture (timm "
                 "`Attention` with `fused_attn` and `attn_drop`, or nn.MultiheadAttention)."
             )
-        self._active = True
+        self._switch = ExitStack()
+        self._owner = threading.get_ident()
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start))
             for name, module in modules:
                 if isinstance(module, nn.MultiheadAttention):
                     self._check_mha(name, module)
+            timm = [m for _, m in modules if not isinstance(m, nn.MultiheadAttention)]
+            self._switch.enter_context(unfused_attention(timm))
+            self._handles.append(self.model.register_forward_pre_hook(self._start))
+            for module in timm:
+                drop = cast(nn.Module, module.attn_drop)
+                self._handles.append(drop.register_forward_hook(self._keep))
+            for _, module in modules:
+                if isinstance(module, nn.MultiheadAttention):
                     self._handles.append(
                         module.register_forward_hook(self._mha_hook, with_kwargs=True)
                     )
-                else:
-                    self._flags.append((module, bool(module.fused_attn)))
-                    setattr(module, "fused_attn", False)  # noqa: B010 (typed as a Module)
-                    drop = cast(nn.Module, module.attn_drop)
-                    self._handles.append(drop.register_forward_hook(self._keep))
         except BaseException:
             self._close()
             raise
@@ -458,22 +265,28 @@ class AttentionCapture:
             for handle in self._handles:
                 handle.remove()
         finally:
-            for module, flag in self._flags:
-                setattr(module, "fused_attn", flag)  # noqa: B010
             self._handles.clear()
-            self._flags.clear()
-            self._active = False
+            switch, self._switch, self._owner = self._switch, None, None
+            if switch is not None:
+                switch.close()
 
     # -- hooks ----------------------------------------------------------------------------
 
+    def _mine(self) -> bool:
+        """Whether the running forward is this capture's (its thread entered the block)."""
+        return threading.get_ident() == self._owner
+
     def _start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._mine():
+            return  # another thread's forward: not ours to capture
         self.attentions = []
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.dim() >= 2:
             self.image_size = (int(first.shape[-2]), int(first.shape[-1]))
 
     def _keep(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        self.attentions.append(output)
+        if self._mine():
+            self.attentions.append(output)
 
     @staticmethod
     def _check_mha(name: str, module: nn.MultiheadAttention) -> None:
@@ -490,7 +303,9 @@ class AttentionCapture:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         output: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if not self._mine():
+            return None  # another thread's forward: its own output, untouched
         mha = cast(nn.MultiheadAttention, module)
         for option in ("key_padding_mask", "attn_mask"):
             if kwargs.get(option) is not None:
@@ -557,35 +372,38 @@ class AttentionCapture:
         method: str = "chefer_relevance",
         create_graph: bool = True,
         all_classes: bool = False,
+        max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
     ) -> torch.Tensor:
         r"""Relevance maps of the captured forward, on the patch grid, in the logits' graph.
 
         Args:
             logits: ``(B, K)`` logits of the last forward inside the block.
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-            method: One of :data:`RELEVANCE_METHODS`.
+            method: A method of the ``"relevance"`` family (``method_names("relevance")``).
             create_graph: Keep the gradients ``dy/dA`` in the graph, so a loss on the maps
                 trains through them too (second order). ``False`` treats them as constants:
                 the maps still depend on ``A`` and train the model through it (RobustViT's
                 choice, cheaper).
             all_classes: Maps of every class ``(B, K, h, w)`` instead of ``target``'s.
+            max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
+                maps may keep alive (estimated before the first backward, from the captured
+                attentions' size; 4 GiB by default); ``None``: no bound.
 
         Returns:
             ``(B, h, w)`` maps (``(B, K, h, w)`` with ``all_classes``).
 
         Raises:
             HookError: Nothing was captured, or the logits come from another forward.
-            RangeError: ``method`` is not a relevance method.
+            RangeError: ``method`` is not a relevance method, or ``all_classes`` maps would
+                keep more than ``max_bytes`` of gradients.
         """
-        from xai_feedback.hooks import resolve_targets
-
         spec = get_method(method, "relevance")
         check_shape(
             logits, "B K", "logits", B=int(self.attentions[0].shape[0]) if self.attentions else None
         )
         prefix, query, grid = self.tokens()
         inputs = AttentionInputs(
-            list(self.attentions), logits, grid, prefix, query, bool(create_graph)
+            list(self.attentions), logits, grid, prefix, query, bool(create_graph), max_bytes
         )
         classes = None if all_classes else resolve_targets(target, logits)
         return cast(RelevanceMethod, spec).maps(inputs, classes)
@@ -611,11 +429,15 @@ def relevance_maps(
         model: A vision transformer returning ``(B, K)`` logits.
         images: ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: One of :data:`RELEVANCE_METHODS`.
+        method: A method of the ``"relevance"`` family (``method_names("relevance")``).
         prefix: See :class:`AttentionCapture`.
         grid: See :class:`AttentionCapture`.
         query: See :class:`AttentionCapture`.
         batch_size: Images per forward.
+
+    Raises:
+        ShapeError: ``images`` is not ``(B, C, H, W)`` or empty, or a ``target`` tensor does
+            not hold one class per image.
 
     Shape:
         - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
@@ -645,6 +467,8 @@ def relevance_maps(
     check_finite(images, "images")
     if not isinstance(target, torch.Tensor) and target is not None and not callable(target):
         raise RangeError(f"`target` must be a tensor, a callable or None, got {target!r}.")
+    if isinstance(target, torch.Tensor):  # one target per image, whatever `batch_size`
+        check_shape(target, "B", "target", B=dims["B"])
     chunks = []
     with eval_mode(model):
         for i in range(0, dims["B"], batch_size):

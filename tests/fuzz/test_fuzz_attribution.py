@@ -23,13 +23,13 @@ from tests.fuzz.strategies import (
     shapes,
     specs,
 )
-from xai_feedback.attribution import METHODS, attribute, cam_maps
+from xai_feedback.attribution import attribute, cam_maps
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
 from xai_feedback.functional import resize_maps
-from xai_feedback.hooks import resolve_targets
 from xai_feedback.methods import method_names
 from xai_feedback.models import GAPNet
 from xai_feedback.pcace import channel_components, pcace
+from xai_feedback.targets import resolve_targets
 
 K = 3
 _MODEL: list[GAPNet] = []
@@ -82,7 +82,9 @@ def _target_ok(kind: object, b: int) -> bool:
         meta=0.05,
     ),
     # the relevance family needs a vision transformer (tests/test_relevance.py)
-    method=st.sampled_from([*(m for m in METHODS if m not in method_names("relevance")), "lrp"]),
+    method=st.sampled_from(
+        [*(m for m in method_names() if m not in method_names("relevance")), "lrp"]
+    ),
     target=targets,
     ensemble=st.sampled_from(["none", "none", "smoothgrad", "vargrad"]),
     reduce=st.sampled_from(["none", "sum", "abs_sum", "l1"]),

@@ -223,3 +223,57 @@ def test_penalties_on_relevance_reach_the_vit_parameters(name: str, penalty: nn.
     (grad,) = torch.autograd.grad(penalty(maps, masks=masks), [first_attention], retain_graph=True)
     assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
     loss.backward()
+
+
+def test_timm_captures_in_two_threads_keep_the_flags_and_both_capture() -> None:
+    """A enters, B enters, A exits, B runs: B captures every block; every flag comes back."""
+    import threading
+
+    model = TIMM["vit_tiny"]()
+    x = _images(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    got: list[object] = []
+
+    def first() -> None:
+        with AttentionCapture(model):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        try:
+            with AttentionCapture(model) as capture:
+                b_in.set()
+                a_out.wait(10)
+                logits = model(x)
+                got.append(len(capture.attentions))
+                got.append(capture.relevance(logits, torch.tensor([0, 1])).shape)
+        except Exception as err:
+            got.append(err)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [2, torch.Size([2, 2, 2])], got
+    assert all(blk.attn.fused_attn for blk in model.blocks)
+
+
+def test_rrr_trains_a_timm_vit_in_training_mode() -> None:
+    """An input-gradient penalty's double backward through timm's fused attention."""
+    from xai_feedback.objectives import rrr_objective
+    from xai_feedback.training import Batch
+
+    model = TIMM["vit_tiny"]().train()
+    assert all(blk.attn.fused_attn for blk in model.blocks)  # F.scaled_dot_product_attention
+    masks = torch.zeros(2, 32, 32)
+    masks[:, :, :8] = 1
+    batch = Batch(_images(2), torch.tensor([0, 3]), masks, epoch=0, total_epochs=1, step=0)
+    rrr_objective(None, 10.0)(model, batch)[0].backward()
+    with_penalty = model.blocks[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    rrr_objective(None, 0.0)(model, batch)[0].backward()
+    assert bool(torch.isfinite(with_penalty).all())
+    assert not torch.allclose(with_penalty, model.blocks[0].attn.qkv.weight.grad)

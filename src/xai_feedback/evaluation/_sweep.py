@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -22,17 +23,38 @@ from xai_feedback.errors import DTypeError
 from xai_feedback.evaluation._dispatch import dispatch
 from xai_feedback.evaluation._retrain import Payload, Record, Task, run_task
 from xai_feedback.evaluation._scores import method_scores
-from xai_feedback.evaluation._types import AttributionSource
+from xai_feedback.evaluation._types import AttributionSource, EvalFn, MethodSpec, TrainFn
 from xai_feedback.evaluation.fingerprint import Fingerprint, identity, tensor_digest
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.evaluation.store import RunStore
 
-if TYPE_CHECKING:
-    from xai_feedback.evaluation.roar import MethodSpec, RetrainSweep
-
-__all__ = ["Keys", "SweepPass"]
+__all__ = ["Keys", "Sweep", "SweepPass"]
 
 SPLITS = ("train", "test")
+
+
+class Sweep(Protocol):
+    """What a sweep pass reads of its sweep (:class:`~xai_feedback.evaluation.RetrainSweep`)."""
+
+    train_fn: TrainFn
+    eval_fn: EvalFn
+    methods: dict[str, MethodSpec]
+    modes: tuple[str, ...]
+    fractions: list[float]
+    fill: str
+    squared: bool
+    store: RunStore | None
+    executor: Executor | None
+    progress: bool
+    seed: int
+    retry_failed: bool
+    max_pending: int
+    train_config: Any
+    method_config: dict[str, Any]
+    dataset_id: str | None
+
+    def tasks(self) -> list[Task]:
+        """Every (mode, method, fraction, repeat) of the sweep."""
 
 
 def _data_identity(data: ImageDataset, dataset_id: str | None, split: str) -> dict[str, Any]:
@@ -64,7 +86,7 @@ class Keys:
     seed: int
 
     @classmethod
-    def of(cls, sweep: RetrainSweep, train: ImageDataset, test: ImageDataset) -> Keys:
+    def of(cls, sweep: Sweep, train: ImageDataset, test: ImageDataset) -> Keys:
         """The keys of ``sweep`` on this data (data, code, settings, library version)."""
         base = {
             "library": xai_feedback.__version__,
@@ -111,7 +133,7 @@ class Keys:
 class SweepPass:
     """One call of ``RetrainSweep.run``: the records found and made, and the runs left."""
 
-    def __init__(self, sweep: RetrainSweep, train: ImageDataset, test: ImageDataset) -> None:
+    def __init__(self, sweep: Sweep, train: ImageDataset, test: ImageDataset) -> None:
         self.sweep = sweep
         self.store: RunStore | None = sweep.store
         self.keys = Keys.of(sweep, train, test)

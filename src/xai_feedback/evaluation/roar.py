@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -43,7 +43,7 @@ from xai_feedback.data import ImageDataset
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.evaluation._retrain import Task
 from xai_feedback.evaluation._sweep import SweepPass
-from xai_feedback.evaluation._types import AttributionSource, EvalFn, TrainFn
+from xai_feedback.evaluation._types import EvalFn, MethodSpec, TrainFn
 from xai_feedback.evaluation.results import Curves
 from xai_feedback.evaluation.store import RunStore
 from xai_feedback.functional.masking import REMOVALS
@@ -55,10 +55,6 @@ __all__ = ["KAR", "RETRAIN_MODES", "ROAR", "MethodSpec", "RetrainSweep", "SweepO
 
 RETRAIN_MODES = ("roar", "kar")
 """``"roar"`` removes the most relevant pixels, ``"kar"`` the least relevant."""
-
-MethodSpec: TypeAlias = AttributionSource | tuple[torch.Tensor, torch.Tensor]
-"""A sweep's method: an :data:`~xai_feedback.evaluation.AttributionSource` (explainer called
-on each split, or one tensor for both splits of equal size) or ``(train, test)`` attributions."""
 
 
 class SweepOptions(TypedDict, total=False):

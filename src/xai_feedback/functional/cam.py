@@ -180,7 +180,7 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
 
     Each map is first divided by its largest magnitude (exactly, so the result is the same
     up to rounding): maps near the dtype's limits (``1e30`` in float32) do not overflow in
-    the sums of squares, which used to turn them silently into zeros.
+    the sums of squares (an overflowed sum would turn them into zeros).
 
     Args:
         maps: Maps ``(..., h, w)`` with at least one leading (batch) dimension.
@@ -209,7 +209,7 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
     if mode == "max":
         return (flat / (peak + eps)).view_as(maps)
     # m / (S(m) + eps) == u / (S(u) + eps / p) with u = m / p, p the peak: u lies in [-1, 1]
-    # (NaN/inf maps propagate; a zero peak gives u = 0 and a zero map, as before)
+    # (NaN/inf maps propagate; a zero peak gives u = 0 and a zero map)
     scale = torch.where(peak > 0, peak, torch.ones_like(peak))
     unit = flat / scale
     eps_u = eps / scale

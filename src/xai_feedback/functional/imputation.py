@@ -222,8 +222,8 @@ def blur_images(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     if images.numel() == 0:
         return images.clone()
     full = int(3 * sigma + 0.999)
-    # reflect padding must stay below each side: clip the radius per axis (the old code
-    # clipped both to max(H, W) - 1, which failed on small non-square images)
+    # reflect padding must stay below each side: the radius is clipped per axis (one radius
+    # for both axes would exceed the short side of a small non-square image)
     radius_h, radius_w = min(full, dims["H"] - 1), min(full, dims["W"] - 1)
 
     def kernel(radius: int) -> torch.Tensor:

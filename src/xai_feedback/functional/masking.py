@@ -135,7 +135,7 @@ def fill_values(
     if fill == "mean":  # divided by the peak first: a sum of 1e37s must not overflow
         peak = flat.abs().amax(dim=2, keepdim=True)
         peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-        plain = flat.mean(dim=2)  # exact as before wherever the sum does not overflow
+        plain = flat.mean(dim=2)  # the plain mean wherever the sum does not overflow
         stat = torch.where(plain.isfinite(), plain, (flat / peak).mean(dim=2) * peak.squeeze(2))
     else:
         stat = flat.amax(dim=2) if fill == "max" else flat.amin(dim=2)

@@ -1,20 +1,9 @@
-r"""One registry of explanation methods: one name, one definition, used everywhere.
+r"""The CAM family: maps of a layer's activations ``(B, C, h, w) -> (B, h, w)``.
 
-:class:`~xai_feedback.hooks.CAMHook`, :func:`~xai_feedback.attribution.attribute`,
-proxy attention and the penalties' objectives all look methods up here,
-so ``"grad_cam"`` means the same computation on every path.
-
-Two families:
-
-- **CAM methods** (:class:`CAMMethod`) turn a layer's activations ``A`` ``(B, C, h, w)`` (and
-  ``dy/dA``) into maps ``(B, h, w)`` with the kernels of :mod:`xai_feedback.functional.cam`:
-  ``"cam"``, ``"grad_cam"``, ``"hires_cam"``, ``"grad_cam_pp"``. They are differentiable and
-  run batched inside a training step.
-- **Attribution methods** (:class:`CaptumMethod`) attribute to input pixels through captum:
-  ``"saliency"``, ``"input_x_gradient"``, ``"deconvnet"``, ``"guided_backprop"``,
-  ``"integrated_gradients"``, ``"guided_grad_cam"``.
-- **Relevance methods** (family ``"relevance"``) of vision transformers, defined in
-  :mod:`xai_feedback.relevance`: ``"rollout"``, ``"chefer_relevance"``.
+:class:`CAMMethod` turns a layer's activations ``A`` (and ``dy/dA``) into maps with the
+kernels of :mod:`xai_feedback.functional.cam`: ``"cam"``, ``"grad_cam"``, ``"hires_cam"``,
+``"grad_cam_pp"``. They are differentiable and run batched inside a training step;
+:class:`~xai_feedback.hooks.CAMHook` computes them.
 
 Scale (``scale="cam"``, the default of :meth:`CAMHook.cam`)
 ---------------------------------------------------------------
@@ -32,63 +21,39 @@ penalty weight tuned with one method is then useless with another. ``scale="cam"
 so a penalty weight transfers between methods. ``scale="paper"`` gives the published
 definitions (those of captum, pytorch-grad-cam and torch-cam).
 
-Adding a method: subclass :class:`CAMMethod` or :class:`CaptumMethod`, set ``name``, and
-decorate the class with :func:`register_method`.
+Adding a method: subclass :class:`CAMMethod`, set ``name``, write :meth:`CAMMethod.from_gradients`
+(its kernel in ``functional/cam.py``) and decorate the class with
+:func:`~xai_feedback.methods.register_method`.
 """
 
 from __future__ import annotations
 
 import weakref
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_int
-from xai_feedback.errors import HookError, LayerError, RangeError
+from xai_feedback.errors import LayerError
 from xai_feedback.functional.cam import cam_from_head, grad_cam, grad_cam_pp, hires_cam
+from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
+from xai_feedback.methods._registry import Family, Method, register_method
 
 __all__ = [
+    "CAM",
     "SCALES",
-    "AttributionFn",
     "CAMMethod",
-    "CaptumMethod",
-    "Family",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
     "MapInputs",
-    "Method",
-    "get_method",
-    "method_names",
-    "register_method",
 ]
 
-Family = Literal["cam", "attribution", "relevance"]
 SCALES = ("cam", "paper")
 """Map scales of the gradient CAM methods (see the module docstring)."""
-
-AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``fn(images, targets) -> attributions`` built by :meth:`CaptumMethod.build`."""
-
-
-class Method(ABC):
-    """An explanation method: a registered name, its family, the options it accepts."""
-
-    name: ClassVar[str]
-    family: ClassVar[Family]
-    citation: ClassVar[str] = ""
-    options: ClassVar[frozenset[str]] = frozenset()
-    """Keyword options the method accepts (validated by :func:`check_options`)."""
-
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise :class:`~xai_feedback.errors.RangeError` for an option this method ignores."""
-        unknown = sorted(set(options) - self.options)
-        if unknown:
-            allowed = sorted(self.options) or "none"
-            raise RangeError(
-                f"method {self.name!r} does not take option(s) {unknown}; it accepts: {allowed}."
-            )
 
 
 @dataclass(frozen=True)
@@ -110,6 +75,8 @@ class MapInputs:
             :mod:`xai_feedback.tokens`): ``dy/dA`` is taken with respect to ``source``, the
             tensor in the logits' graph, and folded by ``fold``. ``None``: ``acts`` itself.
         fold: The fold ``source -> acts`` (selection and rearrangement only).
+        max_bytes: Bound on the gradients kept by all-class maps
+            (:func:`~xai_feedback.methods._gradients.all_class_maps`); ``None``: no bound.
     """
 
     acts: torch.Tensor
@@ -122,6 +89,7 @@ class MapInputs:
     compiled: bool = False
     source: torch.Tensor | None = None
     fold: Callable[[torch.Tensor], torch.Tensor] | None = None
+    max_bytes: int | None = ALL_CLASSES_MAX_BYTES
 
 
 class CAMMethod(Method):
@@ -157,107 +125,38 @@ class CAMMethod(Method):
             HookError: The activations do not require grad, or the logits do not depend on
                 them (another forward, a hook that replaced them, a compiled graph).
         """
-        acts, logits = inputs.acts, inputs.logits
-        if inputs.source is not None:
-            acts = inputs.source
-        if not acts.requires_grad:
-            raise HookError(
-                f"method {self.name!r} needs gradients, but the activations do not require grad "
-                "(was the forward run under torch.no_grad()?)."
+        wrt = inputs.source if inputs.source is not None else inputs.acts
+        what = f"the captured output of layer {inputs.layer_name!r}"
+        if inputs.compiled:
+            what += (
+                " (torch.compile traced the forward and its backward together, so the hooked "
+                "tensor may not be part of the logits' graph; explain `model._orig_mod` or "
+                "compile with backend='eager')"
             )
-        score = logits.gather(1, target[:, None]).sum()
-        try:
-            (grads,) = torch.autograd.grad(
-                score, acts, create_graph=inputs.create_graph, retain_graph=True
-            )
-        except RuntimeError as err:
-            if "not have been used in the graph" not in str(err):
-                raise
-            cause = (
-                "torch.compile traced the forward and its backward together, so the hooked "
-                "tensor is not part of the logits' graph; explain `model._orig_mod` or compile "
-                "with backend='eager'"
-                if inputs.compiled
-                else "another hook replaced it, or the logits come from another forward"
-            )
-            raise HookError(
-                f"the logits do not depend on the captured output of layer "
-                f"{inputs.layer_name!r} ({cause})."
-            ) from err
+        (grads,) = score_gradients(
+            inputs.logits, target, [wrt], create_graph=inputs.create_graph, what=what
+        )
         return inputs.fold(grads) if inputs.fold is not None else grads
 
     def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
         """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).
+
+        Raises:
+            RangeError: ``target=None`` and the gradients of all classes would exceed
+                ``inputs.max_bytes``.
 
         Shape:
             - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
         """
         if target is not None:
             return self.from_gradients(inputs.acts, self.gradients(inputs, target), relu=relu)
-        b, k = inputs.logits.shape
-        device = inputs.logits.device
-        per_class = [  # one gradient per class (K is small in training)
-            self.maps(inputs, torch.full((b,), c, dtype=torch.long, device=device), relu=relu)
-            for c in range(k)
-        ]
-        return torch.stack(per_class, dim=1)
-
-
-class CaptumMethod(Method):
-    """An attribution to input pixels computed by a captum class."""
-
-    family: ClassVar[Family] = "attribution"
-    needs_layer: ClassVar[bool] = False
-
-    @abstractmethod
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """Return ``fn(images, targets) -> (B, C, H, W)`` attributions."""
-
-
-_REGISTRY: dict[str, Method] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add an instance of ``cls`` to the registry under ``cls.name``.
-
-    Raises:
-        RangeError: The name is taken.
-    """
-    if cls.name in _REGISTRY:
-        raise RangeError(f"an explanation method named {cls.name!r} is already registered.")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def method_names(family: Family | None = None) -> tuple[str, ...]:
-    """Registered names, of one family or all, in registration order.
-
-    Example:
-        >>> method_names("cam")
-        ('cam', 'grad_cam', 'hires_cam', 'grad_cam_pp')
-    """
-    return tuple(n for n, m in _REGISTRY.items() if family is None or m.family == family)
-
-
-def get_method(name: str, family: Family | None = None) -> Method:
-    """The registered method called ``name`` (of ``family`` when given).
-
-    Raises:
-        RangeError: No such method (the message lists the choices).
-
-    Example:
-        >>> get_method("grad_cam").family
-        'cam'
-    """
-    method = _REGISTRY.get(name) if isinstance(name, str) else None
-    if method is None or (family is not None and method.family != family):
-        raise RangeError(f"`method` must be one of {list(method_names(family))}, got {name!r}.")
-    return method
-
-
-# --- the CAM family ------------------------------------------------------------------------
+        wrt = inputs.source if inputs.source is not None else inputs.acts
+        return all_class_maps(
+            inputs.logits,
+            lambda c: self.maps(inputs, c, relu=relu),
+            [wrt] if self.needs_gradients else [],
+            max_bytes=inputs.max_bytes,
+        )
 
 
 _CAM_VERIFIED: weakref.WeakKeyDictionary[nn.Module, set[tuple[str, int]]] = (
@@ -391,111 +290,3 @@ class GradCAMPlusPlus(CAMMethod):
     ) -> torch.Tensor:
         """Grad-CAM++ maps."""
         return grad_cam_pp(acts, grads, relu=relu)
-
-
-# --- the captum family ---------------------------------------------------------------------
-
-
-@register_method
-class Saliency(CaptumMethod):
-    """Gradient magnitude (Simonyan et al. 2014); option ``abs`` (default True)."""
-
-    name = "saliency"
-    options = frozenset({"abs"})
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``Saliency``."""
-        from captum import attr
-
-        sal = attr.Saliency(model)
-        use_abs = bool(options.get("abs", True))
-        return lambda x, t: sal.attribute(x, target=t, abs=use_abs)
-
-
-class _TargetOnlyCaptum(CaptumMethod):
-    """A captum method whose only argument is the target: ``captum_class(model)``."""
-
-    captum_class: ClassVar[str]
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class named :attr:`captum_class`."""
-        from captum import attr
-
-        method = getattr(attr, self.captum_class)(model)
-        return lambda x, t: method.attribute(x, target=t)
-
-
-@register_method
-class InputXGradient(_TargetOnlyCaptum):
-    """Input times gradient (Shrikumar et al. 2016)."""
-
-    name = "input_x_gradient"
-    captum_class = "InputXGradient"
-
-
-@register_method
-class Deconvnet(_TargetOnlyCaptum):
-    """DeconvNet (Zeiler & Fergus 2014)."""
-
-    name = "deconvnet"
-    captum_class = "Deconvolution"
-
-
-@register_method
-class GuidedBackprop(_TargetOnlyCaptum):
-    """Guided backpropagation (Springenberg et al. 2015)."""
-
-    name = "guided_backprop"
-    captum_class = "GuidedBackprop"
-
-
-@register_method
-class IntegratedGradients(CaptumMethod):
-    """Integrated gradients (Sundararajan et al. 2017).
-
-    Options ``n_steps`` (50), ``baselines`` (0) and ``internal_batch_size``.
-    """
-
-    name = "integrated_gradients"
-    options = frozenset({"n_steps", "baselines", "internal_batch_size"})
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``IntegratedGradients``."""
-        from captum import attr
-
-        ig = attr.IntegratedGradients(model)
-        steps = check_int(options.get("n_steps", 50), "n_steps", minimum=1)
-        baselines = options.get("baselines", 0.0)
-        internal = options.get("internal_batch_size")
-        return lambda x, t: ig.attribute(
-            x, target=t, baselines=baselines, n_steps=steps, internal_batch_size=internal
-        )
-
-
-@register_method
-class GuidedGradCAM(CaptumMethod):
-    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM."""
-
-    name = "guided_grad_cam"
-    needs_layer = True
-
-    def build(
-        self, model: nn.Module, layer: nn.Module | None, options: Mapping[str, Any]
-    ) -> AttributionFn:
-        """The captum class ``GuidedGradCam`` on ``layer``."""
-        from captum import attr
-
-        if layer is None:
-            raise LayerError("method 'guided_grad_cam' needs a layer.")
-        ggc = attr.GuidedGradCam(model, layer)
-        return lambda x, t: ggc.attribute(x, target=t)
-
-
-# the relevance family lives in its own module (vision transformers); registered on import
-from xai_feedback import relevance as _relevance  # noqa: E402, F401

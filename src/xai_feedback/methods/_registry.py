@@ -1,0 +1,80 @@
+"""The registry of explanation methods: one name, one definition, one family.
+
+Each family's base class and methods live in their own module of this package
+(:mod:`~xai_feedback.methods.cam`, :mod:`~xai_feedback.methods.captum`,
+:mod:`~xai_feedback.methods.relevance`); importing :mod:`xai_feedback.methods` registers them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from xai_feedback.errors import RangeError
+
+__all__ = ["Family", "Method", "get_method", "method_names", "register_method"]
+
+Family = Literal["cam", "attribution", "relevance"]
+"""The method families: maps of a layer's activations, captum attributions to the input
+pixels, and the relevance of a transformer's attention."""
+
+
+class Method(ABC):
+    """An explanation method: a registered name, its family, the options it accepts."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    citation: ClassVar[str] = ""
+    options: ClassVar[frozenset[str]] = frozenset()
+    """Keyword options the method accepts (validated by :meth:`check_options`)."""
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`~xai_feedback.errors.RangeError` for an option this method ignores."""
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            allowed = sorted(self.options) or "none"
+            raise RangeError(
+                f"method {self.name!r} does not take option(s) {unknown}; it accepts: {allowed}."
+            )
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add an instance of ``cls`` to the registry under ``cls.name``.
+
+    Raises:
+        RangeError: The name is taken.
+    """
+    if cls.name in _REGISTRY:
+        raise RangeError(f"an explanation method named {cls.name!r} is already registered.")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def method_names(family: Family | None = None) -> tuple[str, ...]:
+    """Registered names, of one family or all, in registration order, as of this call.
+
+    Example:
+        >>> method_names("cam")
+        ('cam', 'grad_cam', 'hires_cam', 'grad_cam_pp')
+    """
+    return tuple(n for n, m in _REGISTRY.items() if family is None or m.family == family)
+
+
+def get_method(name: str, family: Family | None = None) -> Method:
+    """The registered method called ``name`` (of ``family`` when given).
+
+    Raises:
+        RangeError: No such method (the message lists the choices).
+
+    Example:
+        >>> get_method("grad_cam").family
+        'cam'
+    """
+    method = _REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None or (family is not None and method.family != family):
+        raise RangeError(f"`method` must be one of {list(method_names(family))}, got {name!r}.")
+    return method

@@ -1,0 +1,49 @@
+"""Which class a map explains: the ``target=`` argument of every explanation call.
+
+:data:`Target` is what a user passes (labels, a callable of the logits, or ``None`` for the
+predicted class); :func:`resolve_targets` turns it into ``(B,)`` classes checked against the
+logits. :class:`~xai_feedback.hooks.CAMHook`,
+:class:`~xai_feedback.relevance.AttentionCapture`, :func:`~xai_feedback.attribution.attribute`
+and proxy training all resolve targets here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from xai_feedback._checks import check_labels, check_shape
+from xai_feedback.errors import DTypeError
+
+__all__ = ["Target", "resolve_targets"]
+
+Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+"""Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
+
+
+def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
+    """Turn ``target`` into a ``(B,)`` long tensor of classes, checking length and range.
+
+    Raises:
+        DTypeError: ``target`` is neither a tensor, a callable nor ``None``.
+        ShapeError: Wrong number of targets.
+        RangeError: A class outside ``[0, K)`` (negative indices are refused, never wrapped).
+
+    Example:
+        >>> resolve_targets(None, torch.tensor([[0.1, 0.9], [2.0, 1.0]]))
+        tensor([1, 0])
+    """
+    dims = check_shape(logits, "B K", "logits")
+    if target is None:
+        return logits.argmax(dim=1)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        target = target(logits)
+    if not isinstance(target, torch.Tensor):
+        raise DTypeError(
+            f"`target` must be a tensor, a callable or None, got {type(target).__name__}."
+        )
+    check_shape(target, "B", "target", B=dims["B"])
+    # in the training step: no host synchronisation on accelerators (device-side assertion)
+    check_labels(target, "target", dims["K"], sync=False)
+    return target.to(device=logits.device, dtype=torch.long)
