@@ -14,6 +14,13 @@ from xai_feedback.functional.cam import (
     normalize_maps,
     resize_maps,
 )
+from xai_feedback.functional.decomposition import (
+    DECOMPOSABLE,
+    cdep_penalty,
+    contextual_decomposition,
+    decompose_module,
+    split_bias,
+)
 from xai_feedback.functional.imputation import (
     blur_images,
     linear_imputation,
@@ -41,9 +48,13 @@ from xai_feedback.functional.masking import (
 )
 from xai_feedback.functional.penalties import (
     center_penalty,
+    hint_penalty,
     input_gradient_penalty,
     mask_penalty,
     masks_to_maps,
+    minmax_normalize,
+    rbr_penalty,
+    rrr_g_penalty,
 )
 from xai_feedback.functional.relevance import (
     attention_rollout,
@@ -54,6 +65,7 @@ from xai_feedback.functional.relevance import (
 )
 
 __all__ = [
+    "DECOMPOSABLE",
     "DEFAULT_SIGMA",
     "FILLS",
     "KERNEL_SHAPES",
@@ -68,27 +80,35 @@ __all__ = [
     "blend",
     "blur_images",
     "cam_from_head",
+    "cdep_penalty",
     "center_penalty",
     "center_weight",
     "chefer_relevance",
+    "contextual_decomposition",
+    "decompose_module",
     "fill_values",
     "fixed_span_smooth",
     "grad_cam",
     "grad_cam_pp",
+    "hint_penalty",
     "hires_cam",
     "input_gradient_penalty",
     "linear_imputation",
     "mask_penalty",
     "masks_to_maps",
+    "minmax_normalize",
     "noisy_linear_imputation",
     "normalize_maps",
     "normalized_grid",
     "periphery_mask",
     "rank_mask",
+    "rbr_penalty",
     "relevance_matrix",
     "remove_pixels",
     "resize_maps",
     "rollout_matrix",
+    "rrr_g_penalty",
+    "split_bias",
     "supersmooth",
     "threshold_mask",
     "tokens_to_grid",

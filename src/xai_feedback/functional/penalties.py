@@ -2,11 +2,13 @@ r"""Explanation penalties as pure functions of maps, masks and gradients."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from xai_feedback._checks import check_floating, check_int, check_maps, check_masks, check_shape
-from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.errors import MissingInputError, RangeError, ShapeError
 
 __all__ = [
     "ROBUSTVIT_BACKGROUND",
@@ -423,3 +425,233 @@ def robustvit_classification_loss(logits: torch.Tensor, temperature: float = 1.0
         raise RangeError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
     pred = logits.detach().argmax(dim=1)
     return F.cross_entropy(logits / temperature, pred)
+
+
+# --- the XIL typology's peer methods (Friedrich et al. 2023): RRR-G, HINT, RBR --------------
+
+TYPOLOGY_EPS = 1e-6
+"""The constant added to the range by the typology's min-max normalization
+(``util.norm_saliencies_fast``)."""
+
+
+def minmax_normalize(maps: torch.Tensor, eps: float = TYPOLOGY_EPS) -> torch.Tensor:
+    r"""Per-image min-max normalization of signed maps, as the XIL typology does it.
+
+    .. math:: \tilde m_{b} = \frac{m_b - \min m_b}{\max m_b - \min m_b + \epsilon}
+
+    over all cells (and classes) of image ``b`` (Friedrich et al. 2023,
+    ``util.norm_saliencies_fast``, :math:`\epsilon = 10^{-6}`). On a *signed* map this is
+    ill-posed as an evidence measure: the most negative cell (strong evidence *against* the
+    class) is mapped to 0, i.e. "unimportant"; the result does not depend on the map's scale
+    (for a range well above :math:`\epsilon`); a constant map becomes all zeros, and near a
+    constant map the derivative is of order :math:`1/\epsilon`.
+
+    Args:
+        maps: ``(B, h, w)`` or ``(B, K, h, w)`` maps.
+        eps: Added to the range.
+
+    Shape:
+        - maps: :math:`(B, \dots)`; output: the same
+
+    Example:
+        >>> minmax_normalize(torch.tensor([[[-2.0, 0.0], [1.0, 2.0]]]), eps=0.0)
+        tensor([[[0.0000, 0.5000],
+                 [0.7500, 1.0000]]])
+    """
+    check_maps(maps)
+    check_floating(maps, "maps")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
+        raise RangeError(f"`eps` must be a number >= 0, got {eps!r}.")
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    shifted = flat - low
+    high = shifted.max(dim=1, keepdim=True).values
+    return (shifted / (high + eps)).view_as(maps)
+
+
+def _reduce(total: torch.Tensor, batch: int, reduction: str) -> torch.Tensor:
+    if reduction not in ("sum", "mean"):
+        raise RangeError(f"`reduction` must be one of ['sum', 'mean'], got {reduction!r}.")
+    return total if reduction == "sum" else total / batch
+
+
+def rrr_g_penalty(
+    maps: torch.Tensor, masks: torch.Tensor, *, reduction: str = "sum"
+) -> torch.Tensor:
+    r"""RRR-G's right-reason term (the XIL typology's ``RRRGradCamLoss``).
+
+    .. math:: P = \sum_b \sum_{i,j} \big(D(M_b)_{ij}\, \tilde m_{bij}\big)^2
+
+    with :math:`\tilde m` the per-image min-max normalized map (:func:`minmax_normalize`) and
+    :math:`D(M)` the mask ``(H, W)`` resized to the map's ``(h, w)`` bilinearly *without*
+    anti-aliasing (torchvision 0.11's ``Resize`` on tensors, the authors' version): each cell
+    reads the two pixels nearest its center, so a 4x4 corner patch of a 28x28 image becomes
+    exactly one corner cell of value 1 on an 8x8 map. ``reduction="mean"`` divides by
+    ``B``. Schramowski et al. 2020; Friedrich et al. 2023.
+
+    Ill-posed, as published: the normalization maps each image's most negative cell to 0, so
+    a shortcut turned into strong *negative* evidence has zero penalty; the penalty does not
+    depend on the map's scale, so it cannot be lowered by making the region's evidence small,
+    only by making it the image's minimum; a constant map gives zeros (no division by zero
+    thanks to :math:`\epsilon`), and near one the gradient is of order :math:`1/\epsilon`.
+
+    Args:
+        maps: ``(B, h, w)`` signed Grad-CAM maps (not normalized).
+        masks: ``(B, H, W)`` shortcut masks (1 = shortcut).
+        reduction: ``"sum"`` (the authors' default) or ``"mean"`` (over images).
+
+    Shape:
+        - maps: :math:`(B, h, w)`; masks: :math:`(B, H, W)`; output: scalar
+
+    Example:
+        >>> maps = torch.tensor([[[3.0, 1.0], [1.0, 1.0]]])
+        >>> masks = torch.zeros(1, 4, 4); masks[0, :2, :2] = 1
+        >>> round(float(rrr_g_penalty(maps, masks)), 5)  # (1 * 2 / (2 + 1e-6)) ** 2
+        1.0
+        >>> float(rrr_g_penalty(-maps, masks))  # the same evidence, negative: no penalty
+        0.0
+    """
+    dims = check_shape(maps, "B h w", "maps")
+    check_shape(masks, "B H W", "masks", B=dims["B"])
+    check_floating(maps, "maps")
+    down = F.interpolate(
+        _float_masks(masks).to(maps.dtype).unsqueeze(1),
+        size=(dims["h"], dims["w"]),
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    ).squeeze(1)
+    total = (down * minmax_normalize(maps)).pow(2).sum()
+    return _reduce(total, dims["B"], reduction)
+
+
+def hint_penalty(
+    maps: torch.Tensor, object_masks: torch.Tensor, *, reduction: str = "sum"
+) -> torch.Tensor:
+    r"""HINT's right-reason term as the XIL typology implements it (``HINTLoss``).
+
+    .. math:: P = \sum_b \sum_{i,j} \big(U(\tilde m_b)_{ij} - O_{bij}\big)^2
+
+    with :math:`\tilde m` the per-image min-max normalized map (:func:`minmax_normalize`),
+    :math:`U` nearest-neighbor upsampling to the image's ``(H, W)`` (captum's
+    ``LayerAttribution.interpolate`` default, the authors' ``upsample=True``) and :math:`O`
+    the object mask (1 = where the evidence should be). Rewarding the object is what HINT
+    adds over a shortcut penalty (Selvaraju et al., ICCV 2019, "Taking a HINT"); the typology
+    replaces HINT's ranking loss by this squared error. ``reduction="mean"`` divides by ``B``.
+
+    Ill-posed like :func:`rrr_g_penalty`: the normalization is blind to the map's scale, maps
+    the most negative cell to 0 (negative evidence counts as "background"), and forces every
+    image's map to reach 1 somewhere, so a map can never match an empty object mask.
+
+    Args:
+        maps: ``(B, h, w)`` signed Grad-CAM maps (not normalized).
+        object_masks: ``(B, H, W)`` object masks (1 = object).
+        reduction: ``"sum"`` (the authors' default) or ``"mean"`` (over images).
+
+    Shape:
+        - maps: :math:`(B, h, w)`; object_masks: :math:`(B, H, W)`; output: scalar
+
+    Example:
+        >>> maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+        >>> obj = torch.zeros(1, 4, 4); obj[0, :2, :2] = 1  # the upsampled top-left cell
+        >>> round(float(hint_penalty(maps, obj)), 4)
+        0.0
+    """
+    dims = check_shape(maps, "B h w", "maps")
+    odims = check_shape(object_masks, "B H W", "object_masks", B=dims["B"])
+    check_floating(maps, "maps")
+    up = F.interpolate(
+        minmax_normalize(maps).unsqueeze(1), size=(odims["H"], odims["W"]), mode="nearest"
+    ).squeeze(1)
+    total = (up - _float_masks(object_masks).to(maps.dtype)).pow(2).sum()
+    return _reduce(total, dims["B"], reduction)
+
+
+def rbr_penalty(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    r"""RBR's right-reason term as the XIL typology implements it (``RBRLoss``).
+
+    .. math:: s = \mathbf 1^\top \nabla_\theta \operatorname{CE}, \qquad
+              P = \sum_b \sum_{c,i,j} \Big(M_{bij}\, \frac{\partial s}{\partial x_{bcij}}\,
+              \frac{\partial}{\partial x_{bcij}} \sum_k \log p_{bk}\Big)^2
+
+    with :math:`\operatorname{CE}` the batch-*mean* cross-entropy and
+    :math:`\mathbf 1^\top \nabla_\theta` the sum of every entry of its gradient with respect
+    to ``parameters``: the "influence function" of Shao et al. (AAAI 2021, "Right for Better
+    Reasons") with the inverse Hessian replaced by the identity, as in the typology's code,
+    multiplied element-wise with RRR's input gradient. Third order: training through it
+    differentiates a double backward.
+
+    Ill-posed, as published: the sum of the gradient's entries is not a norm; entries of
+    both signs cancel and it changes under a reparametrization that leaves the model's
+    function unchanged. For the *last* linear layer (weight and bias) it is identically 0,
+    since the cross-entropy's gradient with respect to the logits sums to 0 over the classes:
+    for a linear softmax classifier the whole penalty is 0 whatever the model looks at. The
+    product of two gradients vanishes wherever either does, and because the cross-entropy is
+    a batch mean, each image's term scales as :math:`1/B^2`, so the weight's meaning depends
+    on the batch size.
+
+    Args:
+        logits: ``(B, K)`` logits computed from ``images``.
+        labels: ``(B,)`` class indices.
+        images: ``(B, C, H, W)`` inputs with ``requires_grad=True``.
+        masks: ``(B, H, W)`` shortcut masks (1 = shortcut).
+        parameters: The parameters of :math:`\theta` (those that require grad are used).
+
+    Shape:
+        - logits: :math:`(B, K)`; images: :math:`(B, C, H, W)`; masks: :math:`(B, H, W)`
+
+    Example:
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> x = torch.rand(2, 1, 2, 2, requires_grad=True)
+        >>> p = rbr_penalty(lin(x.flatten(1)), torch.tensor([0, 2]), x, torch.ones(2, 2, 2),
+        ...                 list(lin.parameters()))
+        >>> abs(float(p)) < 1e-12  # a linear classifier: identically zero
+        True
+    """
+    dims = check_shape(images, "B C H W", "images")
+    check_shape(logits, "B K", "logits", B=dims["B"])
+    check_shape(labels, "B", "labels", B=dims["B"])
+    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_floating(images, "images")
+    check_floating(logits, "logits")
+    if not images.requires_grad or not logits.requires_grad:
+        raise RangeError(
+            "`images` must require grad and `logits` must be computed from them (call "
+            "images.requires_grad_() before the forward), got "
+            f"images.requires_grad={images.requires_grad}, "
+            f"logits.requires_grad={logits.requires_grad}."
+        )
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        raise MissingInputError("`parameters` must hold at least one tensor that requires grad.")
+    ce = F.cross_entropy(logits, labels)
+    grads: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
+        ce, params, create_graph=True, allow_unused=True
+    )
+    used = [g.sum() for g in grads if g is not None]
+    if not used:
+        raise RangeError("`logits` do not depend on any of `parameters`.")
+    influence = torch.stack(used).sum()
+    found: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
+        influence, images, create_graph=True, allow_unused=True
+    )
+    # None: s does not depend on the input (e.g. only last-layer parameters were given)
+    if_grad = found[0] if found[0] is not None else torch.zeros_like(images)
+    (ig_grad,) = torch.autograd.grad(F.log_softmax(logits, dim=1).sum(), images, create_graph=True)
+    weighted = _float_masks(masks).to(images.dtype).unsqueeze(1) * if_grad * ig_grad
+    return weighted.pow(2).sum()
+
+
+__all__ += [
+    "TYPOLOGY_EPS",
+    "hint_penalty",
+    "minmax_normalize",
+    "rbr_penalty",
+    "rrr_g_penalty",
+]
