@@ -10,6 +10,7 @@ signed=True``). The benchmark ``xai-feedback bench decoy`` measures every varian
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -29,19 +30,27 @@ from xai_feedback._checks import (
 )
 from xai_feedback.errors import MissingInputError, RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps, resize_maps
+from xai_feedback.functional.decomposition import (
+    DECOMPOSABLE,
+    cdep_penalty,
+    contextual_decomposition,
+)
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, KERNEL_SHAPES, center_weight
 from xai_feedback.functional.penalties import (
     ROBUSTVIT_BACKGROUND,
     ROBUSTVIT_FOREGROUND,
     center_penalty,
     dilate_masks,
+    hint_penalty,
     input_gradient_penalty,
     mask_penalty,
     projected_input_gradient_penalty,
     rademacher,
+    rbr_penalty,
     receptive_field_cover,
     robustvit_classification_loss,
     robustvit_penalty,
+    rrr_g_penalty,
 )
 
 __all__ = [
@@ -547,3 +556,312 @@ class RampSchedule(LossSchedule):
             return 1.0, 0.0
         frac = min(1.0, (epoch - self.start + 1) / (self.end - self.start))
         return 1.0, float(self.lam) * frac
+
+
+# --- the XIL typology's peer methods (Friedrich et al. 2023) -------------------------------
+
+
+def default_object_masks(
+    images: torch.Tensor, masks: torch.Tensor | None, *, threshold: float = 0.0
+) -> torch.Tensor:
+    r"""HINT's object region by the published rule: pixels above ``threshold``, off the shortcut.
+
+    .. math:: O_{bij} = \big[\max_c x_{bcij} > t\big] \wedge \big[M_{bij} = 0\big]
+
+    The XIL typology marks the object as the pixels > 1 (of 0..255) of the image *before*
+    the decoy is drawn; a training batch only holds the image with its decoy, so the
+    shortcut region ``masks`` is taken out (the decoy must not count as object).
+
+    Args:
+        images: ``(B, C, H, W)`` images.
+        masks: ``(B, H, W)`` shortcut masks (1 = shortcut).
+        threshold: :math:`t`, on the images' scale (0: any nonzero pixel).
+
+    Raises:
+        MissingInputError: ``masks`` is None.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; masks, output: :math:`(B, H, W)` (boolean)
+
+    Example:
+        >>> x = torch.tensor([[[[0.0, 0.5], [0.7, 0.9]]]])
+        >>> default_object_masks(x, torch.tensor([[[0, 0], [0, 1]]]))
+        tensor([[[False,  True],
+                 [ True, False]]])
+    """
+    dims = check_shape(images, "B C H W", "images")
+    if masks is None:
+        raise MissingInputError(
+            "HINT's default object region needs the shortcut `masks` (B, H, W) to leave the "
+            "shortcut out (or pass your own `object_masks` rule), got None."
+        )
+    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_number(threshold, "threshold")
+    return (images > threshold).any(dim=1) & ~(masks > 0)
+
+
+class RRRGPenalty(nn.Module):
+    r"""RRR-G's right-reason term: the min-max normalized Grad-CAM inside the shortcut mask.
+
+    .. math:: P = \sum_b \sum_{i,j} \big(D(M_b)_{ij}\, \tilde m_{bij}\big)^2
+
+    See :func:`~xai_feedback.functional.rrr_g_penalty` (the published normalization and mask
+    downsampling, and why the normalization of a signed map is ill-posed).
+
+    Args:
+        reduction: ``"sum"`` over the batch (the authors') or ``"mean"``.
+
+    Shape:
+        - maps: :math:`(B, h, w)`; masks: :math:`(B, H, W)`
+
+    Example:
+        >>> maps = torch.tensor([[[3.0, 1.0], [1.0, 1.0]]])
+        >>> masks = torch.zeros(1, 4, 4); masks[0, :2, :2] = 1
+        >>> round(float(RRRGPenalty()(maps, masks)), 5)
+        1.0
+    """
+
+    def __init__(self, reduction: str = "sum") -> None:
+        super().__init__()
+        self.reduction = check_choice(reduction, "reduction", ("sum", "mean"))
+
+    def forward(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Return the penalty of the signed maps ``(B, h, w)`` inside ``masks``."""
+        return rrr_g_penalty(maps, masks, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"reduction={self.reduction!r}"
+
+
+class HINTPenalty(nn.Module):
+    r"""HINT's right-reason term as the XIL typology has it: normalized Grad-CAM onto the object.
+
+    .. math:: P = \sum_b \sum_{i,j} \big(U(\tilde m_b)_{ij} - O_{bij}\big)^2
+
+    See :func:`~xai_feedback.functional.hint_penalty`.
+
+    Args:
+        reduction: ``"sum"`` over the batch (the authors') or ``"mean"``.
+
+    Shape:
+        - maps: :math:`(B, h, w)`; object_masks: :math:`(B, H, W)`
+
+    Example:
+        >>> maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+        >>> obj = torch.zeros(1, 4, 4); obj[0, :2, :2] = 1
+        >>> round(float(HINTPenalty()(maps, obj)), 6)  # 4 (1 / (1 + 1e-6) - 1) ** 2
+        0.0
+    """
+
+    def __init__(self, reduction: str = "sum") -> None:
+        super().__init__()
+        self.reduction = check_choice(reduction, "reduction", ("sum", "mean"))
+
+    def forward(self, maps: torch.Tensor, object_masks: torch.Tensor) -> torch.Tensor:
+        """Return the squared error of the normalized maps against the object masks."""
+        return hint_penalty(maps, object_masks, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"reduction={self.reduction!r}"
+
+
+class RBRPenalty(nn.Module):
+    r"""RBR's right-reason term (Shao et al. 2021, as the XIL typology implements it).
+
+    .. math:: P = \sum_b \sum_{c,i,j} \Big(M_{bij}\, \partial_{x_{bcij}}
+              \big(\mathbf 1^\top \nabla_\theta \operatorname{CE}\big)\,
+              \partial_{x_{bcij}} \sum_k \log p_{bk}\Big)^2
+
+    See :func:`~xai_feedback.functional.rbr_penalty` (and what is ill-posed about it).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+        >>> x = torch.rand(2, 1, 2, 2, requires_grad=True)
+        >>> p = RBRPenalty()(net(x), torch.tensor([0, 1]), x, torch.ones(2, 2, 2),
+        ...                  list(net.parameters()))
+        >>> p.requires_grad and float(p) >= 0
+        True
+    """
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        parameters: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Return the penalty; ``images`` must require grad before the forward."""
+        return rbr_penalty(logits, labels, images, masks, parameters)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.numel() == b.numel() and bool(torch.equal(a.reshape(-1), b.reshape(-1)))
+
+
+def decomposition_chain(
+    model: nn.Module, images: torch.Tensor
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """The layers of ``model``'s forward as a plain chain, for contextual decomposition.
+
+    One no-grad forward of ``images`` in eval mode (every module's flag restored) records
+    each leaf module's call in order, with its input and output. The forward is a plain chain
+    when the first call reads the images, each next call reads the previous call's output
+    (reshaped at most: ``view`` / ``flatten`` in ``forward`` are fine) and the model returns
+    the last call's output; a module called twice appears twice.
+
+    Args:
+        model: The model (wrappers such as DataParallel are unwrapped).
+        images: A few ``(B, C, H, W)`` inputs.
+
+    Returns:
+        ``(name, module, input shape without the batch dimension)`` per call.
+
+    Raises:
+        LayerError: A called module without a CD rule (its type is named), a module that
+            takes several inputs, or an operation between modules that is not a module
+            (a residual add, attention, a functional activation ...).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+        >>> [(name, shape) for name, _, shape in decomposition_chain(net, torch.rand(2, 1, 4, 4))]
+        [('0', (1, 4, 4)), ('1', (2, 2, 2)), ('2', (2, 2, 2)), ('3', (8,))]
+    """
+    from xai_feedback._modes import eval_mode
+    from xai_feedback.errors import LayerError
+    from xai_feedback.layers import unwrap_model
+
+    check_shape(images, "B C H W", "images")
+    inner = unwrap_model(model)
+    leaves = [(n, m) for n, m in inner.named_modules() if next(m.children(), None) is None]
+    calls: list[list[Any]] = []
+
+    def pre(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+                raise LayerError(
+                    f"contextual decomposition needs each module to take one tensor; "
+                    f"{name!r} ({type(module).__name__}) got {len(args)} inputs."
+                )
+            calls.append([name, module, args[0].detach().clone(), None])
+
+        return hook
+
+    def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            calls[-1][3] = output.detach().clone()
+
+    handles = []
+    try:
+        for name, module in leaves:
+            handles.append(module.register_forward_pre_hook(pre(name)))
+            handles.append(module.register_forward_hook(post))
+        with torch.no_grad(), eval_mode(model):
+            output = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(output, torch.Tensor):
+        raise LayerError(
+            f"contextual decomposition needs a model that returns a logits tensor, got "
+            f"{type(output).__name__}."
+        )
+    if not calls:
+        raise LayerError(f"{type(inner).__name__} ran no module in its forward.")
+    for name, module, _, out in calls:
+        if not isinstance(module, DECOMPOSABLE):
+            raise LayerError(
+                f"contextual decomposition has no rule for module {name!r} of type "
+                f"{type(module).__name__}; supported: "
+                f"{', '.join(t.__name__ for t in DECOMPOSABLE)}."
+            )
+        if out is None:
+            raise LayerError(f"module {name!r} ({type(module).__name__}) returned no tensor.")
+    previous, where = images, "the input"
+    for name, module, inp, out in calls:
+        if not _same_values(inp, previous):
+            raise LayerError(
+                f"contextual decomposition needs the forward of {type(inner).__name__} to be a "
+                f"plain chain of modules, but between {where} and {name!r} "
+                f"({type(module).__name__}) it does something that is not a module (a "
+                "residual add, attention, a functional activation ...)."
+            )
+        previous, where = out, f"{name!r} ({type(module).__name__})"
+    if not _same_values(output, previous):
+        raise LayerError(
+            f"contextual decomposition needs {type(inner).__name__} to return its last "
+            f"module's output, but after {where} its forward does something that is not a "
+            "module."
+        )
+    return [(name, module, tuple(int(s) for s in inp.shape[1:])) for name, module, inp, _ in calls]
+
+
+class CDEPPenalty(nn.Module):
+    r"""CDEP (Rieger et al., ICML 2020): penalize the shortcut region's part of the logits.
+
+    .. math:: P = \operatorname{mean}_{b,k}\ \sigma\big(\beta_{bk} - \gamma_{bk}\big)
+
+    with :math:`(\beta, \gamma)` the contextual decomposition of the logits into the part
+    due to the masked region and the rest
+    (:func:`~xai_feedback.functional.contextual_decomposition`, the layers read in eval
+    mode). The model's chain of layers is traced once per model and input shape
+    (:func:`decomposition_chain`), so a model whose ``forward`` is a plain chain of
+    supported modules works whether or not it is an ``nn.Sequential``. See
+    :func:`~xai_feedback.functional.cdep_penalty` for what is ill-posed about the penalty.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; masks: :math:`(B, H, W)`
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+        >>> x, m = torch.rand(2, 1, 4, 4), torch.zeros(2, 4, 4)
+        >>> m[:, :2, :2] = 1
+        >>> p = CDEPPenalty()(net, x, m)
+        >>> 0 < float(p.detach()) < 1 and p.requires_grad
+        True
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chains: weakref.WeakKeyDictionary[
+            nn.Module, tuple[tuple[int, ...], list[tuple[str, nn.Module, tuple[int, ...]]]]
+        ] = weakref.WeakKeyDictionary()
+
+    def chain(
+        self, model: nn.Module, images: torch.Tensor
+    ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """The traced chain of ``model`` (cached per model and per-image input shape)."""
+        shape = tuple(int(s) for s in images.shape[1:])
+        cached = self._chains.get(model)
+        if cached is None or cached[0] != shape:
+            cached = (shape, decomposition_chain(model, images[:4].detach()))
+            self._chains[model] = cached
+        return cached[1]
+
+    def decompose(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decomposition ``(relevant, irrelevant)`` of ``model``'s logits."""
+        chain = self.chain(model, images)
+        return contextual_decomposition(
+            [module for _, module, _ in chain],
+            images,
+            masks,
+            shapes=[shape for _, _, shape in chain],
+        )
+
+    def forward(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Return the penalty of the shortcut region ``masks`` in ``model``'s logits."""
+        return cdep_penalty(*self.decompose(model, images, masks))
+
+
+__all__ += [
+    "CDEPPenalty",
+    "HINTPenalty",
+    "RBRPenalty",
+    "RRRGPenalty",
+    "decomposition_chain",
+    "default_object_masks",
+]
