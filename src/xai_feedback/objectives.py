@@ -7,7 +7,7 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,10 +21,15 @@ from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
+    CDEPPenalty,
     ConstantSchedule,
+    HINTPenalty,
     LossSchedule,
     MapPenalty,
+    RBRPenalty,
+    RRRGPenalty,
     RRRPenalty,
+    default_object_masks,
     get_penalty,
 )
 from xai_feedback.methods import get_method
@@ -455,3 +460,299 @@ def rrr_counterexample_objective(
         return ce_w * ce + pen_w * rrr(probe_logits, probes, masks), logits
 
     return objective
+
+
+# --- the XIL typology's peer methods (Friedrich et al. 2023): RRR-G, HINT, RBR, CDEP -------
+
+
+def _last_conv(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    """``layer`` resolved to a module; ``None``: the model's last ``Conv2d``.
+
+    The typology's ``util.get_last_conv_layer``: the last convolution in module order (for a
+    plain CNN, the one whose output reaches the head). :func:`~xai_feedback.layers.resolve_layer`'s
+    default is the feature map feeding a global pooling, which a head without one (the
+    typology's SimpleConvNet) does not have.
+    """
+    from xai_feedback.errors import LayerError
+    from xai_feedback.layers import resolve_layer, unwrap_model
+
+    if layer is not None:
+        return resolve_layer(model, layer).module
+    convs = [m for m in unwrap_model(model).modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise LayerError(
+            f"{type(model).__name__} has no nn.Conv2d for Grad-CAM; pass `layer=` (a module or "
+            "dotted name)."
+        )
+    return convs[-1]
+
+
+def _typology_grad_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: nn.Module,
+    target: torch.Tensor,
+    *,
+    second_order: bool,
+) -> torch.Tensor:
+    """Signed Grad-CAM of ``target`` at ``layer`` as captum's ``LayerGradCam`` in the typology.
+
+    A separate forward in eval mode (every module's flag restored); the channel weights are
+    constants (captum takes the gradient without ``create_graph``) unless ``second_order``.
+    """
+    from xai_feedback.functional.cam import grad_cam
+    from xai_feedback.hooks import ActivationHook, logits_of
+
+    with eval_mode(model), ActivationHook(model, layer, inplace="copy") as hook:
+        scores = logits_of(model(images))
+        acts = hook.activations
+        if acts.dim() != 4:
+            from xai_feedback.errors import LayerError
+
+            raise LayerError(
+                f"Grad-CAM needs a (B, C, h, w) layer output, got shape {tuple(acts.shape)}."
+            )
+        picked = scores.gather(1, target.view(-1, 1)).sum()
+        (grads,) = torch.autograd.grad(picked, acts, create_graph=second_order)
+        return grad_cam(acts, grads, relu=False)
+
+
+def rrr_g_objective(
+    schedule: LossSchedule | float = 1.0,
+    *,
+    layer: nn.Module | str | None = None,
+    reduction: str = "sum",
+    second_order: bool = False,
+) -> Objective:
+    r"""Cross-entropy plus RRR-G, the XIL typology's Grad-CAM penalty (as published).
+
+    .. math:: L = w_{ce}\operatorname{CE}(z, y) + w \sum_b \sum_{i,j}
+              \big(D(M_b)_{ij}\ \tilde m_{b}\big)^2
+
+    with :math:`m_b` the signed Grad-CAM at ``layer`` of the *predicted* class (argmax of the
+    training forward's logits), computed in a second forward in eval mode with the channel
+    weights as constants (captum's ``LayerGradCam``, ``relu_attributions=False``),
+    :math:`\tilde m` its per-image min-max normalization and :math:`D(M)` the shortcut mask
+    bilinearly resized to the map (Friedrich et al. 2023, ``RRRGradCamLoss``; Schramowski et
+    al. 2020). The authors' weight on Decoy-FMNIST is 10 (Decoy-MNIST 1); being normalized,
+    the term does not depend on the input scale.
+
+    **Ill-posed as published** (:func:`~xai_feedback.functional.rrr_g_penalty`): the min-max
+    normalization of a signed map gives each image's most *negative* cell the value 0, so a
+    shortcut used as strong negative evidence costs nothing; the penalty is blind to the
+    map's scale (it can only be lowered by making the shortcut cell the image's minimum, not
+    by making its evidence small); a constant map gives 0 and near one the gradient is of
+    order :math:`10^6`. The library's own Grad-CAM penalty is
+    ``cam_penalty_objective("mask", method="grad_cam", layer=...)``.
+
+    Args:
+        schedule: A loss schedule, or a constant penalty weight.
+        layer: The layer explained (module or dotted name); ``None``: the model's last
+            ``nn.Conv2d`` (the typology's rule).
+        reduction: ``"sum"`` over the batch (the authors') or ``"mean"``.
+        second_order: Also train through the Grad-CAM channel weights (not published).
+
+    Example:
+        >>> from xai_feedback.training import Batch
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
+        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
+        >>> loss, logits = rrr_g_objective(10.0)(net, batch)
+        >>> loss.backward()
+    """
+    sched = _as_schedule(schedule)
+    penalty = RRRGPenalty(reduction)
+    if not isinstance(second_order, bool):
+        raise DTypeError(f"`second_order` must be a bool, got {type(second_order).__name__}.")
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.masks is None:
+            raise MissingInputError("RRR-G needs `masks` in the training data, got None.")
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        logits = model(batch.images)
+        ce = F.cross_entropy(logits, batch.labels)
+        if pen_w == 0:
+            return ce_w * ce, logits
+        target = logits.detach().argmax(dim=1)
+        maps = _typology_grad_cam(
+            model, batch.images, _last_conv(model, layer), target, second_order=second_order
+        )
+        return ce_w * ce + pen_w * penalty(maps, batch.masks), logits
+
+    return objective
+
+
+ObjectRule = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""``(images, shortcut masks or None) -> (B, H, W)`` object masks (1 = object)."""
+
+
+def hint_objective(
+    schedule: LossSchedule | float = 1.0,
+    *,
+    layer: nn.Module | str | None = None,
+    object_masks: ObjectRule | None = None,
+    reduction: str = "sum",
+    second_order: bool = False,
+) -> Objective:
+    r"""Cross-entropy plus HINT as the XIL typology implements it: Grad-CAM onto the object.
+
+    .. math:: L = w_{ce}\operatorname{CE}(z, y) + w \sum_b \sum_{i,j}
+              \big(U(\tilde m_b)_{ij} - O_{bij}\big)^2
+
+    with :math:`m_b` the signed Grad-CAM at ``layer`` of the *true* class (a second forward
+    in eval mode, channel weights constant as in captum), :math:`\tilde m` its per-image
+    min-max normalization, :math:`U` nearest upsampling to the image and :math:`O` the
+    object mask (Selvaraju et al., ICCV 2019; Friedrich et al. 2023, ``HINTLoss`` with
+    ``upsample=True``). Unlike a shortcut penalty it *rewards* evidence on the object. The
+    authors' weight on Decoy-FMNIST is 1e-5 (Decoy-MNIST 100).
+
+    Ill-posed like RRR-G (:func:`~xai_feedback.functional.hint_penalty`): the normalization
+    of a signed map is blind to its scale and counts strong negative evidence as background.
+
+    Args:
+        schedule: A loss schedule, or a constant penalty weight.
+        layer: The layer explained; ``None``: the model's last ``nn.Conv2d``.
+        object_masks: ``(images, masks) -> (B, H, W)`` object masks; ``None``: the published
+            rule, pixels > 0 outside the shortcut ``batch.masks``
+            (:func:`~xai_feedback.losses.default_object_masks`).
+        reduction: ``"sum"`` over the batch (the authors') or ``"mean"``.
+        second_order: Also train through the Grad-CAM channel weights (not published).
+
+    Example:
+        >>> from xai_feedback.training import Batch
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
+        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
+        >>> loss, logits = hint_objective(1e-3)(net, batch)
+        >>> loss.backward()
+    """
+    sched = _as_schedule(schedule)
+    penalty = HINTPenalty(reduction)
+    if object_masks is not None and not callable(object_masks):
+        raise DTypeError(
+            f"`object_masks` must be a callable (images, masks) -> (B, H, W) or None, got "
+            f"{type(object_masks).__name__}."
+        )
+    rule: ObjectRule = object_masks if object_masks is not None else default_object_masks
+    if not isinstance(second_order, bool):
+        raise DTypeError(f"`second_order` must be a bool, got {type(second_order).__name__}.")
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        logits = model(batch.images)
+        ce = F.cross_entropy(logits, batch.labels)
+        if pen_w == 0:
+            return ce_w * ce, logits
+        obj = rule(batch.images, batch.masks)
+        h, w = batch.images.shape[-2:]
+        check_shape(obj, "B H W", "object_masks", B=int(batch.images.shape[0]), H=h, W=w)
+        maps = _typology_grad_cam(
+            model, batch.images, _last_conv(model, layer), batch.labels, second_order=second_order
+        )
+        return ce_w * ce + pen_w * penalty(maps, obj), logits
+
+    return objective
+
+
+def rbr_objective(schedule: LossSchedule | float = 1.0) -> Objective:
+    r"""Cross-entropy plus RBR (Shao et al. 2021) as the XIL typology implements it.
+
+    .. math:: L = w_{ce}\operatorname{CE} + w \sum_b \sum_{c,i,j} \Big(M_{bij}\,
+              \partial_{x_{bcij}}\big(\mathbf 1^\top \nabla_\theta \operatorname{CE}\big)\,
+              \partial_{x_{bcij}} \sum_k \log p_{bk}\Big)^2
+
+    (:func:`~xai_feedback.functional.rbr_penalty`; the typology's ``RBRLoss``, the identity in
+    place of the Hessian; all of the model's parameters that require grad). Third order:
+    each step differentiates a double backward. The authors' weight on Decoy-FMNIST is 1e6
+    (Decoy-MNIST 1e5) at inputs in 0..255; both gradients scale as :math:`1/s` with the input
+    scale :math:`s`, so at [0, 1] inputs the same penalty needs a weight :math:`255^{-4}`
+    times theirs.
+
+    Ill-posed as published: the sum of the parameter gradient's entries is 0 for the last
+    linear layer whatever the input (the cross-entropy's logit gradient sums to 0 over the
+    classes), so a linear classifier gets no penalty at all; and the batch-mean
+    cross-entropy makes the weight's meaning depend on the batch size (:math:`1/B^2` per
+    image).
+
+    Args:
+        schedule: A loss schedule, or a constant penalty weight.
+
+    Example:
+        >>> from xai_feedback.training import Batch
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
+        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
+        >>> loss, logits = rbr_objective(100.0)(net, batch)
+        >>> loss.backward()
+    """
+    sched = _as_schedule(schedule)
+    penalty = RBRPenalty()
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.masks is None:
+            raise MissingInputError("RBR needs `masks` in the training data, got None.")
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        images = batch.images.detach().requires_grad_(pen_w != 0)
+        logits = model(images)
+        ce = F.cross_entropy(logits, batch.labels)
+        if pen_w == 0:
+            return ce_w * ce, logits
+        value = penalty(logits, batch.labels, images, batch.masks, list(model.parameters()))
+        return ce_w * ce + pen_w * value, logits
+
+    return objective
+
+
+def cdep_objective(schedule: LossSchedule | float = 1.0) -> Objective:
+    r"""Cross-entropy plus CDEP (Rieger et al., ICML 2020): the shortcut's part of the logits.
+
+    .. math:: L = w_{ce}\operatorname{CE}(z, y) + w\ \operatorname{mean}_{b,k}\
+              \sigma\big(\beta_{bk} - \gamma_{bk}\big)
+
+    with :math:`(\beta, \gamma)` the contextual decomposition of the logits into the part
+    due to the shortcut region ``batch.masks`` and the rest
+    (:class:`~xai_feedback.losses.CDEPPenalty`: the layers read in eval mode, as in the
+    authors' code). The model's forward must be a plain chain of ``Conv2d``, ``Linear``,
+    ``ReLU``, ``MaxPool2d``, ``AvgPool2d`` / ``AdaptiveAvgPool2d``, ``Flatten``, ``Dropout``
+    and ``BatchNorm2d`` (with running statistics); anything else raises
+    :class:`~xai_feedback.errors.LayerError` naming it. The authors' weight on
+    Decoy-FMNIST is 2e6 (Decoy-MNIST 1e6).
+
+    Ill-posed as a measure of influence (:func:`~xai_feedback.functional.cdep_penalty`): a
+    shortcut part that is very *negative* (evidence against the other classes) costs nearly
+    nothing.
+
+    Args:
+        schedule: A loss schedule, or a constant penalty weight.
+
+    Example:
+        >>> from xai_feedback.training import Batch
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        ...                     nn.Linear(36, 3))
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
+        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
+        >>> loss, logits = cdep_objective(10.0)(net, batch)
+        >>> loss.backward()
+    """
+    sched = _as_schedule(schedule)
+    penalty = CDEPPenalty()
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.masks is None:
+            raise MissingInputError("CDEP needs `masks` in the training data, got None.")
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        logits = model(batch.images)
+        ce = F.cross_entropy(logits, batch.labels)
+        if pen_w == 0:
+            return ce_w * ce, logits
+        return ce_w * ce + pen_w * penalty(model, batch.images, batch.masks), logits
+
+    return objective
+
+
+__all__ += [
+    "cdep_objective",
+    "hint_objective",
+    "rbr_objective",
+    "rrr_g_objective",
+]
