@@ -604,3 +604,29 @@ class _Softmaxed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x).softmax(1)
+
+
+def test_every_peer_objective_trains_the_typology_net() -> None:
+    """The interface the benchmark calls: each objective, its weight, one Adam step."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    x[x < 0.5] = 0
+    masks = torch.zeros(4, 28, 28, dtype=torch.bool)
+    masks[:, :4, 24:] = True
+    x[:, :, :4, 24:] = 0.6
+    batch = Batch(x, torch.tensor([0, 3, 5, 9]), masks, 0, 0, 1)
+    objectives = [
+        rrr_g_objective(10.0),
+        hint_objective(1e-5),
+        rbr_objective(1e6),
+        cdep_objective(2e6),
+    ]
+    for objective in objectives:
+        net = SimpleConvNet()
+        before = [p.detach().clone() for p in net.parameters()]
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        loss, logits = objective(net, batch)
+        assert logits.shape == (4, 10) and torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
