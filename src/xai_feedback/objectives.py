@@ -664,9 +664,10 @@ def rbr_objective(schedule: LossSchedule | float = 1.0) -> Objective:
     (:func:`~xai_feedback.functional.rbr_penalty`; the typology's ``RBRLoss``, the identity in
     place of the Hessian; all of the model's parameters that require grad). Third order:
     each step differentiates a double backward. The authors' weight on Decoy-FMNIST is 1e6
-    (Decoy-MNIST 1e5) at inputs in 0..255; both gradients scale as :math:`1/s` with the input
-    scale :math:`s`, so at [0, 1] inputs the same penalty needs a weight :math:`255^{-4}`
-    times theirs.
+    (Decoy-MNIST 1e5) at inputs in 0..255. Both factors are gradients per unit of input, so
+    for the same function of 0..255 images fed as [0, 1] images each is about 255 times
+    larger and the weight comparable to theirs is of the order of :math:`255^{-4}` times it
+    (not exactly: the influence factor also depends on how the first layer is parametrized).
 
     Ill-posed as published: the sum of the parameter gradient's entries is 0 for the last
     linear layer whatever the input (the cross-entropy's logit gradient sums to 0 over the
