@@ -630,3 +630,17 @@ def test_every_peer_objective_trains_the_typology_net() -> None:
         loss.backward()
         opt.step()
         assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_masks_out_of_range_are_refused() -> None:
+    """A 0/255 mask read from an 8-bit image is a RangeError, not a silently wrong loss."""
+    x = torch.rand(2, 1, 4, 4)
+    bad = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    bad[:, :2, :2] = 255
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(RangeError, match="masks"):
+        CDEPPenalty()(net, x, bad)
+    with pytest.raises(RangeError, match="masks"):
+        default_object_masks(x, bad)
+    with pytest.raises(RangeError, match="masks"):
+        rrr_g_penalty(torch.rand(2, 2, 2), bad.float())

@@ -596,6 +596,7 @@ def default_object_masks(
             "shortcut out (or pass your own `object_masks` rule), got None."
         )
     check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_masks(masks, "masks", sync=False)
     check_number(threshold, "threshold")
     return (images > threshold).any(dim=1) & ~(masks > 0)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_floating, check_shape
+from xai_feedback._checks import check_floating, check_masks, check_shape
 from xai_feedback.errors import DTypeError, LayerError, ShapeError
 
 __all__ = [
@@ -231,6 +231,7 @@ def contextual_decomposition(
     """
     dims = check_shape(images, "B C H W", "images")
     check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_masks(masks, "masks", sync=False)
     check_floating(images, "images")
     if shapes is not None and len(shapes) != len(layers):
         raise ShapeError(
