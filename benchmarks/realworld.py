@@ -27,21 +27,26 @@ CAM at 64 px) trained from scratch on the same data.
 Arms: ``vanilla`` (cross-entropy); ``center`` (``cam_penalty_objective`` with
 ``CenterPenalty``: no annotations); ``periphery`` (annotation-free counterexamples: the center
 prior's periphery swapped with another image's and set to a constant, as the battery's arm);
-``mask`` (``MaskPenalty`` on the annotated shortcut); ``counterexamples`` (annotated region set
-to a random constant); ``oracle`` (cross-entropy on data whose shortcut level is random, as
-the battery of ``benchmarks/_arms.py`` defines it).
+``mask`` (``MaskPenalty`` on the annotated shortcut); ``rrr`` (Ross et al.'s input-gradient
+penalty on the annotated shortcut, ``rrr_objective``); ``contribution`` (the contribution
+penalty, ``contribution_penalty_objective``: HiResCAM of the summed log-probabilities at the
+CAM layer, on the annotated shortcut); ``counterexamples`` (annotated region set to a random
+constant); ``oracle`` (cross-entropy on data whose shortcut level is random, as the battery of
+``benchmarks/_arms.py`` defines it).
 
 Hyper-parameters: ``--select`` trains on the ``frame`` family and scores on a validation split
 (other training images, shortcut random), seed 0: first the learning rate and whether
 MobileNetV2's BatchNorm layers keep the ImageNet statistics (``freeze_batchnorm``) or use the
 batch's (the oracle arm: how well the recipe learns the task itself), then the penalty
-weights (confound validation accuracy). Its choice is the :data:`SELECTED` table below; the
-test runs never choose anything.
+weights (confound validation accuracy); ``--select --arms rrr,contribution`` (no ``oracle``)
+grids those arms' weights alone at the selected learning rate and BatchNorm mode. Its choice
+is the :data:`SELECTED` table below; the test runs never choose anything.
 
 Also measured (``--step``, in the same run): time (median of rounds, candidates interleaved)
 and peak memory (a subprocess per candidate, as ``bench models`` does) of one fine-tuning
-step of MobileNetV2 with the center and mask penalties vs vanilla, batch 64. The CAMs before
-and after fine-tuning with the penalty are drawn to ``docs/_static/realworld_cams.png``.
+step of MobileNetV2 with the center, mask, RRR and contribution penalties vs vanilla, batch
+64. The CAMs before and after fine-tuning with the penalty are drawn to
+``docs/_static/realworld_cams.png``.
 
 Runs are kept in ``OUT`` (resumable); ``--dask`` runs the grid on
 :func:`xai_feedback.evaluation.dask.dask_executor` (``--workers`` processes).
@@ -76,8 +81,10 @@ from xai_feedback.models import freeze_batchnorm, load_weights, replace_head
 from xai_feedback.models.resnet import SmallResNet
 from xai_feedback.objectives import (
     cam_penalty_objective,
+    contribution_penalty_objective,
     counterexample_objective,
     periphery_objective,
+    rrr_objective,
 )
 from xai_feedback.training import Batch, Objective, accuracy, cross_entropy_objective, fit
 
@@ -95,9 +102,23 @@ __all__ = [
 
 FAMILIES = ("swatch", "frame", "background", "watermark")
 MODELS = ("mobilenet_v2", "resnet")
-ARMS = ("vanilla", "center", "periphery", "mask", "counterexamples", "oracle")
-ANNOTATED = ("mask", "counterexamples")
+ARMS = (
+    "vanilla",
+    "center",
+    "periphery",
+    "mask",
+    "rrr",
+    "contribution",
+    "counterexamples",
+    "oracle",
+)
+ANNOTATED = ("mask", "rrr", "contribution", "counterexamples")
 FREE = ("center", "periphery")
+WEIGHTED = ("center", "mask", "rrr", "contribution")
+"""The arms with a penalty weight, chosen by ``--select``."""
+_ADDED = ("rrr", "contribution")
+"""Arms added after the first grid: their weight enters their own runs' settings only, so the
+earlier arms' stored runs keep their keys."""
 SELECT_FAMILY = "frame"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -106,8 +127,22 @@ FIGURE = Path("docs/_static/realworld_cams.png")
 
 # Fixed by ``--select`` (frame family, validation split, seed 0; see the module docstring).
 SELECTED: dict[str, dict[str, Any]] = {
-    "mobilenet_v2": {"lr": 1e-3, "bn": "train", "center": 3.0, "mask": 10.0},
-    "resnet": {"lr": 3e-3, "bn": "train", "center": 10.0, "mask": 10.0},
+    "mobilenet_v2": {
+        "lr": 1e-3,
+        "bn": "train",
+        "center": 3.0,
+        "mask": 10.0,
+        "rrr": 10.0,
+        "contribution": 10.0,
+    },
+    "resnet": {
+        "lr": 3e-3,
+        "bn": "train",
+        "center": 10.0,
+        "mask": 10.0,
+        "rrr": 10.0,
+        "contribution": 10.0,
+    },
 }
 EPOCHS = {"mobilenet_v2": 3, "resnet": 8}
 SELECT_GRID: dict[str, dict[str, Sequence[Any]]] = {
@@ -116,8 +151,17 @@ SELECT_GRID: dict[str, dict[str, Sequence[Any]]] = {
         "bn": ("frozen", "train"),
         "center": (1.0, 3.0, 10.0),
         "mask": (1.0, 10.0),
+        "rrr": (1.0, 10.0, 100.0),
+        "contribution": (1.0, 10.0, 100.0),
     },
-    "resnet": {"lr": (3e-3,), "bn": ("train",), "center": (3.0, 10.0), "mask": (3.0, 10.0)},
+    "resnet": {
+        "lr": (3e-3,),
+        "bn": ("train",),
+        "center": (3.0, 10.0),
+        "mask": (3.0, 10.0),
+        "rrr": (1.0, 10.0, 100.0),
+        "contribution": (1.0, 10.0, 100.0),
+    },
 }
 
 
@@ -224,14 +268,18 @@ def build_model(arch: str, seed: int, bn: str = "frozen") -> nn.Module:
     return model
 
 
-def make_objective(arm: str, seed: int, *, size: int, center: float, mask: float) -> Objective:
-    """The objective of ``arm`` (weights ``center``, ``mask``; draws seeded from ``seed``)."""
+def make_objective(arm: str, seed: int, weights: dict[str, Any]) -> Objective:
+    """The objective of ``arm`` (its weight ``weights[arm]``; draws seeded from ``seed``)."""
     if arm in ("vanilla", "oracle"):
         return cross_entropy_objective
     if arm == "center":
-        return cam_penalty_objective(CenterPenalty(), center)
+        return cam_penalty_objective(CenterPenalty(), weights["center"])
     if arm == "mask":
-        return cam_penalty_objective(MaskPenalty(), mask)
+        return cam_penalty_objective(MaskPenalty(), weights["mask"])
+    if arm == "rrr":
+        return rrr_objective(None, weights["rrr"])
+    if arm == "contribution":
+        return contribution_penalty_objective(None, weights["contribution"])
     if arm == "counterexamples":
         g = torch.Generator().manual_seed(10_000 + seed)
         return counterexample_objective(Counterexamples(generator=g))
@@ -246,9 +294,7 @@ def train(
     """Train one model; returns it and the training seconds."""
     torch.manual_seed(seed)
     model = build_model(arch, seed, settings.get("bn", "frozen"))
-    objective = make_objective(
-        arm, seed, size=settings["size"], center=settings["center"], mask=settings["mask"]
-    )
+    objective = make_objective(arm, seed, settings)
     start = time.perf_counter()
     fit(
         model,
@@ -295,7 +341,7 @@ def run_one(
 # ----- the grid -------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace, arch: str, **over: Any) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, arch: str, arm: str, **over: Any) -> dict[str, Any]:
     sel = SELECTED[arch]
     s: dict[str, Any] = {
         "size": args.size,
@@ -308,6 +354,8 @@ def _settings(args: argparse.Namespace, arch: str, **over: Any) -> dict[str, Any
         "mask": sel["mask"],
         "threads": args.threads,
     }
+    if arm in _ADDED:
+        s[arm] = sel[arm]
     s.update(over)
     return s
 
@@ -361,13 +409,17 @@ def select(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The validation grid on ``SELECT_FAMILY``, seed 0: learning rate, then penalty weights."""
     store = common.settings_store(args.out / "select")
     chosen: dict[str, dict[str, Any]] = {}
+    weighted = [a for a in WEIGHTED if a in args.arms]
     for arch in args.models:
         grid = SELECT_GRID[arch]
         n_val = args.test
+        if "oracle" not in args.arms:  # the weights only, at the selected lr and BatchNorm
+            chosen[arch] = _select_weights(args, store, arch, weighted, **SELECTED[arch])
+            continue
         tasks = []
         for lr in grid["lr"]:
             for bn in grid["bn"]:
-                s = _settings(args, arch, lr=lr, bn=bn, val=n_val)
+                s = _settings(args, arch, "oracle", lr=lr, bn=bn, val=n_val)
                 parts = (arch, "oracle", f"lr{lr:g}-bn{bn}")
                 tasks.append((parts, (arch, SELECT_FAMILY, "oracle", 0), s))
         recs = _run_grid(args, store, tasks)
@@ -379,32 +431,43 @@ def select(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         print(common.markdown_table(["lr", "BatchNorm", "confound val"], rows))
         best = max(zip(tasks, recs, strict=True), key=lambda t: t[1]["confound_val_accuracy"])[0]
         lr, bn = best[2]["lr"], best[2]["bn"]
-        tasks = []
-        for arm in ("center", "mask"):
-            for w in grid[arm]:
-                s = _settings(args, arch, lr=lr, bn=bn, val=n_val, **{arm: w})
-                parts = (arch, arm, f"lr{lr:g}-bn{bn}-w{w:g}")
-                tasks.append((parts, (arch, SELECT_FAMILY, arm, 0), s))
-        recs = _run_grid(args, store, tasks)
-        chosen[arch] = {"lr": lr, "bn": bn}
         print(f"\n{arch}: lr {lr:g}, BatchNorm {bn} (validation accuracy of the oracle)")
-        rows = []
-        for arm in ("center", "mask"):
-            scored = [(t[2][arm], r) for t, r in zip(tasks, recs, strict=True) if t[1][2] == arm]
-            best = max(scored, key=lambda t: t[1]["confound_val_accuracy"])
-            chosen[arch][arm] = best[0]
-            rows += [
-                [
-                    arm,
-                    f"{w:g}",
-                    f"{r['confound_val_accuracy']:.3f}",
-                    f"{r['clean_val_accuracy']:.3f}",
-                ]
-                for w, r in scored
-            ]
-        print(common.markdown_table(["arm", "weight", "confound val", "clean val"], rows))
+        chosen[arch] = _select_weights(args, store, arch, weighted, lr=lr, bn=bn)
     print("\nselected:", json.dumps(chosen))
     common.write_json_atomic(args.out / "selected.json", chosen)
+    return chosen
+
+
+def _select_weights(
+    args: argparse.Namespace,
+    store: common.RunStore,
+    arch: str,
+    arms: Sequence[str],
+    *,
+    lr: float,
+    bn: str,
+    **_: Any,
+) -> dict[str, Any]:
+    """Each arm's weight by its confound-validation accuracy on ``SELECT_FAMILY``, seed 0."""
+    tasks = []
+    for arm in arms:
+        for w in SELECT_GRID[arch][arm]:
+            s = _settings(args, arch, arm, lr=lr, bn=bn, val=args.test, **{arm: w})
+            parts = (arch, arm, f"lr{lr:g}-bn{bn}-w{w:g}")
+            tasks.append((parts, (arch, SELECT_FAMILY, arm, 0), s))
+    recs = _run_grid(args, store, tasks)
+    chosen: dict[str, Any] = {"lr": lr, "bn": bn}
+    rows = []
+    for arm in arms:
+        scored = [(t[2][arm], r) for t, r in zip(tasks, recs, strict=True) if t[1][2] == arm]
+        if not scored:  # --report with nothing stored yet
+            continue
+        chosen[arm] = max(scored, key=lambda t: t[1]["confound_val_accuracy"])[0]
+        rows += [
+            [arm, f"{w:g}", f"{r['confound_val_accuracy']:.3f}", f"{r['clean_val_accuracy']:.3f}"]
+            for w, r in scored
+        ]
+    print(common.markdown_table(["arm", "weight", "confound val", "clean val"], rows))
     return chosen
 
 
@@ -413,9 +476,7 @@ def select(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _step_runner(arm: str, size: int, batch: int) -> Callable[[], None]:
     model = build_model("mobilenet_v2", 0, SELECTED["mobilenet_v2"]["bn"])
-    objective = make_objective(
-        arm, 0, size=size, center=SELECTED["mobilenet_v2"]["center"], mask=1.0
-    )
+    objective = make_objective(arm, 0, {**SELECTED["mobilenet_v2"], "mask": 1.0})
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, size, size, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
@@ -444,7 +505,7 @@ def _peak_mib(arm: str, size: int, batch: int) -> float:
 
 def measure_step(args: argparse.Namespace) -> dict[str, Any]:
     """Time and peak memory of one MobileNetV2 step per arm, in this run (vanilla = 1)."""
-    arms = ("vanilla", "center", "mask")
+    arms = ("vanilla", "center", "mask", "rrr", "contribution")
     runners = {a: _step_runner(a, args.size, args.batch) for a in arms}
     for run in runners.values():
         run()
@@ -656,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in range(args.seed_from, args.seeds):
                 for arch in args.models:
                     for arm in args.arms:
-                        s = _settings(args, arch)
+                        s = _settings(args, arch, arm)
                         if seed == 0 and arm in ("vanilla", "center"):
                             s["save"] = str(args.out / "models")
                         tasks.append(((arch, family, arm, str(seed)), (arch, family, arm, seed), s))
