@@ -14,6 +14,12 @@ from xai_feedback.functional.cam import (
     normalize_maps,
     resize_maps,
 )
+from xai_feedback.functional.contributions import (
+    contribution_maps,
+    contribution_penalty,
+    log_probability_sum,
+    receptive_field,
+)
 from xai_feedback.functional.imputation import (
     blur_images,
     linear_imputation,
@@ -69,6 +75,8 @@ __all__ = [
     "center_penalty",
     "center_weight",
     "chefer_relevance",
+    "contribution_maps",
+    "contribution_penalty",
     "fill_values",
     "fixed_span_smooth",
     "grad_cam",
@@ -76,6 +84,7 @@ __all__ = [
     "hires_cam",
     "input_gradient_penalty",
     "linear_imputation",
+    "log_probability_sum",
     "mask_penalty",
     "masks_to_maps",
     "noisy_linear_imputation",
@@ -83,6 +92,7 @@ __all__ = [
     "normalized_grid",
     "periphery_mask",
     "rank_mask",
+    "receptive_field",
     "relevance_matrix",
     "remove_pixels",
     "resize_maps",
