@@ -488,15 +488,17 @@ def contribution_penalty_objective(
     (:func:`~xai_feedback.functional.contributions.contribution_penalty`). It is the
     layer-level counterpart of RRR: for a head linear in the layer the map's cells are the
     exact first-order contributions to every class's log-probability, where the Grad-CAM
-    penalty of :func:`cam_penalty_objective` sees one class through channel weights averaged
-    over the map, which a flatten + linear head lets a shortcut dodge (measured on
-    Decoy-FMNIST: ``xai-feedback bench xil``). One gradient from the logits to the layer
-    (through the head only) instead of RRR's double backward through the whole network.
+    penalty of :func:`cam_penalty_objective` sees each class through channel weights averaged
+    over the map, which a flatten + linear head lets a shortcut dodge (see
+    :mod:`xai_feedback.functional.contributions` for the measurements). One gradient from the
+    logits to the layer (through the head only) instead of RRR's double backward through the
+    whole network.
 
     The default ``field`` is measured from the model (the receptive field of the layer's
     center cell, probed once per model on random images in eval mode), and the default weight
-    :data:`CONTRIBUTION_WEIGHT` was chosen on a validation split of Decoy-FMNIST; neither
-    depends on the shortcut's kind.
+    :data:`CONTRIBUTION_WEIGHT` was chosen on a validation split of Decoy-FMNIST (10 over 100:
+    decoy accuracy 0.865 against 0.859); neither reads the shortcut's location or kind, but
+    the weight has been checked on that one shortcut only.
 
     Args:
         penalty: ``None`` (default): the receptive-field-weighted squared contributions above.
