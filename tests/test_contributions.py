@@ -193,16 +193,18 @@ def test_objective_default_field_is_measured_and_mask_free_batches_cost_nothing(
     batch = _batch(torch.float64)
     ce = F.cross_entropy(model(batch.images), batch.labels).detach()
 
-    def penalty(**options: int) -> float:
+    def penalty(**options: int | None) -> float:
         objective = contribution_penalty_objective(None, 1.0, layer="features.4", **options)
         return float(objective(model, batch)[0].detach() - ce)
 
-    measured, given, off = penalty(), penalty(field=14), penalty(field=1)
+    measured, given, area = penalty(field=None), penalty(field=14), penalty(field=1)
     assert measured == given  # the probe finds SimpleConvNet's field: 5 + 1 + 4 * 2
-    assert measured > 0 and off > 0
-    assert not math.isclose(measured, off, rel_tol=1e-3)
+    assert penalty() == area  # the default: the mask downsampled by area
+    assert measured > 0 and area > 0
+    assert not math.isclose(measured, area, rel_tol=1e-3)
     empty = Batch(batch.images, batch.labels, torch.zeros_like(batch.masks), 0, 0, 1)
-    loss, logits = contribution_penalty_objective(None, 3.0, layer="features.4")(model, empty)
+    objective = contribution_penalty_objective(None, 3.0, layer="features.4", field=None)
+    loss, logits = objective(model, empty)
     torch.testing.assert_close(loss, F.cross_entropy(logits, batch.labels))
 
 

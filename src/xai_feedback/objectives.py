@@ -474,7 +474,7 @@ def contribution_penalty_objective(
     *,
     layer: nn.Module | str | None = None,
     outputs: str = "log_probabilities",
-    field: int | None = None,
+    field: int | None = 1,
 ) -> Objective:
     r"""Cross-entropy plus a penalty on the annotated region's contributions at a layer.
 
@@ -484,7 +484,7 @@ def contribution_penalty_objective(
 
     The map is HiResCAM (gradient times activation, Draelos & Carin 2020) of RRR's score, the
     summed log-probabilities (Ross et al. 2017), at ``layer``; ``R`` is the share of each
-    cell's receptive field inside ``batch.masks``
+    cell (or of its receptive field, ``field``) inside ``batch.masks``
     (:func:`~xai_feedback.functional.contributions.contribution_penalty`). It is the
     layer-level counterpart of RRR: for a head linear in the layer the map's cells are the
     exact first-order contributions to every class's log-probability, where the Grad-CAM
@@ -494,14 +494,17 @@ def contribution_penalty_objective(
     logits to the layer (through the head only) instead of RRR's double backward through the
     whole network.
 
-    The default ``field`` is measured from the model (the receptive field of the layer's
-    center cell, probed once per model on random images in eval mode), and the default weight
+    With ``field=None`` the cover is measured from the model (the receptive field of the
+    layer's center cell, probed once per model on random images in eval mode); the default
+    ``field=1`` weights each cell by the share of its own area that is annotated, which
+    measured better on Decoy-FMNIST at the same weight (validation decoy accuracy 0.870
+    against 0.865 with the receptive field), and the default weight
     :data:`CONTRIBUTION_WEIGHT` was chosen on a validation split of Decoy-FMNIST (10 over 100:
     decoy accuracy 0.865 against 0.859); neither reads the shortcut's location or kind, but
     the weight has been checked on that one shortcut only.
 
     Args:
-        penalty: ``None`` (default): the receptive-field-weighted squared contributions above.
+        penalty: ``None`` (default): the cover-weighted squared contributions above.
             Else a map penalty (:class:`~xai_feedback.losses.MapPenalty` or a registered
             name, e.g. ``"center"`` for an annotation-free prior), called
             ``penalty(maps, target=labels, masks=batch.masks)`` on the ``(B, h, w)`` maps.
@@ -511,7 +514,8 @@ def contribution_penalty_objective(
             it, e.g. the last convolution).
         outputs: ``"log_probabilities"`` (:math:`\sum_k \log p_k`, default) or ``"labels"``
             (the labels' logit only: measured weaker, kept for comparison).
-        field: Receptive field side in input pixels (``None``: measured from the model).
+        field: Window side in input pixels of the cover ``R`` (1: the mask downsampled by
+            area; ``None``: the layer's receptive field, measured from the model).
 
     Shape:
         - batch.images: :math:`(B, C, H, W)`; batch.masks: :math:`(B, H, W)`

@@ -14,14 +14,15 @@ a SimpleConvNet, the penalty at its last convolution, an 8 x 8 map):
   Grad-CAM mask penalty cut its own value 690-fold while the decoy's effect fell only 10-fold.
 - **One class is not the model.** The decoy moved the other nine logits three times as much
   as the label's (L2 norms); RRR differentiates :math:`\sum_k \log p_k`, which sees every class.
-- **Area-downsampled masks underweight the cells that see the shortcut.** The decoy's change
-  of the activations sat entirely in the four cells its patch reaches, but the area weights
-  were 1, 1/4, 1/4 and 1/16 while the last three cells carried half the change;
-  :func:`~xai_feedback.functional.penalties.receptive_field_cover` weights each cell by how
-  much of what it sees is annotated.
+- **Not the resolution.** The decoy's change of the activations sat entirely in the four
+  cells its patch reaches, which the mask downsampled by area marks (weights 1, 1/4, 1/4,
+  1/16); weighting cells by their receptive field's cover
+  (:func:`~xai_feedback.functional.penalties.receptive_field_cover`, ``field`` here) measured
+  no better.
 
 :func:`contribution_maps` of :func:`log_probability_sum` answers the first two (one gradient
-from the logits to the layer, through the head only), :func:`contribution_penalty` the third.
+from the logits to the layer, through the head only); :func:`contribution_penalty` squares
+them inside the annotation.
 """
 
 from __future__ import annotations
