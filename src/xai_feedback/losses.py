@@ -55,15 +55,21 @@ from xai_feedback.functional.penalties import (
 
 __all__ = [
     "PENALTIES",
+    "CDEPPenalty",
     "CenterPenalty",
     "ConstantSchedule",
+    "HINTPenalty",
     "LossSchedule",
     "MapPenalty",
     "MaskPenalty",
     "PhaseSchedule",
+    "RBRPenalty",
+    "RRRGPenalty",
     "RRRPenalty",
     "RampSchedule",
     "RobustViTPenalty",
+    "decomposition_chain",
+    "default_object_masks",
     "get_penalty",
     "penalty_names",
     "register_penalty",
@@ -856,13 +862,3 @@ class CDEPPenalty(nn.Module):
     def forward(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Return the penalty of the shortcut region ``masks`` in ``model``'s logits."""
         return cdep_penalty(*self.decompose(model, images, masks))
-
-
-__all__ += [
-    "CDEPPenalty",
-    "HINTPenalty",
-    "RBRPenalty",
-    "RRRGPenalty",
-    "decomposition_chain",
-    "default_object_masks",
-]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_shape
+from xai_feedback._checks import check_choice, check_int, check_shape
 from xai_feedback._modes import eval_mode, math_attention, per_example_batchnorm
 from xai_feedback.counterexamples import Counterexamples, counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
@@ -36,12 +36,18 @@ from xai_feedback.methods import get_method
 from xai_feedback.training import Batch, Objective
 
 __all__ = [
+    "CONTRIBUTION_WEIGHT",
     "cam_penalty_objective",
+    "cdep_objective",
+    "contribution_penalty_objective",
     "counterexample_objective",
+    "hint_objective",
     "per_example_batchnorm",
     "periphery_objective",
+    "rbr_objective",
     "relevance_penalty_objective",
     "rrr_counterexample_objective",
+    "rrr_g_objective",
     "rrr_objective",
 ]
 
@@ -751,9 +757,136 @@ def cdep_objective(schedule: LossSchedule | float = 1.0) -> Objective:
     return objective
 
 
-__all__ += [
-    "cdep_objective",
-    "hint_objective",
-    "rbr_objective",
-    "rrr_g_objective",
-]
+CONTRIBUTION_WEIGHT = 100.0
+"""Default weight of :func:`contribution_penalty_objective` (see its docstring for how it was
+chosen)."""
+
+
+def _layer_field(model: nn.Module, layer: nn.Module | str | None, images: torch.Tensor) -> int:
+    """The receptive field side of ``layer``'s center cell, probed in eval mode (no_grad-free).
+
+    Eight probe images uniform in the batch's range: enough for max-pooling and ReLUs to show
+    every pixel a cell can see (:func:`~xai_feedback.functional.contributions.receptive_field`).
+    """
+    from xai_feedback.functional.contributions import receptive_field
+
+    gen = torch.Generator(device=images.device).manual_seed(0)
+    lo, hi = images.detach().amin(), images.detach().amax()
+    shape = (8, *images.shape[1:])
+    noise = torch.rand(shape, generator=gen, device=images.device, dtype=images.dtype)
+    probe = lo + (hi - lo) * noise
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with CAMHook(model, layer) as hook:
+            model(x)
+            return hook._grid(int(x.shape[0]))[1]
+
+    with eval_mode(model):
+        return receptive_field(features, probe)
+
+
+def contribution_penalty_objective(
+    penalty: MapPenalty | str | None = None,
+    schedule: LossSchedule | float = CONTRIBUTION_WEIGHT,
+    *,
+    layer: nn.Module | str | None = None,
+    outputs: str = "log_probabilities",
+    field: int | None = 1,
+) -> Objective:
+    r"""Cross-entropy plus a penalty on the annotated region's contributions at a layer.
+
+    .. math:: L = \operatorname{CE}(z, y) + \lambda\, \frac{1}{B} \sum_b \sum_{ij}
+              \Big(R_{bij} \sum_c A_{bcij} \frac{\partial}{\partial A_{bcij}}
+              \sum_k \log p_{bk}\Big)^2
+
+    The map is HiResCAM (gradient times activation, Draelos & Carin 2020) of RRR's score, the
+    summed log-probabilities (Ross et al. 2017), at ``layer``; ``R`` is the share of each
+    cell (or of its receptive field, ``field``) inside ``batch.masks``
+    (:func:`~xai_feedback.functional.contributions.contribution_penalty`). It is the
+    layer-level counterpart of RRR: for a head linear in the layer the map's cells are the
+    exact first-order contributions to every class's log-probability, where the Grad-CAM
+    penalty of :func:`cam_penalty_objective` sees each class through channel weights averaged
+    over the map, which a flatten + linear head lets a shortcut dodge (see
+    :mod:`xai_feedback.functional.contributions` for the measurements). One gradient from the
+    logits to the layer (through the head only) instead of RRR's double backward through the
+    whole network.
+
+    With ``field=None`` the cover is measured from the model (the receptive field of the
+    layer's center cell, probed once per model on random images in eval mode); the default
+    ``field=1`` weights each cell by the share of its own area that is annotated, which
+    measured at least as well on Decoy-FMNIST (SimpleConvNet at ``last_conv``, 50k images x 4
+    epochs, seed 0; validation decoy accuracy 0.870 against 0.865 at weight 10). The default
+    weight :data:`CONTRIBUTION_WEIGHT` is the best of 1, 10, 100 on that validation split
+    (0.868, 0.870, 0.872: flat over two decades); neither default reads the shortcut's location
+    or kind, but both have been checked on that one shortcut only.
+
+    Args:
+        penalty: ``None`` (default): the cover-weighted squared contributions above.
+            Else a map penalty (:class:`~xai_feedback.losses.MapPenalty` or a registered
+            name, e.g. ``"center"`` for an annotation-free prior), called
+            ``penalty(maps, target=labels, masks=batch.masks)`` on the ``(B, h, w)`` maps.
+        schedule: A loss schedule, or a constant penalty weight.
+        layer: Layer whose contributions are penalized (default: the feature map feeding the
+            global pooling, :func:`xai_feedback.layers.resolve_layer`; for a flatten head name
+            it, e.g. the last convolution).
+        outputs: ``"log_probabilities"`` (:math:`\sum_k \log p_k`, default) or ``"labels"``
+            (the labels' logit only: dodged on Decoy-FMNIST, decoy test 0.80 against 0.87;
+            kept for comparison).
+        field: Window side in input pixels of the cover ``R`` (1: the mask downsampled by
+            area; ``None``: the layer's receptive field, measured from the model).
+
+    Shape:
+        - batch.images: :math:`(B, C, H, W)`; batch.masks: :math:`(B, H, W)`
+
+    Example:
+        >>> from xai_feedback.data import confounded_digits
+        >>> from xai_feedback.models import GAPNet
+        >>> from xai_feedback.training import fit
+        >>> data = confounded_digits("train").subset(torch.arange(64))
+        >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=contribution_penalty_objective())
+    """
+    from xai_feedback.functional.contributions import (
+        contribution_maps,
+        contribution_penalty,
+        log_probability_sum,
+    )
+
+    if isinstance(penalty, str):
+        penalty = get_penalty(penalty)
+    _check_penalty(penalty, MapPenalty)
+    sched = _as_schedule(schedule)
+    outputs = check_choice(outputs, "outputs", ("log_probabilities", "labels"))
+    if field is not None:
+        check_int(field, "field", minimum=1)
+    fields: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if penalty is None and batch.masks is None:
+            raise MissingInputError(
+                "the contribution penalty needs `masks` in the training data (or a `penalty` "
+                "that uses none, e.g. 'center'), got None."
+            )
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        if penalty is None and field is None and model not in fields:
+            fields[model] = _layer_field(model, layer, batch.images)
+        with CAMHook(model, layer) as hook:
+            logits = model(batch.images)
+            ce = F.cross_entropy(logits, batch.labels)
+            if pen_w == 0:
+                return ce_w * ce, logits
+            acts = hook._grid(int(logits.shape[0]))[1]
+        if outputs == "labels":
+            scores = logits.gather(1, batch.labels[:, None]).squeeze(1)
+        else:
+            scores = log_probability_sum(logits)
+        maps = contribution_maps(scores, acts)
+        if penalty is not None:
+            value = penalty(maps, target=batch.labels, masks=batch.masks)
+        else:
+            assert batch.masks is not None
+            value = contribution_penalty(
+                maps, batch.masks, field if field is not None else fields[model]
+            )
+        return ce_w * ce + pen_w * value, logits
+
+    return objective

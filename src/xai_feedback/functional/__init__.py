@@ -14,6 +14,12 @@ from xai_feedback.functional.cam import (
     normalize_maps,
     resize_maps,
 )
+from xai_feedback.functional.contributions import (
+    contribution_maps,
+    contribution_penalty,
+    log_probability_sum,
+    receptive_field,
+)
 from xai_feedback.functional.decomposition import (
     DECOMPOSABLE,
     cdep_penalty,
@@ -85,6 +91,8 @@ __all__ = [
     "center_weight",
     "chefer_relevance",
     "contextual_decomposition",
+    "contribution_maps",
+    "contribution_penalty",
     "decompose_module",
     "fill_values",
     "fixed_span_smooth",
@@ -94,6 +102,7 @@ __all__ = [
     "hires_cam",
     "input_gradient_penalty",
     "linear_imputation",
+    "log_probability_sum",
     "mask_penalty",
     "masks_to_maps",
     "minmax_normalize",
@@ -103,6 +112,7 @@ __all__ = [
     "periphery_mask",
     "rank_mask",
     "rbr_penalty",
+    "receptive_field",
     "relevance_matrix",
     "remove_pixels",
     "resize_maps",

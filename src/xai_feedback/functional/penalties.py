@@ -13,18 +13,23 @@ from xai_feedback.errors import MissingInputError, RangeError, ShapeError
 __all__ = [
     "ROBUSTVIT_BACKGROUND",
     "ROBUSTVIT_FOREGROUND",
+    "TYPOLOGY_EPS",
     "center_penalty",
     "dilate_masks",
+    "hint_penalty",
     "input_gradient_penalty",
     "mask_penalty",
     "masks_to_maps",
+    "minmax_normalize",
     "projected_input_gradient_penalty",
     "rademacher",
+    "rbr_penalty",
     "receptive_field_cover",
     "relevance_background_loss",
     "relevance_foreground_loss",
     "robustvit_classification_loss",
     "robustvit_penalty",
+    "rrr_g_penalty",
 ]
 
 ROBUSTVIT_BACKGROUND = 2.0
@@ -646,12 +651,3 @@ def rbr_penalty(
     (ig_grad,) = torch.autograd.grad(F.log_softmax(logits, dim=1).sum(), images, create_graph=True)
     weighted = _float_masks(masks).to(images.dtype).unsqueeze(1) * if_grad * ig_grad
     return weighted.pow(2).sum()
-
-
-__all__ += [
-    "TYPOLOGY_EPS",
-    "hint_penalty",
-    "minmax_normalize",
-    "rbr_penalty",
-    "rrr_g_penalty",
-]
