@@ -54,7 +54,7 @@ def _direct(model: GAPNet, method: str, x: torch.Tensor, y: torch.Tensor) -> tor
 
 
 # every registered method with an independent reference (grad_cam_pp: tests/functional)
-# (the relevance family needs a vision transformer: tests/test_relevance.py)
+# (the relevance kind needs a vision transformer: tests/test_relevance.py)
 @pytest.mark.parametrize(
     "method",
     [m for m in method_names() if m != "grad_cam_pp" and m not in method_names("relevance")],

@@ -1,6 +1,6 @@
 """The explanation-method registry: one call per method, checked against hand references.
 
-Every CAM-family method computes its maps through ``CAMMethod.maps(inputs, target, relu=)``;
+Every CAM-kind method computes its maps through ``CAMMethod.maps(inputs, target, relu=)``;
 CAM reads the head's rows instead of autograd. References here are written from the papers'
 formulas on a two-layer model whose gradients are known in closed form.
 """
@@ -37,7 +37,7 @@ def _inputs(model: Head, x: torch.Tensor) -> MapInputs:
     return MapInputs(acts=acts, logits=logits, head=lambda: model.fc, owner=model)
 
 
-def test_the_registry_lists_every_method_once_by_family() -> None:
+def test_the_registry_lists_every_method_once_by_kind() -> None:
     cams = method_names("cam")
     assert cams == ("cam", "grad_cam", "hires_cam", "grad_cam_pp")
     attributions = method_names("attribution")
@@ -50,7 +50,7 @@ def test_the_registry_lists_every_method_once_by_family() -> None:
     with pytest.raises(RangeError, match="grad_cam"):
         get_method("gradcam")
     with pytest.raises(RangeError, match="saliency"):
-        get_method("saliency", "cam")  # right name, wrong family
+        get_method("saliency", "cam")  # right name, wrong kind
 
 
 def test_gradients_are_autograd_of_the_target_logit() -> None:

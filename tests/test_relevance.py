@@ -290,7 +290,7 @@ def test_registry_and_attribute(x: torch.Tensor) -> None:
     from xai_feedback.attribution import attribute
 
     assert method_names("relevance") == ("rollout", "chefer_relevance")
-    assert get_method("chefer_relevance").family == "relevance"
+    assert get_method("chefer_relevance").kind == "relevance"
     model = TinyViT("timm").eval()
     target = torch.tensor([2, 0, 1])
     for method in method_names("relevance"):

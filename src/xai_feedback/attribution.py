@@ -1,4 +1,4 @@
-r"""One attribution API over every registered method: captum's, the CAM family, ensembles.
+r"""One attribution API over every registered method: captum's, the CAM kind, ensembles.
 
 ``attribute(model, images, target, method=..., ensemble=...)`` returns batched tensors on the
 input's device: ``(B, C, H, W)`` attributions, or ``(B, H, W)`` maps with ``reduce=``. The model
@@ -133,7 +133,7 @@ def cam_maps(
     batch_size: int = 256,
     reshape: Reshape | None = None,
 ) -> torch.Tensor:
-    """Maps ``(B, h, w)`` of a CAM-family method at the layer's resolution, for explanation.
+    """Maps ``(B, h, w)`` of a CAM-kind method at the layer's resolution, for explanation.
 
     Runs :class:`~xai_feedback.hooks.CAMHook` in eval mode (every ``training`` flag restored)
     with the graph cut before the layer and the parameters frozen for the call (restored in
@@ -145,7 +145,7 @@ def cam_maps(
             (wrappers are unwrapped).
         images: ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: A method of the ``"cam"`` family (``method_names("cam")``).
+        method: A method of the ``"cam"`` kind (``method_names("cam")``).
         layer: The layer (default: the feature map feeding the global pooling; for a vision
             transformer the first norm of its last block).
         relu: Keep only positive evidence. Default: the published definition (ReLU for
@@ -227,8 +227,8 @@ def attribute(
         images: Inputs ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted class).
         method: A registered method (``method_names()`` of :mod:`xai_feedback.methods`):
-            the captum methods, the CAM family computed by the project's kernels
-            (:func:`cam_maps`) and the relevance family of vision transformers
+            the captum methods, the CAM kind computed by the project's kernels
+            (:func:`cam_maps`) and the relevance kind of vision transformers
             (:func:`~xai_feedback.relevance.relevance_maps`), these two resized bilinearly to
             the input and returned with one channel.
         ensemble: One of :data:`ENSEMBLES`.
@@ -237,7 +237,7 @@ def attribute(
         noise: Explicit noise ``(B * n_samples, C, H, W)`` (image-major), instead of drawing it.
         batch_size: Most (noisy) images per call (bounds memory).
         reduce: Channel reduction to ``(B, H, W)`` (:func:`reduce_channels`), or ``"none"``.
-        layer: Layer of the CAM family and ``"guided_grad_cam"`` (default: the feature map
+        layer: Layer of the CAM kind and ``"guided_grad_cam"`` (default: the feature map
             feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`; for a
             vision transformer the first norm of its last block).
         generator: Random generator for the ensemble noise.
@@ -247,17 +247,17 @@ def attribute(
             - ``"saliency"``: ``abs`` (absolute gradients, default True);
             - ``"integrated_gradients"``: ``n_steps`` (50), ``baselines`` (0),
               ``internal_batch_size``;
-            - CAM family: ``relu`` (default: the published definition, ReLU for the
+            - CAM kind: ``relu`` (default: the published definition, ReLU for the
               gradient methods), ``scale`` (``"cam"``, default, or ``"paper"``; see
               :mod:`xai_feedback.methods`);
-            - relevance family: ``prefix``, ``grid``, ``query`` (see
+            - relevance kind: ``prefix``, ``grid``, ``query`` (see
               :class:`~xai_feedback.relevance.AttentionCapture`).
-        reshape: CAM family: how the layer's tokens fold to ``(B, C, h, w)``
+        reshape: CAM kind: how the layer's tokens fold to ``(B, C, h, w)``
             (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
             structure.
 
     Returns:
-        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM family), or ``(B, H, W)``
+        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM kind), or ``(B, H, W)``
         maps when ``reduce`` is not ``"none"``; detached, on the images' device and dtype.
 
     Raises:

@@ -246,7 +246,7 @@ class CAMHook(ActivationHook):
     r"""Differentiable class activation maps of a layer, batched, on the input's device.
 
     Inside the ``with`` block, run the model, then ask for maps of its logits with any method
-    of the ``"cam"`` family of :mod:`xai_feedback.methods`:
+    of the ``"cam"`` kind of :mod:`xai_feedback.methods`:
 
     - ``"cam"``: exact CAM from a GAP + linear head, needs no gradient. The head is verified
       once per model and layer: the maps' means plus the bias must reproduce the logits;
@@ -441,7 +441,7 @@ class CAMHook(ActivationHook):
                 object with a ``.logits`` tensor (Hugging Face).
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` for the
                 predicted class. Ignored with ``all_classes=True``.
-            method: A method of the ``"cam"`` family (``method_names("cam")`` of
+            method: A method of the ``"cam"`` kind (``method_names("cam")`` of
                 :mod:`xai_feedback.methods`).
             all_classes: Return the maps of every class, ``(B, K, h, w)``.
             relu: Keep only positive evidence. Default ``False`` for every method: signed

@@ -159,7 +159,7 @@ def relevance_penalty_objective(
     The transformer counterpart of :func:`cam_penalty_objective`: the attention probabilities
     of the forward are captured (:class:`~xai_feedback.relevance.AttentionCapture`, fused
     attention switched off for the step), turned into maps of the labels' class with a method
-    of the ``"relevance"`` family, and penalized:
+    of the ``"relevance"`` kind, and penalized:
 
     .. math:: L = w_{ce}\,\operatorname{CE}(z, y) + w\,P(R_y) + c\,L_{cls}(z)
 

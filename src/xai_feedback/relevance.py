@@ -3,7 +3,7 @@ r"""Relevance maps of vision transformers, in the training loop: capture attenti
 :class:`AttentionCapture` records one forward's attention probabilities ``(B, heads, N, N)``
 of every self-attention block, in forward order; :meth:`AttentionCapture.relevance` turns them
 into maps ``(B, h, w)`` on the patch grid with a method of the registry's ``"relevance"``
-family (:mod:`xai_feedback.methods.relevance`):
+kind (:mod:`xai_feedback.methods.relevance`):
 
 - ``"rollout"``: attention rollout (Abnar & Zuidema 2020), class-agnostic;
 - ``"chefer_relevance"``: Chefer et al.'s gradient-weighted relevance (ICCV 2021), of the
@@ -379,7 +379,7 @@ class AttentionCapture:
         Args:
             logits: ``(B, K)`` logits of the last forward inside the block.
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-            method: A method of the ``"relevance"`` family (``method_names("relevance")``).
+            method: A method of the ``"relevance"`` kind (``method_names("relevance")``).
             create_graph: Keep the gradients ``dy/dA`` in the graph, so a loss on the maps
                 trains through them too (second order). ``False`` treats them as constants:
                 the maps still depend on ``A`` and train the model through it (RobustViT's
@@ -429,7 +429,7 @@ def relevance_maps(
         model: A vision transformer returning ``(B, K)`` logits.
         images: ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: A method of the ``"relevance"`` family (``method_names("relevance")``).
+        method: A method of the ``"relevance"`` kind (``method_names("relevance")``).
         prefix: See :class:`AttentionCapture`.
         grid: See :class:`AttentionCapture`.
         query: See :class:`AttentionCapture`.

@@ -81,7 +81,7 @@ def _target_ok(kind: object, b: int) -> bool:
         bad_dtype=0.05,
         meta=0.05,
     ),
-    # the relevance family needs a vision transformer (tests/test_relevance.py)
+    # the relevance kind needs a vision transformer (tests/test_relevance.py)
     method=st.sampled_from(
         [*(m for m in method_names() if m not in method_names("relevance")), "lrp"]
     ),
@@ -211,7 +211,7 @@ def test_cam_maps_and_reduced_attribute(
     assert out is not None, error
     assert_finite(out, "maps")
     assert out.shape == (b, 4, 4)  # pixel maps for every method
-    if method != "saliency":  # the CAM family: |layer maps|, resized to the input
+    if method != "saliency":  # the CAM kind: |layer maps|, resized to the input
         direct = cam_maps(model, x, t, method, layer=layer)  # type: ignore[arg-type]
         close(out, resize_maps(direct, (4, 4)).abs())
 

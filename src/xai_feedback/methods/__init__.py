@@ -17,7 +17,7 @@ each in its own module, registered when this package is imported:
 :func:`method_names` lists what is registered at the time of the call (a method registered
 by the user included); :func:`get_method` returns one.
 
-Adding a method: subclass the family's base class, set ``name``, and decorate the class with
+Adding a method: subclass the kind's base class, set ``name``, and decorate the class with
 :func:`register_method`.
 
 Example:
@@ -25,7 +25,13 @@ Example:
     ('rollout', 'chefer_relevance')
 """
 
-from xai_feedback.methods._registry import Family, Method, get_method, method_names, register_method
+from xai_feedback.methods._registry import (
+    Method,
+    MethodKind,
+    get_method,
+    method_names,
+    register_method,
+)
 from xai_feedback.methods.cam import SCALES, CAMMethod, MapInputs
 from xai_feedback.methods.captum import AttributionFn, CaptumMethod
 from xai_feedback.methods.relevance import (
@@ -42,9 +48,9 @@ __all__ = [
     "CAMMethod",
     "CaptumMethod",
     "CheferRelevance",
-    "Family",
     "MapInputs",
     "Method",
+    "MethodKind",
     "RelevanceMethod",
     "Rollout",
     "get_method",

@@ -1,6 +1,6 @@
 r"""The one gradient step of every gradient method: target scores, per class, bounded.
 
-Both the CAM family (``dy/dA`` of a layer's activations) and the relevance family
+Both the CAM kind (``dy/dA`` of a layer's activations) and the relevance kind
 (``dy/dA_l`` of each block's attention probabilities) differentiate the summed target scores
 :math:`\sum_b y_{b, t_b}` with respect to captured tensors, and compute all classes' maps one
 class at a time. This module is that step, written once.

@@ -1,6 +1,6 @@
-"""The registry of explanation methods: one name, one definition, one family.
+"""The registry of explanation methods: one name, one definition, one kind.
 
-Each family's base class and methods live in their own module of this package
+Each kind's base class and methods live in their own module of this package
 (:mod:`~xai_feedback.methods.cam`, :mod:`~xai_feedback.methods.captum`,
 :mod:`~xai_feedback.methods.relevance`); importing :mod:`xai_feedback.methods` registers them.
 """
@@ -13,18 +13,18 @@ from typing import Any, ClassVar, Literal
 
 from xai_feedback.errors import RangeError
 
-__all__ = ["Family", "Method", "get_method", "method_names", "register_method"]
+__all__ = ["Method", "MethodKind", "get_method", "method_names", "register_method"]
 
-Family = Literal["cam", "attribution", "relevance"]
+MethodKind = Literal["cam", "attribution", "relevance"]
 """The method families: maps of a layer's activations, captum attributions to the input
 pixels, and the relevance of a transformer's attention."""
 
 
 class Method(ABC):
-    """An explanation method: a registered name, its family, the options it accepts."""
+    """An explanation method: a registered name, its kind, the options it accepts."""
 
     name: ClassVar[str]
-    family: ClassVar[Family]
+    kind: ClassVar[MethodKind]
     citation: ClassVar[str] = ""
     options: ClassVar[frozenset[str]] = frozenset()
     """Keyword options the method accepts (validated by :meth:`check_options`)."""
@@ -54,27 +54,27 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def method_names(family: Family | None = None) -> tuple[str, ...]:
-    """Registered names, of one family or all, in registration order, as of this call.
+def method_names(kind: MethodKind | None = None) -> tuple[str, ...]:
+    """Registered names, of one kind or all, in registration order, as of this call.
 
     Example:
         >>> method_names("cam")
         ('cam', 'grad_cam', 'hires_cam', 'grad_cam_pp')
     """
-    return tuple(n for n, m in _REGISTRY.items() if family is None or m.family == family)
+    return tuple(n for n, m in _REGISTRY.items() if kind is None or m.kind == kind)
 
 
-def get_method(name: str, family: Family | None = None) -> Method:
-    """The registered method called ``name`` (of ``family`` when given).
+def get_method(name: str, kind: MethodKind | None = None) -> Method:
+    """The registered method called ``name`` (of ``kind`` when given).
 
     Raises:
         RangeError: No such method (the message lists the choices).
 
     Example:
-        >>> get_method("grad_cam").family
+        >>> get_method("grad_cam").kind
         'cam'
     """
     method = _REGISTRY.get(name) if isinstance(name, str) else None
-    if method is None or (family is not None and method.family != family):
-        raise RangeError(f"`method` must be one of {list(method_names(family))}, got {name!r}.")
+    if method is None or (kind is not None and method.kind != kind):
+        raise RangeError(f"`method` must be one of {list(method_names(kind))}, got {name!r}.")
     return method

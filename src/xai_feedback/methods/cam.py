@@ -1,4 +1,4 @@
-r"""The CAM family: maps of a layer's activations ``(B, C, h, w) -> (B, h, w)``.
+r"""The CAM kind: maps of a layer's activations ``(B, C, h, w) -> (B, h, w)``.
 
 :class:`CAMMethod` turns a layer's activations ``A`` (and ``dy/dA``) into maps with the
 kernels of :mod:`xai_feedback.functional.cam`: ``"cam"``, ``"grad_cam"``, ``"hires_cam"``,
@@ -40,7 +40,7 @@ from torch import nn
 from xai_feedback.errors import LayerError
 from xai_feedback.functional.cam import cam_from_head, grad_cam, grad_cam_pp, hires_cam
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
-from xai_feedback.methods._registry import Family, Method, register_method
+from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = [
     "CAM",
@@ -58,7 +58,7 @@ SCALES = ("cam", "paper")
 
 @dataclass(frozen=True)
 class MapInputs:
-    """What a CAM-family method reads: one forward's activations and logits, and the head.
+    """What a CAM-kind method reads: one forward's activations and logits, and the head.
 
     Built by :meth:`~xai_feedback.hooks.CAMHook.cam`; a method takes what it needs.
 
@@ -95,12 +95,12 @@ class MapInputs:
 class CAMMethod(Method):
     """A map over a layer's activations ``(B, C, h, w) -> (B, h, w)``, differentiable.
 
-    Every method of the family is called the same way, :meth:`maps`; a subclass supplies the
+    Every method of the kind is called the same way, :meth:`maps`; a subclass supplies the
     kernel (:meth:`from_gradients`) and, if it does not use ``dy/dA``, its own
     :meth:`gradients` (CAM reads the head's weights instead).
     """
 
-    family: ClassVar[Family] = "cam"
+    kind: ClassVar[MethodKind] = "cam"
     options: ClassVar[frozenset[str]] = frozenset({"relu", "scale"})
     needs_gradients: ClassVar[bool] = True
     default_relu: ClassVar[bool] = True

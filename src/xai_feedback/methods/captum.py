@@ -1,4 +1,4 @@
-"""The attribution family: attributions to input pixels ``(B, C, H, W)`` computed by captum.
+"""The attribution kind: attributions to input pixels ``(B, C, H, W)`` computed by captum.
 
 ``"saliency"``, ``"input_x_gradient"``, ``"deconvnet"``, ``"guided_backprop"``,
 ``"integrated_gradients"``, ``"guided_grad_cam"``; :func:`~xai_feedback.attribution.attribute`
@@ -20,7 +20,7 @@ from torch import nn
 
 from xai_feedback._checks import check_int
 from xai_feedback.errors import LayerError
-from xai_feedback.methods._registry import Family, Method, register_method
+from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = [
     "AttributionFn",
@@ -40,7 +40,7 @@ AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class CaptumMethod(Method):
     """An attribution to input pixels computed by a captum class."""
 
-    family: ClassVar[Family] = "attribution"
+    kind: ClassVar[MethodKind] = "attribution"
     needs_layer: ClassVar[bool] = False
 
     @abstractmethod

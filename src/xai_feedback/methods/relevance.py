@@ -1,4 +1,4 @@
-r"""The relevance family: a vision transformer's attention probabilities ``-> (B, h, w)``.
+r"""The relevance kind: a vision transformer's attention probabilities ``-> (B, h, w)``.
 
 - ``"rollout"`` (:class:`Rollout`): attention rollout (Abnar & Zuidema 2020), class-agnostic;
 - ``"chefer_relevance"`` (:class:`CheferRelevance`): Chefer et al.'s gradient-weighted
@@ -27,7 +27,7 @@ import torch
 from xai_feedback.errors import HookError
 from xai_feedback.functional.relevance import attention_rollout, chefer_relevance
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
-from xai_feedback.methods._registry import Family, Method, register_method
+from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = ["AttentionInputs", "CheferRelevance", "RelevanceMethod", "Rollout"]
 
@@ -66,7 +66,7 @@ class RelevanceMethod(Method):
     (:meth:`from_attention`).
     """
 
-    family: ClassVar[Family] = "relevance"
+    kind: ClassVar[MethodKind] = "relevance"
     options: ClassVar[frozenset[str]] = frozenset({"prefix", "grid", "query"})
     needs_gradients: ClassVar[bool] = True
 
