@@ -6,6 +6,7 @@ image folders are read from disk, never downloaded.
 
 from xai_feedback.data._dataset import ImageDataset, train_val_split
 from xai_feedback.data.confounds import CONFOUND_FAMILIES, make_confound
+from xai_feedback.data.decoy import DECOY_SIZE, DECOY_STEP, decoy_dataset, decoy_levels
 from xai_feedback.data.digits import (
     CANVAS,
     CONFOUND_DEFAULTS,
@@ -36,6 +37,8 @@ __all__ = [
     "CANVAS",
     "CONFOUND_DEFAULTS",
     "CONFOUND_FAMILIES",
+    "DECOY_SIZE",
+    "DECOY_STEP",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_ENV",
@@ -48,6 +51,8 @@ __all__ = [
     "confound_dataset",
     "confound_masks",
     "confounded_digits",
+    "decoy_dataset",
+    "decoy_levels",
     "load_digits",
     "load_fashion_mnist",
     "load_idx",
