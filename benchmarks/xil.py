@@ -66,7 +66,6 @@ import functools
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -247,14 +246,14 @@ ARMS: dict[str, Arm] = {
         ),
         Arm(
             "rbr",
-            "RBR: influence-function right-reason loss (Shao et al. 2021; objectives.rbr_objective)",
+            "RBR: influence-function right-reason loss (Shao et al. 2021; rbr_objective)",
             _peer("rbr_objective"),
             weighted=True,
             annotated=True,
         ),
         Arm(
             "cdep",
-            "CDEP: contextual decomposition penalty (Rieger et al. 2020; objectives.cdep_objective)",
+            "CDEP: contextual decomposition penalty (Rieger et al. 2020; cdep_objective)",
             _peer("cdep_objective"),
             weighted=True,
             annotated=True,
