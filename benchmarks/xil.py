@@ -735,6 +735,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def published(args: argparse.Namespace) -> argparse.Namespace:
+    """With ``--published``: the authors' protocol (0..255 inputs, 64 epochs, >= 5 seeds)."""
+    if args.published:
+        args.scale, args.epochs = 255.0, PUBLISHED_EPOCHS
+        args.seeds = max(args.seeds, PUBLISHED_SEEDS)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
     args = common.parse(_parser(), argv)
@@ -745,9 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arm, weight = args.measure.split(":")
         print(_peak_mib(arm, float(args.scale), float(weight), args.step_batch))
         return 0
-    if args.published:
-        args.scale, args.epochs = 255.0, PUBLISHED_EPOCHS
-        args.seeds = max(args.seeds, PUBLISHED_SEEDS)
+    published(args)
     args.out.mkdir(parents=True, exist_ok=True)
     weights = dict(SELECTED)
     if args.weights is not None:
