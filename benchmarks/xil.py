@@ -139,15 +139,16 @@ SELECT_GRID: dict[str, tuple[float, ...]] = {
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: ``build(weight, seed, high)`` gives its objective, or ``None`` if unavailable.
+    """One arm: ``build(weight, seed, high, device)``: its objective, ``None`` if unavailable.
 
-    ``high`` is the top of the input range (1 or 255); ``weighted`` arms take a weight from
+    ``high`` is the top of the input range (1 or 255), ``device`` the one the counterexamples'
+    generators draw on; ``weighted`` arms take a weight from
     :data:`SELECTED`; ``clean`` arms train on the images without the square.
     """
 
     name: str
     description: str
-    build: Callable[[float, int, float], Objective | None]
+    build: Callable[[float, int, float, torch.device], Objective | None]
     weighted: bool = False
     clean: bool = False
     annotated: bool = False
@@ -159,44 +160,48 @@ def _library(name: str) -> Callable[..., Objective] | None:
     return found if callable(found) else None
 
 
-def _peer(name: str, **kw: Any) -> Callable[[float, int, float], Objective | None]:
-    def build(weight: float, seed: int, high: float) -> Objective | None:
+def _peer(name: str, **kw: Any) -> Callable[[float, int, float, torch.device], Objective | None]:
+    def build(weight: float, seed: int, high: float, device: torch.device) -> Objective | None:
         make = _library(name)
         return None if make is None else make(weight, **kw)
 
     return build
 
 
-def _ce(weight: float, seed: int, high: float) -> Objective:
-    g = torch.Generator().manual_seed(10_000 + seed)
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _ce(weight: float, seed: int, high: float, device: torch.device) -> Objective:
+    g = _generator(10_000 + seed, device)
     return objectives.counterexample_objective(
         Counterexamples(fill="noise", low=0.0, high=high, generator=g)
     )
 
 
-def _periphery(weight: float, seed: int, high: float) -> Objective:
+def _periphery(weight: float, seed: int, high: float, device: torch.device) -> Objective:
     augs = [
-        Counterexamples(fill=fill, high=high, generator=torch.Generator().manual_seed(k + seed))
+        Counterexamples(fill=fill, high=high, generator=_generator(k + seed, device))
         for k, fill in ((10_000, "swap"), (20_000, "constant"))
     ]
-    region = periphery_mask(28, 28, CENTER_SIGMA, threshold=PERIPHERY_THRESHOLD)
+    region = periphery_mask(28, 28, CENTER_SIGMA, threshold=PERIPHERY_THRESHOLD).to(device)
     return objectives.counterexample_objective(augs, region=region)
 
 
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in [
-        Arm("vanilla", "cross-entropy", lambda w, s, h: cross_entropy_objective),
+        Arm("vanilla", "cross-entropy", lambda w, s, h, d: cross_entropy_objective),
         Arm(
             "oracle",
             "cross-entropy on the images without the square",
-            lambda w, s, h: cross_entropy_objective,
+            lambda w, s, h, d: cross_entropy_objective,
             clean=True,
         ),
         Arm(
             "rrr",
             "RRR: masked input gradients of the summed log-probabilities (Ross et al. 2017)",
-            lambda w, s, h: objectives.rrr_objective(None, w),
+            lambda w, s, h, d: objectives.rrr_objective(None, w),
             weighted=True,
             annotated=True,
         ),
@@ -209,7 +214,7 @@ ARMS: dict[str, Arm] = {
         Arm(
             "mask",
             f"the library's MaskPenalty on Grad-CAM at {LAYER} (all classes, signed)",
-            lambda w, s, h: objectives.cam_penalty_objective(
+            lambda w, s, h, d: objectives.cam_penalty_objective(
                 MaskPenalty(), w, method="grad_cam", layer=LAYER
             ),
             weighted=True,
@@ -218,7 +223,7 @@ ARMS: dict[str, Arm] = {
         Arm(
             "center",
             f"the library's CenterPenalty (sigma {CENTER_SIGMA}) on Grad-CAM at {LAYER}",
-            lambda w, s, h: objectives.cam_penalty_objective(
+            lambda w, s, h, d: objectives.cam_penalty_objective(
                 CenterPenalty(CENTER_SIGMA), w, method="grad_cam", layer=LAYER
             ),
             weighted=True,
@@ -264,7 +269,7 @@ ARMS: dict[str, Arm] = {
 
 def available(arm: str) -> bool:
     """Whether the library has the arm's objective (built with a dummy weight)."""
-    return ARMS[arm].build(1.0, 0, 1.0) is not None
+    return ARMS[arm].build(1.0, 0, 1.0, torch.device("cpu")) is not None
 
 
 # ----- data -----------------------------------------------------------------------------
@@ -380,7 +385,7 @@ def run_one(arm: str, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
     }
     suffix = "val" if val else "test"
     spec = ARMS[arm]
-    objective = spec.build(float(settings.get("weight", 0.0)), seed, high)
+    objective = spec.build(float(settings.get("weight", 0.0)), seed, high, device)
     if objective is None:
         raise RuntimeError(f"arm {arm!r} is unavailable in this version of the library")
     torch.manual_seed(seed)
@@ -540,14 +545,16 @@ def select(args: argparse.Namespace) -> dict[str, float]:
 # ----- one step: time and memory --------------------------------------------------------
 
 
-def _step_runner(arm: str, high: float, weight: float, batch: int) -> Callable[[], None]:
-    data = load_data(high, batch, 0, False)["train"]
+def _step_runner(
+    arm: str, high: float, weight: float, batch: int, device: torch.device
+) -> Callable[[], None]:
+    data = load_data(high, batch, 0, False)["train"].to(device)
     images, labels, masks = data.images[:batch], data.labels[:batch], data.masks
     assert masks is not None
     step_batch = Batch(images, labels, masks[:batch], epoch=0, step=0, total_epochs=1)
-    objective = ARMS[arm].build(weight, 0, high)
+    objective = ARMS[arm].build(weight, 0, high, device)
     assert objective is not None
-    model = SimpleConvNet(generator=torch.Generator().manual_seed(0))
+    model = SimpleConvNet(generator=torch.Generator().manual_seed(0)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step() -> None:
@@ -559,13 +566,13 @@ def _step_runner(arm: str, high: float, weight: float, batch: int) -> Callable[[
     return step
 
 
-def _peak_mib(arm: str, high: float, weight: float, batch: int) -> float:
-    """Peak resident memory of one step above the memory before it (run in a subprocess)."""
+def _peak_mib(arm: str, high: float, weight: float, batch: int, device: torch.device) -> float:
+    """Peak memory of one step above the memory before it (run in a subprocess)."""
     from models import _peak_mib as peak
 
-    step = _step_runner(arm, high, weight, batch)
+    step = _step_runner(arm, high, weight, batch, device)
     step()  # warm-up: Adam's state and the allocator's first blocks
-    return peak(step, torch.device("cpu"))
+    return peak(step, device)
 
 
 def measure_step(args: argparse.Namespace, arms: Sequence[str], weights: dict[str, float]) -> dict:
@@ -574,8 +581,9 @@ def measure_step(args: argparse.Namespace, arms: Sequence[str], weights: dict[st
     if "vanilla" not in arms:
         arms = ["vanilla", *arms]
     high = float(args.scale)
-    runners = {a: _step_runner(a, high, weights.get(a, 1.0), args.step_batch) for a in arms}
-    seconds = common.time_round_robin(runners, args.repeats, 1, torch.device("cpu"))
+    device = torch.device(args.device)
+    runners = {a: _step_runner(a, high, weights.get(a, 1.0), args.step_batch, device) for a in arms}
+    seconds = common.time_round_robin(runners, args.repeats, 1, device)
     del runners
     gc.collect()
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -588,6 +596,7 @@ def measure_step(args: argparse.Namespace, arms: Sequence[str], weights: dict[st
             f"--scale={args.scale:g}",
             f"--step-batch={args.step_batch}",
             f"--threads={args.threads}",
+            f"--device={args.device}",
         ]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode == 0:
@@ -751,7 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
     if args.measure is not None:  # child process of the memory measurement
         arm, weight = args.measure.split(":")
-        print(_peak_mib(arm, float(args.scale), float(weight), args.step_batch))
+        device = torch.device(args.device)
+        print(_peak_mib(arm, float(args.scale), float(weight), args.step_batch, device))
         return 0
     published(args)
     args.out.mkdir(parents=True, exist_ok=True)
