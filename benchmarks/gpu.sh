@@ -5,6 +5,7 @@
 #   benchmarks/gpu.sh                       # from the repository root, on a machine with a GPU
 #   PYTHON=.venv/bin/python benchmarks/gpu.sh
 #   BENCHES="pcace proxy" PCACE_ARGS="--images 200" benchmarks/gpu.sh
+#   BENCHES=xil XIL_ARGS="--published --step" benchmarks/gpu.sh   # XIL typology's Decoy-FMNIST protocol
 #
 # Environment: PYTHON (default .venv/bin/python, else python3); BENCHES (default
 # "models proxy pcace"); NAME_ARGS (upper-case benchmark name + _ARGS) adds arguments to one

@@ -24,6 +24,7 @@ NAMES = {"decoy", "proxy", "pcace", "roar", "attention", "confounds"}
 NAMES |= {"confounds_select", "confounds_levels", "confounds_mlp"}
 NAMES |= {"vit_confounds"}  # issue 22
 NAMES |= {"realworld"}
+NAMES |= {"xil"}
 
 
 @pytest.fixture(autouse=True)

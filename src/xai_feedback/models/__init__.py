@@ -17,6 +17,7 @@ from xai_feedback.models.attention import (
 from xai_feedback.models.gapnet import ConvBlock, GAPNet
 from xai_feedback.models.pretrained import freeze_batchnorm, load_weights, replace_head
 from xai_feedback.models.resnet import BasicBlock, SmallResNet
+from xai_feedback.models.simple import SimpleConvNet
 from xai_feedback.models.vit import TinyViT, TokenGrid
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "GAPNet",
     "ResidualAttentionNet",
     "SimpleCNN",
+    "SimpleConvNet",
     "SmallResNet",
     "SpatialAttention",
     "TinyViT",
