@@ -151,16 +151,16 @@ SELECT_GRID: dict[str, dict[str, Sequence[Any]]] = {
         "bn": ("frozen", "train"),
         "center": (1.0, 3.0, 10.0),
         "mask": (1.0, 10.0),
-        "rrr": (1.0, 10.0, 100.0),
-        "contribution": (1.0, 10.0, 100.0),
+        "rrr": (0.01, 0.1, 1.0, 10.0, 100.0),
+        "contribution": (0.1, 1.0, 10.0, 100.0),
     },
     "resnet": {
         "lr": (3e-3,),
         "bn": ("train",),
         "center": (3.0, 10.0),
         "mask": (3.0, 10.0),
-        "rrr": (1.0, 10.0, 100.0),
-        "contribution": (1.0, 10.0, 100.0),
+        "rrr": (0.01, 0.1, 1.0, 10.0, 100.0),
+        "contribution": (0.1, 1.0, 10.0, 100.0),
     },
 }
 

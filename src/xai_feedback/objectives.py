@@ -348,6 +348,8 @@ def periphery_objective(
     *,
     sigma: float = DEFAULT_SIGMA,
     threshold: float = PERIPHERY_THRESHOLD,
+    low: float = 0.0,
+    high: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Objective:
     r"""Annotation-free counterexamples of the center prior's periphery.
@@ -363,6 +365,8 @@ def periphery_objective(
     Args:
         sigma: Width of the center prior, on [-1, 1] coordinates (the center penalty's).
         threshold: Center weight from which a pixel is periphery, in (0, 1).
+        low: Lowest value of the random constant (the images' range: 0 for [0, 1] images).
+        high: Highest value of the random constant (1 for [0, 1] images, 255 for 0..255).
         generator: Source of both augmentations' random draws (``None``: torch's global one).
 
     Returns:
@@ -379,7 +383,10 @@ def periphery_objective(
         (8, 10)
     """
     periphery_mask(8, 8, sigma, threshold=threshold)  # checks sigma and threshold now
-    augs = [Counterexamples(fill=fill, generator=generator) for fill in ("swap", "constant")]
+    augs = [
+        Counterexamples(fill=fill, low=low, high=high, generator=generator)
+        for fill in ("swap", "constant")
+    ]
     by_size: dict[tuple[int, int], Objective] = {}
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
