@@ -419,6 +419,26 @@ class CAMHook(ActivationHook):
             )
         return raw, acts
 
+    def feature_map(self, batch: int) -> torch.Tensor:
+        """The captured activations as a ``(B, C, h, w)`` map (tokens folded by ``reshape``).
+
+        For losses of their own on the layer's activations; ``batch`` is checked against
+        the captured batch (the logits' batch size).
+
+        Raises:
+            LayerError: The layer's output is not 4-D and no ``reshape`` folds it.
+            ShapeError: ``batch`` is not the captured batch size.
+
+        Example:
+            >>> from xai_feedback.models import GAPNet
+            >>> model = GAPNet(width=4)
+            >>> with CAMHook(model) as hook:
+            ...     logits = model(torch.rand(2, 1, 28, 28))
+            ...     tuple(hook.feature_map(2).shape)
+            (2, 16, 14, 14)
+        """
+        return self._grid(batch)[1]
+
     def cam(
         self,
         logits: torch.Tensor | Any,

@@ -881,7 +881,7 @@ def contribution_penalty_objective(
             ce = F.cross_entropy(logits, batch.labels)
             if pen_w == 0:
                 return ce_w * ce, logits
-            acts = hook._grid(int(logits.shape[0]))[1]
+            acts = hook.feature_map(int(logits.shape[0]))
         if outputs == "labels":
             scores = logits.gather(1, batch.labels[:, None]).squeeze(1)
         else:
@@ -889,8 +889,9 @@ def contribution_penalty_objective(
         maps = contribution_maps(scores, acts)
         if penalty is not None:
             value = penalty(maps, target=batch.labels, masks=batch.masks)
+        elif batch.masks is None:  # refused before the forward; kept for the type checker
+            raise MissingInputError("the contribution penalty needs `masks`, got None.")
         else:
-            assert batch.masks is not None
             value = contribution_penalty(
                 maps, batch.masks, field if field is not None else fields[model]
             )
