@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback.counterexamples import Counterexamples, region_range
@@ -25,13 +24,11 @@ from xai_feedback.models.resnet import SmallResNet
 from xai_feedback.objectives import (
     cam_penalty_objective,
     counterexample_objective,
-    per_example_batchnorm,
     periphery_objective,
     rrr_counterexample_objective,
     rrr_objective,
 )
 from xai_feedback.training import (
-    Batch,
     History,
     Objective,
     accuracy,
@@ -125,7 +122,8 @@ ARMS: dict[str, Arm] = {
         Arm(
             "rrr",
             f"RRR input-gradient penalty, lambda {RRR_LAMBDA:g}",
-            lambda seed, train: rrr_objective(None, RRR_LAMBDA),
+            # the battery's recorded runs differentiated through the batch statistics
+            lambda seed, train: rrr_objective(None, RRR_LAMBDA, batch_statistics=True),
             annotated=True,
         ),
         Arm(
@@ -192,19 +190,7 @@ def objective_from_spec(spec: str, seed: int, train: ImageDataset | None = None)
         return cam_penalty_objective(penalty, lam)
     if name == "rrr":
         rrr = RRRPenalty(kw.get("out", "sum"), generator=g)
-        if kw.get("bn", "batch") == "batch":
-            return rrr_objective(rrr, lam)
-
-        def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = model(batch.images)
-            x = batch.images.detach().requires_grad_(True)
-            with per_example_batchnorm(model):
-                probe_logits = model(x)
-            assert batch.masks is not None
-            value = rrr(probe_logits, x, batch.masks)
-            return F.cross_entropy(logits, batch.labels) + lam * value, logits
-
-        return objective
+        return rrr_objective(rrr, lam, batch_statistics=kw.get("bn", "batch") == "batch")
     if name == "rrrce":
         return rrr_counterexample_objective(None, lam, probe=Counterexamples(generator=g))
     if name == "cf":

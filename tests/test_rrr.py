@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import DTypeError, RangeError
 from xai_feedback.functional.penalties import (
     dilate_masks,
     input_gradient_penalty,
@@ -266,3 +266,72 @@ def test_summed_log_probabilities_miss_evidence_moving_between_classes() -> None
     assert float(value.detach()) == pytest.approx(float(per_image.mean()))
     with pytest.raises(RangeError, match="outputs"):
         RRRPenalty("target")
+
+
+class _BNNet(torch.nn.Module):
+    """conv -> BatchNorm -> ReLU -> linear, counting its forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.fc = torch.nn.Linear(3 * 6 * 6, 4)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        self.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
+        self.forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _rrr_by_hand(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Ross et al.'s penalty (mean over the batch), each image's own input gradient."""
+    total = torch.zeros(())
+    for b in range(x.shape[0]):  # one image at a time: no batch term can enter
+        xb = x[b : b + 1].clone().requires_grad_(True)
+        score = torch.log_softmax(model(xb), dim=1).sum()
+        (grad,) = torch.autograd.grad(score, xb)
+        total = total + (masks[b] * grad[0, 0]).pow(2).sum()
+    return total / x.shape[0]
+
+
+def test_rrr_explains_a_batchnorm_model_with_its_running_statistics() -> None:
+    x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    masks = torch.zeros(5, 6, 6)
+    masks[:, :2, :2] = 1.0
+    batch = Batch(x, labels, masks, 0, 0, 1)
+    model = _BNNet().train()
+    loss, logits = rrr_objective(None, 1.0)(model, batch)
+    assert model.forwards == 2 and model.bn.training  # the loss's forward, then the penalty's
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    model.eval()
+    expected = _rrr_by_hand(model, x, masks)
+    model.train()
+    torch.testing.assert_close(loss - ce, expected, rtol=1e-5, atol=1e-6)
+    # the logits are the batch-statistics forward's (the cross-entropy trains as before)
+    torch.testing.assert_close(logits, model(x))
+    # batch_statistics=True: one forward, and the penalty differs (the batch terms)
+    model.forwards = 0
+    loss_b, _ = rrr_objective(None, 1.0, batch_statistics=True)(model, batch)
+    assert model.forwards == 1
+    assert not torch.allclose(loss_b, loss)
+    with pytest.raises(DTypeError, match="batch_statistics"):
+        rrr_objective(None, 1.0, batch_statistics=1)  # type: ignore[arg-type]
+
+
+def test_rrr_takes_one_forward_without_batchnorm_in_training() -> None:
+    model = _BNNet().eval()
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    masks = torch.ones(3, 6, 6)
+    loss, logits = rrr_objective(None, 2.0)(
+        model, Batch(x, torch.tensor([0, 1, 2]), masks, 0, 0, 1)
+    )
+    assert model.forwards == 1
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(loss - ce, 2.0 * _rrr_by_hand(model, x, masks), rtol=1e-5, atol=1e-6)

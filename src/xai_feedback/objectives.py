@@ -230,13 +230,27 @@ def relevance_penalty_objective(
 
 
 def rrr_objective(
-    penalty: RRRPenalty | None = None, schedule: LossSchedule | float = 1.0
+    penalty: RRRPenalty | None = None,
+    schedule: LossSchedule | float = 1.0,
+    *,
+    batch_statistics: bool = False,
 ) -> Objective:
     """Cross-entropy plus the RRR input-gradient penalty on ``batch.masks`` (Ross et al. 2017).
+
+    A model whose batch-norm layers are in training mode is explained with their running
+    statistics (:func:`per_example_batchnorm`), in a second forward of the same images: with
+    batch statistics every image's input gradient also holds the terms through the batch's
+    mean and variance (measured on torchvision's ImageNet MobileNetV2 fine-tuned on 48 px
+    Fashion-MNIST: a penalty of 7.7e4 at the first step with batch statistics against 15 with
+    running ones, and the fine-tuning collapsed to chance at every weight tried). The
+    cross-entropy keeps the batch statistics (and updates the running ones). A model without
+    batch norm in training mode takes one forward.
 
     Args:
         penalty: The input-gradient penalty (default :class:`~xai_feedback.losses.RRRPenalty`).
         schedule: A loss schedule, or a constant penalty weight.
+        batch_statistics: Differentiate through the batch statistics instead (one forward;
+            the penalty of earlier versions).
 
     Example:
         >>> from xai_feedback.data import confounded_digits
@@ -248,20 +262,38 @@ def rrr_objective(
     _check_penalty(penalty, RRRPenalty)
     sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
+    if not isinstance(batch_statistics, bool):
+        raise DTypeError(
+            f"`batch_statistics` must be a bool, got {type(batch_statistics).__name__}."
+        )
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.masks is None:
             raise MissingInputError("RRR needs `masks` in the training data, got None.")
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        images = batch.images.detach().requires_grad_(pen_w != 0)
-        with math_attention(pen_w != 0):  # the penalty differentiates an input gradient
-            logits = model(images)
-        ce = F.cross_entropy(logits, batch.labels)
         if pen_w == 0:
-            return ce_w * ce, logits
-        return ce_w * ce + pen_w * rrr(logits, images, batch.masks), logits
+            logits = model(batch.images)
+            return ce_w * F.cross_entropy(logits, batch.labels), logits
+        images = batch.images.detach().requires_grad_(True)
+        if batch_statistics or not _batchnorm_training(model):
+            with math_attention():  # the penalty differentiates an input gradient
+                logits = model(images)
+            probe_logits = logits
+        else:
+            logits = model(batch.images)
+            with math_attention(), per_example_batchnorm(model):
+                probe_logits = model(images)
+        ce = F.cross_entropy(logits, batch.labels)
+        return ce_w * ce + pen_w * rrr(probe_logits, images, batch.masks), logits
 
     return objective
+
+
+def _batchnorm_training(model: nn.Module) -> bool:
+    """Whether any batch-norm layer of ``model`` normalizes with batch statistics."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
+    )
 
 
 def counterexample_objective(
