@@ -57,7 +57,11 @@ from xai_feedback.functional import DEFAULT_SIGMA
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
-from xai_feedback.objectives import relevance_penalty_objective
+from xai_feedback.objectives import (
+    CONTRIBUTION_WEIGHT,
+    contribution_penalty_objective,
+    relevance_penalty_objective,
+)
 from xai_feedback.relevance import AttentionCapture
 from xai_feedback.training import Batch, Objective, accuracy, fit
 
@@ -233,11 +237,31 @@ def robustvit_arm(weight: float) -> Arm:
 
 WEIGHTED_ARMS["robustvit"] = robustvit_arm
 
+
+def contribution_arm(weight: float) -> Arm:
+    """The contribution penalty on the token grid: HiResCAM of the summed log-probabilities.
+
+    :func:`~xai_feedback.objectives.contribution_penalty_objective` at ``token_grid`` (the
+    layer the CAM arms use), on the annotation: the CNNs' winner on Decoy-FMNIST (issue 26),
+    carried to the ViT as it is (one gradient from the logits to the tokens, every class).
+    """
+    return Arm(
+        "contribution",
+        f"contribution penalty (HiResCAM of the summed log-probabilities, token grid), "
+        f"lambda {weight:g}",
+        lambda seed, train: contribution_penalty_objective(None, weight),
+        annotated=True,
+    )
+
+
+WEIGHTED_ARMS["contribution"] = contribution_arm
+
 # weights fixed with ``--select`` (frame, validation split, seed 0)
 register_map("cam", token_cam, center=10.0, mask=10.0)
 register_map("chefer", relevance_map("chefer_relevance"), center=1e6, mask=1e7)
 register_map("rollout", relevance_map("rollout"), center=1e4, mask=1e6)
 register_arm(robustvit_arm(1.0))
+register_arm(contribution_arm(CONTRIBUTION_WEIGHT))
 
 DEFAULT_ARMS = ("vanilla", "center_cam", "mask_cam", "counterexamples", "periphery", "oracle")
 DEFAULT_FAMILIES = SHORTCUT_FAMILIES
