@@ -132,15 +132,15 @@ SELECTED: dict[str, dict[str, Any]] = {
         "bn": "train",
         "center": 3.0,
         "mask": 10.0,
-        "rrr": 10.0,
-        "contribution": 10.0,
+        "rrr": 0.1,
+        "contribution": 1.0,
     },
     "resnet": {
         "lr": 3e-3,
         "bn": "train",
         "center": 10.0,
         "mask": 10.0,
-        "rrr": 10.0,
+        "rrr": 1.0,
         "contribution": 10.0,
     },
 }
