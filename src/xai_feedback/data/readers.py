@@ -472,6 +472,65 @@ def _mask_array(image: PILImage.Image) -> np.ndarray:
     return marked
 
 
+def _class_files(
+    folder: Path, suffixes: tuple[str, ...]
+) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """The class sub-folders of ``folder`` and every image file in them with its label."""
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"`root` must hold one sub-folder of images per class, got {folder} without "
+            "sub-folders."
+        )
+    files: list[tuple[Path, int]] = []
+    for label, class_dir in enumerate(class_dirs):
+        found = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.suffix.lower() in suffixes
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        )
+        if not found:
+            raise DataError(
+                f"`root` must hold at least one image in every class sub-folder, got none in "
+                f"{class_dir} (extensions {', '.join(suffixes)})."
+            )
+        files.extend((p, label) for p in found)
+    return class_dirs, files
+
+
+def _read_mask(
+    mask_path: Path, path: Path, original: tuple[int, int], target: tuple[int, int] | None
+) -> np.ndarray:
+    """The boolean mask of the image ``path`` (size ``original``, W x H), resized to ``target``."""
+    from PIL import Image
+
+    mask_image = _open(mask_path, "`masks`")
+    if mask_image.size != original:
+        raise ShapeError(
+            f"`masks` must match their images' size, got {mask_image.size[1]}x"
+            f"{mask_image.size[0]} (H x W) for {mask_path} and {original[1]}x"
+            f"{original[0]} for {path}."
+        )
+    marked = _mask_array(mask_image)
+    if target is not None and marked.shape != target:
+        as_image = Image.fromarray(marked.astype(np.uint8) * 255)
+        resized = as_image.resize((target[1], target[0]), Image.Resampling.NEAREST)
+        marked = np.asarray(resized) != 0
+    return marked
+
+
+def _stack_images(pixels: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+    """``(N, C, H, W)`` in [0, 1] from ``(H, W, C)`` arrays (8-bit ones divided by 255)."""
+    height, width, channels = pixels[0].shape
+    images = torch.empty((len(pixels), channels, height, width), dtype=dtype)
+    for index, array in enumerate(pixels):  # one image at a time: no second full-size copy
+        chw = torch.from_numpy(array).permute(2, 0, 1)
+        images[index] = chw.to(dtype) / 255 if array.dtype == np.uint8 else chw.to(dtype)
+    return images
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
@@ -551,34 +610,11 @@ def load_image_folder(
         raise MissingDataError(f"`root` must be a folder of class sub-folders, got {folder}.")
     if mask_root is not None and not mask_root.is_dir():
         raise MissingDataError(f"`masks` must be a folder of mask images, got {mask_root}.")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(
-            f"`root` must hold one sub-folder of images per class, got {folder} without "
-            "sub-folders."
-        )
-    files: list[tuple[Path, int]] = []
-    for label, class_dir in enumerate(class_dirs):
-        found = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in suffixes
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        )
-        if not found:
-            raise DataError(
-                f"`root` must hold at least one image in every class sub-folder, got none in "
-                f"{class_dir} (extensions {', '.join(suffixes)})."
-            )
-        files.extend((p, label) for p in found)
-
+    class_dirs, files = _class_files(folder, suffixes)
     pixels: list[np.ndarray] = []
     annotations: list[np.ndarray] = []
     first: tuple[Path, tuple[int, int]] | None = None
     _require_pillow()
-    from PIL import Image
-
     for path, _ in files:
         image = _open(path, "`root`")
         original = image.size  # (W, H)
@@ -594,25 +630,9 @@ def load_image_folder(
         pixels.append(_image_pixels(image, path, mode, target))
         if mask_root is not None:
             mask_path = _mask_file(mask_root, path.relative_to(folder), suffixes)
-            mask_image = _open(mask_path, "`masks`")
-            if mask_image.size != original:
-                raise ShapeError(
-                    f"`masks` must match their images' size, got {mask_image.size[1]}x"
-                    f"{mask_image.size[0]} (H x W) for {mask_path} and {original[1]}x"
-                    f"{original[0]} for {path}."
-                )
-            marked = _mask_array(mask_image)
-            if target is not None and marked.shape != target:
-                as_image = Image.fromarray(marked.astype(np.uint8) * 255)
-                resized = as_image.resize((target[1], target[0]), Image.Resampling.NEAREST)
-                marked = np.asarray(resized) != 0
-            annotations.append(marked)
+            annotations.append(_read_mask(mask_path, path, original, target))
 
-    height, width, channels = pixels[0].shape
-    images = torch.empty((len(pixels), channels, height, width), dtype=dtype)
-    for index, array in enumerate(pixels):  # one image at a time: no second full-size copy
-        chw = torch.from_numpy(array).permute(2, 0, 1)
-        images[index] = chw.to(dtype) / 255 if array.dtype == np.uint8 else chw.to(dtype)
+    images = _stack_images(pixels, dtype)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     mask_tensor = None if mask_root is None else torch.from_numpy(np.stack(annotations))
     classes = tuple(p.name for p in class_dirs)
