@@ -28,7 +28,8 @@ from xai_feedback._checks import (
     check_number,
     check_shape,
 )
-from xai_feedback.errors import MissingInputError, RangeError
+from xai_feedback._modes import eval_mode
+from xai_feedback.errors import LayerError, MissingInputError, RangeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps, resize_maps
 from xai_feedback.functional.decomposition import (
     DECOMPOSABLE,
@@ -52,6 +53,7 @@ from xai_feedback.functional.penalties import (
     robustvit_penalty,
     rrr_g_penalty,
 )
+from xai_feedback.layers import unwrap_model
 
 __all__ = [
     "PENALTIES",
@@ -708,40 +710,13 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.numel() == b.numel() and bool(torch.equal(a.reshape(-1), b.reshape(-1)))
 
 
-def decomposition_chain(
-    model: nn.Module, images: torch.Tensor
-) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """The layers of ``model``'s forward as a plain chain, for contextual decomposition.
+def _traced_calls(
+    model: nn.Module, inner: nn.Module, images: torch.Tensor
+) -> tuple[list[list[Any]], Any]:
+    """Every leaf module's ``[name, module, input, output]`` in call order, and the output.
 
-    One no-grad forward of ``images`` in eval mode (every module's flag restored) records
-    each leaf module's call in order, with its input and output. The forward is a plain chain
-    when the first call reads the images, each next call reads the previous call's output
-    (reshaped at most: ``view`` / ``flatten`` in ``forward`` are fine) and the model returns
-    the last call's output; a module called twice appears twice.
-
-    Args:
-        model: The model (wrappers such as DataParallel are unwrapped).
-        images: A few ``(B, C, H, W)`` inputs.
-
-    Returns:
-        ``(name, module, input shape without the batch dimension)`` per call.
-
-    Raises:
-        LayerError: A called module without a CD rule (its type is named), a module that
-            takes several inputs, or an operation between modules that is not a module
-            (a residual add, attention, a functional activation ...).
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
-        >>> [(name, shape) for name, _, shape in decomposition_chain(net, torch.rand(2, 1, 4, 4))]
-        [('0', (1, 4, 4)), ('1', (2, 2, 2)), ('2', (2, 2, 2)), ('3', (8,))]
+    One forward without gradients in eval mode; the hooks are removed in ``finally``.
     """
-    from xai_feedback._modes import eval_mode
-    from xai_feedback.errors import LayerError
-    from xai_feedback.layers import unwrap_model
-
-    check_shape(images, "B C H W", "images")
-    inner = unwrap_model(model)
     leaves = [(n, m) for n, m in inner.named_modules() if next(m.children(), None) is None]
     calls: list[list[Any]] = []
 
@@ -770,13 +745,20 @@ def decomposition_chain(
     finally:
         for handle in handles:
             handle.remove()
+    return calls, output
+
+
+def _check_chain(
+    model_name: str, calls: list[list[Any]], images: torch.Tensor, output: Any
+) -> None:
+    """Refuse a trace that is not a plain chain of decomposable modules (``LayerError``)."""
     if not isinstance(output, torch.Tensor):
         raise LayerError(
             f"contextual decomposition needs a model that returns a logits tensor, got "
             f"{type(output).__name__}."
         )
     if not calls:
-        raise LayerError(f"{type(inner).__name__} ran no module in its forward.")
+        raise LayerError(f"{model_name} ran no module in its forward.")
     for name, module, _, out in calls:
         if not isinstance(module, DECOMPOSABLE):
             raise LayerError(
@@ -790,7 +772,7 @@ def decomposition_chain(
     for name, module, inp, out in calls:
         if not _same_values(inp, previous):
             raise LayerError(
-                f"contextual decomposition needs the forward of {type(inner).__name__} to be a "
+                f"contextual decomposition needs the forward of {model_name} to be a "
                 f"plain chain of modules, but between {where} and {name!r} "
                 f"({type(module).__name__}) it does something that is not a module (a "
                 "residual add, attention, a functional activation ...)."
@@ -798,10 +780,44 @@ def decomposition_chain(
         previous, where = out, f"{name!r} ({type(module).__name__})"
     if not _same_values(output, previous):
         raise LayerError(
-            f"contextual decomposition needs {type(inner).__name__} to return its last "
+            f"contextual decomposition needs {model_name} to return its last "
             f"module's output, but after {where} its forward does something that is not a "
             "module."
         )
+
+
+def decomposition_chain(
+    model: nn.Module, images: torch.Tensor
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """The layers of ``model``'s forward as a plain chain, for contextual decomposition.
+
+    One no-grad forward of ``images`` in eval mode (every module's flag restored) records
+    each leaf module's call in order, with its input and output. The forward is a plain chain
+    when the first call reads the images, each next call reads the previous call's output
+    (reshaped at most: ``view`` / ``flatten`` in ``forward`` are fine) and the model returns
+    the last call's output; a module called twice appears twice.
+
+    Args:
+        model: The model (wrappers such as DataParallel are unwrapped).
+        images: A few ``(B, C, H, W)`` inputs.
+
+    Returns:
+        ``(name, module, input shape without the batch dimension)`` per call.
+
+    Raises:
+        LayerError: A called module without a CD rule (its type is named), a module that
+            takes several inputs, or an operation between modules that is not a module
+            (a residual add, attention, a functional activation ...).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+        >>> [(name, shape) for name, _, shape in decomposition_chain(net, torch.rand(2, 1, 4, 4))]
+        [('0', (1, 4, 4)), ('1', (2, 2, 2)), ('2', (2, 2, 2)), ('3', (8,))]
+    """
+    check_shape(images, "B C H W", "images")
+    inner = unwrap_model(model)
+    calls, output = _traced_calls(model, inner, images)
+    _check_chain(type(inner).__name__, calls, images, output)
     return [(name, module, tuple(int(s) for s in inp.shape[1:])) for name, module, inp, _ in calls]
 
 
