@@ -99,6 +99,43 @@ def _affine(
     return (rel, irrel) if bias is None else split_bias(rel, irrel, bias)
 
 
+def _batchnorm(
+    module: nn.BatchNorm2d, relevant: torch.Tensor, irrelevant: torch.Tensor, both: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm2d with its running statistics: an affine map per channel."""
+    if module.running_mean is None or module.running_var is None:
+        raise LayerError(
+            "CD reads BatchNorm2d with its running statistics (eval mode), but this one "
+            "has none (track_running_stats=False)."
+        )
+    scale = torch.rsqrt(module.running_var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    shift = -module.running_mean * scale
+    if module.bias is not None:
+        shift = shift + module.bias
+    return _affine(relevant, irrelevant, both * scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1))
+
+
+def _max_pool(
+    module: nn.MaxPool2d, relevant: torch.Tensor, irrelevant: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max pooling: both parts read where the sum is largest."""
+    pooled, index = F.max_pool2d(
+        relevant + irrelevant,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        ceil_mode=module.ceil_mode,
+        return_indices=True,
+    )
+    flat = index.flatten(2)
+    rel = relevant.flatten(2).gather(2, flat).view_as(pooled)
+    irrel = irrelevant.flatten(2).gather(2, flat).view_as(pooled)
+    return rel, irrel
+
+
 def decompose_module(
     module: nn.Module, relevant: torch.Tensor, irrelevant: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,37 +178,12 @@ def decompose_module(
     if isinstance(module, nn.Linear):
         return _affine(relevant, irrelevant, F.linear(both, module.weight), module.bias)
     if isinstance(module, nn.BatchNorm2d):
-        if module.running_mean is None or module.running_var is None:
-            raise LayerError(
-                "CD reads BatchNorm2d with its running statistics (eval mode), but this one "
-                "has none (track_running_stats=False)."
-            )
-        scale = torch.rsqrt(module.running_var + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight
-        shift = -module.running_mean * scale
-        if module.bias is not None:
-            shift = shift + module.bias
-        return _affine(
-            relevant, irrelevant, both * scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
-        )
+        return _batchnorm(module, relevant, irrelevant, both)
     if isinstance(module, nn.ReLU):
         rel = F.relu(relevant)
         return rel, F.relu(relevant + irrelevant) - rel
     if isinstance(module, nn.MaxPool2d):
-        pooled, index = F.max_pool2d(
-            relevant + irrelevant,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            ceil_mode=module.ceil_mode,
-            return_indices=True,
-        )
-        flat = index.flatten(2)
-        rel = relevant.flatten(2).gather(2, flat).view_as(pooled)
-        irrel = irrelevant.flatten(2).gather(2, flat).view_as(pooled)
-        return rel, irrel
+        return _max_pool(module, relevant, irrelevant)
     if isinstance(module, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
         out = module(both)
         n = int(relevant.shape[0])
