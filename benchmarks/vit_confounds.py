@@ -58,7 +58,6 @@ from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustViTPenalty
 from xai_feedback.models import TinyViT
 from xai_feedback.objectives import (
-    CONTRIBUTION_WEIGHT,
     contribution_penalty_objective,
     relevance_penalty_objective,
 )
