@@ -609,7 +609,19 @@ def default_object_masks(
     return (images > threshold).any(dim=1) & ~(masks > 0)
 
 
-class RRRGPenalty(nn.Module):
+class _TypologyPenalty(nn.Module):
+    """The XIL typology's Grad-CAM terms: one hyper-parameter, the batch ``reduction``."""
+
+    def __init__(self, reduction: str = "sum") -> None:
+        super().__init__()
+        self.reduction = check_choice(reduction, "reduction", ("sum", "mean"))
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"reduction={self.reduction!r}"
+
+
+class RRRGPenalty(_TypologyPenalty):
     r"""RRR-G's right-reason term: the min-max normalized Grad-CAM inside the shortcut mask.
 
     .. math:: P = \sum_b \sum_{i,j} \big(D(M_b)_{ij}\, \tilde m_{bij}\big)^2
@@ -630,20 +642,12 @@ class RRRGPenalty(nn.Module):
         1.0
     """
 
-    def __init__(self, reduction: str = "sum") -> None:
-        super().__init__()
-        self.reduction = check_choice(reduction, "reduction", ("sum", "mean"))
-
     def forward(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Return the penalty of the signed maps ``(B, h, w)`` inside ``masks``."""
         return rrr_g_penalty(maps, masks, reduction=self.reduction)
 
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown by ``repr``."""
-        return f"reduction={self.reduction!r}"
 
-
-class HINTPenalty(nn.Module):
+class HINTPenalty(_TypologyPenalty):
     r"""HINT's right-reason term as the XIL typology has it: normalized Grad-CAM onto the object.
 
     .. math:: P = \sum_b \sum_{i,j} \big(U(\tilde m_b)_{ij} - O_{bij}\big)^2
@@ -663,17 +667,9 @@ class HINTPenalty(nn.Module):
         0.0
     """
 
-    def __init__(self, reduction: str = "sum") -> None:
-        super().__init__()
-        self.reduction = check_choice(reduction, "reduction", ("sum", "mean"))
-
     def forward(self, maps: torch.Tensor, object_masks: torch.Tensor) -> torch.Tensor:
         """Return the squared error of the normalized maps against the object masks."""
         return hint_penalty(maps, object_masks, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown by ``repr``."""
-        return f"reduction={self.reduction!r}"
 
 
 class RBRPenalty(nn.Module):
