@@ -11,6 +11,7 @@ prints :func:`markdown_table` rows of :func:`mean_std` cells and draws an option
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -222,3 +223,31 @@ def figure(path: Path, draw: Callable[[Any], Any], dpi: int = 110) -> bool:
     plt.close(fig)
     print(f"figure: {path}")
     return True
+
+
+def run_tasks(
+    args: argparse.Namespace,
+    todo: Sequence[tuple[Any, tuple[Any, ...], dict[str, Any]]],
+    run: Callable[..., dict[str, Any]],
+    keep: Callable[[Any, dict[str, Any], dict[str, Any]], None],
+) -> None:
+    """``keep(parts, settings, run(*run_args, settings))`` for each ``(parts, run_args, settings)``.
+
+    On :func:`xai_feedback.evaluation.dask.dask_executor` with ``args.dask`` (``args.workers``
+    processes of ``args.threads`` torch threads; ``run`` must be a module-level function of a
+    benchmark, which the workers import from this folder), else one after the other.
+    """
+    if not (args.dask and todo):
+        for parts, run_args, settings in todo:
+            keep(parts, settings, run(*run_args, settings))
+        return
+    from xai_feedback.evaluation.dask import dask_executor
+
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [here, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    with dask_executor(args.workers, torch_threads=max(1, args.threads)) as executor:
+        futures = [(p, s, executor.submit(run, *r, s)) for p, r, s in todo]
+        for parts, settings, future in futures:
+            keep(parts, settings, future.result())

@@ -480,20 +480,7 @@ def _run_grid(args: argparse.Namespace, store: common.RunStore, tasks: list[Task
         short = {k: v for k, v in record.items() if "curve" not in k}
         print(json.dumps(short), flush=True)
 
-    if args.dask and todo:
-        from xai_feedback.evaluation.dask import dask_executor
-
-        here = str(Path(__file__).resolve().parent)
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [here, *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
-        with dask_executor(args.workers, torch_threads=max(1, args.threads)) as executor:
-            futures = [(p, s, executor.submit(run_one, *r, s)) for p, r, s in todo]
-            for parts, settings, future in futures:
-                keep(parts, settings, future.result())
-    else:
-        for parts, run, settings in todo:
-            keep(parts, settings, run_one(*run, settings))
+    common.run_tasks(args, todo, run_one, keep)
     return [records[p] for p, _, _ in tasks if p in records]
 
 
