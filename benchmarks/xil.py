@@ -50,8 +50,9 @@ Weights: the peers' losses start at their published rates for Decoy-FMNIST (RRR 
 10, HINT 1e-5, RBR 1e6, CDEP 2e6), the library's CAM penalties at issue 26's starting
 weights. ``--select`` trains on 50k training images and scores each weight of
 :data:`SELECT_GRID` on the other 10k (square at a random level), seed 0, never on the test
-set; it writes ``OUT/select/selected.json``, which ``--weights FILE`` then applies (the
-:data:`SELECTED` table holds the weights the test runs use without it).
+set; it writes ``OUT/select/selected.json`` (merged into the choices of earlier calls),
+which ``--weights FILE`` then applies (the :data:`SELECTED` table holds the weights the test
+runs use without it).
 
 Also (``--step``): time of one training step of each arm relative to vanilla (batch 256,
 medians of interleaved rounds, :func:`_common.time_round_robin`) and its peak memory (one
@@ -135,8 +136,13 @@ SELECT_GRID: dict[str, tuple[float, ...]] = {
     "center": (1.0, 10.0, 100.0),
     "rrr_g": (1.0, 10.0, 100.0),
     "hint": (1e-5, 1e-3, 1e-1, 10.0),
-    "rbr": (1e5, 1e6, 1e7),
-    "cdep": (2e5, 2e6, 2e7),
+    # At [0, 1] inputs (the default scale) the published rates are off by orders of magnitude:
+    # at initialization the ratio of the cross-entropy's parameter-gradient norm to the
+    # penalty's is 1.4e10 for RBR (9.3e6 at 0..255, where 1e6 is published) and 0.72 for CDEP
+    # (12.7 at 0..255, where 2e6 is published and collapses at [0, 1]); the grids bracket the
+    # rate that gives the published balance.
+    "rbr": (1e8, 1e9, 1e10),
+    "cdep": (1.0, 10.0, 100.0, 1000.0),
 }
 
 
@@ -533,7 +539,9 @@ def select(args: argparse.Namespace) -> dict[str, float]:
     table = common.markdown_table(["arm", "weight", "decoy val", "tied val", "clean val", ""], rows)
     print(f"\nValidation (10k training images, square random; {_budget(args)}):\n{table}")
     print("selected:", json.dumps(chosen))
-    common.write_json_atomic(args.out / "select" / "selected.json", chosen)
+    path = args.out / "select" / "selected.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    common.write_json_atomic(path, {**earlier, **chosen})
     (args.out / "select" / "table.md").write_text(table + "\n")
     return chosen
 
