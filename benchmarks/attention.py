@@ -51,7 +51,7 @@ def _figure(models: dict[str, nn.Module], plt: Any, n_images: int = 4) -> Any:
         model.eval()
         with CAMHook(model) as hook:
             logits = model(images)
-            cam = hook.cam(logits, None, method="grad_cam", relu=True, size=(28, 28))
+            cam = hook.maps(logits, None, method="grad_cam", relu=True, size=(28, 28))
         rows.append((f"{name}\nGrad-CAM", cam.detach()))
         for key, maps in model.attention_maps().items():
             up = torch.nn.functional.interpolate(

@@ -106,7 +106,7 @@ def confound_energy_share(model: torch.nn.Module, data: ImageDataset) -> float:
     assert data.masks is not None
     with CAMHook(model, eval_mode=True) as hook, torch.no_grad():
         logits = model(data.images)
-        maps = hook.cam(
+        maps = hook.maps(
             logits, all_classes=True, size=(int(data.images.shape[-2]), int(data.images.shape[-1]))
         )
     energy = maps.pow(2).sum(dim=1)
@@ -190,7 +190,7 @@ def _figure(plt: Any, models: dict[str, GAPNet], confound: str, n_images: int = 
     for row, (name, model) in enumerate(models.items()):
         with CAMHook(model, eval_mode=True) as hook, torch.no_grad():
             logits = model(images)
-            maps = hook.cam(
+            maps = hook.maps(
                 logits, None, size=(int(images.shape[-2]), int(images.shape[-1]))
             )  # predicted class, signed
         pred = logits.argmax(1)

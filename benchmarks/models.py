@@ -158,7 +158,7 @@ def _extract_runners(
     def ours() -> torch.Tensor:
         with _frozen(model), CAMHook(model, layer, leaf=True) as hook:
             logits = model(x)
-            maps = hook.cam(logits, target, method=method, create_graph=False)
+            maps = hook.maps(logits, target, method=method, create_graph=False)
         return _minmax(F.interpolate(maps[:, None].detach(), size=size, mode="bilinear"))
 
     runners["floor: no-grad forward"] = floor
@@ -231,7 +231,7 @@ def _vit_runners(
     def ours() -> torch.Tensor:
         with _frozen(model), CAMHook(model, layer, leaf=True) as hook:
             logits = model(x)
-            maps = hook.cam(logits, target, method="grad_cam", create_graph=False)
+            maps = hook.maps(logits, target, method="grad_cam", create_graph=False)
         return _minmax(F.interpolate(maps[:, None].detach(), size=size, mode="bilinear"))
 
     runners: dict[str, Runner] = {"floor: no-grad forward": floor, "xai_feedback": ours}

@@ -116,7 +116,7 @@ def token_cam(
     """Signed all-class CAMs of the token grid ``(B, K, 7, 7)`` (= Grad-CAM for a GAP head)."""
     with CAMHook(model) as hook:
         logits = model(images)
-        maps = hook.cam(logits, all_classes=True)
+        maps = hook.maps(logits, all_classes=True)
     return logits, maps
 
 

@@ -35,7 +35,7 @@ for epoch in range(epochs):
         x, y = train.images[idx], train.labels[idx]
         with CAMHook(model) as hook:  # 1. capture the CAM layer
             logits = model(x)
-            maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
+            maps = hook.maps(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
         loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalize the periphery
         optimizer.zero_grad()
         loss.backward()

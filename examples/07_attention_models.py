@@ -21,7 +21,7 @@ model.eval()
 images = test.images[:4]
 with CAMHook(model) as hook:
     logits = model(images)
-    cams = hook.cam(logits, None, method="cam", size=(28, 28))
+    cams = hook.maps(logits, None, method="cam", size=(28, 28))
 for name, maps in model.attention_maps().items():
     print(f"attention {name}: {tuple(maps.shape)}, range [{maps.min():.2f}, {maps.max():.2f}]")
 predicted, true = logits.argmax(1).tolist(), test.labels[:4].tolist()

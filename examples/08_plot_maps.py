@@ -45,7 +45,7 @@ for name, objective in objectives.items():
     print(f"{name}: confound-test accuracy {accuracy(model, test):.3f}")
     with CAMHook(model) as hook:
         logits = model(images)
-        rows[f"{name}\nCAM"] = hook.cam(logits, method="cam").detach()  # predicted class
+        rows[f"{name}\nCAM"] = hook.maps(logits, method="cam").detach()  # predicted class
     rows[f"{name}\nsaliency"] = attribute(model, images, labels, method="saliency")[:, 0]
 
 fig = plot_maps(images, rows, titles=[f"label {int(y)}" for y in labels])

@@ -34,7 +34,7 @@ class CAMPenaltyModule(L.LightningModule):
         x, y = batch
         with CAMHook(self.model) as hook:  # 1. capture the CAM layer
             logits = self.model(x)
-            maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
+            maps = hook.maps(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
         loss = F.cross_entropy(logits, y) + self.lam * self.penalty(maps)  # 3. penalize
         self.log("loss", loss, prog_bar=True)
         return loss

@@ -27,7 +27,7 @@ model = torchvision.models.resnet18(num_classes=10)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 with CAMHook(model) as hook:  # the layer feeding avgpool: "layer4"
     logits = model(images)
-    maps = hook.cam(logits, all_classes=True)  # (4, 10, 3, 3), in the graph
+    maps = hook.maps(logits, all_classes=True)  # (4, 10, 3, 3), in the graph
 loss = F.cross_entropy(logits, labels) + 10.0 * CenterPenalty()(maps)
 optimizer.zero_grad()
 loss.backward()
@@ -57,5 +57,5 @@ except ImportError:
 else:
     net = timm.create_model("efficientnet_b0", num_classes=10, pretrained=False).eval()
     with CAMHook(net) as hook:
-        maps = hook.cam(net(images), labels, method="grad_cam")
+        maps = hook.maps(net(images), labels, method="grad_cam")
     print(f"timm efficientnet_b0: layer {hook.layer_name!r}, maps {tuple(maps.shape)}")

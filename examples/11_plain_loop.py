@@ -29,7 +29,7 @@ def train(data: ImageDataset, epochs: int = 3, lam: float = 10.0, seed: int = 0)
         for x, y in loader:
             with CAMHook(model) as hook:  # 1. capture the CAM layer
                 logits = model(x)
-                maps = hook.cam(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
+                maps = hook.maps(logits, all_classes=True)  # 2. (B, K, 14, 14), in the graph
             loss = F.cross_entropy(logits, y) + lam * penalty(maps)  # 3. penalize the periphery
             optimizer.zero_grad()
             loss.backward()

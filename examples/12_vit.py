@@ -32,7 +32,7 @@ model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 with CAMHook(model) as hook:  # "blocks.11.norm1", class token dropped, 4 x 4 patches
     logits = model(images)
-    maps = hook.cam(logits, all_classes=True, method="grad_cam")  # (4, 10, 4, 4), in the graph
+    maps = hook.maps(logits, all_classes=True, method="grad_cam")  # (4, 10, 4, 4), in the graph
 loss = F.cross_entropy(logits, labels) + 10.0 * CenterPenalty()(maps)
 optimizer.zero_grad()
 loss.backward()  # through the double backward of the last block's attention
@@ -59,7 +59,7 @@ swin = timm.create_model(
     "swin_tiny_patch4_window7_224", pretrained=False, num_classes=10, img_size=64, window_size=2
 ).eval()
 with torch.no_grad(), CAMHook(swin) as hook:
-    cams = hook.cam(swin(images), labels, method="cam", create_graph=False)
+    cams = hook.maps(swin(images), labels, method="cam", create_graph=False)
 print(f"swin_tiny: layer {hook.layer_name!r}, CAM maps {tuple(cams.shape)}")
 
 try:
@@ -69,5 +69,5 @@ except ImportError:
 else:
     vit = torchvision.models.vit_b_16(weights=None, image_size=64, num_classes=10).eval()
     with CAMHook(vit) as hook:
-        maps = hook.cam(vit(images), labels, method="grad_cam")
+        maps = hook.maps(vit(images), labels, method="grad_cam")
     print(f"torchvision vit_b_16: layer {hook.layer_name!r}, maps {tuple(maps.shape)}")

@@ -35,7 +35,7 @@ def test_battery_resnet_shapes_and_exact_cam() -> None:
     assert logits.shape == (3, 10)
     with CAMHook(model) as hook, torch.no_grad():
         out = model(x)
-        maps = hook.cam(out, all_classes=True)
+        maps = hook.maps(out, all_classes=True)
     assert maps.shape == (3, 10, 14, 14)
     # GAP + linear head: the logit is the CAM's spatial mean plus the bias
     assert torch.allclose(maps.mean((2, 3)) + model.fc.bias, out, atol=1e-5)

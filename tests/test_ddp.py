@@ -75,7 +75,7 @@ def _loss(model: nn.Module, hooked: nn.Module, x: torch.Tensor, y: torch.Tensor,
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16"):
         with CAMHook(hooked) as hook:
             logits = model(x)
-            maps = hook.cam(logits, all_classes=True)
+            maps = hook.maps(logits, all_classes=True)
         return F.cross_entropy(logits.float(), y) + LAM * CenterPenalty(sigma=0.7)(maps.float())
 
 

@@ -27,7 +27,7 @@ def test_cam_equals_hand_computed_on_tiny_model() -> None:
     x = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]])
     with CAMHook(model, "0", head="3") as hook:
         logits = model(x)
-        maps = hook.cam(logits, all_classes=True)
+        maps = hook.maps(logits, all_classes=True)
     # A0 = x, A1 = -2x; CAM_0 = x, CAM_1 = -2x, CAM_2 = 2x - 2x = 0
     assert torch.equal(maps[0, 0], x[0, 0]) and torch.equal(maps[0, 1], -2 * x[0, 0])
     assert torch.equal(maps[0, 2], torch.zeros(2, 2))
@@ -41,19 +41,19 @@ def test_all_methods_targets_and_shapes(device: torch.device) -> None:
     for method in ("cam", "grad_cam", "hires_cam", "grad_cam_pp"):
         with CAMHook(model) as hook:
             logits = model(x)
-            one = hook.cam(logits, y, method=method)
-            pred = hook.cam(logits, None, method=method)
-            fn = hook.cam(logits, lambda z: z.argmin(1), method=method)
-            every = hook.cam(logits, method=method, all_classes=True, size=(28, 28))
+            one = hook.maps(logits, y, method=method)
+            pred = hook.maps(logits, None, method=method)
+            fn = hook.maps(logits, lambda z: z.argmin(1), method=method)
+            every = hook.maps(logits, method=method, all_classes=True, size=(28, 28))
         assert one.shape == (3, 14, 14) and one.device.type == device.type
         assert every.shape == (3, 10, 28, 28)
         assert pred.shape == fn.shape == (3, 14, 14)
     # all-class gradient maps agree with per-target maps
     with CAMHook(model) as hook:
         logits = model(x)
-        every = hook.cam(logits, method="hires_cam", all_classes=True)
+        every = hook.maps(logits, method="hires_cam", all_classes=True)
         assert torch.allclose(
-            every[torch.arange(3), y], hook.cam(logits, y, method="hires_cam"), atol=1e-6
+            every[torch.arange(3), y], hook.maps(logits, y, method="hires_cam"), atol=1e-6
         )
 
 
@@ -62,13 +62,13 @@ def test_cam_equals_hires_cam_times_hw_for_gap_head() -> None:
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, torch.tensor([0, 9]))
-        hires = hook.cam(
+        cam = hook.maps(logits, torch.tensor([0, 9]))
+        hires = hook.maps(
             logits, torch.tensor([0, 9]), method="hires_cam", relu=False, scale="paper"
         )
         # on the CAM scale (the default), HiResCAM and Grad-CAM *equal* CAM for a GAP head
         for method in ("hires_cam", "grad_cam"):
-            same = hook.cam(logits, torch.tensor([0, 9]), method=method, relu=False)
+            same = hook.maps(logits, torch.tensor([0, 9]), method=method, relu=False)
             assert torch.allclose(cam, same, atol=1e-10)
     assert torch.allclose(cam, hires * 196, atol=1e-10)
 
@@ -81,7 +81,7 @@ def test_maps_are_differentiable_and_param_grad_untouched() -> None:
             p.grad = None
         with CAMHook(model) as hook:
             logits = model(x)
-            maps = hook.cam(logits, torch.tensor([0, 1]), method=method)
+            maps = hook.maps(logits, torch.tensor([0, 1]), method=method)
         assert all(p.grad is None for p in model.parameters())  # untouched by the map
         grads = torch.autograd.grad(maps.pow(2).sum(), list(model.parameters()), allow_unused=True)
         conv_weight_grad = grads[0]
@@ -104,7 +104,7 @@ def test_gradient_map_training_signal_matches_finite_difference() -> None:
     def value() -> torch.Tensor:
         with CAMHook(model, "1", head="4") as hook:
             logits = model(x)
-            return hook.cam(logits, y, method="hires_cam", relu=False).pow(2).sum()
+            return hook.maps(logits, y, method="hires_cam", relu=False).pow(2).sum()
 
     w = model[0].weight
     (analytic,) = torch.autograd.grad(value(), [w])
@@ -153,7 +153,7 @@ def test_repeated_training_steps_do_not_grow_memory() -> None:
     def step() -> None:
         with CAMHook(model) as hook:
             logits = model(x)
-            maps = hook.cam(logits, y, method="grad_cam", all_classes=False)
+            maps = hook.maps(logits, y, method="grad_cam", all_classes=False)
         loss = nn.functional.cross_entropy(logits, y) + maps.pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -191,27 +191,27 @@ def test_clear_errors() -> None:
     with pytest.raises(DTypeError, match=r"`model` must be an nn\.Module"):
         CAMHook("model", "features")  # type: ignore[arg-type]
     with CAMHook(model, "features.0") as hook, pytest.raises(LayerError, match="feeds the head"):
-        hook.cam(model(x), method="cam")  # 4 channels, but the head expects 16
+        hook.maps(model(x), method="cam")  # 4 channels, but the head expects 16
     flat = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     with CAMHook(flat, "1") as hook, pytest.raises(LayerError, match="4-D"):
-        hook.cam(flat(x), method="grad_cam")
+        hook.maps(flat(x), method="grad_cam")
     with CAMHook(model) as hook:
         logits = model(x)
         with pytest.raises(ShapeError, match=r"`target`.*dimension 0 \(B\) must be 2, got 3"):
-            hook.cam(logits, torch.tensor([0, 1, 2]))
+            hook.maps(logits, torch.tensor([0, 1, 2]))
         with pytest.raises(RangeError, match=r"classes in \[0, 10\), got values in \[0, 10\]"):
-            hook.cam(logits, torch.tensor([0, 10]))
+            hook.maps(logits, torch.tensor([0, 10]))
         with pytest.raises(RangeError, match=r"\[-1, 1\]"):
-            hook.cam(logits, torch.tensor([-1, 1]))
+            hook.maps(logits, torch.tensor([-1, 1]))
         with pytest.raises(DTypeError, match="integer class indices"):
-            hook.cam(logits, torch.tensor([0.0, 1.0]))
+            hook.maps(logits, torch.tensor([0.0, 1.0]))
         with pytest.raises(RangeError, match="`method` must be one of"):
-            hook.cam(logits, method="score_cam")
+            hook.maps(logits, method="score_cam")
         with pytest.raises(ShapeError, match="batch size"):
-            hook.cam(logits[:1])
+            hook.maps(logits[:1])
     with CAMHook(model) as hook, torch.no_grad():
         logits = model(x)
         with pytest.raises(HookError, match=r"torch\.no_grad"):
-            hook.cam(logits, method="grad_cam")
+            hook.maps(logits, method="grad_cam")
     with CAMHook(model) as hook, pytest.raises(HookError, match="has not run yet"):
-        hook.cam(torch.zeros(2, 10))
+        hook.maps(torch.zeros(2, 10))

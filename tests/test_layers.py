@@ -118,7 +118,7 @@ def test_default_layer_is_the_pooled_feature_map_not_the_last_conv() -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         acts = hook.activations.detach().clone()
-        cam = hook.cam(logits, all_classes=True)
+        cam = hook.maps(logits, all_classes=True)
     assert hook.layer_name == "layer2"
     assert torch.equal(acts, _pool_input(model, x))
     # CAM by hand from the pooled map and the fc weights; it reproduces the logits
@@ -144,15 +144,15 @@ def test_cam_is_checked_and_refused_where_it_is_not_defined() -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         with pytest.raises(LayerError, match="needs the layer that feeds the head"):
-            hook.cam(logits, method="cam")
-        assert hook.cam(logits, method="grad_cam").shape == (3, 12, 12)
+            hook.maps(logits, method="cam")
+        assert hook.maps(logits, method="grad_cam").shape == (3, 12, 12)
     # a head with the right width whose maps do not produce the logits: the check catches it
     net = _eval(ResNetLike())
     with CAMHook(net, "layer1") as hook:  # same channel count as layer2, wrong layer
         logits = net(x)
         with pytest.raises(LayerError, match="does not: its class maps' means plus the bias"):
-            hook.cam(logits, method="cam")
-        assert hook.cam(logits, method="cam", check=False).shape == (3, 12, 12)
+            hook.maps(logits, method="cam")
+        assert hook.maps(logits, method="cam", check=False).shape == (3, 12, 12)
 
 
 def test_densenet_functional_inplace_relu_is_followed_by_default() -> None:
@@ -160,8 +160,8 @@ def test_densenet_functional_inplace_relu_is_followed_by_default() -> None:
     x = _x()
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, all_classes=True)  # check passes: maps are of relu(features)
-        grad = hook.cam(logits, method="grad_cam", relu=False, all_classes=True)
+        cam = hook.maps(logits, all_classes=True)  # check passes: maps are of relu(features)
+        grad = hook.maps(logits, method="grad_cam", relu=False, all_classes=True)
     relu_features = F.relu(model.features(x))
     expected = torch.einsum("kc,bchw->bkhw", model.classifier.weight, relu_features)
     assert torch.allclose(cam, expected, atol=1e-5)
@@ -169,12 +169,12 @@ def test_densenet_functional_inplace_relu_is_followed_by_default() -> None:
     # naming the pooled layer gives the same maps (its name round-trips)
     with CAMHook(model, "features") as hook:
         logits = model(x)
-        assert torch.allclose(hook.cam(logits, all_classes=True), cam, atol=1e-6)
+        assert torch.allclose(hook.maps(logits, all_classes=True), cam, atol=1e-6)
     # any other layer modified in place afterwards raises: `features.1`'s output is ReLU'd
     with CAMHook(model, "features.1") as hook:
         logits = model(x)
         with pytest.raises(HookError, match="modified in place after it was captured"):
-            hook.cam(logits, method="grad_cam")
+            hook.maps(logits, method="grad_cam")
 
 
 @pytest.mark.parametrize("leaf", [False, True])
@@ -184,7 +184,7 @@ def test_inplace_modifications_never_corrupt_maps(leaf: bool) -> None:
     # reference: layer2.1.bn2's own output and the gradient of the logit with respect to it
     with CAMHook(model, "layer2.1.bn2", inplace="copy", leaf=leaf) as hook:
         logits = model(x)
-        copy = hook.cam(
+        copy = hook.maps(
             logits, torch.tensor([0, 1, 2]), method="grad_cam", scale="paper", relu=True
         )
         acts = hook.activations.detach().clone()
@@ -197,7 +197,7 @@ def test_inplace_modifications_never_corrupt_maps(leaf: bool) -> None:
     with CAMHook(model, "layer2.1.bn2", inplace="raise", leaf=leaf) as hook:
         logits = model(x2)
         with pytest.raises(HookError, match="inplace='copy'"):
-            hook.cam(logits, torch.tensor([0, 1, 2]), method="grad_cam")
+            hook.maps(logits, torch.tensor([0, 1, 2]), method="grad_cam")
     # the reference Grad-CAM from autograd on a model whose block does not modify in place
     out = torch.zeros(0)
 
@@ -230,13 +230,13 @@ def test_x_relu_inplace_after_hooked_layer_is_detected() -> None:
     with CAMHook(net, "conv", inplace="raise") as hook:
         logits = net(_x())
         with pytest.raises(HookError, match="modified in place"):
-            hook.cam(logits, method="hires_cam")
+            hook.maps(logits, method="hires_cam")
     # "conv" feeds the pooling (the mean), so its default policy follows the in-place ReLU
     assert CAMHook(net, "conv").inplace == CAMHook(net).inplace == "follow"
     with CAMHook(net, "conv") as hook:
         logits = net(_x())
-        hires = hook.cam(logits, all_classes=True, method="hires_cam", relu=False)
-        cam = hook.cam(logits, all_classes=True, method="cam")
+        hires = hook.maps(logits, all_classes=True, method="hires_cam", relu=False)
+        cam = hook.maps(logits, all_classes=True, method="cam")
     assert torch.allclose(hires, cam, atol=1e-5)  # the ReLU'd map feeds the mean: CAM is exact
 
 
@@ -244,11 +244,11 @@ def test_wrappers_give_the_same_names_and_maps() -> None:
     model = _eval(ResNetLike())
     x = _x()
     with CAMHook(model) as hook:
-        bare = hook.cam(model(x), method="grad_cam")
+        bare = hook.maps(model(x), method="grad_cam")
     for wrapped in (nn.DataParallel(model),):  # DataParallel on CPU runs the module itself
         assert unwrap_model(wrapped) is model
         with CAMHook(wrapped, "module.layer2") as hook:
-            maps = hook.cam(wrapped(x), method="grad_cam")
+            maps = hook.maps(wrapped(x), method="grad_cam")
         assert hook.layer_name == "layer2"
         assert torch.allclose(maps, bare)
     assert resolve_layer(nn.DataParallel(model), "_orig_mod.module.layer2").name == "layer2"
@@ -274,7 +274,7 @@ def test_two_threads_on_one_model_never_mix_activations() -> None:
     refs = []
     for x in inputs:
         with CAMHook(model) as hook:
-            refs.append(hook.cam(model(x), method="grad_cam").detach())
+            refs.append(hook.maps(model(x), method="grad_cam").detach())
     barrier = threading.Barrier(2)
     errors: list[str] = []
 
@@ -284,7 +284,7 @@ def test_two_threads_on_one_model_never_mix_activations() -> None:
                 barrier.wait()
                 logits = model(inputs[i])
                 barrier.wait()  # both forwards done before either reads its activations
-                maps = hook.cam(logits, method="grad_cam").detach()
+                maps = hook.maps(logits, method="grad_cam").detach()
             if not torch.allclose(maps, refs[i], atol=1e-6):
                 errors.append(f"thread {i} got a mixed map")
 
@@ -300,11 +300,11 @@ def test_nested_hooks_on_one_layer_both_work_also_as_leaves() -> None:
     model = _eval(ResNetLike())
     x = _x()
     with CAMHook(model) as hook:
-        ref = hook.cam(model(x), method="grad_cam").detach()
+        ref = hook.maps(model(x), method="grad_cam").detach()
     with CAMHook(model, leaf=True) as outer, CAMHook(model, leaf=True) as inner:
         logits = model(x)
-        a = outer.cam(logits, method="grad_cam", create_graph=False)
-        b = inner.cam(logits, method="grad_cam", create_graph=False)
+        a = outer.maps(logits, method="grad_cam", create_graph=False)
+        b = inner.maps(logits, method="grad_cam", create_graph=False)
     assert torch.allclose(a, ref, atol=1e-6) and torch.allclose(b, ref, atol=1e-6)
 
 
@@ -319,7 +319,7 @@ def test_gradient_maps_on_the_cam_scale() -> None:
     expected = torch.einsum("c,bchw->bhw", weight[1].clamp(min=0), acts)
     assert torch.allclose(pp, expected, rtol=1e-4, atol=0)
     with CAMHook(GAPNet(width=4)) as hook, pytest.raises(RangeError, match="`scale`"):
-        hook.cam(hook.model(torch.rand(1, 1, 28, 28)), method="grad_cam", scale="unit")
+        hook.maps(hook.model(torch.rand(1, 1, 28, 28)), method="grad_cam", scale="unit")
 
 
 def test_one_registry_one_definition_on_every_path() -> None:
@@ -331,7 +331,7 @@ def test_one_registry_one_definition_on_every_path() -> None:
         with CAMHook(model, eval_mode=True) as hook:
             # the explanation calls give the published definition (ReLU for gradient methods)
             relu = get_method(method).default_relu  # type: ignore[attr-defined]
-            direct = hook.cam(model(x), y, method=method, relu=relu).detach()
+            direct = hook.maps(model(x), y, method=method, relu=relu).detach()
         assert torch.allclose(cam_maps(model, x, y, method), direct, atol=1e-6)
         reduced = attribute(model, x, y, method=method, reduce="abs_sum")
         assert torch.allclose(reduced, direct.abs(), atol=1e-6)
@@ -363,6 +363,6 @@ def test_a_module_list_resolves_to_its_last_called_element() -> None:
     x = torch.rand(2, 3, 9, 9)
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, all_classes=True)  # exact: the pooled map, verified
+        cam = hook.maps(logits, all_classes=True)  # exact: the pooled map, verified
     assert cam.shape == (2, 2, 5, 5)
     assert torch.allclose(cam.mean(dim=(2, 3)) + model.classifier[2].bias, logits, atol=1e-6)

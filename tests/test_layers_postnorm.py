@@ -70,7 +70,7 @@ def test_default_layer_gives_nonzero_grad_cam_equal_to_the_hand_computation(
     x = torch.rand(2, 3, 16, 16)
     target = torch.tensor([0, 2])
     with CAMHook(model) as hook:
-        maps = hook.cam(model(x), target, method="grad_cam").detach()
+        maps = hook.maps(model(x), target, method="grad_cam").detach()
         chosen = hook.layer_name
     assert maps.shape == (2, 4, 4)
     assert all(float(m.abs().max()) > 1e-3 for m in maps)  # every image: a non-zero map

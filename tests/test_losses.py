@@ -106,7 +106,7 @@ def test_penalty_moves_evidence_out_of_the_frame() -> None:
 
     def frame_energy(model: torch.nn.Module) -> float:
         with CAMHook(model, eval_mode=True) as hook:
-            maps = hook.cam(model(data.images), all_classes=True)
+            maps = hook.maps(model(data.images), all_classes=True)
         cover = masks_to_maps(data.masks, tuple(maps.shape[-2:]))[:, None]
         return float((maps * cover).pow(2).sum() / maps.pow(2).sum())
 

@@ -104,8 +104,8 @@ def test_the_hook_computes_every_method_through_maps(name: str) -> None:
     assert isinstance(method, CAMMethod)
     with CAMHook(model) as hook:
         logits = model(x)
-        got = hook.cam(logits, target, method=name)
-        every = hook.cam(logits, method=name, all_classes=True)
+        got = hook.maps(logits, target, method=name)
+        every = hook.maps(logits, method=name, all_classes=True)
     want = method.maps(_inputs(model, x), target, relu=False) * method.cam_scale(H, W)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(every[torch.arange(2), target], got)
@@ -151,9 +151,9 @@ def test_all_class_maps_are_bounded_before_the_first_backward() -> None:
     with CAMHook(model, "features") as hook:  # the hook passes the bound through
         logits = model(x)
         with pytest.raises(RangeError, match="max_bytes"):
-            hook.cam(logits, method="grad_cam", all_classes=True, max_bytes=1)
+            hook.maps(logits, method="grad_cam", all_classes=True, max_bytes=1)
         # CAM reads the head: no gradient kept, nothing to bound
-        assert hook.cam(logits, all_classes=True, max_bytes=0).shape == (2, K, H, W)
+        assert hook.maps(logits, all_classes=True, max_bytes=0).shape == (2, K, H, W)
 
 
 def test_one_gradient_helper_serves_both_families() -> None:
@@ -189,8 +189,8 @@ def test_method_names_see_a_method_registered_later() -> None:
         model, x = Head(), torch.rand(2, 2, H, W)
         with CAMHook(model, "features") as hook:
             logits = model(x)
-            got = hook.cam(logits, torch.tensor([0, 1]), method="test_doubled_grad_cam")
-            want = 2 * hook.cam(logits, torch.tensor([0, 1]), method="hires_cam", scale="paper")
+            got = hook.maps(logits, torch.tensor([0, 1]), method="test_doubled_grad_cam")
+            want = 2 * hook.maps(logits, torch.tensor([0, 1]), method="hires_cam", scale="paper")
         torch.testing.assert_close(got, want)
     finally:
         del _registry._REGISTRY["test_doubled_grad_cam"]

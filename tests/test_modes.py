@@ -128,7 +128,7 @@ def test_cam_hook_in_eval_mode_restores_each_flag() -> None:
     flags, _ = _state(model)
     with CAMHook(model, eval_mode=True) as hook:
         assert not any(m.training for m in model.modules())
-        hook.cam(model(data.images), data.labels)
+        hook.maps(model(data.images), data.labels)
     assert _state(model)[0] == flags
 
 

@@ -22,8 +22,8 @@ from xai_feedback.models import GAPNet
 def _step(model: GAPNet, x: torch.Tensor, y: torch.Tensor, method: str, masks: torch.Tensor):
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, y, method=method, all_classes=True, relu=False)
-        target_maps = hook.cam(logits, y, method=method, relu=False)
+        maps = hook.maps(logits, y, method=method, all_classes=True, relu=False)
+        target_maps = hook.maps(logits, y, method=method, relu=False)
     loss = (
         F.cross_entropy(logits, y)
         + CenterPenalty()(maps)
@@ -56,7 +56,7 @@ def test_cam_penalty_step_has_no_python_level_sync(
     masks = torch.zeros(4, 28, 28, dtype=torch.bool)
     masks[:, :2] = True
     with CAMHook(model) as hook:  # the CAM head check reads data once per model: do it first
-        hook.cam(model(x), y, method="cam")
+        hook.maps(model(x), y, method="cam")
     expected = _step(model, x, y, method, masks).detach().clone()
     model.zero_grad()
     with _no_python_reads(monkeypatch):

@@ -55,7 +55,7 @@ def test_the_objective_and_the_readme_lines_give_the_same_loss(
     loss, logits = cam_penalty_objective(penalty, 10.0, method=method)(model, batch)
     with CAMHook(model) as hook:  # the README's three lines, hook defaults
         readme_logits = model(batch.images)
-        maps = hook.cam(readme_logits, batch.labels, method=method, all_classes=True)
+        maps = hook.maps(readme_logits, batch.labels, method=method, all_classes=True)
     by_hand = F.cross_entropy(readme_logits, batch.labels) + 10.0 * penalty(
         maps, target=batch.labels, masks=batch.masks
     )
@@ -68,8 +68,8 @@ def test_the_penalty_sees_signed_maps() -> None:
     model, batch = _model(), _batch()
     with CAMHook(model) as hook:
         logits = model(batch.images)
-        signed = hook.cam(logits, method="grad_cam", all_classes=True)
-        relu = hook.cam(logits, method="grad_cam", all_classes=True, relu=True)
+        signed = hook.maps(logits, method="grad_cam", all_classes=True)
+        relu = hook.maps(logits, method="grad_cam", all_classes=True, relu=True)
     assert bool((signed < 0).any())
     penalty = CenterPenalty()
     loss, _ = cam_penalty_objective(penalty, 1.0, method="grad_cam")(model, batch)
@@ -107,7 +107,7 @@ def test_penalty_registry_builds_by_name_and_takes_new_penalties() -> None:
         model, batch = _model(), _batch()
         loss, logits = cam_penalty_objective("test_top_row", 2.0)(model, batch)
         with CAMHook(model) as hook:
-            maps = hook.cam(model(batch.images), all_classes=True)
+            maps = hook.maps(model(batch.images), all_classes=True)
         want = F.cross_entropy(logits, batch.labels) + 2.0 * maps[..., 0, :].pow(2).mean()
         torch.testing.assert_close(loss, want)
     finally:
@@ -154,7 +154,7 @@ def test_schedules_switch_the_penalty_by_epoch() -> None:
     torch.testing.assert_close(first, F.cross_entropy(logits, _batch().labels))
     second, logits = objective(model, _batch(epoch=1))
     with CAMHook(model) as hook:
-        maps = hook.cam(model(_batch().images), all_classes=True)
+        maps = hook.maps(model(_batch().images), all_classes=True)
     want = 0.5 * F.cross_entropy(logits, _batch().labels) + 3.0 * penalty(maps)
     torch.testing.assert_close(second, want)
 
@@ -193,7 +193,7 @@ def test_cam_objective_trains_a_model_with_dropout_before_the_head() -> None:
     with CAMHook(model) as hook:  # the hook's own check, in training mode, refuses it
         logits = model(batch.images)
         with pytest.raises(LayerError, match="dropout"):
-            hook.cam(logits, method="cam")
+            hook.maps(logits, method="cam")
     torch.manual_seed(1)
     loss, _ = cam_penalty_objective("center", 1.0)(model, batch)
     assert model.training and model.classifier[0].training  # flags kept

@@ -16,8 +16,9 @@ from torch import nn
 
 from xai_feedback import DTypeError, LayerError, ShapeError
 from xai_feedback.attribution import attribute, cam_maps
-from xai_feedback.hooks import CAMHook, logits_of
+from xai_feedback.hooks import CAMHook
 from xai_feedback.layers import find_feature_layer, find_token_layer, prefix_token_count
+from xai_feedback.targets import logits_of
 from xai_feedback.tokens import TokenReshape, default_reshape
 
 C, PATCH = 8, 4
@@ -246,8 +247,8 @@ def test_grad_cam_equals_the_reference_on_the_unfolded_tokens(registers: int) ->
     target = torch.tensor([0, 2])
     want = _reference_grad_cam(model, x, target, 1 + registers)
     with CAMHook(model) as hook:
-        got = hook.cam(model(x), target, method="grad_cam", scale="paper")
-        cam_scale = hook.cam(model(x), target, method="grad_cam")
+        got = hook.maps(model(x), target, method="grad_cam", scale="paper")
+        cam_scale = hook.maps(model(x), target, method="grad_cam")
     assert got.shape == (2, 3, 3)
     assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(cam_scale, 9 * want, atol=1e-12)  # CAM scale: times h w
@@ -269,8 +270,8 @@ def test_hires_and_grad_cam_pp_on_the_fold_equal_the_kernels_on_the_unfolded_tok
     pp = ((alpha * F.relu(g)).sum(1)[:, None, :] * a).sum(-1).view(2, 3, 3)
     with CAMHook(model) as hook:
         logits = model(x)
-        got_hires = hook.cam(logits, target, method="hires_cam", scale="paper")
-        got_pp = hook.cam(logits, target, method="grad_cam_pp", scale="paper")
+        got_hires = hook.maps(logits, target, method="hires_cam", scale="paper")
+        got_pp = hook.maps(logits, target, method="grad_cam_pp", scale="paper")
     assert torch.allclose(got_hires, hires, atol=1e-12)
     assert torch.allclose(got_pp, pp, atol=1e-10)
 
@@ -279,17 +280,17 @@ def test_maps_are_batched_per_image() -> None:
     model, x = _vit(2), _images(3)
     target = torch.tensor([0, 1, 2])
     with CAMHook(model) as hook:
-        batch = hook.cam(model(x), target, method="grad_cam")
+        batch = hook.maps(model(x), target, method="grad_cam")
     for i in range(3):
         with CAMHook(model) as hook:
-            one = hook.cam(model(x[i : i + 1]), target[i : i + 1], method="grad_cam")
+            one = hook.maps(model(x[i : i + 1]), target[i : i + 1], method="grad_cam")
         assert torch.allclose(batch[i], one[0], atol=1e-5)
 
 
 def test_cam_is_refused_on_a_class_token_head() -> None:
     model, x = _vit(), _images()
     with pytest.raises(LayerError, match="global-average-pool"), CAMHook(model) as hook:
-        hook.cam(model(x), method="cam")
+        hook.maps(model(x), method="cam")
 
 
 def test_swin_like_cam_is_exact_and_grad_cam_equals_it() -> None:
@@ -297,8 +298,8 @@ def test_swin_like_cam_is_exact_and_grad_cam_equals_it() -> None:
     model, x = SwinLike().double().eval(), _images(dtype=torch.float64)
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, all_classes=True)  # verified: means + bias are the logits
-        grad = hook.cam(logits, all_classes=True, method="grad_cam")
+        cam = hook.maps(logits, all_classes=True)  # verified: means + bias are the logits
+        grad = hook.maps(logits, all_classes=True, method="grad_cam")
         grid = hook.activations  # (B, H, W, C), channels-last
     assert grid.shape == (2, 3, 3, C)
     want = torch.einsum("kc,bhwc->bkhw", model.head.weight, grid)
@@ -320,9 +321,9 @@ def test_output_object_with_logits_is_accepted() -> None:
     target = torch.tensor([2, 1])
     with CAMHook(model) as hook:
         assert hook.layer_name == "vit.blocks.1.norm1"
-        got = hook.cam(model(x), target, method="grad_cam")
+        got = hook.maps(model(x), target, method="grad_cam")
     with CAMHook(model.vit) as hook:
-        want = hook.cam(model.vit(x), target, method="grad_cam")
+        want = hook.maps(model.vit(x), target, method="grad_cam")
     assert torch.allclose(got, want)
     maps = attribute(model, x, target, method="grad_cam")
     assert maps.shape == (2, 1, 12, 12)
@@ -334,7 +335,7 @@ def test_cam_maps_and_attribute_on_a_vit() -> None:
     model, x = _vit(4), _images()
     target = torch.tensor([0, 1])
     with CAMHook(model) as hook:
-        want = torch.relu(hook.cam(model(x), target, method="grad_cam_pp")).detach()
+        want = torch.relu(hook.maps(model(x), target, method="grad_cam_pp")).detach()
     got = cam_maps(model, x, target, "grad_cam_pp")
     assert torch.allclose(got, want, atol=1e-6)
     explicit = cam_maps(
@@ -350,7 +351,7 @@ def test_cam_maps_and_attribute_on_a_vit() -> None:
 def test_a_token_layer_without_reshape_is_a_layer_error() -> None:
     model, x = _vit(), _images()
     with pytest.raises(LayerError, match="reshape"), CAMHook(model, reshape=lambda t: t) as hook:
-        hook.cam(model(x), method="grad_cam")
+        hook.maps(model(x), method="grad_cam")
 
 
 # ----- differentiable maps -----------------------------------------------------------------
@@ -368,7 +369,7 @@ def test_token_maps_are_differentiable_gradcheck() -> None:
         values = {**params, names[0]: qkv, names[1]: head}
         with CAMHook(model) as hook:
             logits = torch.func.functional_call(model, values, (x,))
-            return hook.cam(logits, target, method="grad_cam")
+            return hook.maps(logits, target, method="grad_cam")
 
     inputs = tuple(params[n].detach().clone().requires_grad_() for n in names)
     assert torch.autograd.gradcheck(maps_of, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
@@ -380,7 +381,7 @@ def test_a_loss_on_the_maps_trains_the_parameters_with_fused_attention() -> None
     target = torch.tensor([0, 1])
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, target, method="grad_cam")
+        maps = hook.maps(logits, target, method="grad_cam")
     maps.pow(2).mean().backward()  # only the map's loss: no cross-entropy term
     qkv = model.blocks[1].attn.qkv.weight.grad
     assert qkv is not None and float(qkv.abs().sum()) > 0  # through the double backward
@@ -388,7 +389,7 @@ def test_a_loss_on_the_maps_trains_the_parameters_with_fused_attention() -> None
     # the fused kernel itself has no double backward: the hook's math switch is what works
     model.zero_grad()
     with CAMHook(model, sdpa_math=False) as hook:
-        maps = hook.cam(model(x), target, method="grad_cam")
+        maps = hook.maps(model(x), target, method="grad_cam")
     with pytest.raises(RuntimeError, match="derivative"):
         maps.pow(2).mean().backward()
 

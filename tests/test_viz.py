@@ -66,7 +66,7 @@ def test_plot_maps_from_an_all_class_tensor_and_rgb_images(device: torch.device)
 
 
 def test_plot_maps_takes_the_one_row_shape_attribute_returns() -> None:
-    # (N, h, w): what attribute() and a one-class hook.cam give, the first thing a user plots
+    # (N, h, w): what attribute() and a one-class hook.maps give, the first thing a user plots
     from xai_feedback.attribution import attribute
     from xai_feedback.models import GAPNet
 

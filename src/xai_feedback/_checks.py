@@ -30,6 +30,7 @@ __all__ = [
     "check_number",
     "check_same_batch",
     "check_shape",
+    "check_size",
     "check_tensor",
     "check_unit_range",
 ]
@@ -159,6 +160,21 @@ def check_int(
     if maximum is not None and value > maximum:
         raise RangeError(f"`{name}` must be <= {maximum}, got {value}.")
     return value
+
+
+def check_size(size: Any, name: str = "size") -> tuple[int, int]:
+    """Return ``size`` as an ``(H, W)`` pair of ints >= 1 (a map's or an image's size).
+
+    Example:
+        >>> check_size([28, 28])
+        (28, 28)
+    """
+    if not isinstance(size, tuple | list) or len(size) != 2:
+        raise ShapeError(f"`{name}` must be a pair (H, W), got {size!r}.")
+    return (
+        check_int(size[0], f"{name}[0]", minimum=1),
+        check_int(size[1], f"{name}[1]", minimum=1),
+    )
 
 
 def check_sizes(**sizes: Any) -> None:

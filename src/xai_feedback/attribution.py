@@ -36,7 +36,7 @@ from xai_feedback._checks import (
 from xai_feedback._modes import eval_mode, frozen_parameters
 from xai_feedback.errors import DTypeError, RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
-from xai_feedback.hooks import CAMHook, Reshape, logits_of
+from xai_feedback.hooks import CAMHook, Reshape
 from xai_feedback.layers import resolve_layer
 from xai_feedback.methods import (
     AttributionFn,
@@ -47,7 +47,7 @@ from xai_feedback.methods import (
     get_method,
 )
 from xai_feedback.relevance import relevance_maps
-from xai_feedback.targets import Target, resolve_targets
+from xai_feedback.targets import Target, logits_of, resolve_targets
 
 __all__ = [
     "ENSEMBLES",
@@ -150,7 +150,7 @@ def cam_maps(
             transformer the first norm of its last block).
         relu: Keep only positive evidence. Default: the published definition (ReLU for
             the gradient methods, signed for ``"cam"``); the training path
-            (:meth:`~xai_feedback.hooks.CAMHook.cam`) is signed for every method.
+            (:meth:`~xai_feedback.hooks.CAMHook.maps`) is signed for every method.
         scale: ``"cam"`` or ``"paper"`` (see :mod:`xai_feedback.methods`).
         batch_size: Images per forward.
         reshape: How the layer's tokens fold to ``(B, C, h, w)``
@@ -196,7 +196,7 @@ def _cam_maps(
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
             with CAMHook(model, layer, eval_mode=True, leaf=True, reshape=reshape) as hook:
                 logits = model(x)
-                maps = hook.cam(
+                maps = hook.maps(
                     logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
                 )
             chunks.append(maps.detach())

@@ -39,17 +39,17 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_shape
+from xai_feedback._checks import check_choice
+from xai_feedback._maps import finish_maps, map_classes, map_logits
 from xai_feedback._modes import math_attention, module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
-from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
 from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
-from xai_feedback.targets import Target, resolve_targets
+from xai_feedback.targets import Target
 from xai_feedback.tokens import TokenReshape, default_reshape
 
-__all__ = ["INPLACE_POLICIES", "ActivationHook", "CAMHook", "Reshape", "logits_of"]
+__all__ = ["INPLACE_POLICIES", "ActivationHook", "CAMHook", "Reshape"]
 
 INPLACE_POLICIES = ("raise", "copy", "follow")
 """What a hook does when later code modifies the captured tensor in place."""
@@ -57,27 +57,6 @@ INPLACE_POLICIES = ("raise", "copy", "follow")
 Reshape = TokenReshape | Callable[[torch.Tensor], torch.Tensor]
 """How a hook folds its layer's output to ``(B, C, h, w)``: a :class:`TokenReshape` or a
 function that only selects and rearranges entries (pytorch-grad-cam's ``reshape_transform``)."""
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model's output: the tensor itself, or its ``.logits`` (Hugging Face).
-
-    Raises:
-        DTypeError: Neither a tensor nor an object with a tensor ``.logits``.
-
-    Example:
-        >>> logits_of(torch.zeros(2, 3)).shape
-        torch.Size([2, 3])
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise DTypeError(
-        f"`logits` must be a (B, K) tensor or a model output with a `.logits` tensor, got "
-        f"{type(output).__name__}."
-    )
 
 
 def _default_name(model: nn.Module) -> str | None:
@@ -261,8 +240,8 @@ class CAMHook(ActivationHook):
     evidence is what a penalty needs: a shortcut turned into *negative* evidence for the
     other classes is hidden by a ReLU (measured: docs, *Which penalty*); a penalty's own
     ``signed=False`` applies the ReLU where wanted. The explanation calls
-    (:func:`~xai_feedback.attribution.attribute`, :func:`~xai_feedback.attribution.cam_maps`)
-    return the published definitions instead (ReLU for the gradient methods), as the peers do.
+    (:func:`~xai_feedback.attribution.attribute`) returns the published definitions instead
+    (ReLU for the gradient methods), as the peers do.
 
     Args:
         model: The model, possibly wrapped (DataParallel, DDP, ``torch.compile``).
@@ -300,7 +279,7 @@ class CAMHook(ActivationHook):
         >>> x, y = torch.rand(2, 1, 28, 28), torch.tensor([3, 5])
         >>> with CAMHook(model) as hook:
         ...     logits = model(x)
-        ...     maps = hook.cam(logits, y, method="grad_cam")
+        ...     maps = hook.maps(logits, y, method="grad_cam")
         >>> maps.shape, maps.requires_grad, hook.layer_name
         (torch.Size([2, 14, 14]), True, 'features')
 
@@ -327,7 +306,7 @@ class CAMHook(ActivationHook):
         ...         return self.head(self.blocks(t)[:, 0])
         >>> vit = ViT()
         >>> with CAMHook(vit) as hook:
-        ...     maps = hook.cam(vit(torch.rand(2, 3, 28, 28)), method="grad_cam")
+        ...     maps = hook.maps(vit(torch.rand(2, 3, 28, 28)), method="grad_cam")
         >>> hook.layer_name, maps.shape
         ('blocks.1.norm1', torch.Size([2, 7, 7]))
     """
@@ -439,22 +418,26 @@ class CAMHook(ActivationHook):
         """
         return self._grid(batch)[1]
 
-    def cam(
+    def maps(
         self,
         logits: torch.Tensor | Any,
         target: Target = None,
         *,
         method: str = "cam",
         all_classes: bool = False,
-        relu: bool = False,
         normalize: str = "none",
         size: tuple[int, int] | None = None,
         create_graph: bool = True,
+        max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
+        relu: bool = False,
         scale: str = "cam",
         check: bool = True,
-        max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
     ) -> torch.Tensor:
         r"""Maps of ``logits`` (from the forward inside this block).
+
+        The keywords up to ``max_bytes`` are those of
+        :meth:`~xai_feedback.relevance.AttentionCapture.maps`, with the same meaning; ``relu``,
+        ``scale`` and ``check`` are the CAM kind's own.
 
         Args:
             logits: ``(B, K)`` logits of the most recent forward, or the model's output
@@ -464,21 +447,22 @@ class CAMHook(ActivationHook):
             method: A method of the ``"cam"`` kind (``method_names("cam")`` of
                 :mod:`xai_feedback.methods`).
             all_classes: Return the maps of every class, ``(B, K, h, w)``.
+            normalize: Per-map normalization (:func:`~xai_feedback.functional.normalize_maps`).
+            size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly
+                (:func:`~xai_feedback.functional.resize_maps`); ``None``: the layer's grid.
+            create_graph: Keep the gradient in the graph (needed to train through the maps).
+            max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
+                maps may keep alive (estimated before the first backward; 4 GiB by default);
+                ``None``: no bound.
             relu: Keep only positive evidence. Default ``False`` for every method: signed
                 maps, the training path's rule (see the class docstring; ``True`` gives the
                 published Grad-CAM / HiResCAM / Grad-CAM++).
-            normalize: Per-map normalization (:func:`~xai_feedback.functional.normalize_maps`).
-            size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly.
-            create_graph: Keep the gradient in the graph (needed to train through the maps).
             scale: ``"cam"`` (Grad-CAM and HiResCAM times ``h w``, Grad-CAM++ times 2: on the
                 scale of CAM) or ``"paper"`` (the published definitions); see
                 :mod:`xai_feedback.methods`.
             check: For ``"cam"``, verify (once per model, layer and head) that the layer feeds
                 a global-average-pool + linear head. Turn off for a head that is not exact in
                 training mode (e.g. dropout before the linear layer).
-            max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
-                maps may keep alive (estimated before the first backward; 4 GiB by default);
-                ``None``: no bound.
 
         Returns:
             Maps ``(B, h, w)``, or ``(B, K, h, w)`` with ``all_classes``.
@@ -488,18 +472,19 @@ class CAMHook(ActivationHook):
                 ``"grad_cam"`` or ``"hires_cam"`` there; a ViT's class-token head is refused
                 so), or a layer that is not 4-D after ``reshape``.
             ShapeError: Token counts that do not fold to the grid (see
-                :class:`~xai_feedback.tokens.TokenReshape`).
-            RangeError: ``all_classes`` maps would keep more than ``max_bytes`` of gradients.
+                :class:`~xai_feedback.tokens.TokenReshape`), or a ``size`` that is not a pair.
+            RangeError: An unknown ``method``, ``normalize`` or ``scale``, or ``all_classes``
+                maps would keep more than ``max_bytes`` of gradients.
 
         Shape:
             - logits: :math:`(B, K)`; output: :math:`(B, h, w)` or :math:`(B, K, h, w)`
+              (:math:`(H, W)` = ``size`` in place of :math:`(h, w)` when given)
         """
         spec = cast(CAMMethod, get_method(method, "cam"))
         check_choice(scale, "scale", SCALES)
-        logits = logits_of(logits)
-        dims = check_shape(logits, "B K", "logits")
-        raw, acts = self._grid(dims["B"])
-        target = None if all_classes else resolve_targets(target, logits)
+        logits = map_logits(logits, normalize, size)
+        raw, acts = self._grid(int(logits.shape[0]))
+        classes = map_classes(target, logits, all_classes)
         inputs = MapInputs(
             acts,
             logits,
@@ -513,8 +498,7 @@ class CAMHook(ActivationHook):
             compiled=type(self.model).__name__ == "OptimizedModule",
             max_bytes=max_bytes,
         )
-        maps = spec.maps(inputs, target, relu=bool(relu))
+        maps = spec.maps(inputs, classes, relu=bool(relu))
         if scale == "cam":
             maps = maps * spec.cam_scale(int(acts.shape[2]), int(acts.shape[3]))
-        maps = normalize_maps(maps, normalize)
-        return resize_maps(maps, size) if size is not None else maps
+        return finish_maps(maps, normalize, size)

@@ -33,6 +33,7 @@ from xai_feedback.losses import (
     get_penalty,
 )
 from xai_feedback.methods import get_method
+from xai_feedback.targets import logits_of
 from xai_feedback.training import Batch, Objective
 
 __all__ = [
@@ -123,7 +124,7 @@ def cam_penalty_objective(
             if pen_w == 0:
                 return ce_w * ce, logits
             # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
-            maps = hook.cam(
+            maps = hook.maps(
                 logits, batch.labels, method=method, all_classes=all_classes, check=False
             )
         value = penalty(maps, target=batch.labels, masks=batch.masks)
@@ -142,7 +143,7 @@ def _verify_cam_head(model: nn.Module, layer: nn.Module | str | None, images: to
     """
     with torch.no_grad(), eval_mode(model), CAMHook(model, layer) as hook:
         logits = model(images[:4])
-        hook.cam(logits, method="cam", check=True)
+        hook.maps(logits, method="cam", check=True)
 
 
 def relevance_penalty_objective(
@@ -546,7 +547,7 @@ def _typology_grad_cam(
     constants (captum takes the gradient without ``create_graph``) unless ``second_order``.
     """
     from xai_feedback.functional.cam import grad_cam
-    from xai_feedback.hooks import ActivationHook, logits_of
+    from xai_feedback.hooks import ActivationHook
 
     with eval_mode(model), ActivationHook(model, layer, inplace="copy") as hook:
         scores = logits_of(model(images))

@@ -10,13 +10,14 @@ and proxy training all resolve targets here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from xai_feedback._checks import check_labels, check_shape
 from xai_feedback.errors import DTypeError
 
-__all__ = ["Target", "resolve_targets"]
+__all__ = ["Target", "logits_of", "resolve_targets"]
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 """Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
@@ -47,3 +48,24 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     # in the training step: no host synchronisation on accelerators (device-side assertion)
     check_labels(target, "target", dims["K"], sync=False)
     return target.to(device=logits.device, dtype=torch.long)
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself, or its ``.logits`` (Hugging Face).
+
+    Raises:
+        DTypeError: Neither a tensor nor an object with a tensor ``.logits``.
+
+    Example:
+        >>> logits_of(torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise DTypeError(
+        f"`logits` must be a (B, K) tensor or a model output with a `.logits` tensor, got "
+        f"{type(output).__name__}."
+    )

@@ -118,7 +118,7 @@ def _map_rows(
 ) -> list[tuple[str, torch.Tensor]]:
     """``plot_maps``'s rows: ``(name, maps (N, h, w))``, checked against ``n`` images."""
     if isinstance(maps, torch.Tensor) and maps.dim() == 3:
-        maps = maps.unsqueeze(1)  # (N, h, w): one row (attribute(), a one-class hook.cam)
+        maps = maps.unsqueeze(1)  # (N, h, w): one row (attribute(), a one-class hook.maps)
         row_names = ["map"] if row_names is None else row_names
     if isinstance(maps, torch.Tensor):
         mdims = check_shape(maps, "N R h w", "maps", N=n)
@@ -167,7 +167,7 @@ def plot_maps(
         maps: ``{row name: maps (N, h, w)}`` (e.g. one entry per attribution method), one
             tensor ``(N, R, h, w)`` (e.g. all-class CAMs, one row per class), or one tensor
             ``(N, h, w)`` (one row: what :func:`~xai_feedback.attribution.attribute` and a
-            one-class ``hook.cam`` return).
+            one-class ``hook.maps`` return).
         row_names: Labels of the rows of a tensor ``maps`` (default ``"class r"``, or
             ``"map"`` for an ``(N, h, w)`` tensor); not used with a mapping.
         titles: Column titles, one per image (e.g. the labels).
@@ -195,7 +195,7 @@ def plot_maps(
         >>> from xai_feedback.models import GAPNet  # doctest: +SKIP
         >>> model, x = GAPNet(width=4), torch.rand(4, 1, 28, 28)  # doctest: +SKIP
         >>> with CAMHook(model) as hook:  # doctest: +SKIP
-        ...     maps = hook.cam(model(x), all_classes=True)  # (4, 10, 14, 14)
+        ...     maps = hook.maps(model(x), all_classes=True)  # (4, 10, 14, 14)
         >>> fig = plot_maps(x, maps[:, :3], row_names=["0", "1", "2"])  # doctest: +SKIP
         >>> fig.savefig("maps.png")  # doctest: +SKIP
     """

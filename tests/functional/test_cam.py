@@ -91,9 +91,9 @@ def test_grad_cam_matches_captum_layer_gradcam() -> None:
 
     with CAMHook(model, "3") as hook:
         logits = model(x)
-        maps = hook.cam(logits, target, method="grad_cam", relu=True, scale="paper")
-        signed = hook.cam(logits, target, method="grad_cam", scale="paper")  # hook: signed
-        cam_scale = hook.cam(logits, target, method="grad_cam", relu=True)
+        maps = hook.maps(logits, target, method="grad_cam", relu=True, scale="paper")
+        signed = hook.maps(logits, target, method="grad_cam", scale="paper")  # hook: signed
+        cam_scale = hook.maps(logits, target, method="grad_cam", relu=True)
     assert float(expected_signed.detach().min()) < 0  # the comparison covers both signs
     assert torch.allclose(maps, expected, atol=1e-5)
     assert torch.allclose(signed, expected_signed, atol=1e-5)

@@ -59,7 +59,7 @@ def test_output_stride_16_keeps_the_cam_exact_and_the_imagenet_weights() -> None
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with CAMHook(model) as hook, torch.no_grad():
         logits = model(x)
-        maps = hook.cam(logits, all_classes=True)
+        maps = hook.maps(logits, all_classes=True)
     assert maps.shape == (2, 10, 4, 4)  # 64 / 16, not 64 / 32
     # still GAP + linear: each logit is its CAM's mean plus the bias (Zhou et al. 2016)
     bias = model.classifier[-1].bias

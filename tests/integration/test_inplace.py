@@ -60,7 +60,7 @@ def _check(model: nn.Module, layer: str, x: torch.Tensor, want: torch.Tensor, me
     try:
         with CAMHook(model, layer) as hook:
             logits = model(x)
-            got = hook.cam(logits, TARGET, method=method, scale="paper", relu=False)
+            got = hook.maps(logits, TARGET, method=method, scale="paper", relu=False)
     except XAIFeedbackError as error:
         assert "in-place" in str(error).lower() or "inplace" in str(error).lower(), str(error)
         return

@@ -157,7 +157,7 @@ def test_transformer_default_layers(
         logits = model(x)
         assert hook.layer_name == layer
         assert tuple(hook.activations.shape) == shape  # the hook fired on that layer
-        maps = hook.cam(logits, method="grad_cam")
+        maps = hook.maps(logits, method="grad_cam")
     side = shape[1] if len(shape) == 4 and shape[1] == shape[2] else shape[-1]
     if len(shape) == 3:  # tokens: the grid of the patch tokens
         side = 2
@@ -174,7 +174,7 @@ def test_vit_without_a_stack_of_blocks_is_a_clear_layer_error() -> None:
     x = torch.rand(2, 3, 32, 32)
     with pytest.raises(LayerError, match="Candidates") as info, CAMHook(cait) as hook:
         logits = cait(x)
-        hook.cam(logits, method="grad_cam")
+        hook.maps(logits, method="grad_cam")
     assert isinstance(info.value, XAIFeedbackError)
     assert isinstance(info.value, ValueError | TypeError | LookupError | RuntimeError)
 
@@ -198,7 +198,7 @@ def test_two_parallel_pooled_branches_is_undecidable() -> None:
     # fails the CAM check (its class-map means do not reproduce the logits).
     with pytest.raises(LayerError), CAMHook(model) as hook:
         logits = model(x)
-        hook.cam(logits, method="cam")
+        hook.maps(logits, method="cam")
 
 
 def test_densenet_explicit_features_with_follow_is_the_pooled_relu_map() -> None:

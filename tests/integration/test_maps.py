@@ -52,8 +52,8 @@ def test_cam_reproduces_the_logits(arch: Arch) -> None:
     fc = _linear(model)
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, all_classes=True, method="cam")
-        one = hook.cam(logits, TARGET, method="cam")
+        maps = hook.maps(logits, all_classes=True, method="cam")
+        one = hook.maps(logits, TARGET, method="cam")
     assert maps.shape == (2, 10, *acts.shape[-2:])
     hand = torch.einsum("kc,bchw->bkhw", fc.weight, acts)
     assert _close(maps, hand)
@@ -74,7 +74,7 @@ def test_cam_on_a_head_that_is_not_gap_linear_is_refused(arch: Arch) -> None:
     with CAMHook(model) as hook:
         logits = model(x)
         with pytest.raises(LayerError, match=r"grad_cam|hires_cam"):
-            hook.cam(logits, TARGET, method="cam")
+            hook.maps(logits, TARGET, method="cam")
 
 
 @pytest.mark.parametrize("arch", NOT_GAP, ids=[a.name for a in NOT_GAP])
@@ -84,7 +84,7 @@ def test_cam_on_a_head_that_is_not_gap_linear_is_a_layer_error(arch: Arch) -> No
     with CAMHook(model) as hook:
         logits = model(x)
         with pytest.raises(LayerError, match="cam"):
-            hook.cam(logits, TARGET, method="cam")
+            hook.maps(logits, TARGET, method="cam")
 
 
 @pytest.mark.parametrize("arch", GAP, ids=[a.name for a in GAP])
@@ -92,10 +92,10 @@ def test_grad_cam_and_hires_cam_at_cam_scale_equal_cam(arch: Arch) -> None:
     model, x = model_of(arch), images(arch)
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, TARGET, method="cam", relu=False)
-        grad = hook.cam(logits, TARGET, method="grad_cam", relu=False, scale="cam")
-        hires = hook.cam(logits, TARGET, method="hires_cam", relu=False, scale="cam")
-        default = hook.cam(logits, TARGET, method="grad_cam", relu=False)
+        cam = hook.maps(logits, TARGET, method="cam", relu=False)
+        grad = hook.maps(logits, TARGET, method="grad_cam", relu=False, scale="cam")
+        hires = hook.maps(logits, TARGET, method="hires_cam", relu=False, scale="cam")
+        default = hook.maps(logits, TARGET, method="grad_cam", relu=False)
     assert _close(grad, cam, 1e-4)
     assert _close(hires, cam, 1e-4)
     assert torch.equal(default, grad)  # scale="cam" is the default
@@ -115,10 +115,10 @@ def test_gradient_maps_equal_hand_computation(arch: Arch, method: str) -> None:
     assert float(signed.abs().max()) > 0  # the reference is not trivially zero
     with CAMHook(model) as hook:
         logits = model(x)
-        paper = hook.cam(logits, TARGET, method=method, scale="paper", relu=False)
-        paper_relu = hook.cam(logits, TARGET, method=method, scale="paper", relu=True)
-        default = hook.cam(logits, TARGET, method=method, scale="paper")
-        cam = hook.cam(logits, TARGET, method=method, scale="cam", relu=False)
+        paper = hook.maps(logits, TARGET, method=method, scale="paper", relu=False)
+        paper_relu = hook.maps(logits, TARGET, method=method, scale="paper", relu=True)
+        default = hook.maps(logits, TARGET, method=method, scale="paper")
+        cam = hook.maps(logits, TARGET, method=method, scale="cam", relu=False)
     h, w = acts.shape[-2:]
     factor = CAM_SCALE.get(method, lambda h, w: 2)(h, w)
     tol = 1e-3 if method == "grad_cam_pp" else 1e-4
@@ -136,7 +136,7 @@ def test_maps_are_differentiable_in_the_parameters(arch: Arch) -> None:
     params = [model.layer4[-1].conv2.weight, model.layer4[-1].bn2.weight, model.fc.weight]
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, TARGET, method="grad_cam", scale="paper", relu=False)
+        maps = hook.maps(logits, TARGET, method="grad_cam", scale="paper", relu=False)
     got = torch.autograd.grad(maps.pow(2).sum(), params)
     acts = arch.features(model, x)
     score = arch.head(model, acts).gather(1, TARGET[:, None]).sum()
@@ -166,7 +166,7 @@ def test_captum_layer_grad_cam_agrees(arch: Arch) -> None:
     _, module = _layer_module(model)
     theirs = LayerGradCam(model, module).attribute(x, target=TARGET, relu_attributions=True)
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
+        ours = hook.maps(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
     assert _close(ours, theirs.squeeze(1).detach())
 
 
@@ -178,7 +178,7 @@ def test_torchcam_grad_cam_agrees(arch: Arch) -> None:
         scores = model(x)
         (theirs,) = ext(class_idx=TARGET.tolist(), scores=scores, normalized=False)
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
+        ours = hook.maps(model(x), TARGET, method="grad_cam", scale="paper", relu=True)
     assert _close(ours, theirs)
     # torchcam's GradCAMpp is not compared: in 0.5.0 it divides a boolean-indexed copy in
     # place (`alpha[idx][mask].div_(...)`), so its alpha is g^2 - not the published formula.
@@ -200,7 +200,7 @@ def test_pytorch_grad_cam_agrees(arch: Arch, peer: type, method: str) -> None:
             extractor(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in TARGET])
         )
     with CAMHook(model) as hook:
-        ours = hook.cam(model(x), TARGET, method=method, scale="paper", relu=True)
+        ours = hook.maps(model(x), TARGET, method=method, scale="paper", relu=True)
     ours_up = F.interpolate(ours[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].detach()
     compared = 0
     for i in range(len(x)):

@@ -120,7 +120,7 @@ def ours(real: Real) -> dict[str, torch.Tensor]:
         assert hook.layer_name == "features"
         for method in ("cam", "grad_cam", "hires_cam", "grad_cam_pp"):
             relu = method != "cam"
-            maps[method] = hook.cam(
+            maps[method] = hook.maps(
                 logits, real.labels, method=method, relu=relu, scale="paper"
             ).detach()
     for method, hooked in maps.items():

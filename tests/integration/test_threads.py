@@ -30,7 +30,7 @@ def _hand(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
 
 
 def _maps(hook: CAMHook, logits: torch.Tensor) -> torch.Tensor:
-    return hook.cam(logits, TARGET, method="grad_cam", scale="paper", relu=False).detach()
+    return hook.maps(logits, TARGET, method="grad_cam", scale="paper", relu=False).detach()
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -42,7 +42,7 @@ def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
     penalty = CenterPenalty(sigma=0.5)
     with torch.no_grad(), CAMHook(model) as hook:  # train-mode BN: batch statistics
         logits = model(images)
-        maps = hook.cam(logits, all_classes=True, method="cam")
+        maps = hook.maps(logits, all_classes=True, method="cam")
     value = float(penalty(maps))
     own = torch.relu(maps[torch.arange(len(labels)), labels])
     up = F.interpolate(own[:, None], size=images.shape[-2:], mode="bilinear")[:, 0]

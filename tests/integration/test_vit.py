@@ -206,7 +206,7 @@ def test_grad_cam_equals_the_hand_fold(arch: ViTArch) -> None:
     want = torch.einsum("bc,bchw->bhw", g.mean(dim=(2, 3)), acts)
     with CAMHook(model) as hook:
         out = model(x)
-        got = hook.cam(out, TARGET, method="grad_cam", scale="paper", create_graph=False)
+        got = hook.maps(out, TARGET, method="grad_cam", scale="paper", create_graph=False)
     # the hook runs attention with the math kernel, the reference with the fused one: equal to
     # float32 rounding of logits up to ~40 (vit_b_16's std-1 head, 768-wide sums): 1e-4 relative
     assert torch.allclose(out, logits, rtol=1e-4, atol=1e-4)
@@ -254,12 +254,12 @@ def test_cam_is_exact_on_swin_and_refused_on_class_token_heads(arch: ViTArch) ->
     model, x = _model(arch.name), _images(arch)
     if not arch.gap:
         with pytest.raises(LayerError, match="global-average-pool"), CAMHook(model) as hook:
-            hook.cam(model(x), TARGET, method="cam")
+            hook.maps(model(x), TARGET, method="cam")
         return
     head = dict(model.named_modules())[arch.head]
     with torch.no_grad(), CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, all_classes=True, create_graph=False)
+        cam = hook.maps(logits, all_classes=True, create_graph=False)
     assert torch.allclose(cam.mean(dim=(2, 3)) + head.bias, logits, atol=1e-4)
 
 
@@ -270,7 +270,7 @@ def test_penalty_on_the_maps_trains_through_the_last_block(arch: ViTArch) -> Non
     model, x = copy.deepcopy(_model(arch.name)).train(), _images(arch)
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, all_classes=True, method="grad_cam")
+        maps = hook.maps(logits, all_classes=True, method="grad_cam")
     assert maps.shape == (len(x), 10, arch.grid, arch.grid)
     CenterPenalty()(maps).backward()
     block = arch.layer.rsplit(".", 1)[0] + "."  # the last block (ViT)
@@ -290,7 +290,7 @@ def test_fused_attention_needs_the_math_kernel_for_the_double_backward() -> None
     model, x = copy.deepcopy(_model(arch.name)).train(), _images(arch)
     assert model.blocks[-1].attn.fused_attn  # timm's default: F.scaled_dot_product_attention
     with CAMHook(model, sdpa_math=False) as hook:
-        maps = hook.cam(model(x), TARGET, method="grad_cam")
+        maps = hook.maps(model(x), TARGET, method="grad_cam")
     with pytest.raises(RuntimeError, match="derivative"):
         maps.pow(2).mean().backward()
 
@@ -303,7 +303,7 @@ WRAPPED = ["timm_vit_tiny", "tv_vit_b_16"]
 def _maps(wrapped: nn.Module, x: torch.Tensor, layer: str | None) -> tuple[str, torch.Tensor]:
     with CAMHook(wrapped, layer) as hook:
         logits = wrapped(x)
-        return hook.layer_name, hook.cam(logits, TARGET, method="grad_cam").detach()
+        return hook.layer_name, hook.maps(logits, TARGET, method="grad_cam").detach()
 
 
 def _bare(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -347,7 +347,7 @@ def test_distributed_data_parallel_training_step_equals_the_bare_one() -> None:
     def step(net: nn.Module) -> None:
         with CAMHook(net) as hook:
             logits = net(x)
-            maps = hook.cam(logits, TARGET, method="grad_cam")
+            maps = hook.maps(logits, TARGET, method="grad_cam")
         (F.cross_entropy(logits, TARGET) + maps.pow(2).mean()).backward()
 
     step(ddp)
@@ -397,8 +397,8 @@ def test_hugging_face_vit_output_object_and_a_center_penalty_step() -> None:
     with CAMHook(model) as hook:
         out = model(x)  # an ImageClassifierOutput, not a tensor
         assert not isinstance(out, torch.Tensor)
-        maps = hook.cam(out, all_classes=True, method="grad_cam")
-        one = hook.cam(out, labels, method="grad_cam", scale="paper")
+        maps = hook.maps(out, all_classes=True, method="grad_cam")
+        one = hook.maps(out, labels, method="grad_cam", scale="paper")
     assert hook.layer_name == "vit.layers.1.layernorm_before"
     assert hook.reshape is not None and hook.reshape.prefix_tokens == 1
     assert maps.shape == (2, 5, 4, 4)

@@ -40,8 +40,8 @@ def _maps(wrapped: nn.Module, x: torch.Tensor, layer: str | None) -> tuple[str, 
         logits = wrapped(x)
         out = {
             "logits": logits.detach(),
-            "cam": hook.cam(logits, TARGET, method="cam").detach(),
-            "grad_cam": hook.cam(logits, TARGET, method="grad_cam", scale="paper").detach(),
+            "cam": hook.maps(logits, TARGET, method="cam").detach(),
+            "grad_cam": hook.maps(logits, TARGET, method="grad_cam", scale="paper").detach(),
         }
         return hook.layer_name, out
 
@@ -95,7 +95,7 @@ def test_distributed_data_parallel_training_step_with_the_penalty() -> None:
     def step(net: nn.Module) -> None:
         with CAMHook(net) as hook:
             logits = net(x)
-            maps = hook.cam(logits, TARGET, method="grad_cam", relu=False)
+            maps = hook.maps(logits, TARGET, method="grad_cam", relu=False)
         (F.cross_entropy(logits, TARGET) + maps.pow(2).mean()).backward()
 
     step(ddp)

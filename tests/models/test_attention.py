@@ -79,8 +79,8 @@ def test_grad_cam_hook_equals_captum(name: str) -> None:
     y = torch.tensor([1, 4, 7])
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, y, method="grad_cam", relu=True, scale="paper")
-        cam_scale = hook.cam(logits, y, method="grad_cam", relu=True)
+        maps = hook.maps(logits, y, method="grad_cam", relu=True, scale="paper")
+        cam_scale = hook.maps(logits, y, method="grad_cam", relu=True)
     layer = dict(model.named_modules())[model.cam_layer]
     ref = attr.LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True)
     assert torch.allclose(maps, ref.squeeze(1), atol=1e-5)
@@ -94,7 +94,7 @@ def test_cam_penalty_trains_through_attention_models(name: str) -> None:
     x = torch.rand(4, 1, 28, 28, generator=G().manual_seed(3))
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, None, method="cam", all_classes=True)
+        maps = hook.maps(logits, None, method="cam", all_classes=True)
     # penalize the CAMs and the attention maps themselves
     attention = sum((m.mean() for m in model.attention_maps().values()), torch.zeros(()))
     loss = CenterPenalty(0.7)(maps) + attention
@@ -123,7 +123,7 @@ def test_grad_cam_penalty_trains_every_model(name: str) -> None:
     y = torch.tensor([0, 3, 5, 9])
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, y, method="grad_cam", create_graph=True)
+        maps = hook.maps(logits, y, method="grad_cam", create_graph=True)
     loss = torch.nn.functional.cross_entropy(logits, y) + CenterPenalty(0.7)(maps.unsqueeze(1))
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)

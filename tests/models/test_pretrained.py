@@ -289,9 +289,9 @@ def test_loaded_weights_give_the_same_maps(tmp_path: Path) -> None:
     model = load_weights(TinyResNet(), _save_named(source.state_dict(), tmp_path, "m")).eval()
     x, y = torch.rand(3, 3, 10, 10), torch.tensor([0, 2, 4])
     with CAMHook(source) as hook:
-        want = hook.cam(source(x), y, method="grad_cam")
+        want = hook.maps(source(x), y, method="grad_cam")
     with CAMHook(model) as hook:
-        got = hook.cam(model(x), y, method="grad_cam")
+        got = hook.maps(model(x), y, method="grad_cam")
     assert torch.equal(got, want)
 
 
@@ -346,7 +346,7 @@ def test_replace_head_by_name_and_through_wrappers() -> None:
     assert model.classifier[1].out_features == 2
     with CAMHook(model) as hook:  # the new head is what CAM reads
         logits = model.eval()(torch.rand(1, 3, 8, 8))
-        assert hook.cam(logits, all_classes=True, method="cam").shape[1] == 2
+        assert hook.maps(logits, all_classes=True, method="cam").shape[1] == 2
 
 
 def test_replace_head_errors() -> None:

@@ -24,7 +24,7 @@ def test_cam_is_exact_at_the_documented_resolution(
     x = torch.rand(2, 3, size, size, generator=g)
     with CAMHook(model) as hook, torch.no_grad():
         out = model(x)
-        maps = hook.cam(out, all_classes=True)
+        maps = hook.maps(out, all_classes=True)
     assert out.shape == (2, 7)
     # conv output sizes by hand: ceil(n / s) for a 3x3 conv with padding 1
     assert maps.shape == (2, 7, side, side)

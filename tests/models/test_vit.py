@@ -71,8 +71,8 @@ def test_cam_on_the_token_grid_is_exact() -> None:
     x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
     with CAMHook(model) as hook:
         logits = model(x)
-        cam = hook.cam(logits, all_classes=True)
-        grad = hook.cam(logits, all_classes=True, method="grad_cam")
+        cam = hook.maps(logits, all_classes=True)
+        grad = hook.maps(logits, all_classes=True, method="grad_cam")
     assert hook.layer_name == "token_grid" and cam.shape == (3, 10, 7, 7)
     assert torch.allclose(cam.mean((2, 3)) + model.classifier.bias, logits, atol=1e-12)
     # an independent reference: the head's weights on the normed tokens by hand
@@ -91,9 +91,9 @@ def test_cls_pool_grid_feeds_the_last_block() -> None:
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     with CAMHook(model) as hook:
         logits = model(x)
-        maps = hook.cam(logits, torch.tensor([1, 2]), method="grad_cam")
+        maps = hook.maps(logits, torch.tensor([1, 2]), method="grad_cam")
         with pytest.raises(LayerError, match="global-average-pool"):
-            hook.cam(logits, all_classes=True)
+            hook.maps(logits, all_classes=True)
     assert maps.shape == (2, 7, 7) and bool(maps.abs().sum() > 0)
     # the grid is a relabeling: replacing it by an identity fold/unfold changes nothing
     tokens = model.patch_embed(x)

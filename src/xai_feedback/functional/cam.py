@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from xai_feedback._checks import (
     check_choice,
     check_floating,
-    check_int,
     check_labels,
     check_maps,
     check_shape,
+    check_size,
 )
 from xai_feedback.errors import ShapeError
 
@@ -243,16 +243,13 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     """
     check_choice(mode, "mode", ("bilinear", "nearest", "area"))
     h, w = check_maps(maps)
-    if not isinstance(size, tuple | list) or len(size) != 2:
-        raise ShapeError(f"`size` must be a pair (H, W), got {size!r}.")
-    check_int(size[0], "size[0]", minimum=1)
-    check_int(size[1], "size[1]", minimum=1)
+    size = check_size(size)
     if h * w == 0:
         raise ShapeError(
             f"`maps` must have at least one cell to resize, got shape {tuple(maps.shape)}."
         )
     if maps.numel() == 0:  # an empty batch: nothing to interpolate
-        return maps.new_zeros(*maps.shape[:-2], int(size[0]), int(size[1]))
+        return maps.new_zeros(*maps.shape[:-2], size[0], size[1])
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
     kwargs = {"align_corners": False} if mode == "bilinear" else {}

@@ -5,7 +5,7 @@ kernels of :mod:`xai_feedback.functional.cam`: ``"cam"``, ``"grad_cam"``, ``"hir
 ``"grad_cam_pp"``. They are differentiable and run batched inside a training step;
 :class:`~xai_feedback.hooks.CAMHook` computes them.
 
-Scale (``scale="cam"``, the default of :meth:`CAMHook.cam`)
+Scale (``scale="cam"``, the default of :meth:`CAMHook.maps`)
 ---------------------------------------------------------------
 The literature's gradient maps live on different scales: for a global-average-pool + linear
 head, :math:`\partial y_k / \partial A_c(h,w) = W_{kc} / (hw)`, so Grad-CAM and HiResCAM
@@ -60,7 +60,7 @@ SCALES = ("cam", "paper")
 class MapInputs:
     """What a CAM-kind method reads: one forward's activations and logits, and the head.
 
-    Built by :meth:`~xai_feedback.hooks.CAMHook.cam`; a method takes what it needs.
+    Built by :meth:`~xai_feedback.hooks.CAMHook.maps`; a method takes what it needs.
 
     Attributes:
         acts: The layer's activations ``A`` ``(B, C, h, w)``, in the logits' graph.

@@ -92,7 +92,7 @@ class SmallResNet(nn.Module):
         (2, 10)
         >>> from xai_feedback.hooks import CAMHook
         >>> with CAMHook(model) as hook:  # the CAM layer, layer3: 8 x 8 at 64 px
-        ...     maps = hook.cam(model(torch.zeros(2, 3, 64, 64)), torch.tensor([0, 1]))
+        ...     maps = hook.maps(model(torch.zeros(2, 3, 64, 64)), torch.tensor([0, 1]))
         >>> tuple(maps.shape)
         (2, 8, 8)
     """

@@ -231,7 +231,7 @@ class TinyViT(nn.Module):
         >>> x = torch.rand(2, 1, 28, 28)
         >>> with CAMHook(model) as hook:
         ...     logits = model(x)
-        ...     maps = hook.cam(logits, all_classes=True)
+        ...     maps = hook.maps(logits, all_classes=True)
         >>> maps.shape
         torch.Size([2, 10, 7, 7])
         >>> bool(torch.allclose(maps.mean((2, 3)) + model.classifier.bias, logits, atol=1e-5))

@@ -1,0 +1,51 @@
+"""What every capture's ``maps(...)`` shares: the request's checks and the normalize/resize tail.
+
+:meth:`~xai_feedback.hooks.CAMHook.maps` and :meth:`~xai_feedback.relevance.AttentionCapture.maps`
+take the same keywords (``target``, ``all_classes``, ``normalize``, ``size``, ``create_graph``,
+``max_bytes``) with the same meaning; the parts that do not depend on the kind are written here
+once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from xai_feedback._checks import check_choice, check_shape, check_size
+from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps, resize_maps
+from xai_feedback.targets import Target, logits_of, resolve_targets
+
+
+def map_logits(
+    logits: torch.Tensor | Any,
+    normalize: str,
+    size: tuple[int, int] | None,
+    batch: int | None = None,
+) -> torch.Tensor:
+    """The ``(B, K)`` logits of a request (``.logits`` read from a model output), checked.
+
+    ``normalize`` and ``size`` are checked here, before any gradient is taken; ``batch``, when
+    known, is the captured forward's batch size.
+    """
+    logits = logits_of(logits)
+    check_shape(logits, "B K", "logits", B=batch)
+    check_choice(normalize, "normalize", NORMALIZATIONS)
+    if size is not None:
+        check_size(size)
+    return logits
+
+
+def map_classes(target: Target, logits: torch.Tensor, all_classes: bool) -> torch.Tensor | None:
+    """The ``(B,)`` classes of ``target``, or ``None`` (every class) with ``all_classes``."""
+    return None if all_classes else resolve_targets(target, logits)
+
+
+def finish_maps(maps: torch.Tensor, normalize: str, size: tuple[int, int] | None) -> torch.Tensor:
+    """Normalize each map, then resize it bilinearly to ``size`` unless ``None``.
+
+    :func:`~xai_feedback.functional.normalize_maps`, then
+    :func:`~xai_feedback.functional.resize_maps`.
+    """
+    maps = normalize_maps(maps, normalize)
+    return resize_maps(maps, size) if size is not None else maps
