@@ -101,7 +101,7 @@ def _runners(
         def run() -> None:
             with AttentionCapture(model) as capture:
                 logits = model(x)
-                capture.relevance(logits, target, method=method, create_graph=create_graph)
+                capture.maps(logits, target, method=method, create_graph=create_graph)
 
         return run
 
@@ -109,7 +109,7 @@ def _runners(
         model.zero_grad(set_to_none=True)
         with AttentionCapture(model) as capture:
             logits = model(x)
-            rel = capture.relevance(logits, target, create_graph=False)
+            rel = capture.maps(logits, target, create_graph=False)
         (F.cross_entropy(logits, target) + penalty(rel, masks=masks)).backward()
 
     return {

@@ -135,7 +135,7 @@ def relevance_map(method: str) -> MapFn:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with AttentionCapture(model) as capture:
             logits = model(images)
-            maps = capture.relevance(logits, labels, method=method, create_graph=False)
+            maps = capture.maps(logits, labels, method=method, create_graph=False)
         return logits, maps
 
     return fn

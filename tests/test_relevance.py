@@ -178,7 +178,7 @@ def test_chefer_relevance_equals_hand_reference(kind: str, x: torch.Tensor) -> N
     model = TinyViT(kind).eval()
     target = torch.tensor([0, 2, 1])
     with AttentionCapture(model) as capture:
-        maps = capture.relevance(model(x), target, method="chefer_relevance")
+        maps = capture.maps(model(x), target, method="chefer_relevance")
     logits, attns = reference_forward(model, x)
     grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), attns)
     for b in range(3):
@@ -191,7 +191,7 @@ def test_chefer_relevance_equals_hand_reference(kind: str, x: torch.Tensor) -> N
 def test_rollout_equals_hand_reference(kind: str, x: torch.Tensor) -> None:
     model = TinyViT(kind).eval()
     with AttentionCapture(model) as capture:
-        maps = capture.relevance(model(x), method="rollout")
+        maps = capture.maps(model(x), method="rollout")
     _, attns = reference_forward(model, x)
     for b in range(3):
         expected = reference_rollout(attns, b).reshape(2, 2)
@@ -212,7 +212,7 @@ def test_distillation_token_is_dropped() -> None:
     model = TinyViT("timm", prefix=2).eval()
     x = torch.rand(2, 1, 8, 8)
     with AttentionCapture(model) as capture:
-        maps = capture.relevance(model(x), torch.tensor([0, 1]))
+        maps = capture.maps(model(x), torch.tensor([0, 1]))
     assert capture.attentions[0].shape[-1] == 6 and maps.shape == (2, 2, 2)
     _, attns = reference_forward(model, x)
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_distillation_token_is_dropped() -> None:
         for a in attns:
             joint = torch.mm(0.5 * a[1].mean(0) + 0.5 * torch.eye(6), joint)
     with AttentionCapture(model) as capture:
-        rolled = capture.relevance(model(x), method="rollout")
+        rolled = capture.maps(model(x), method="rollout")
     torch.testing.assert_close(rolled[1].flatten(), joint[0, 2:], atol=1e-6, rtol=1e-5)
 
 
@@ -237,7 +237,7 @@ def test_gradcheck_through_the_maps() -> None:
 
     def fn(images: torch.Tensor) -> torch.Tensor:
         with AttentionCapture(model) as capture:
-            return capture.relevance(model(images), target, create_graph=True)
+            return capture.maps(model(images), target, create_graph=True)
 
     images = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (images,), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
@@ -250,7 +250,7 @@ def test_penalties_on_relevance_train_the_vit(create_graph: bool, x: torch.Tenso
     masks[:, :4] = True
     with AttentionCapture(model) as capture:
         logits = model(x)
-        maps = capture.relevance(logits, torch.tensor([0, 1, 2]), create_graph=create_graph)
+        maps = capture.maps(logits, torch.tensor([0, 1, 2]), create_graph=create_graph)
     for penalty in (CenterPenalty(sigma=0.5), MaskPenalty()):
         value = penalty(maps, masks=masks)
         names = [
@@ -267,7 +267,7 @@ def test_penalties_on_relevance_train_the_vit(create_graph: bool, x: torch.Tenso
 
     def penalty_at(model: TinyViT) -> torch.Tensor:
         with AttentionCapture(model) as capture:
-            m = capture.relevance(model(x), torch.tensor([0, 1, 2]), create_graph=True)
+            m = capture.maps(model(x), torch.tensor([0, 1, 2]), create_graph=True)
         return MaskPenalty()(m, masks=masks)
 
     model.double().eval()
@@ -306,9 +306,9 @@ def test_all_classes_and_predicted_target(x: torch.Tensor) -> None:
     model = TinyViT("timm").eval()
     with AttentionCapture(model) as capture:
         logits = model(x)
-        every = capture.relevance(logits, all_classes=True)
-        predicted = capture.relevance(logits)
-        rolled = capture.relevance(logits, method="rollout", all_classes=True)
+        every = capture.maps(logits, all_classes=True)
+        predicted = capture.maps(logits)
+        rolled = capture.maps(logits, method="rollout", all_classes=True)
     assert every.shape == (3, 3, 2, 2) and rolled.shape == (3, 3, 2, 2)
     pred = logits.argmax(1)
     torch.testing.assert_close(every[torch.arange(3), pred], predicted)
@@ -319,21 +319,21 @@ def test_misuse_is_reported(x: torch.Tensor) -> None:
     with pytest.raises(LayerError, match="no attention module"):
         AttentionCapture(nn.Sequential(nn.Conv2d(1, 2, 3))).__enter__()
     with AttentionCapture(model) as capture, pytest.raises(HookError, match="captured nothing"):
-        capture.relevance(torch.zeros(3, 3))
+        capture.maps(torch.zeros(3, 3))
     with AttentionCapture(model) as capture:
         model(x)
         other = model(x.flip(-1))  # a second forward replaces the capture ...
         with torch.no_grad():
             stale = TinyViT("timm", seed=1)(x)
         with pytest.raises(HookError):  # ... logits without a graph to the attentions
-            capture.relevance(stale, torch.zeros(3, dtype=torch.long))
-        assert capture.relevance(other, torch.zeros(3, dtype=torch.long)).shape == (3, 2, 2)
+            capture.maps(stale, torch.zeros(3, dtype=torch.long))
+        assert capture.maps(other, torch.zeros(3, dtype=torch.long)).shape == (3, 2, 2)
     with AttentionCapture(model) as capture, pytest.raises(RangeError, match="method"):
-        capture.relevance(model(x), method="grad_cam")
+        capture.maps(model(x), method="grad_cam")
     with torch.no_grad(), AttentionCapture(model) as capture:
         logits = model(x)
         with pytest.raises(HookError, match="no_grad"):
-            capture.relevance(logits, method="chefer_relevance")
+            capture.maps(logits, method="chefer_relevance")
     assert [n for n, _ in attention_modules(model)] == ["blocks.0.attn", "blocks.1.attn"]
 
 
@@ -353,7 +353,7 @@ def test_relevance_penalty_objective_is_the_hand_written_step(x: torch.Tensor) -
     loss, logits = relevance_penalty_objective(penalty, 2.0, classification=0.25)(model, batch)
     with AttentionCapture(model) as capture:
         expected_logits = model(x)
-        maps = capture.relevance(expected_logits, labels, create_graph=False)
+        maps = capture.maps(expected_logits, labels, create_graph=False)
     foreground = RobustViTPenalty()(maps, masks=(~masks).float())
     expected = (
         torch.nn.functional.cross_entropy(expected_logits, labels)
@@ -391,16 +391,16 @@ def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tenso
         hook = capture.attentions[0].register_hook(lambda g: calls.append(1))
         per_class = sum(a.numel() * a.element_size() for a in capture.attentions)
         with pytest.raises(RangeError, match="max_bytes"):
-            capture.relevance(logits, all_classes=True, max_bytes=3 * per_class - 1)
+            capture.maps(logits, all_classes=True, max_bytes=3 * per_class - 1)
         assert calls == []  # refused before any backward
-        every = capture.relevance(logits, all_classes=True, max_bytes=3 * per_class)
+        every = capture.maps(logits, all_classes=True, max_bytes=3 * per_class)
         assert len(calls) == 3  # one backward per class reaches the first block
-        unbounded = capture.relevance(logits, all_classes=True, max_bytes=None)
+        unbounded = capture.maps(logits, all_classes=True, max_bytes=None)
         hook.remove()
     torch.testing.assert_close(every, unbounded)
     assert every.shape == (3, 3, 2, 2)
     with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
-        rolled = capture.relevance(model(x), method="rollout", all_classes=True, max_bytes=0)
+        rolled = capture.maps(model(x), method="rollout", all_classes=True, max_bytes=0)
     assert rolled.shape == (3, 3, 2, 2)
 
 
@@ -426,7 +426,7 @@ def test_two_threads_share_the_fused_attention_switch(x: torch.Tensor) -> None:
                 b_in.set()
                 a_out.wait(5)
                 logits = model(x)
-                got.append(capture.relevance(logits, torch.tensor([0, 1, 2])))
+                got.append(capture.maps(logits, torch.tensor([0, 1, 2])))
                 got.append(len(capture.attentions))
         except Exception as err:  # reported in the main thread
             got.append(err)
@@ -452,4 +452,4 @@ def test_a_capture_ignores_another_threads_forward(x: torch.Tensor) -> None:
         other.start()
         other.join()
         assert [tuple(a.shape) for a in capture.attentions] == [(3, 2, 5, 5)] * 2
-        assert capture.relevance(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)
+        assert capture.maps(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)

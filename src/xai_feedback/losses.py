@@ -333,7 +333,7 @@ class RobustViTPenalty(MapPenalty):
 
         with AttentionCapture(model) as capture:
             logits = model(images)
-            maps = capture.relevance(logits, labels, create_graph=False)  # as the reference
+            maps = capture.maps(logits, labels, create_graph=False)  # as the reference
         loss = 0.8 * RobustViTPenalty()(maps, masks=foreground) \
             + 0.2 * robustvit_classification_loss(logits)
 

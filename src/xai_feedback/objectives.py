@@ -153,7 +153,7 @@ def relevance_penalty_objective(
     method: str = "chefer_relevance",
     create_graph: bool = False,
     classification: float = 0.0,
-    capture: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Objective:
     r"""Cross-entropy plus a penalty on a vision transformer's relevance maps.
 
@@ -177,8 +177,10 @@ def relevance_penalty_objective(
             ``False`` is RobustViT's choice: the maps still train the model through the
             attention.
         classification: Weight :math:`c` of RobustViT's own-prediction classification term.
-        capture: Keywords of :class:`~xai_feedback.relevance.AttentionCapture` (``prefix``,
-            ``grid``, ``query``) for a model whose tokens it cannot read from its structure.
+        options: The relevance method's own options, the mapping
+            :func:`~xai_feedback.attribution.attribute` takes as ``options=``: ``prefix``,
+            ``grid``, ``query`` (see :class:`~xai_feedback.relevance.AttentionCapture`), for a
+            model whose tokens cannot be read from its structure; another key is an error.
 
     Example:
         >>> from torch import nn
@@ -192,14 +194,14 @@ def relevance_penalty_objective(
         ...         return self.head(self.enc(x)[:, 0])
         >>> tokens, masks = torch.randn(2, 5, 8), torch.ones(2, 2, 2, dtype=torch.bool)
         >>> batch = Batch(tokens, torch.tensor([0, 2]), masks, epoch=0, step=0, total_epochs=1)
-        >>> objective = relevance_penalty_objective("mask", capture={"prefix": 1, "query": 0})
+        >>> objective = relevance_penalty_objective("mask", options={"prefix": 1, "query": 0})
         >>> loss, logits = objective(Tiny(), batch)
         >>> loss.backward()
     """
     from xai_feedback.functional.penalties import robustvit_classification_loss
     from xai_feedback.relevance import AttentionCapture
 
-    get_method(method, "relevance")
+    spec = get_method(method, "relevance")
     if isinstance(penalty, str):
         penalty = get_penalty(penalty)
     _check_penalty(penalty, MapPenalty, optional=False)
@@ -207,18 +209,18 @@ def relevance_penalty_objective(
     if isinstance(classification, bool) or not isinstance(classification, int | float):
         raise DTypeError(f"`classification` must be a number, got {type(classification).__name__}.")
     all_classes = penalty.classes == "all"
-    options = dict(capture or {})
+    layout = spec.check_options(options)
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        with AttentionCapture(model, **options) as capture:
+        with AttentionCapture(model, **layout) as capture:
             logits = model(batch.images)
             loss = ce_w * F.cross_entropy(logits, batch.labels)
             if classification:
                 loss = loss + classification * robustvit_classification_loss(logits)
             if pen_w == 0:
                 return loss, logits
-            maps = capture.relevance(
+            maps = capture.maps(
                 logits,
                 batch.labels,
                 method=method,

@@ -1,7 +1,7 @@
 r"""Relevance maps of vision transformers, in the training loop: capture attention, explain.
 
 :class:`AttentionCapture` records one forward's attention probabilities ``(B, heads, N, N)``
-of every self-attention block, in forward order; :meth:`AttentionCapture.relevance` turns them
+of every self-attention block, in forward order; :meth:`AttentionCapture.maps` turns them
 into maps ``(B, h, w)`` on the patch grid with a method of the registry's ``"relevance"``
 kind (:mod:`xai_feedback.methods.relevance`):
 
@@ -63,12 +63,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from xai_feedback._checks import check_finite, check_int, check_model_input, check_shape
+from xai_feedback._maps import finish_maps, map_classes, map_logits
 from xai_feedback._modes import eval_mode, unfused_attention
 from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
 from xai_feedback.layers import unwrap_model
 from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
-from xai_feedback.targets import Target, resolve_targets
+from xai_feedback.targets import Target
 
 __all__ = ["AttentionCapture", "attention_modules", "relevance_maps"]
 
@@ -164,7 +165,7 @@ class AttentionCapture:
     r"""Capture every self-attention block's probabilities ``(B, heads, N, N)`` in a ``with``.
 
     Inside the block each forward of the model run by the thread that entered it (re)fills
-    :attr:`attentions`, first block first; :meth:`relevance` turns them into maps. The hooks
+    :attr:`attentions`, first block first; :meth:`maps` turns them into maps. The hooks
     are removed on exit, also when the block raises; timm's ``fused_attn`` flags are one
     counted switch per module (:func:`xai_feedback._modes.unfused_attention`), so captures
     of one model open in several threads keep them off until the last one leaves, which
@@ -191,7 +192,7 @@ class AttentionCapture:
         >>> with AttentionCapture(model, prefix=1, query=0) as capture:
         ...     out = model(tokens)
         ...     logits = out[:, 0, :4]
-        ...     maps = capture.relevance(logits, torch.tensor([0, 1, 2]))
+        ...     maps = capture.maps(logits, torch.tensor([0, 1, 2]))
         >>> len(capture.attentions), tuple(capture.attentions[0].shape), tuple(maps.shape)
         (1, (3, 2, 5, 5), (3, 2, 2))
     """
@@ -364,27 +365,37 @@ class AttentionCapture:
                     break
         return prefix, query, grid
 
-    def relevance(
+    def maps(
         self,
-        logits: torch.Tensor,
+        logits: torch.Tensor | Any,
         target: Target = None,
         *,
         method: str = "chefer_relevance",
-        create_graph: bool = True,
         all_classes: bool = False,
+        normalize: str = "none",
+        size: tuple[int, int] | None = None,
+        create_graph: bool = True,
         max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
     ) -> torch.Tensor:
         r"""Relevance maps of the captured forward, on the patch grid, in the logits' graph.
 
+        The keywords are those of :meth:`~xai_feedback.hooks.CAMHook.maps` (less the CAM
+        kind's own ``relu``, ``scale``, ``check``), with the same meaning.
+
         Args:
-            logits: ``(B, K)`` logits of the last forward inside the block.
+            logits: ``(B, K)`` logits of the last forward inside the block, or the model's
+                output object with a ``.logits`` tensor (Hugging Face).
             target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
+                Ignored with ``all_classes=True``.
             method: A method of the ``"relevance"`` kind (``method_names("relevance")``).
+            all_classes: Maps of every class ``(B, K, h, w)`` instead of ``target``'s.
+            normalize: Per-map normalization (:func:`~xai_feedback.functional.normalize_maps`).
+            size: Resize the maps to ``(H, W)`` (e.g. the input's size), bilinearly
+                (:func:`~xai_feedback.functional.resize_maps`); ``None``: the patch grid.
             create_graph: Keep the gradients ``dy/dA`` in the graph, so a loss on the maps
                 trains through them too (second order). ``False`` treats them as constants:
                 the maps still depend on ``A`` and train the model through it (RobustViT's
                 choice, cheaper).
-            all_classes: Maps of every class ``(B, K, h, w)`` instead of ``target``'s.
             max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
                 maps may keep alive (estimated before the first backward, from the captured
                 attentions' size; 4 GiB by default); ``None``: no bound.
@@ -394,19 +405,23 @@ class AttentionCapture:
 
         Raises:
             HookError: Nothing was captured, or the logits come from another forward.
-            RangeError: ``method`` is not a relevance method, or ``all_classes`` maps would
-                keep more than ``max_bytes`` of gradients.
+            RangeError: ``method`` is not a relevance method, an unknown ``normalize``, or
+                ``all_classes`` maps would keep more than ``max_bytes`` of gradients.
+            ShapeError: A ``size`` that is not a pair.
+
+        Shape:
+            - logits: :math:`(B, K)`; output: :math:`(B, h, w)` or :math:`(B, K, h, w)`
+              (:math:`(H, W)` = ``size`` in place of :math:`(h, w)` when given)
         """
-        spec = get_method(method, "relevance")
-        check_shape(
-            logits, "B K", "logits", B=int(self.attentions[0].shape[0]) if self.attentions else None
-        )
+        spec = cast(RelevanceMethod, get_method(method, "relevance"))
+        batch = int(self.attentions[0].shape[0]) if self.attentions else None
+        logits = map_logits(logits, normalize, size, batch)
         prefix, query, grid = self.tokens()
         inputs = AttentionInputs(
             list(self.attentions), logits, grid, prefix, query, bool(create_graph), max_bytes
         )
-        classes = None if all_classes else resolve_targets(target, logits)
-        return cast(RelevanceMethod, spec).maps(inputs, classes)
+        maps = spec.maps(inputs, map_classes(target, logits, all_classes))
+        return finish_maps(maps, normalize, size)
 
 
 def relevance_maps(
@@ -476,6 +491,6 @@ def relevance_maps(
             t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
             with AttentionCapture(model, prefix=prefix, grid=grid, query=query) as capture:
                 logits = model(x)
-                maps = capture.relevance(logits, t, method=method, create_graph=False)
+                maps = capture.maps(logits, t, method=method, create_graph=False)
             chunks.append(maps.detach())
     return torch.cat(chunks)

@@ -163,8 +163,8 @@ def test_timm_capture_relevance_and_flags(name: str) -> None:
     with AttentionCapture(model) as capture:
         assert not any(blk.attn.fused_attn for blk in model.blocks)
         logits = model(x)
-        maps = capture.relevance(logits, target)
-        rolled = capture.relevance(logits, method="rollout")
+        maps = capture.maps(logits, target)
+        rolled = capture.maps(logits, method="rollout")
     assert all(blk.attn.fused_attn for blk in model.blocks)  # restored
     torch.testing.assert_close(logits, fused, atol=1e-5, rtol=1e-4)
     # captured == softmax(q k^T / sqrt(d)) from the block's qkv weights
@@ -198,7 +198,7 @@ def test_timm_mean_pooled_model_reads_the_patch_rows() -> None:
     model = timm_vit("vit_tiny_patch16_224", depth=2, class_token=False, global_pool="avg")
     x = _images(2)
     with AttentionCapture(model) as capture:
-        maps = capture.relevance(model(x), method="rollout")
+        maps = capture.maps(model(x), method="rollout")
     joint = _rollout_loops([a.detach() for a in capture.attentions], 0)
     torch.testing.assert_close(maps[0].flatten(), joint.mean(0), atol=1e-6, rtol=1e-5)
 
@@ -215,7 +215,7 @@ def test_penalties_on_relevance_reach_the_vit_parameters(name: str, penalty: nn.
     masks[:, 8:24, 8:24] = 1
     with AttentionCapture(model) as capture:
         logits = model(x)
-        maps = capture.relevance(logits, torch.tensor([1, 2]))
+        maps = capture.maps(logits, torch.tensor([1, 2]))
     loss = F.cross_entropy(logits, torch.tensor([1, 2])) + penalty(maps, masks=masks)
     first_attention = next(
         p for n, p in model.named_parameters() if "in_proj_weight" in n or "qkv.weight" in n
@@ -248,7 +248,7 @@ def test_timm_captures_in_two_threads_keep_the_flags_and_both_capture() -> None:
                 a_out.wait(10)
                 logits = model(x)
                 got.append(len(capture.attentions))
-                got.append(capture.relevance(logits, torch.tensor([0, 1])).shape)
+                got.append(capture.maps(logits, torch.tensor([0, 1])).shape)
         except Exception as err:
             got.append(err)
 

@@ -166,7 +166,7 @@ def test_relevance_capture_reads_tinyvit(pool: str) -> None:
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with AttentionCapture(model) as capture:
         logits = model(x)
-        maps = capture.relevance(logits, torch.tensor([1, 2]))
+        maps = capture.maps(logits, torch.tensor([1, 2]))
     assert capture.tokens() == (int(pool == "cls"), None if pool == "avg" else 0, (7, 7))
     assert len(capture.attentions) == 2 and maps.shape == (2, 7, 7)
     torch.testing.assert_close(

@@ -11,7 +11,7 @@ from abc import ABC
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from xai_feedback.errors import RangeError
+from xai_feedback.errors import DTypeError, RangeError
 
 __all__ = ["Method", "MethodKind", "get_method", "method_names", "register_method"]
 
@@ -29,14 +29,23 @@ class Method(ABC):
     options: ClassVar[frozenset[str]] = frozenset()
     """Keyword options the method accepts (validated by :meth:`check_options`)."""
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise :class:`~xai_feedback.errors.RangeError` for an option this method ignores."""
+    def check_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``options`` as a dict (``None``: empty), checked against what this method takes.
+
+        Raises:
+            DTypeError: ``options`` is not a mapping.
+            RangeError: An option this method does not take.
+        """
+        if options is not None and not isinstance(options, Mapping):
+            raise DTypeError(f"`options` must be a mapping, got {type(options).__name__}.")
+        options = dict(options or {})
         unknown = sorted(set(options) - self.options)
         if unknown:
             allowed = sorted(self.options) or "none"
             raise RangeError(
                 f"method {self.name!r} does not take option(s) {unknown}; it accepts: {allowed}."
             )
+        return options
 
 
 _REGISTRY: dict[str, Method] = {}
