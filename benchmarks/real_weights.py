@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback.attribution import cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.models import load_weights
 
 __all__ = [
@@ -134,7 +134,9 @@ def mass_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _grad_cam(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return cam_maps(model, normalize(images), target, "grad_cam", relu=True, scale="paper")
+    options = {"relu": True, "scale": "paper"}
+    x = normalize(images)
+    return attribute(model, x, target, method="grad_cam", size=None, reduce="sum", options=options)
 
 
 def _short(name: str, limit: int = 14) -> str:

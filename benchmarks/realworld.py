@@ -609,7 +609,7 @@ def goals(records: list[dict[str, Any]], archs: Sequence[str], families: Sequenc
 
 def draw_figure(args: argparse.Namespace, path: Path) -> None:
     """CAMs of the fine-tuned MobileNetV2, vanilla vs the center penalty, swatch family, seed 0."""
-    from xai_feedback.attribution import cam_maps
+    from xai_feedback.attribution import attribute
 
     family = "swatch" if "swatch" in args.families else args.families[0]
     settings = _settings(args, "mobilenet_v2")
@@ -628,7 +628,7 @@ def draw_figure(args: argparse.Namespace, path: Path) -> None:
             model, _ = train("mobilenet_v2", arm, 0, full, settings)
         model.eval()
         label = "vanilla" if arm == "vanilla" else f"center, w {settings['center']:g}"
-        maps[label] = cam_maps(model, images, labels, "cam")
+        maps[label] = attribute(model, images, labels, method="cam", size=None, reduce="sum")
     classes = test.classes or tuple(str(i) for i in range(10))
     titles = [classes[int(k)] for k in labels]
 

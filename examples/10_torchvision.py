@@ -15,7 +15,7 @@ except ImportError:
     print("torchvision is not installed: run this example in the integration environment")
     sys.exit(0)
 
-from xai_feedback.attribution import cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty
 
@@ -38,7 +38,7 @@ print(f"resnet18: layer {hook.layer_name!r}, maps {tuple(maps.shape)}, loss {val
 # 2. explanation only, on models whose head is not GAP + linear: Grad-CAM
 for name in ("vgg11_bn", "convnext_tiny", "densenet121", "efficientnet_b0"):
     net = getattr(torchvision.models, name)(num_classes=10).eval()
-    heat = cam_maps(net, images, labels, "grad_cam")
+    heat = attribute(net, images, labels, method="grad_cam", size=None, reduce="sum")
     with CAMHook(net) as hook:
         pass
     print(f"{name}: layer {hook.layer_name!r}, Grad-CAM maps {tuple(heat.shape)}")
@@ -46,7 +46,7 @@ for name in ("vgg11_bn", "convnext_tiny", "densenet121", "efficientnet_b0"):
 # 3. wrappers: the same layer and the same maps
 wrapped = torch.nn.DataParallel(model.eval())
 same = torch.allclose(
-    cam_maps(wrapped, images, labels, "cam"), cam_maps(model, images, labels, "cam")
+    attribute(wrapped, images, labels, method="cam"), attribute(model, images, labels, method="cam")
 )
 print(f"DataParallel: same maps as the bare model: {same}")
 

@@ -19,7 +19,7 @@ except ImportError:
     print("timm is not installed: run this example in the integration environment")
     sys.exit(0)
 
-from xai_feedback.attribution import cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import CenterPenalty
 from xai_feedback.tokens import TokenReshape
@@ -48,7 +48,8 @@ for name, kwargs in (
     ("vit_tiny_patch16_224", {"reg_tokens": 4}),
 ):
     net = timm.create_model(name, pretrained=False, num_classes=10, img_size=64, **kwargs)
-    heat = cam_maps(net.eval(), images, labels, "grad_cam")  # (4, 4, 4), detached
+    # (4, 4, 4) at the patch grid (size=None), detached
+    heat = attribute(net.eval(), images, labels, method="grad_cam", size=None, reduce="sum")
     with CAMHook(net) as hook:
         pass
     prefix = hook.reshape.prefix_tokens if isinstance(hook.reshape, TokenReshape) else 0

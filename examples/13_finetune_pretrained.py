@@ -26,7 +26,7 @@ except ImportError:
     print("torchvision is not installed: run this example in the integration environment")
     sys.exit(0)
 
-from xai_feedback.attribution import cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.data import ImageDataset, load_fashion_mnist
 from xai_feedback.data.shortcuts import confound_dataset
@@ -93,7 +93,8 @@ def main() -> None:
     train, test = load_my_data("train", 64, g), load_my_data("test", 64, g)
     for arm in ("vanilla", "center", "counterexamples"):
         model = finetune(arm, train, path).eval()
-        maps = cam_maps(model, test.images[:8], test.labels[:8], "cam")  # (8, 2, 2) at 64 px
+        x, y = test.images[:8], test.labels[:8]
+        maps = attribute(model, x, y, method="cam", size=None, reduce="sum")  # (8, 2, 2) at 64 px
         print(
             f"{arm}: confound-test accuracy {accuracy(model, test):.3f}, "
             f"CAM {tuple(maps.shape[1:])}"

@@ -1,3 +1,5 @@
+from typing import cast
+
 import pytest
 import torch
 from captum import attr
@@ -183,3 +185,51 @@ def test_clear_errors(model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]) ->
         attribute(model, x, y, method="integrated_gradients", options={"relu": True})
     with pytest.raises(ShapeError, match="empty batch"):
         attribute(model, x[:0], y[:0])
+
+
+@pytest.mark.parametrize("method", method_names("cam"))
+def test_size_none_is_the_kernel_at_the_layer_grid(
+    model: GAPNet, data: tuple[torch.Tensor, torch.Tensor], method: str
+) -> None:
+    """``size=None, reduce="sum"``: the method's maps at the layer grid, exactly.
+
+    The reference is the kernel by hand through ``CAMHook.maps`` in eval mode, with the
+    published sign (ReLU for the gradient methods, signed CAM) and the CAM scale.
+    """
+    from xai_feedback.functional.cam import resize_maps
+    from xai_feedback.hooks import CAMHook
+    from xai_feedback.methods import CAMMethod, get_method
+
+    x, y = data
+    relu = cast(CAMMethod, get_method(method)).default_relu
+    with CAMHook(model, eval_mode=True) as hook:
+        want = hook.maps(model(x), y, method=method, relu=relu, create_graph=False).detach()
+    got = attribute(model, x, y, method=method, size=None, reduce="sum")
+    assert got.shape == want.shape == (4, 14, 14)
+    assert torch.equal(got, want)
+    # the default ("input") and a pair resize the same maps bilinearly
+    torch.testing.assert_close(
+        attribute(model, x, y, method=method)[:, 0], resize_maps(want, (28, 28))
+    )
+    there = attribute(model, x, y, method=method, size=(9, 5), reduce="sum")
+    torch.testing.assert_close(there, resize_maps(want, (9, 5)))
+
+
+def test_size_for_captum_methods_and_bad_sizes(
+    model: GAPNet, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """A captum method's own resolution is the input's: ``None`` == ``"input"``; a pair resizes."""
+    from xai_feedback.functional.cam import resize_maps
+
+    x, y = data
+    own = attribute(model, x, y, method="saliency")
+    assert torch.equal(attribute(model, x, y, method="saliency", size=None), own)
+    there = attribute(model, x, y, method="saliency", size=(7, 7))
+    assert there.shape == (4, 1, 7, 7)
+    torch.testing.assert_close(there, resize_maps(own, (7, 7)))
+    with pytest.raises(RangeError, match="`size` must be one of"):
+        attribute(model, x, y, method="grad_cam", size="grid")  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match="`size` must be a pair"):
+        attribute(model, x, y, method="grad_cam", size=(7,))  # type: ignore[arg-type]
+    with pytest.raises(RangeError, match=r"`size\[1\]` must be >= 1"):
+        attribute(model, x, y, method="grad_cam", size=(7, 0))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xai_feedback._modes import eval_mode, per_example_batchnorm, train_mode
-from xai_feedback.attribution import attribute, cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.data import ImageDataset
 from xai_feedback.errors import HookError
 from xai_feedback.evaluation import road, selectivity
@@ -92,7 +92,9 @@ ENTRIES: dict[str, Entry] = {
     "attribute_smoothgrad": lambda m, d, layer: attribute(
         m, d.images, d.labels, ensemble="smoothgrad", n_samples=2
     ),
-    "cam_maps": lambda m, d, layer: cam_maps(m, d.images, d.labels, layer=layer),
+    "attribute_grad_cam_grid": lambda m, d, layer: attribute(
+        m, d.images, d.labels, method="grad_cam", layer=layer, size=None, reduce="sum"
+    ),
     "road": lambda m, d, layer: road(m, d.images, d.labels, {"x": _explain}, fractions=(0.5,)),
     "selectivity": lambda m, d, layer: selectivity(
         m, d.images, d.labels, {"x": _explain}, patch=d.images.shape[-1] // 2, steps=2

@@ -14,15 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xai_feedback.attribution import attribute
 from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
-from xai_feedback.functional.cam import resize_maps
+from xai_feedback.functional.cam import normalize_maps, resize_maps
 from xai_feedback.losses import CenterPenalty, MaskPenalty
 from xai_feedback.methods import get_method, method_names
-from xai_feedback.relevance import (
-    AttentionCapture,
-    attention_modules,
-    relevance_maps,
-)
+from xai_feedback.relevance import AttentionCapture, attention_modules
 
 
 class TimmStyleAttention(nn.Module):
@@ -202,9 +199,11 @@ def test_rollout_equals_hand_reference(kind: str, x: torch.Tensor) -> None:
 def test_batched_equals_per_image(method: str, x: torch.Tensor) -> None:
     model = TinyViT("mha").eval()
     target = torch.tensor([1, 0, 2])
-    batched = relevance_maps(model, x, target, method=method)
+    batched = attribute(model, x, target, method=method, size=None, reduce="sum")
     for b in range(3):
-        one = relevance_maps(model, x[b : b + 1], target[b : b + 1], method=method)
+        one = attribute(
+            model, x[b : b + 1], target[b : b + 1], method=method, size=None, reduce="sum"
+        )
         torch.testing.assert_close(batched[b : b + 1], one, atol=1e-6, rtol=1e-5)
 
 
@@ -226,7 +225,7 @@ def test_distillation_token_is_dropped() -> None:
 
 def test_grid_follows_the_input_size() -> None:
     model = TinyViT("mha", grid=(3, 2)).eval()  # 12 x 8 images: 3 x 2 patches, not square
-    maps = relevance_maps(model, torch.rand(2, 1, 12, 8), method="rollout")
+    maps = attribute(model, torch.rand(2, 1, 12, 8), method="rollout", size=None, reduce="sum")
     assert maps.shape == (2, 3, 2)
 
 
@@ -286,16 +285,21 @@ def test_penalties_on_relevance_train_the_vit(create_graph: bool, x: torch.Tenso
     torch.testing.assert_close(g[3, 2], fd.detach(), atol=1e-7, rtol=1e-4)
 
 
-def test_registry_and_attribute(x: torch.Tensor) -> None:
-    from xai_feedback.attribution import attribute
+def _by_hand(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str) -> torch.Tensor:
+    """The relevance kernel through AttentionCapture.maps, detached: what attribute wraps."""
+    with AttentionCapture(model) as capture:
+        logits = model(x.detach().requires_grad_())
+        return capture.maps(logits, target, method=method, create_graph=False).detach()
 
+
+def test_registry_and_attribute(x: torch.Tensor) -> None:
     assert method_names("relevance") == ("rollout", "chefer_relevance")
     assert get_method("chefer_relevance").kind == "relevance"
     model = TinyViT("timm").eval()
     target = torch.tensor([2, 0, 1])
     for method in method_names("relevance"):
         got = attribute(model, x, target, method=method)
-        expected = resize_maps(relevance_maps(model, x, target, method=method), (8, 8))
+        expected = resize_maps(_by_hand(model, x, target, method), (8, 8))
         assert got.shape == (3, 1, 8, 8)
         torch.testing.assert_close(got[:, 0], expected)
     with pytest.raises(RangeError, match="does not take"):
@@ -371,15 +375,58 @@ def test_relevance_penalty_objective_is_the_hand_written_step(x: torch.Tensor) -
         relevance_penalty_objective("mask", method="grad_cam")
 
 
-def test_relevance_maps_refuses_more_targets_than_images(x: torch.Tensor) -> None:
+@pytest.mark.parametrize("method", ["rollout", "chefer_relevance"])
+def test_attribute_at_the_patch_grid_is_the_kernel(method: str, x: torch.Tensor) -> None:
+    """``size=None, reduce="sum"``: the relevance maps at the patch grid, exactly."""
+    model = TinyViT("timm").eval()
+    target = torch.tensor([2, 0, 1])
+    got = attribute(model, x, target, method=method, size=None, reduce="sum")
+    assert got.shape == (3, 2, 2)
+    assert torch.equal(got, _by_hand(model, x, target, method))
+    chunked = attribute(model, x, target, method=method, size=None, reduce="sum", batch_size=2)
+    torch.testing.assert_close(chunked, got, atol=1e-6, rtol=1e-5)
+    there = attribute(model, x, target, method=method, size=(5, 3))
+    assert there.shape == (3, 1, 5, 3)
+    torch.testing.assert_close(there[:, 0], resize_maps(got, (5, 3)))
+
+
+def test_capture_maps_normalize_and_size(x: torch.Tensor) -> None:
+    """``normalize`` then ``size``: functional.normalize_maps, then functional.resize_maps."""
+    model = TinyViT("timm").eval()
+    target = torch.tensor([2, 0, 1])
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        raw = capture.maps(logits, target)
+        done = capture.maps(logits, target, normalize="minmax", size=(8, 8))
+        with pytest.raises(RangeError, match="`normalize` must be one of"):
+            capture.maps(logits, target, normalize="peak")
+        with pytest.raises(ShapeError, match="`size` must be a pair"):
+            capture.maps(logits, target, size=(8,))  # type: ignore[arg-type]
+    assert done.shape == (3, 8, 8) and done.requires_grad
+    torch.testing.assert_close(done, resize_maps(normalize_maps(raw, "minmax"), (8, 8)))
+
+
+def test_attribute_refuses_more_targets_than_images(x: torch.Tensor) -> None:
     """Chunks of ``batch_size`` images once sliced ``target`` too, so extra targets passed."""
     model = TinyViT("timm").eval()
     four = torch.tensor([0, 1, 2, 0])
+
+    def call(target: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return attribute(
+            model,
+            x,
+            target,
+            method="chefer_relevance",
+            size=None,
+            reduce="sum",
+            batch_size=batch_size,
+        )
+
     with pytest.raises(ShapeError, match="target"):
-        relevance_maps(model, x, four, batch_size=1)
+        call(four, 1)
     with pytest.raises(ShapeError, match="target"):
-        relevance_maps(model, x, four[:2], batch_size=2)
-    assert relevance_maps(model, x, four[:3], batch_size=2).shape == (3, 2, 2)
+        call(four[:2], 2)
+    assert call(four[:3], 2).shape == (3, 2, 2)
 
 
 def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tensor) -> None:

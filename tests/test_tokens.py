@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback import DTypeError, LayerError, ShapeError
-from xai_feedback.attribution import attribute, cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.hooks import CAMHook
 from xai_feedback.layers import find_feature_layer, find_token_layer, prefix_token_count
 from xai_feedback.targets import logits_of
@@ -331,21 +331,30 @@ def test_output_object_with_logits_is_accepted() -> None:
         logits_of(SimpleNamespace(scores=torch.zeros(1, 2)))
 
 
-def test_cam_maps_and_attribute_on_a_vit() -> None:
+def test_attribute_at_the_grid_and_at_the_input_on_a_vit() -> None:
     model, x = _vit(4), _images()
     target = torch.tensor([0, 1])
     with CAMHook(model) as hook:
         want = torch.relu(hook.maps(model(x), target, method="grad_cam_pp")).detach()
-    got = cam_maps(model, x, target, "grad_cam_pp")
+    got = attribute(model, x, target, method="grad_cam_pp", size=None, reduce="sum")
     assert torch.allclose(got, want, atol=1e-6)
-    explicit = cam_maps(
-        model, x, target, "grad_cam_pp", layer="blocks.0.norm1", reshape=TokenReshape(5)
+    explicit = attribute(
+        model,
+        x,
+        target,
+        method="grad_cam_pp",
+        layer="blocks.0.norm1",
+        reshape=TokenReshape(5),
+        size=None,
+        reduce="sum",
     )
     assert explicit.shape == (2, 3, 3) and not torch.allclose(explicit, got)
     up = attribute(model, x, target, method="grad_cam_pp", reduce="sum")
     assert up.shape == (2, 12, 12)
     with pytest.raises(ShapeError, match="not a square"):
-        cam_maps(model, x, target, layer="blocks.0.norm1", reshape=TokenReshape(1))
+        attribute(
+            model, x, target, method="grad_cam", layer="blocks.0.norm1", reshape=TokenReshape(1)
+        )
 
 
 def test_a_token_layer_without_reshape_is_a_layer_error() -> None:

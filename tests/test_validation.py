@@ -18,7 +18,7 @@ from xai_feedback._checks import (
     check_model_input,
     check_nonempty,
 )
-from xai_feedback.attribution import attribute, cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.data import ImageDataset, train_val_split
 from xai_feedback.data.confounds import confounded_digits
 from xai_feedback.data.digits import load_digits
@@ -148,7 +148,7 @@ def test_attribution_refuses_nan_images() -> None:
     with pytest.raises(RangeError, match="`images` must be finite"):
         attribute(model, images)
     with pytest.raises(RangeError, match="`images` must be finite"):
-        cam_maps(model, images, None)
+        attribute(model, images, method="grad_cam", size=None, reduce="sum")
     with pytest.raises(RangeError, match="`images` must be finite"):
         capture(model, None, images)
 
@@ -245,7 +245,7 @@ def test_float64_images_into_float32_models() -> None:
     for call in (
         lambda: model(x),  # before: RuntimeError "expected scalar type Double but found Float"
         lambda: attribute(model, x),
-        lambda: cam_maps(model, x, None),
+        lambda: attribute(model, x, method="grad_cam", size=None, reduce="sum"),
         lambda: predict(model, x),
         lambda: capture(model, None, x),
     ):

@@ -18,8 +18,9 @@ computed in chunks of at most ``batch_size`` noisy images, so memory stays bound
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -32,9 +33,10 @@ from xai_feedback._checks import (
     check_model_input,
     check_number,
     check_shape,
+    check_size,
 )
 from xai_feedback._modes import eval_mode, frozen_parameters
-from xai_feedback.errors import DTypeError, RangeError, ShapeError
+from xai_feedback.errors import RangeError, ShapeError
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.hooks import CAMHook, Reshape
 from xai_feedback.layers import resolve_layer
@@ -46,14 +48,13 @@ from xai_feedback.methods import (
     RelevanceMethod,
     get_method,
 )
-from xai_feedback.relevance import relevance_maps
+from xai_feedback.relevance import AttentionCapture
 from xai_feedback.targets import Target, logits_of, resolve_targets
 
 __all__ = [
     "ENSEMBLES",
     "REDUCTIONS",
     "attribute",
-    "cam_maps",
     "ensemble_noise",
     "reduce_channels",
 ]
@@ -121,88 +122,6 @@ def ensemble_noise(
     return eps.flatten(0, 1)
 
 
-def cam_maps(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: Target,
-    method: str = "grad_cam",
-    *,
-    layer: nn.Module | str | None = None,
-    relu: bool | None = None,
-    scale: str = "cam",
-    batch_size: int = 256,
-    reshape: Reshape | None = None,
-) -> torch.Tensor:
-    """Maps ``(B, h, w)`` of a CAM-kind method at the layer's resolution, for explanation.
-
-    Runs :class:`~xai_feedback.hooks.CAMHook` in eval mode (every ``training`` flag restored)
-    with the graph cut before the layer and the parameters frozen for the call (restored in
-    ``finally``), so the forward records no autograd history it does not need. The maps are
-    detached; to train through maps, use :class:`~xai_feedback.hooks.CAMHook` directly.
-
-    Args:
-        model: A classifier returning ``(B, K)`` logits, or an output with ``.logits``
-            (wrappers are unwrapped).
-        images: ``(B, C, H, W)``.
-        target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: A method of the ``"cam"`` kind (``method_names("cam")``).
-        layer: The layer (default: the feature map feeding the global pooling; for a vision
-            transformer the first norm of its last block).
-        relu: Keep only positive evidence. Default: the published definition (ReLU for
-            the gradient methods, signed for ``"cam"``); the training path
-            (:meth:`~xai_feedback.hooks.CAMHook.maps`) is signed for every method.
-        scale: ``"cam"`` or ``"paper"`` (see :mod:`xai_feedback.methods`).
-        batch_size: Images per forward.
-        reshape: How the layer's tokens fold to ``(B, C, h, w)``
-            (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
-            structure (see :class:`~xai_feedback.hooks.CAMHook`).
-
-    Shape:
-        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
-
-    Example:
-        >>> from xai_feedback.models import GAPNet
-        >>> cam_maps(GAPNet(width=4), torch.rand(3, 1, 28, 28), None, "hires_cam").shape
-        torch.Size([3, 14, 14])
-    """
-    get_method(method, "cam")
-    dims = check_shape(images, "B C H W", "images")
-    check_floating(images, "images")
-    check_int(batch_size, "batch_size", minimum=1)
-    if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
-    check_model_input(model, images)
-    check_finite(images, "images")
-    return _cam_maps(model, images, target, method, layer, relu, scale, batch_size, reshape)
-
-
-def _cam_maps(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: Target,
-    method: str,
-    layer: nn.Module | str | None,
-    relu: bool | None,
-    scale: str,
-    batch_size: int,
-    reshape: Reshape | None = None,
-) -> torch.Tensor:
-    """:func:`cam_maps` on inputs already checked (``attribute`` checks them once)."""
-    use_relu = cast(CAMMethod, get_method(method, "cam")).default_relu if relu is None else relu
-    chunks = []
-    with frozen_parameters(model):
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size]
-            t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
-            with CAMHook(model, layer, eval_mode=True, leaf=True, reshape=reshape) as hook:
-                logits = model(x)
-                maps = hook.maps(
-                    logits, t, method=method, relu=use_relu, scale=scale, create_graph=False
-                )
-            chunks.append(maps.detach())
-    return torch.cat(chunks)
-
-
 def attribute(
     model: nn.Module,
     images: torch.Tensor,
@@ -215,6 +134,7 @@ def attribute(
     noise: torch.Tensor | None = None,
     batch_size: int = 256,
     reduce: str = "none",
+    size: tuple[int, int] | Literal["input"] | None = "input",
     layer: nn.Module | str | None = None,
     generator: torch.Generator | None = None,
     options: Mapping[str, Any] | None = None,
@@ -226,17 +146,25 @@ def attribute(
         model: A classifier returning ``(B, K)`` logits (wrappers are unwrapped).
         images: Inputs ``(B, C, H, W)``.
         target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted class).
-        method: A registered method (``method_names()`` of :mod:`xai_feedback.methods`):
-            the captum methods, the CAM kind computed by the project's kernels
-            (:func:`cam_maps`) and the relevance kind of vision transformers
-            (:func:`~xai_feedback.relevance.relevance_maps`), these two resized bilinearly to
-            the input and returned with one channel.
+        method: A registered method (``method_names()`` of :mod:`xai_feedback.methods`),
+            dispatched by its kind: the captum methods; the CAM kind, computed by
+            :meth:`CAMHook.maps <xai_feedback.hooks.CAMHook.maps>` (eval mode, graph cut
+            before the layer, parameters frozen for the call); the relevance kind of vision
+            transformers, computed by :meth:`AttentionCapture.maps
+            <xai_feedback.relevance.AttentionCapture.maps>`. These two kinds return one
+            channel.
         ensemble: One of :data:`ENSEMBLES`.
         n_samples: Noisy copies per image for the ensembles.
         noise_level: Noise std relative to each image's range (Smilkov et al.: 0.1-0.2).
         noise: Explicit noise ``(B * n_samples, C, H, W)`` (image-major), instead of drawing it.
         batch_size: Most (noisy) images per call (bounds memory).
         reduce: Channel reduction to ``(B, H, W)`` (:func:`reduce_channels`), or ``"none"``.
+        size: Resolution of the result: ``"input"`` (default) the images' ``(H, W)``: CAM
+            and relevance maps are resized to it bilinearly; ``None``: the method's own
+            resolution, the layer's grid ``(h, w)`` for the CAM kind, the patch grid for the
+            relevance kind, the input's size for the captum methods; a pair ``(H, W)``:
+            every kind resized there bilinearly (captum's attributions per channel). Each
+            chunk (and each noisy sample of an ensemble) is resized before it is combined.
         layer: Layer of the CAM kind and ``"guided_grad_cam"`` (default: the feature map
             feeding the global pooling, :func:`xai_feedback.layers.resolve_layer`; for a
             vision transformer the first norm of its last block).
@@ -257,15 +185,20 @@ def attribute(
             structure.
 
     Returns:
-        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM kind), or ``(B, H, W)``
-        maps when ``reduce`` is not ``"none"``; detached, on the images' device and dtype.
+        ``(B, C, H, W)`` attributions (``(B, 1, H, W)`` for the CAM and relevance kinds), or
+        ``(B, H, W)`` maps when ``reduce`` is not ``"none"``, at ``size``; detached, on the
+        images' device and dtype.
 
     Raises:
-        RangeError: Unknown method, ensemble or reduction, or an option the method does not
-            take (e.g. ``n_steps`` with ``"saliency"``).
+        RangeError: Unknown method, ensemble or reduction, a ``size`` string other than
+            ``"input"``, or an option the method does not take (e.g. ``n_steps`` with
+            ``"saliency"``).
+        ShapeError: ``images`` is not ``(B, C, H, W)`` or empty, a ``target`` tensor does not
+            hold one class per image, or ``size`` is not a pair.
 
     Shape:
-        - images: :math:`(B, C, H, W)`; output: :math:`(B, C, H, W)` or :math:`(B, H, W)`
+        - images: :math:`(B, C, H, W)`; output: :math:`(B, C, H', W')` or :math:`(B, H', W')`,
+          :math:`(H', W')` = ``size`` (``"input"``: :math:`(H, W)`; ``None``: the method's)
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -273,12 +206,14 @@ def attribute(
         >>> x = torch.rand(2, 1, 28, 28)
         >>> attribute(model, x, torch.tensor([1, 2]), method="saliency", reduce="sum").shape
         torch.Size([2, 28, 28])
+
+        A CAM-kind method at its layer's resolution (``size=None``), one map per image:
+
+        >>> attribute(model, x, method="hires_cam", size=None, reduce="sum").shape
+        torch.Size([2, 14, 14])
     """
     spec = get_method(method)
-    if options is not None and not isinstance(options, Mapping):
-        raise DTypeError(f"`options` must be a mapping, got {type(options).__name__}.")
-    options = dict(options or {})
-    spec.check_options(options)
+    options = spec.check_options(options)
     check_choice(ensemble, "ensemble", ENSEMBLES)
     check_choice(reduce, "reduce", REDUCTIONS)
     dims = check_shape(images, "B C H W", "images")
@@ -290,9 +225,10 @@ def attribute(
         )
     check_model_input(model, images)
     check_finite(images, "images")
+    out_size = _output_size(size, dims)
     with eval_mode(model):
         classes = _classes(model, images, target, batch_size)
-        fn = _method_fn(model, spec, layer, options, batch_size, reshape)
+        fn = _resized(_method_fn(model, spec, layer, options, reshape), out_size)
         if ensemble == "none":
             result = _chunked(fn, images, classes, batch_size)
         else:
@@ -320,43 +256,101 @@ def _classes(
     return resolve_targets(target, logits)
 
 
+def _output_size(
+    size: tuple[int, int] | str | None, dims: Mapping[str, int]
+) -> tuple[int, int] | None:
+    """``attribute``'s ``size`` as a pair, or ``None`` for the method's own resolution."""
+    if isinstance(size, str):
+        check_choice(size, "size", ("input",))
+        return dims["H"], dims["W"]
+    return None if size is None else check_size(size)
+
+
+def _resized(fn: AttributionFn, size: tuple[int, int] | None) -> AttributionFn:
+    """``fn`` whose results are resized bilinearly to ``size`` (unchanged where they are)."""
+    if size is None:
+        return fn
+
+    def resized(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = fn(x, t)
+        return out if tuple(out.shape[-2:]) == size else resize_maps(out, size)
+
+    return resized
+
+
 def _method_fn(
     model: nn.Module,
     spec: Method,
     layer: nn.Module | str | None,
     options: Mapping[str, Any],
-    batch_size: int,
     reshape: Reshape | None = None,
 ) -> AttributionFn:
-    """``fn(images, classes) -> (b, C, H, W)`` detached attributions of one chunk."""
+    """``fn(images, classes) -> (b, C, h, w)`` detached attributions of one chunk.
+
+    At the method's own resolution: the input's for captum, the layer's grid for the CAM kind
+    (one channel), the patch grid for the relevance kind (one channel).
+    """
     if isinstance(spec, CaptumMethod):
         module = resolve_layer(model, layer).module if spec.needs_layer else None
         captum_fn = spec.build(model, module, options)
         return lambda x, t: captum_fn(x.detach().requires_grad_(), t).detach()
     if isinstance(spec, RelevanceMethod):
-
-        def relevance_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            maps = relevance_maps(
+        return _capture_fn(
+            model,
+            spec.name,
+            lambda: AttentionCapture(
                 model,
-                x,
-                t,
-                method=spec.name,
                 prefix=options.get("prefix"),
                 grid=options.get("grid"),
                 query=options.get("query", "auto"),
-                batch_size=batch_size,
-            )
-            return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
-
-        return relevance_fn
-    scale = str(options.get("scale", "cam"))
+            ),
+            grad_input=spec.needs_gradients,
+        )
     relu = options.get("relu")
+    return _capture_fn(
+        model,
+        spec.name,
+        lambda: _cam_capture(model, layer, reshape),
+        grad_input=False,
+        relu=cast(CAMMethod, spec).default_relu if relu is None else bool(relu),
+        scale=str(options.get("scale", "cam")),
+    )
 
-    def cam_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        maps = _cam_maps(model, x, t, spec.name, layer, relu, scale, batch_size, reshape)
-        return resize_maps(maps, (int(x.shape[-2]), int(x.shape[-1]))).unsqueeze(1)
 
-    return cam_fn
+@contextmanager
+def _cam_capture(
+    model: nn.Module, layer: nn.Module | str | None, reshape: Reshape | None
+) -> Iterator[CAMHook]:
+    """A CAM hook for explanation: eval mode, graph cut before the layer, weights frozen."""
+    with (
+        frozen_parameters(model),
+        CAMHook(model, layer, eval_mode=True, leaf=True, reshape=reshape) as hook,
+    ):
+        yield hook
+
+
+def _capture_fn(
+    model: nn.Module,
+    method: str,
+    open_capture: Callable[[], AbstractContextManager[CAMHook | AttentionCapture]],
+    *,
+    grad_input: bool,
+    **own: Any,
+) -> AttributionFn:
+    """``fn(images, classes) -> (b, 1, h, w)``: a capture's detached maps of one chunk.
+
+    ``own`` holds the kind's own keywords of its ``maps`` (the CAM kind's ``relu``,
+    ``scale``); ``grad_input`` makes the images require grad (what puts a frozen model's
+    attention in a graph).
+    """
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(grad_input)
+        with open_capture() as capture:
+            maps = capture.maps(model(x), t, method=method, create_graph=False, **own)
+        return maps.detach().unsqueeze(1)
+
+    return fn
 
 
 def _chunked(

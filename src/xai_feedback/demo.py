@@ -219,11 +219,14 @@ def save_demo_maps(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from xai_feedback.attribution import cam_maps
+    from xai_feedback.attribution import attribute
     from xai_feedback.viz import plot_maps
 
     images, labels = data.images[:n], data.labels[:n]
-    rows = {name: cam_maps(model, images, None, "cam") for name, model in models.items()}
+    rows = {
+        name: attribute(model, images, method="cam", size=None, reduce="sum")
+        for name, model in models.items()
+    }
     fig = plot_maps(images, rows, titles=[f"label {int(y)}" for y in labels])
     if title is not None:
         fig.suptitle(title, fontsize=9)

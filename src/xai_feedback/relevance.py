@@ -62,16 +62,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from xai_feedback._checks import check_finite, check_int, check_model_input, check_shape
+from xai_feedback._checks import check_int
 from xai_feedback._maps import finish_maps, map_classes, map_logits
-from xai_feedback._modes import eval_mode, unfused_attention
-from xai_feedback.errors import HookError, LayerError, RangeError, ShapeError
+from xai_feedback._modes import unfused_attention
+from xai_feedback.errors import HookError, LayerError
 from xai_feedback.layers import unwrap_model
 from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
 from xai_feedback.targets import Target
 
-__all__ = ["AttentionCapture", "attention_modules", "relevance_maps"]
+__all__ = ["AttentionCapture", "attention_modules"]
 
 Query = int | None | Literal["auto"]
 """A token index, ``None`` (mean of the patch rows) or ``"auto"`` (inferred from the model)."""
@@ -422,75 +422,3 @@ class AttentionCapture:
         )
         maps = spec.maps(inputs, map_classes(target, logits, all_classes))
         return finish_maps(maps, normalize, size)
-
-
-def relevance_maps(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: Target = None,
-    *,
-    method: str = "chefer_relevance",
-    prefix: int | None = None,
-    grid: tuple[int, int] | None = None,
-    query: Query = "auto",
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Detached relevance maps ``(B, h, w)`` on the patch grid, for explanation.
-
-    The model runs in eval mode (every module's ``training`` flag restored). To train through
-    the maps use :class:`AttentionCapture` directly.
-
-    Args:
-        model: A vision transformer returning ``(B, K)`` logits.
-        images: ``(B, C, H, W)``.
-        target: Labels ``(B,)``, a callable ``logits -> labels``, or ``None`` (predicted).
-        method: A method of the ``"relevance"`` kind (``method_names("relevance")``).
-        prefix: See :class:`AttentionCapture`.
-        grid: See :class:`AttentionCapture`.
-        query: See :class:`AttentionCapture`.
-        batch_size: Images per forward.
-
-    Raises:
-        ShapeError: ``images`` is not ``(B, C, H, W)`` or empty, or a ``target`` tensor does
-            not hold one class per image.
-
-    Shape:
-        - images: :math:`(B, C, H, W)`; output: :math:`(B, h, w)`
-
-    Example:
-        >>> from torch import nn
-        >>> class Tiny(nn.Module):  # a 2 x 2 patch ViT with one block
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.patch_size, self.embed = 4, nn.Conv2d(1, 8, 4, stride=4)
-        ...         self.class_token = nn.Parameter(torch.zeros(1, 1, 8))
-        ...         self.block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-        ...         self.head = nn.Linear(8, 3)
-        ...     def forward(self, x):
-        ...         t = self.embed(x).flatten(2).transpose(1, 2)
-        ...         t = torch.cat([self.class_token.expand(len(x), -1, -1), t], dim=1)
-        ...         return self.head(self.block(t)[:, 0])
-        >>> relevance_maps(Tiny(), torch.rand(2, 1, 8, 8), method="rollout").shape
-        torch.Size([2, 2, 2])
-    """
-    spec = cast(RelevanceMethod, get_method(method, "relevance"))
-    dims = check_shape(images, "B C H W", "images")
-    check_int(batch_size, "batch_size", minimum=1)
-    if dims["B"] == 0:
-        raise ShapeError("`images` is an empty batch: maps need at least one image, got B = 0.")
-    check_model_input(model, images)
-    check_finite(images, "images")
-    if not isinstance(target, torch.Tensor) and target is not None and not callable(target):
-        raise RangeError(f"`target` must be a tensor, a callable or None, got {target!r}.")
-    if isinstance(target, torch.Tensor):  # one target per image, whatever `batch_size`
-        check_shape(target, "B", "target", B=dims["B"])
-    chunks = []
-    with eval_mode(model):
-        for i in range(0, dims["B"], batch_size):
-            x = images[i : i + batch_size].detach().requires_grad_(spec.needs_gradients)
-            t = target[i : i + batch_size] if isinstance(target, torch.Tensor) else target
-            with AttentionCapture(model, prefix=prefix, grid=grid, query=query) as capture:
-                logits = model(x)
-                maps = capture.maps(logits, t, method=method, create_graph=False)
-            chunks.append(maps.detach())
-    return torch.cat(chunks)

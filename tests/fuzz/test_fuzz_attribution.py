@@ -1,4 +1,4 @@
-"""Fuzz: attribute / cam_maps, target resolution and PCACE (input checks)."""
+"""Fuzz: attribute (at the input and at the grid), target resolution and PCACE (input checks)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.fuzz.strategies import (
     shapes,
     specs,
 )
-from xai_feedback.attribution import attribute, cam_maps
+from xai_feedback.attribution import attribute
 from xai_feedback.errors import DTypeError, LayerError, RangeError, ShapeError
 from xai_feedback.functional import resize_maps
 from xai_feedback.methods import method_names
@@ -188,7 +188,7 @@ def test_resolve_targets(b: int, k: int, target: object, logits_kind: str, seed:
     layer=st.sampled_from([None, "features", "classifier", "nope"]),
     seed=seeds,
 )
-def test_cam_maps_and_reduced_attribute(
+def test_grid_and_reduced_attribute(
     b: int, method: str, target: object, layer: str | None, seed: int
 ) -> None:
     model = _model()
@@ -212,7 +212,7 @@ def test_cam_maps_and_reduced_attribute(
     assert_finite(out, "maps")
     assert out.shape == (b, 4, 4)  # pixel maps for every method
     if method != "saliency":  # the CAM kind: |layer maps|, resized to the input
-        direct = cam_maps(model, x, t, method, layer=layer)  # type: ignore[arg-type]
+        direct = attribute(model, x, t, method=method, layer=layer, size=None, reduce="sum")  # type: ignore[arg-type]
         close(out, resize_maps(direct, (4, 4)).abs())
 
 

@@ -48,7 +48,7 @@ from torchcam.methods import GradCAM as TorchcamGradCAM  # noqa: E402
 from torchcam.methods import GradCAMpp as TorchcamGradCAMpp  # noqa: E402
 
 from tests.integration._zoo import corr  # noqa: E402
-from xai_feedback.attribution import cam_maps  # noqa: E402
+from xai_feedback.attribution import attribute  # noqa: E402
 from xai_feedback.cli import find_benchmarks, load_benchmark  # noqa: E402
 from xai_feedback.errors import WeightsError  # noqa: E402
 from xai_feedback.hooks import CAMHook  # noqa: E402
@@ -107,12 +107,19 @@ def test_top1_on_foolboxs_imagenet_photos(real: Real) -> None:
 # ----- agreement with the peers on trained weights -----------------------------------------
 
 
+def _grid(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str) -> torch.Tensor:
+    """The explanation call at the layer's grid, on the published scale."""
+    options = {"scale": "paper"}
+    return attribute(model, x, target, method=method, size=None, reduce="sum", options=options)
+
+
 @pytest.fixture(scope="module")
 def ours(real: Real) -> dict[str, torch.Tensor]:
     """The library's maps ``(20, 7, 7)`` of the true classes, on the published scale.
 
     CAM signed (as torchcam's), the gradient methods with ``relu=True`` (the published
-    definitions); ``cam_maps`` (the explanation call) must give the hook's maps exactly.
+    definitions); ``attribute(..., size=None)`` (the explanation call) must give the hook's
+    maps exactly.
     """
     maps: dict[str, torch.Tensor] = {}
     with CAMHook(real.model) as hook:
@@ -124,7 +131,7 @@ def ours(real: Real) -> dict[str, torch.Tensor]:
                 logits, real.labels, method=method, relu=relu, scale="paper"
             ).detach()
     for method, hooked in maps.items():
-        called = cam_maps(real.model, real.x, real.labels, method, scale="paper")
+        called = _grid(real.model, real.x, real.labels, method)
         assert torch.equal(called, hooked), method
     return maps
 
@@ -228,7 +235,7 @@ def test_the_watermark_lowers_top1_and_draws_the_new_class_onto_it(real: Real) -
     top1_after = int((after == real.labels).sum())
 
     def grad_cam(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cam_maps(real.model, x, target, "grad_cam", scale="paper")  # published: ReLU
+        return _grid(real.model, x, target, "grad_cam")  # published: ReLU
 
     true_b, true_a = (
         _share(grad_cam(real.x, real.labels), mask),

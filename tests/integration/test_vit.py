@@ -231,7 +231,7 @@ def test_pytorch_grad_cam_recipe_agrees(arch: ViTArch, peer: type, method: str) 
         theirs = torch.as_tensor(
             extractor(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in TARGET])
         )
-    ours = cam_maps_of(model, x, method)
+    ours = grid_maps_of(model, x, method)
     ours_up = F.interpolate(ours[:, None], size=x.shape[-2:], mode="bilinear")[:, 0]
     compared = 0
     for i in range(len(x)):
@@ -243,10 +243,18 @@ def test_pytorch_grad_cam_recipe_agrees(arch: ViTArch, peer: type, method: str) 
     assert compared >= 1
 
 
-def cam_maps_of(model: nn.Module, x: torch.Tensor, method: str) -> torch.Tensor:
-    from xai_feedback.attribution import cam_maps
+def grid_maps_of(model: nn.Module, x: torch.Tensor, method: str) -> torch.Tensor:
+    from xai_feedback.attribution import attribute
 
-    return cam_maps(model, x, TARGET, method, scale="paper")
+    return attribute(
+        model,
+        x,
+        TARGET,
+        method=method,
+        size=None,
+        reduce="sum",
+        options={"scale": "paper"},
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=IDS)

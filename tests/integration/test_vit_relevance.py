@@ -22,7 +22,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from xai_feedback.attribution import attribute
 from xai_feedback.functional.cam import resize_maps
 from xai_feedback.losses import CenterPenalty, MaskPenalty, RobustViTPenalty
-from xai_feedback.relevance import AttentionCapture, relevance_maps
+from xai_feedback.relevance import AttentionCapture
 
 
 def torchvision_vit() -> nn.Module:
@@ -118,9 +118,9 @@ def test_torchvision_capture_equals_the_attention_of_the_weights() -> None:
 def test_torchvision_relevance_and_attribute() -> None:
     model, x = torchvision_vit(), _images()
     target = torch.tensor([0, 4, 2])
-    maps = relevance_maps(model, x, target)
+    maps = attribute(model, x, target, method="chefer_relevance", size=None, reduce="sum")
     assert maps.shape == (3, 4, 4) and bool((maps >= 0).all()) and float(maps.sum()) > 0
-    rolled = relevance_maps(model, x, method="rollout")
+    rolled = attribute(model, x, method="rollout", size=None, reduce="sum")
     assert torch.allclose(rolled.flatten(1).sum(1) <= 1.0 + 1e-6, torch.ones(3, dtype=torch.bool))
     got = attribute(model, x, target, method="chefer_relevance")
     torch.testing.assert_close(got[:, 0], resize_maps(maps, (32, 32)))

@@ -6,9 +6,8 @@ r"""The relevance kind: a vision transformer's attention probabilities ``-> (B, 
 
 Both are kernels of :mod:`xai_feedback.functional.relevance`, batched and differentiable.
 :class:`~xai_feedback.relevance.AttentionCapture` captures the probabilities and computes the
-maps (:meth:`~xai_feedback.relevance.AttentionCapture.relevance`);
-:func:`~xai_feedback.relevance.relevance_maps` and :func:`~xai_feedback.attribution.attribute`
-serve them detached.
+maps (:meth:`~xai_feedback.relevance.AttentionCapture.maps`);
+:func:`~xai_feedback.attribution.attribute` serves them detached.
 
 Adding a method: subclass :class:`RelevanceMethod`, set ``name``, write
 :meth:`RelevanceMethod.from_attention` (its kernel in ``functional/relevance.py``) and decorate
@@ -36,7 +35,7 @@ __all__ = ["AttentionInputs", "CheferRelevance", "RelevanceMethod", "Rollout"]
 class AttentionInputs:
     """What a relevance method reads: one forward's attention probabilities and logits.
 
-    Built by :meth:`~xai_feedback.relevance.AttentionCapture.relevance`.
+    Built by :meth:`~xai_feedback.relevance.AttentionCapture.maps`.
 
     Attributes:
         attentions: Per block, first block first, ``(B, heads, N, N)``, in the logits' graph.
