@@ -42,7 +42,7 @@ class AttentionInputs:
         attentions: Per block, first block first, ``(B, heads, N, N)``, in the logits' graph.
         logits: ``(B, K)`` logits of the same forward.
         grid: Patch grid ``(h, w)``, or ``None`` for the square grid.
-        prefix: Leading non-patch tokens.
+        prefix_tokens: Leading non-patch tokens (class, distillation, register).
         query: The row read (a token index), or ``None`` for the mean of the patch rows.
         create_graph: Keep the gradients in the graph (second-order training through them).
         max_bytes: Bound on the gradients kept by all-class maps
@@ -52,7 +52,7 @@ class AttentionInputs:
     attentions: Sequence[torch.Tensor]
     logits: torch.Tensor
     grid: tuple[int, int] | None = None
-    prefix: int = 1
+    prefix_tokens: int = 1
     query: int | None = 0
     create_graph: bool = True
     max_bytes: int | None = ALL_CLASSES_MAX_BYTES
@@ -67,7 +67,7 @@ class RelevanceMethod(Method):
     """
 
     kind: ClassVar[MethodKind] = "relevance"
-    options: ClassVar[frozenset[str]] = frozenset({"prefix", "grid", "query"})
+    options: ClassVar[frozenset[str]] = frozenset({"prefix_tokens", "grid", "query"})
     needs_gradients: ClassVar[bool] = True
 
     @abstractmethod
@@ -77,7 +77,7 @@ class RelevanceMethod(Method):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """The kernel: maps ``(B, h, w)`` from attentions (and the target's gradients)."""
@@ -116,7 +116,11 @@ class RelevanceMethod(Method):
             )
         grads = self.gradients(inputs, target) if self.needs_gradients else None
         return self.from_attention(
-            inputs.attentions, grads, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+            inputs.attentions,
+            grads,
+            grid=inputs.grid,
+            prefix_tokens=inputs.prefix_tokens,
+            query=inputs.query,
         )
 
 
@@ -137,16 +141,20 @@ class Rollout(RelevanceMethod):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """Rollout maps."""
-        return attention_rollout(attentions, grid, prefix=prefix, query=query)
+        return attention_rollout(attentions, grid, prefix_tokens=prefix_tokens, query=query)
 
     def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
         """One rollout, expanded over the classes for ``target=None``."""
         maps = self.from_attention(
-            inputs.attentions, None, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+            inputs.attentions,
+            None,
+            grid=inputs.grid,
+            prefix_tokens=inputs.prefix_tokens,
+            query=inputs.query,
         )
         if target is None:
             return maps.unsqueeze(1).expand(-1, int(inputs.logits.shape[1]), -1, -1)
@@ -169,10 +177,12 @@ class CheferRelevance(RelevanceMethod):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """Relevance maps."""
         if gradients is None:
             raise HookError("method 'chefer_relevance' needs the attentions' gradients, got None.")
-        return chefer_relevance(attentions, gradients, grid, prefix=prefix, query=query)
+        return chefer_relevance(
+            attentions, gradients, grid, prefix_tokens=prefix_tokens, query=query
+        )
