@@ -176,8 +176,9 @@ def relevance_penalty_objective(
             ``False`` is RobustViT's choice: the maps still train the model through the
             attention.
         classification: Weight :math:`c` of RobustViT's own-prediction classification term.
-        capture: Keywords of :class:`~xai_feedback.relevance.AttentionCapture` (``prefix``,
-            ``grid``, ``query``) for a model whose tokens it cannot read from its structure.
+        capture: Keywords of :class:`~xai_feedback.relevance.AttentionCapture`
+            (``prefix_tokens``, ``grid``, ``query``) for a model whose tokens it cannot read
+            from its structure.
 
     Example:
         >>> from torch import nn
@@ -191,7 +192,8 @@ def relevance_penalty_objective(
         ...         return self.head(self.enc(x)[:, 0])
         >>> tokens, masks = torch.randn(2, 5, 8), torch.ones(2, 2, 2, dtype=torch.bool)
         >>> batch = Batch(tokens, torch.tensor([0, 2]), masks, epoch=0, step=0, total_epochs=1)
-        >>> objective = relevance_penalty_objective("mask", capture={"prefix": 1, "query": 0})
+        >>> capture = {"prefix_tokens": 1, "query": 0}
+        >>> objective = relevance_penalty_objective("mask", capture=capture)
         >>> loss, logits = objective(Tiny(), batch)
         >>> loss.backward()
     """
