@@ -453,3 +453,58 @@ def test_a_capture_ignores_another_threads_forward(x: torch.Tensor) -> None:
         other.join()
         assert [tuple(a.shape) for a in capture.attentions] == [(3, 2, 5, 5)] * 2
         assert capture.relevance(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)
+
+
+# ----- the token layout is read from the whole model -----------------------------------------
+
+
+class Normalize(nn.Module):
+    """A preprocessing module put before the ViT, as ``nn.Sequential(normalize, vit)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.25
+
+
+@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize("method", ["rollout", "chefer_relevance"])
+def test_wrapped_vit_gives_the_bare_vits_maps(declared: bool, method: str) -> None:
+    """``Sequential(normalize, vit)``: the bare ViT's relevance maps and CAMs of ``normalize(x)``.
+
+    Without ``num_prefix_tokens`` (``declared=False``) the class token, a parameter of the
+    submodule ``1``, tells the prefix, the row read and (with ``patch_size``) the grid.
+    """
+    from xai_feedback.hooks import CAMHook
+
+    vit = TinyViT("timm").eval()
+    if not declared:
+        del vit.num_prefix_tokens
+    wrapped = nn.Sequential(Normalize(), vit).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([2, 0])
+    with AttentionCapture(vit) as capture:
+        expected = capture.relevance(vit(Normalize()(x)), target, method=method)
+    with AttentionCapture(wrapped) as capture:
+        got = capture.relevance(wrapped(x), target, method=method)
+        assert capture.tokens() == (1, 0, (2, 2))
+    assert got.shape == (2, 2, 2)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    with CAMHook(vit) as hook:
+        cams = hook.cam(vit(Normalize()(x)), target, method="grad_cam")
+    with CAMHook(wrapped) as hook:
+        torch.testing.assert_close(hook.cam(wrapped(x), target, method="grad_cam"), cams)
+
+
+def test_layout_that_cannot_be_told_names_the_knob() -> None:
+    enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    model = nn.Sequential(enc)  # tokens in, no class token, no num_prefix_tokens
+    tokens = torch.randn(2, 5, 8)
+    with AttentionCapture(model) as capture:
+        logits = model(tokens)[:, 0, :3]
+        with pytest.raises(LayerError, match="pass `prefix_tokens=`"):
+            capture.relevance(logits, method="rollout")
+    with AttentionCapture(model, prefix_tokens=1) as capture:
+        logits = model(tokens)[:, 0, :3]
+        with pytest.raises(LayerError, match="pass `query=`"):
+            capture.relevance(logits, method="rollout")
+    with AttentionCapture(model, prefix_tokens=1, query=0) as capture:
+        assert capture.relevance(model(tokens)[:, 0, :3], method="rollout").shape == (2, 2, 2)
