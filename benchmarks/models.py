@@ -217,7 +217,7 @@ def _extract_runners(
 
 
 def _vit_runners(
-    model: nn.Module, layer: str, prefix: int, x: torch.Tensor, target: torch.Tensor
+    model: nn.Module, layer: str, prefix_tokens: int, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
     from xai_feedback.hooks import CAMHook
 
@@ -243,8 +243,9 @@ def _vit_runners(
 
         def reshape_transform(tensor: torch.Tensor) -> torch.Tensor:
             # pytorch-grad-cam's ViT recipe (its README), with the grid of this input
-            side = int((tensor.size(1) - prefix) ** 0.5)
-            result = tensor[:, prefix:, :].reshape(tensor.size(0), side, side, tensor.size(2))
+            side = int((tensor.size(1) - prefix_tokens) ** 0.5)
+            patches = tensor[:, prefix_tokens:, :]
+            result = patches.reshape(tensor.size(0), side, side, tensor.size(2))
             return result.transpose(2, 3).transpose(1, 2)
 
         def grad_cam_lib() -> Any:
@@ -378,10 +379,10 @@ def _runners(
     part: str, model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
     if part == "vit":
-        from xai_feedback.layers import prefix_token_count
+        from xai_feedback.layers import token_layout
 
         model.eval()
-        return _vit_runners(model, layer, prefix_token_count(model), x, target)
+        return _vit_runners(model, layer, token_layout(model).prefix_tokens or 0, x, target)
     if part == "vit_train":
         from xai_feedback.models import replace_head
 
