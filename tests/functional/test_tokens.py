@@ -15,12 +15,7 @@ def test_features_and_values_fold_to_the_same_cells(
 ) -> None:
     b, c, (h, w) = 2, 3, grid
     n = prefix_tokens + h * w
-    # feature value encodes (image, token, channel): 1000 b + 10 n + c
-    features = (
-        1000 * torch.arange(b)[:, None, None]
-        + 10 * torch.arange(n)[None, :, None]
-        + torch.arange(c)[None, None, :]
-    ).double()
+    features = torch.arange(b * n * c, dtype=torch.float64).view(b, n, c)  # every entry unique
     folded = tokens_to_grid(features, grid, prefix_tokens=prefix_tokens)
     assert folded.shape == (b, c, h, w)
     for i in range(h):
