@@ -22,9 +22,8 @@ layer's output folds the same way: :class:`~xai_feedback.hooks.CAMHook` takes ``
 the captured tokens and folds it, and the prefix tokens' gradients are dropped with them.
 :func:`default_reshape` reads the fold from the model's structure
 (:func:`~xai_feedback.layers.token_layout`, the one reader of a transformer's token layout).
-This is the
-``reshape_transform`` of pytorch-grad-cam's ViT and Swin recipes (Gildenblat et al.), with
-the prefix and the grid read from the model instead of written by hand.
+This is the ``reshape_transform`` of pytorch-grad-cam's ViT and Swin recipes (Gildenblat et
+al.), with the prefix and the grid read from the model instead of written by hand.
 
 References:
     A. Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021. H. Touvron et al.,
