@@ -22,7 +22,7 @@ ALL_CLASSES_MAX_BYTES = 2**32
 """Default bound (4 GiB) on the gradients all-class maps keep alive (see
 :func:`all_class_maps`)."""
 
-CLASS_CHUNK = 16
+CLASS_CHUNK = 1
 """Default number of classes whose gradients :func:`all_class_maps` takes in one batched
 backward."""
 
