@@ -394,10 +394,49 @@ def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tenso
             capture.relevance(logits, all_classes=True, max_bytes=3 * per_class - 1)
         assert calls == []  # refused before any backward
         every = capture.relevance(logits, all_classes=True, max_bytes=3 * per_class)
-        assert len(calls) == 3  # one backward per class reaches the first block
+        assert len(calls) == 1  # the 3 classes: one batched backward reaches the first block
         unbounded = capture.relevance(logits, all_classes=True, max_bytes=None)
         hook.remove()
     torch.testing.assert_close(every, unbounded)
+
+
+@pytest.mark.parametrize("method", ["chefer_relevance", "rollout"])
+def test_all_class_relevance_in_batched_backwards_equals_one_class_at_a_time(
+    x: torch.Tensor, method: str
+) -> None:
+    """Chunks of ``class_chunk`` classes per batched backward give each class's own maps,
+    also through the gradients kept in the graph (create_graph)."""
+    from xai_feedback.methods import get_method
+    from xai_feedback.methods.relevance import AttentionInputs
+
+    model = TinyViT("timm").eval()
+    spec = get_method(method, "relevance")
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        weights = torch.linspace(-1.0, 1.0, int(logits.shape[1]))
+        prefix, query, grid = capture.tokens()
+        results = []
+        for chunk in (1, 2, 16):
+            inputs = AttentionInputs(
+                list(capture.attentions), logits, grid, prefix, query, True, None, chunk
+            )
+            every = spec.maps(inputs, None)  # type: ignore[attr-defined]
+            loss = (every * weights.view(1, -1, 1, 1)).pow(2).sum()
+            params = [p for p in model.parameters() if p.requires_grad]
+            got = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads = [
+                torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)
+            ]
+            results.append((every, grads))
+        one = [
+            spec.maps(inputs, torch.full((len(x),), c))  # type: ignore[attr-defined]
+            for c in range(int(logits.shape[1]))
+        ]
+    torch.testing.assert_close(results[0][0], torch.stack(one, 1))
+    for every, grads in results[1:]:
+        torch.testing.assert_close(every, results[0][0])
+        for a, b in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(a, b)
     assert every.shape == (3, 3, 2, 2)
     with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
         rolled = capture.relevance(model(x), method="rollout", all_classes=True, max_bytes=0)

@@ -26,10 +26,17 @@ import torch
 
 from xai_feedback.errors import HookError
 from xai_feedback.functional.relevance import attention_rollout, chefer_relevance
-from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
+from xai_feedback.methods._gradients import (
+    ALL_CLASSES_MAX_BYTES,
+    CLASS_CHUNK,
+    all_class_maps,
+    score_gradients,
+)
 from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = ["AttentionInputs", "CheferRelevance", "RelevanceMethod", "Rollout"]
+
+_WHAT = "the captured attentions"
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class AttentionInputs:
         create_graph: Keep the gradients in the graph (second-order training through them).
         max_bytes: Bound on the gradients kept by all-class maps
             (:func:`~xai_feedback.methods._gradients.all_class_maps`); ``None``: no bound.
+        class_chunk: Classes per batched backward of all-class maps.
     """
 
     attentions: Sequence[torch.Tensor]
@@ -56,6 +64,7 @@ class AttentionInputs:
     query: int | None = 0
     create_graph: bool = True
     max_bytes: int | None = ALL_CLASSES_MAX_BYTES
+    class_chunk: int = CLASS_CHUNK
 
 
 class RelevanceMethod(Method):
@@ -94,7 +103,7 @@ class RelevanceMethod(Method):
             target,
             inputs.attentions,
             create_graph=inputs.create_graph,
-            what="the captured attentions",
+            what=_WHAT,
         )
 
     def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
@@ -108,13 +117,25 @@ class RelevanceMethod(Method):
             - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
         """
         if target is None:
+
+            def maps_of(classes: torch.Tensor, grads: list[torch.Tensor] | None) -> torch.Tensor:
+                return self._from_inputs(inputs, grads)
+
             return all_class_maps(
                 inputs.logits,
-                lambda c: self.maps(inputs, c),
+                maps_of,
                 inputs.attentions if self.needs_gradients else [],
+                create_graph=inputs.create_graph,
+                what=_WHAT,
                 max_bytes=inputs.max_bytes,
+                class_chunk=inputs.class_chunk,
             )
         grads = self.gradients(inputs, target) if self.needs_gradients else None
+        return self._from_inputs(inputs, grads)
+
+    def _from_inputs(
+        self, inputs: AttentionInputs, grads: Sequence[torch.Tensor] | None
+    ) -> torch.Tensor:
         return self.from_attention(
             inputs.attentions,
             grads,
