@@ -394,7 +394,7 @@ def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tenso
             capture.relevance(logits, all_classes=True, max_bytes=3 * per_class - 1)
         assert calls == []  # refused before any backward
         every = capture.relevance(logits, all_classes=True, max_bytes=3 * per_class)
-        assert len(calls) == 1  # the 3 classes: one batched backward reaches the first block
+        assert len(calls) == 3  # class_chunk 1 (the default): one backward per class
         unbounded = capture.relevance(logits, all_classes=True, max_bytes=None)
         hook.remove()
     torch.testing.assert_close(every, unbounded)
