@@ -2,7 +2,7 @@ r"""Explanation penalties as pure functions of maps, masks and gradients."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -474,10 +474,27 @@ def minmax_normalize(maps: torch.Tensor, eps: float = TYPOLOGY_EPS) -> torch.Ten
     return (shifted / (high + eps)).view_as(maps)
 
 
-def _reduce(total: torch.Tensor, batch: int, reduction: str) -> torch.Tensor:
+def _typology_term(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    masks_name: str,
+    reduction: str,
+    residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``sum(residual(minmax_normalize(maps), masks) ** 2)``, over the batch or its mean.
+
+    RRR-G's and HINT's shared frame: ``(B, h, w)`` floating maps, ``(B, H, W)`` masks (as
+    floats of the maps' dtype), the per-image min-max normalization, a squared sum and the
+    typology's ``reduction``.
+    """
+    dims = check_shape(maps, "B h w", "maps")
+    check_shape(masks, "B H W", masks_name, B=dims["B"])
+    check_floating(maps, "maps")
+    weights = _float_masks(masks).to(maps.dtype)
+    total = residual(minmax_normalize(maps), weights).pow(2).sum()
     if reduction not in ("sum", "mean"):
         raise RangeError(f"`reduction` must be one of ['sum', 'mean'], got {reduction!r}.")
-    return total if reduction == "sum" else total / batch
+    return total if reduction == "sum" else total / dims["B"]
 
 
 def rrr_g_penalty(
@@ -516,18 +533,18 @@ def rrr_g_penalty(
         >>> float(rrr_g_penalty(-maps, masks))  # the same evidence, negative: no penalty
         0.0
     """
-    dims = check_shape(maps, "B h w", "maps")
-    check_shape(masks, "B H W", "masks", B=dims["B"])
-    check_floating(maps, "maps")
-    down = F.interpolate(
-        _float_masks(masks).to(maps.dtype).unsqueeze(1),
-        size=(dims["h"], dims["w"]),
-        mode="bilinear",
-        align_corners=False,
-        antialias=False,
-    ).squeeze(1)
-    total = (down * minmax_normalize(maps)).pow(2).sum()
-    return _reduce(total, dims["B"], reduction)
+
+    def masked(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        down = F.interpolate(
+            weights.unsqueeze(1),
+            size=normalized.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
+        return down.squeeze(1) * normalized
+
+    return _typology_term(maps, masks, "masks", reduction, masked)
 
 
 def hint_penalty(
@@ -562,14 +579,12 @@ def hint_penalty(
         >>> round(float(hint_penalty(maps, obj)), 4)
         0.0
     """
-    dims = check_shape(maps, "B h w", "maps")
-    odims = check_shape(object_masks, "B H W", "object_masks", B=dims["B"])
-    check_floating(maps, "maps")
-    up = F.interpolate(
-        minmax_normalize(maps).unsqueeze(1), size=(odims["H"], odims["W"]), mode="nearest"
-    ).squeeze(1)
-    total = (up - _float_masks(object_masks).to(maps.dtype)).pow(2).sum()
-    return _reduce(total, dims["B"], reduction)
+
+    def error(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(normalized.unsqueeze(1), size=weights.shape[-2:], mode="nearest")
+        return up.squeeze(1) - weights
+
+    return _typology_term(maps, object_masks, "object_masks", reduction, error)
 
 
 def rbr_penalty(
