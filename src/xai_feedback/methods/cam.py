@@ -271,55 +271,53 @@ class CAM(CAMMethod):
         done.add(key)
 
 
+class _GradientCAM(CAMMethod):
+    """A gradient method: its maps are its kernel of ``(A, dy/dA)``.
+
+    On CAM's scale its maps are multiplied by ``h * w`` (for a GAP + linear head they then
+    equal CAM) unless the method says otherwise.
+    """
+
+    _kernel: ClassVar[Callable[..., torch.Tensor]]
+    """``(acts, grads, *, relu) -> (B, h, w)``, of :mod:`xai_feedback.functional.cam`."""
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """``h * w``: equals CAM for a GAP + linear head."""
+        return float(h * w)
+
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
+        """The maps of the method's kernel."""
+        return type(self)._kernel(acts, grads, relu=relu)
+
+
 @register_method
-class GradCAM(CAMMethod):
+class GradCAM(_GradientCAM):
     """Grad-CAM (Selvaraju et al. 2017), :func:`~xai_feedback.functional.grad_cam`."""
 
     name = "grad_cam"
     citation = "R. R. Selvaraju et al., Grad-CAM, ICCV 2017."
-
-    def cam_scale(self, h: int, w: int) -> float:
-        """``h * w``: equals CAM for a GAP + linear head."""
-        return float(h * w)
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """Grad-CAM maps."""
-        return grad_cam(acts, grads, relu=relu)
+    _kernel = staticmethod(grad_cam)
 
 
 @register_method
-class HiResCAM(CAMMethod):
+class HiResCAM(_GradientCAM):
     """HiResCAM (Draelos & Carin 2020), :func:`~xai_feedback.functional.hires_cam`."""
 
     name = "hires_cam"
     citation = "R. L. Draelos, L. Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891."
-
-    def cam_scale(self, h: int, w: int) -> float:
-        """``h * w``: equals CAM for a GAP + linear head."""
-        return float(h * w)
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """HiResCAM maps."""
-        return hires_cam(acts, grads, relu=relu)
+    _kernel = staticmethod(hires_cam)
 
 
 @register_method
-class GradCAMPlusPlus(CAMMethod):
+class GradCAMPlusPlus(_GradientCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018), :func:`~xai_feedback.functional.grad_cam_pp`."""
 
     name = "grad_cam_pp"
     citation = "A. Chattopadhay et al., Grad-CAM++, WACV 2018."
+    _kernel = staticmethod(grad_cam_pp)
 
     def cam_scale(self, h: int, w: int) -> float:
         """2: the weights tend to the positive head weights as activations tend to 0."""
         return 2.0
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """Grad-CAM++ maps."""
-        return grad_cam_pp(acts, grads, relu=relu)
