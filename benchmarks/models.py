@@ -25,7 +25,9 @@ Part ``vit_train``: one training step of each ViT (a new 10-class head as in fin
 random images, a border mask) with
 cross-entropy (vanilla), + the center penalty on token Grad-CAM (``cam_penalty_objective(...,
 method="grad_cam")``), + a mask penalty on Chefer relevance and RobustViT's objective
-(``relevance_penalty_objective``), timed and measured like the CNN steps.
+(``relevance_penalty_objective``), timed and measured like the CNN steps; the center and mask
+penalties on every class's maps (one backward per class) and on the label class's only
+(``classes="target"``: one backward).
 
 Timing: ``--repeats`` rounds after ``--warmup`` rounds; within a round every candidate runs
 once, in turn, so a load change on the machine hits all of them alike; the median is reported.
@@ -217,7 +219,7 @@ def _extract_runners(
 
 
 def _vit_runners(
-    model: nn.Module, layer: str, prefix: int, x: torch.Tensor, target: torch.Tensor
+    model: nn.Module, layer: str, prefix_tokens: int, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
     from xai_feedback.hooks import CAMHook
 
@@ -243,8 +245,9 @@ def _vit_runners(
 
         def reshape_transform(tensor: torch.Tensor) -> torch.Tensor:
             # pytorch-grad-cam's ViT recipe (its README), with the grid of this input
-            side = int((tensor.size(1) - prefix) ** 0.5)
-            result = tensor[:, prefix:, :].reshape(tensor.size(0), side, side, tensor.size(2))
+            side = int((tensor.size(1) - prefix_tokens) ** 0.5)
+            patches = tensor[:, prefix_tokens:, :]
+            result = patches.reshape(tensor.size(0), side, side, tensor.size(2))
             return result.transpose(2, 3).transpose(1, 2)
 
         def grad_cam_lib() -> Any:
@@ -286,7 +289,7 @@ def _setup_vit(
 def _train_runners(
     model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor, vit: bool = False
 ) -> dict[str, Runner]:
-    from xai_feedback.losses import CenterPenalty, RobustViTPenalty
+    from xai_feedback.losses import CenterPenalty, MaskPenalty, RobustViTPenalty
     from xai_feedback.objectives import (
         cam_penalty_objective,
         relevance_penalty_objective,
@@ -314,7 +317,16 @@ def _train_runners(
             "token Grad-CAM center-penalty step": cam_penalty_objective(
                 CenterPenalty(), 1.0, method="grad_cam", layer=layer
             ),
+            "token Grad-CAM center-penalty step, label class": cam_penalty_objective(
+                CenterPenalty(classes="target"), 1.0, method="grad_cam", layer=layer
+            ),
+            "token Grad-CAM mask-penalty step, label class": cam_penalty_objective(
+                MaskPenalty(classes="target"), 1.0, method="grad_cam", layer=layer
+            ),
             "Chefer-relevance mask-penalty step": relevance_penalty_objective("mask", 1.0),
+            "Chefer-relevance mask-penalty step, label class": relevance_penalty_objective(
+                MaskPenalty(classes="target"), 1.0
+            ),
             "RobustViT step": relevance_penalty_objective(
                 RobustViTPenalty(marks="excluded"), 1.0, classification=0.25
             ),
@@ -378,10 +390,10 @@ def _runners(
     part: str, model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 ) -> dict[str, Runner]:
     if part == "vit":
-        from xai_feedback.layers import prefix_token_count
+        from xai_feedback.layers import token_layout
 
         model.eval()
-        return _vit_runners(model, layer, prefix_token_count(model), x, target)
+        return _vit_runners(model, layer, token_layout(model).prefix_tokens or 0, x, target)
     if part == "vit_train":
         from xai_feedback.models import replace_head
 

@@ -136,7 +136,7 @@ def test_relevance_penalty_objective_robustvit_refuses_0_255_masks() -> None:
     tokens = torch.randn(B, 5, 8)
     good = torch.zeros(B, 2, 2, dtype=torch.bool)
     good[:, 0, 0] = True
-    objective = relevance_penalty_objective("robustvit", options={"prefix": 1, "query": 0})
+    objective = relevance_penalty_objective("robustvit", options={"prefix_tokens": 1, "query": 0})
     labels = torch.tensor([0, 2])
     loss, _ = objective(Tiny(), Batch(tokens, labels, good, epoch=0, step=0, total_epochs=1))
     assert torch.isfinite(loss)

@@ -201,3 +201,40 @@ def test_method_names_see_a_method_registered_later() -> None:
     for module, snapshot in ((hooks, "CAM_METHODS"), (relevance, "RELEVANCE_METHODS")):
         assert not hasattr(module, snapshot)
     assert not hasattr(attribution, "METHODS")
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "hires_cam", "grad_cam_pp"])
+def test_all_class_maps_in_batched_backwards_equal_one_class_at_a_time(method: str) -> None:
+    """``class_chunk`` classes per batched backward (``is_grads_batched``) give each class's
+    own maps and the same second-order gradients, on a head whose ``dy/dA`` depends on the
+    image (a nonlinear head: a chunk that mixed classes or images would differ)."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(2, 3, 3, padding=1)
+    head = nn.Sequential(nn.Tanh(), nn.Flatten(), nn.Linear(3 * H * W, 5))
+    x = torch.rand(4, 2, H, W)
+    spec = get_method(method, "cam")
+    weights = torch.linspace(-1.0, 1.0, 5).view(1, -1, 1, 1)
+    params = list(layer.parameters()) + list(head.parameters())
+    results = []
+    for chunk in (1, 2, 16):
+        acts = layer(x)
+        inputs = MapInputs(acts, head(acts), class_chunk=chunk)
+        every = spec.maps(inputs, None, relu=False)  # type: ignore[attr-defined]
+        loss = (every * weights).pow(2).sum()
+        got = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)]
+        results.append((every, grads))
+    one = torch.stack(
+        [
+            spec.maps(inputs, torch.full((4,), k), relu=False)  # type: ignore[attr-defined]
+            for k in range(5)
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(results[0][0], one)
+    for every, grads in results[1:]:
+        torch.testing.assert_close(every, results[0][0])
+        for a, b in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(RangeError, match="class_chunk"):
+        spec.maps(MapInputs(acts, head(acts), class_chunk=0), None, relu=False)  # type: ignore[attr-defined]

@@ -441,10 +441,49 @@ def test_all_class_relevance_is_bounded_before_the_first_backward(x: torch.Tenso
             capture.maps(logits, all_classes=True, max_bytes=3 * per_class - 1)
         assert calls == []  # refused before any backward
         every = capture.maps(logits, all_classes=True, max_bytes=3 * per_class)
-        assert len(calls) == 3  # one backward per class reaches the first block
+        assert len(calls) == 3  # class_chunk 1 (the default): one backward per class
         unbounded = capture.maps(logits, all_classes=True, max_bytes=None)
         hook.remove()
     torch.testing.assert_close(every, unbounded)
+
+
+@pytest.mark.parametrize("method", ["chefer_relevance", "rollout"])
+def test_all_class_relevance_in_batched_backwards_equals_one_class_at_a_time(
+    x: torch.Tensor, method: str
+) -> None:
+    """Chunks of ``class_chunk`` classes per batched backward give each class's own maps,
+    also through the gradients kept in the graph (create_graph)."""
+    from xai_feedback.methods import get_method
+    from xai_feedback.methods.relevance import AttentionInputs
+
+    model = TinyViT("timm").eval()
+    spec = get_method(method, "relevance")
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        weights = torch.linspace(-1.0, 1.0, int(logits.shape[1]))
+        prefix, query, grid = capture.tokens()
+        results = []
+        for chunk in (1, 2, 16):
+            inputs = AttentionInputs(
+                list(capture.attentions), logits, grid, prefix, query, True, None, chunk
+            )
+            every = spec.maps(inputs, None)  # type: ignore[attr-defined]
+            loss = (every * weights.view(1, -1, 1, 1)).pow(2).sum()
+            params = [p for p in model.parameters() if p.requires_grad]
+            got = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads = [
+                torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)
+            ]
+            results.append((every, grads))
+        one = [
+            spec.maps(inputs, torch.full((len(x),), c))  # type: ignore[attr-defined]
+            for c in range(int(logits.shape[1]))
+        ]
+    torch.testing.assert_close(results[0][0], torch.stack(one, 1))
+    for every, grads in results[1:]:
+        torch.testing.assert_close(every, results[0][0])
+        for a, b in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(a, b)
     assert every.shape == (3, 3, 2, 2)
     with AttentionCapture(model) as capture:  # rollout takes no gradient: nothing to bound
         rolled = capture.maps(model(x), method="rollout", all_classes=True, max_bytes=0)
@@ -500,3 +539,58 @@ def test_a_capture_ignores_another_threads_forward(x: torch.Tensor) -> None:
         other.join()
         assert [tuple(a.shape) for a in capture.attentions] == [(3, 2, 5, 5)] * 2
         assert capture.maps(logits, torch.tensor([0, 1, 2])).shape == (3, 2, 2)
+
+
+# ----- the token layout is read from the whole model -----------------------------------------
+
+
+class Normalize(nn.Module):
+    """A preprocessing module put before the ViT, as ``nn.Sequential(normalize, vit)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) / 0.25
+
+
+@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize("method", ["rollout", "chefer_relevance"])
+def test_wrapped_vit_gives_the_bare_vits_maps(declared: bool, method: str) -> None:
+    """``Sequential(normalize, vit)``: the bare ViT's relevance maps and CAMs of ``normalize(x)``.
+
+    Without ``num_prefix_tokens`` (``declared=False``) the class token, a parameter of the
+    submodule ``1``, tells the prefix, the row read and (with ``patch_size``) the grid.
+    """
+    from xai_feedback.hooks import CAMHook
+
+    vit = TinyViT("timm").eval()
+    if not declared:
+        del vit.num_prefix_tokens
+    wrapped = nn.Sequential(Normalize(), vit).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([2, 0])
+    with AttentionCapture(vit) as capture:
+        expected = capture.maps(vit(Normalize()(x)), target, method=method)
+    with AttentionCapture(wrapped) as capture:
+        got = capture.maps(wrapped(x), target, method=method)
+        assert capture.tokens() == (1, 0, (2, 2))
+    assert got.shape == (2, 2, 2)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    with CAMHook(vit) as hook:
+        cams = hook.maps(vit(Normalize()(x)), target, method="grad_cam")
+    with CAMHook(wrapped) as hook:
+        torch.testing.assert_close(hook.maps(wrapped(x), target, method="grad_cam"), cams)
+
+
+def test_layout_that_cannot_be_told_names_the_knob() -> None:
+    enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    model = nn.Sequential(enc)  # tokens in, no class token, no num_prefix_tokens
+    tokens = torch.randn(2, 5, 8)
+    with AttentionCapture(model) as capture:
+        logits = model(tokens)[:, 0, :3]
+        with pytest.raises(LayerError, match="pass `prefix_tokens=`"):
+            capture.maps(logits, method="rollout")
+    with AttentionCapture(model, prefix_tokens=1) as capture:
+        logits = model(tokens)[:, 0, :3]
+        with pytest.raises(LayerError, match="pass `query=`"):
+            capture.maps(logits, method="rollout")
+    with AttentionCapture(model, prefix_tokens=1, query=0) as capture:
+        assert capture.maps(model(tokens)[:, 0, :3], method="rollout").shape == (2, 2, 2)

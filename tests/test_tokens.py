@@ -17,7 +17,7 @@ from torch import nn
 from xai_feedback import DTypeError, LayerError, ShapeError
 from xai_feedback.attribution import attribute
 from xai_feedback.hooks import CAMHook
-from xai_feedback.layers import find_feature_layer, find_token_layer, prefix_token_count
+from xai_feedback.layers import TokenLayout, find_feature_layer, find_token_layer, token_layout
 from xai_feedback.targets import logits_of
 from xai_feedback.tokens import TokenReshape, default_reshape
 
@@ -176,13 +176,37 @@ def test_default_layer_of_a_vit_is_the_last_blocks_first_norm() -> None:
 
 
 def test_prefix_tokens_from_parameters_and_from_timm_attribute() -> None:
-    assert prefix_token_count(_vit()) == 1
-    assert prefix_token_count(_vit(registers=4)) == 5
+    assert token_layout(_vit()).prefix_tokens == 1
+    assert token_layout(_vit(registers=4)).prefix_tokens == 5
     model = _vit()
     model.num_prefix_tokens = 2  # timm's attribute wins over the parameters
-    assert prefix_token_count(model) == 2
-    assert prefix_token_count(nn.Sequential(nn.Conv2d(3, 4, 3))) == 0
-    assert default_reshape(nn.Sequential(nn.Conv2d(3, 4, 3)), "0") is None
+    assert token_layout(model).prefix_tokens == 2
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3))
+    assert token_layout(cnn) == TokenLayout()  # nothing declared
+    assert default_reshape(cnn, "0") is None
+
+
+def test_layout_is_read_from_the_whole_model() -> None:
+    """Wrapped in a container (``Sequential(normalize, vit)``) the layout is the bare model's."""
+    bare = token_layout(_vit(registers=2))
+    assert bare == TokenLayout(prefix_tokens=3, patch_size=None, class_token=True)
+    wrapped = nn.Sequential(nn.Identity(), _vit(registers=2))
+    assert token_layout(wrapped) == bare
+
+    class Embeddings(nn.Module):  # Hugging Face's layout: the tokens in a submodule
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch_size = (4, 2)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
+
+    nested = nn.Sequential(nn.Sequential(Embeddings()), nn.Linear(C, 2))
+    nested.global_pool = "avg"  # not the module that holds the tokens: ignored
+    assert token_layout(nested) == TokenLayout(1, patch_size=(4, 2), class_token=True)
+    holder = nn.Module()
+    holder.num_prefix_tokens, holder.global_pool, holder.patch_size = 0, "avg", 16
+    holder.grid_size = (3, 5)  # a non-square grid is declared
+    layout = token_layout(nn.Sequential(nn.Identity(), holder))
+    assert layout == TokenLayout(0, (3, 5), (16, 16), class_token=False, pool="avg")
 
 
 def test_swin_like_default_is_the_final_norm_channels_last() -> None:

@@ -178,7 +178,7 @@ def attribute(
             - CAM kind: ``relu`` (default: the published definition, ReLU for the
               gradient methods), ``scale`` (``"cam"``, default, or ``"paper"``; see
               :mod:`xai_feedback.methods`);
-            - relevance kind: ``prefix``, ``grid``, ``query`` (see
+            - relevance kind: ``prefix_tokens``, ``grid``, ``query`` (see
               :class:`~xai_feedback.relevance.AttentionCapture`).
         reshape: CAM kind: how the layer's tokens fold to ``(B, C, h, w)``
             (:class:`~xai_feedback.tokens.TokenReshape`); ``None``: read from the model's
@@ -300,7 +300,7 @@ def _method_fn(
             spec.name,
             lambda: AttentionCapture(
                 model,
-                prefix=options.get("prefix"),
+                prefix_tokens=options.get("prefix_tokens"),
                 grid=options.get("grid"),
                 query=options.get("query", "auto"),
             ),

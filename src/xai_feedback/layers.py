@@ -33,21 +33,24 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
+import torch
 from torch import nn
 
 from xai_feedback.errors import DTypeError, LayerError
 
 __all__ = [
     "ResolvedLayer",
+    "TokenLayout",
     "find_classifier",
     "find_feature_layer",
     "find_head",
     "find_token_layer",
     "pre_norm",
-    "prefix_token_count",
     "resolve_layer",
+    "token_layout",
     "transformer_stacks",
     "unwrap_model",
 ]
@@ -241,30 +244,167 @@ _TOKEN_PARAMETERS = (
     "reg_token",
     "register_tokens",
 )
-"""Names of the learned prefix-token parameters (timm, torchvision, Hugging Face)."""
+"""Names of the learned prefix-token tensors (timm, torchvision, Hugging Face)."""
+_CLASS_TOKENS = ("cls_token", "class_token")
 
 
-def prefix_token_count(model: nn.Module) -> int:
-    """How many prefix tokens (class, distillation, register) precede a ViT's patch tokens.
+def _pair(value: object) -> tuple[int, int] | None:
+    """``value`` as ``(h, w)``: an int (square) or a pair of ints, else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    return None
 
-    timm's ``num_prefix_tokens`` attribute when a module has one; else the number of tokens
-    of the parameters named ``cls_token`` / ``class_token`` (torchvision), ``dist_token`` /
-    ``distillation_token`` and ``reg_token`` / ``register_tokens`` (``(1, n, C)`` each: ``n``
-    tokens). 0 for a model without them (a CNN, Swin).
+
+def _count(module: nn.Module) -> int | None:
+    count = getattr(module, "num_prefix_tokens", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _token_tensors(module: nn.Module, names: tuple[str, ...]) -> list[torch.Tensor]:
+    return [t for n in names if isinstance(t := getattr(module, n, None), torch.Tensor)]
+
+
+def _declared_grid(model: nn.Module) -> tuple[int, int] | None:
+    """A non-square patch grid declared by the model (timm's ``patch_embed.grid_size``)."""
+    for module in model.modules():
+        if getattr(module, "dynamic_img_size", False) or getattr(module, "dynamic_size", False):
+            return None
+        size = getattr(module, "grid_size", None)
+        if isinstance(size, tuple) and _pair(size) is not None and size[0] != size[1]:
+            return _pair(size)
+    return None
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a vision transformer lays out its tokens, as :func:`token_layout` reads it.
+
+    Attributes:
+        prefix_tokens: Tokens before the patch tokens (class, distillation, register), or
+            ``None`` when the model declares none: no ``num_prefix_tokens`` and no token
+            tensor (a CNN, Swin, or a transformer that does not say).
+        grid: A non-square patch grid ``(h, w)`` the model declares; ``None``: the square
+            grid of the token count, or the input's size over ``patch_size``.
+        patch_size: ``(h, w)`` of a patch, or ``None`` (unknown).
+        class_token: The model holds a class token (``cls_token`` / ``class_token``).
+        pool: timm's ``global_pool`` (``"token"``, ``"avg"``, ...), or ``None``.
+    """
+
+    prefix_tokens: int | None = None
+    grid: tuple[int, int] | None = None
+    patch_size: tuple[int, int] | None = None
+    class_token: bool = False
+    pool: str | None = None
+
+    def resolve(
+        self,
+        tokens: int,
+        image_size: tuple[int, int] | None = None,
+        *,
+        prefix_tokens: int | None = None,
+        grid: tuple[int, int] | None = None,
+        query: int | Literal["auto"] | None = "auto",
+        model: str = "the model",
+    ) -> tuple[int, int | None, tuple[int, int] | None]:
+        """``(prefix_tokens, query, grid)`` of a forward of ``tokens`` tokens: given or read.
+
+        - ``prefix_tokens``: the given count, else :attr:`prefix_tokens`;
+        - ``query``: the given row, else ``None`` (mean of the patch rows) for
+          ``global_pool="avg"``, ``0`` for a class token, ``None`` without prefix tokens;
+        - ``grid``: the given grid, else ``image_size`` over :attr:`patch_size` (rounded down
+          or up, whichever holds the patch tokens), else the declared :attr:`grid` if it holds
+          them, else ``None`` (square).
+
+        Args:
+            tokens: ``N``, the forward's token count.
+            image_size: ``(H, W)`` of the forward's input, if known.
+            prefix_tokens: Given count (``None``: read).
+            grid: Given grid (``None``: read).
+            query: Given row, or ``"auto"`` (read).
+            model: The model's name, for the errors.
+
+        Raises:
+            LayerError: The prefix or the query cannot be told from the model (the message
+                names ``prefix_tokens=`` or ``query=``).
+        """
+        if prefix_tokens is None:
+            if self.prefix_tokens is None:
+                raise LayerError(
+                    f"cannot tell how many prefix (class, distillation, register) tokens {model} "
+                    "has (no `num_prefix_tokens`, and no `cls_token`, `class_token`, "
+                    "distillation or register token): pass `prefix_tokens=`."
+                )
+            prefix_tokens = self.prefix_tokens
+        if query == "auto":
+            if self.pool is not None and self.pool.startswith("avg"):
+                query = None
+            elif self.class_token:
+                query = 0
+            elif prefix_tokens == 0:
+                query = None
+            else:
+                raise LayerError(
+                    f"cannot tell which token {model} classifies from: pass `query=` (a token "
+                    "index, or None for the mean of the patch tokens)."
+                )
+        if grid is None:
+            grid = self._grid(tokens - prefix_tokens, image_size)
+        return prefix_tokens, query, grid
+
+    def _grid(self, patches: int, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The grid of ``patches`` patch tokens of an ``image_size`` input, ``None``: square."""
+        candidates = [self.grid] if self.grid is not None else []
+        if self.patch_size is not None and image_size is not None:
+            (hh, ww), (ph, pw) = image_size, self.patch_size
+            candidates[:0] = [(hh // ph, ww // pw), (-(-hh // ph), -(-ww // pw))]
+        return next((c for c in candidates if c[0] * c[1] == patches), None)
+
+
+def token_layout(model: nn.Module) -> TokenLayout:
+    """Read a vision transformer's :class:`TokenLayout` from its structure, whole model.
+
+    Searches every module of the unwrapped model (so ``nn.Sequential(normalize, vit)`` and a
+    class token inside an ``embeddings`` submodule are found), in module order:
+
+    - ``prefix_tokens``: timm's ``num_prefix_tokens`` (only read, never set) where a module
+      has it; else the tokens of the tensors named ``cls_token`` / ``class_token``
+      (torchvision), ``dist_token`` / ``distillation_token`` and ``reg_token`` /
+      ``register_tokens`` (``(1, n, C)`` each: ``n`` tokens); ``None`` without either;
+    - ``class_token``: a module holds a ``cls_token`` / ``class_token`` tensor;
+    - ``pool``: timm's ``global_pool`` string of the module that holds the prefix tokens;
+    - ``patch_size``: the first ``patch_size`` (int or pair) inside that module
+      (timm's ``patch_embed.patch_size``, torchvision's ``patch_size``);
+    - ``grid``: a non-square ``grid_size`` (timm's ``patch_embed.grid_size``), unless the
+      model sizes its grid dynamically.
 
     Example:
-        >>> prefix_token_count(nn.Linear(2, 2))
-        0
+        >>> token_layout(nn.Linear(2, 2))
+        TokenLayout(prefix_tokens=None, grid=None, patch_size=None, class_token=False, pool=None)
     """
     model = unwrap_model(model)
-    for module in model.modules():
-        count = getattr(module, "num_prefix_tokens", None)
-        if isinstance(count, int) and not isinstance(count, bool):
-            return count
-    return sum(
-        int(p.shape[-2]) if p.dim() >= 2 else 1
-        for name, p in model.named_parameters()
-        if name.rsplit(".", 1)[-1] in _TOKEN_PARAMETERS
+    modules = list(model.modules())
+    owner = next((m for m in modules if _count(m) is not None), None)
+    tokens = [t for m in modules for t in _token_tensors(m, _TOKEN_PARAMETERS)]
+    if owner is None:
+        owner = next((m for m in modules if _token_tensors(m, _TOKEN_PARAMETERS)), model)
+    count = _count(owner)
+    if count is None and tokens:
+        count = sum(int(t.shape[-2]) if t.dim() >= 2 else 1 for t in tokens)
+    pool = getattr(owner, "global_pool", None)
+    sizes = (_pair(getattr(m, "patch_size", None)) for m in owner.modules())
+    patch = next((size for size in sizes if size is not None), None)
+    return TokenLayout(
+        prefix_tokens=count,
+        grid=_declared_grid(model),
+        patch_size=patch,
+        class_token=any(_token_tensors(m, _CLASS_TOKENS) for m in modules),
+        pool=pool if isinstance(pool, str) else None,
     )
 
 
@@ -375,7 +515,7 @@ def find_feature_layer(model: nn.Module) -> str:
                 "input, not of the model's evidence. Pass `layer=` (a module or dotted name). "
                 f"Candidates: {_candidates(model)}."
             )
-        if prefix_token_count(model) > 0:
+        if token_layout(model).prefix_tokens:
             raise LayerError(
                 f"{type(model).__name__} reads class (prefix) tokens and has "
                 f"{len(stacks)} stacks of transformer blocks: which layer to explain is not "

@@ -166,8 +166,22 @@ def _prepare_maps(
     return normalize_maps(maps, normalize)
 
 
+class _SelectedMapsPenalty(MapPenalty):
+    """A penalty on the maps after class selection (``classes``), sign and normalization."""
+
+    def __init__(self, classes: str, signed: bool, normalize: str) -> None:
+        super().__init__()
+        self.classes = check_choice(classes, "classes", ("all", "target"))
+        self.signed = bool(signed)
+        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+
+    def _prepare(self, maps: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """The maps this penalty weighs (see :func:`_prepare_maps`)."""
+        return _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+
+
 @register_penalty
-class CenterPenalty(MapPenalty):
+class CenterPenalty(_SelectedMapsPenalty):
     r"""Gaussian center penalty ("lint"): evidence away from the image center costs.
 
     .. math:: P = \operatorname{mean}_{b,k,i,j}\big(\omega_{ij}\, \tilde m_{bkij}\big)^2,
@@ -210,11 +224,8 @@ class CenterPenalty(MapPenalty):
         shape: str = "gaussian",
         radius: float = 0.7,
     ) -> None:
-        super().__init__()
+        super().__init__(classes, signed, normalize)
         self.sigma = check_number(sigma, "sigma", minimum=0, strict_minimum=True)
-        self.classes = check_choice(classes, "classes", ("all", "target"))
-        self.signed = bool(signed)
-        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
         self.shape = check_choice(shape, "shape", KERNEL_SHAPES)
         self.radius = check_number(radius, "radius", minimum=0, maximum=1)
 
@@ -234,7 +245,7 @@ class CenterPenalty(MapPenalty):
         masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the penalty of ``maps`` (see the class docstring); ``masks`` is unused."""
-        maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        maps = self._prepare(maps, target)
         weight = self.weight(int(maps.shape[-2]), int(maps.shape[-1]), maps.device, maps.dtype)
         return center_penalty(maps, weight)
 
@@ -247,7 +258,7 @@ class CenterPenalty(MapPenalty):
 
 
 @register_penalty
-class MaskPenalty(MapPenalty):
+class MaskPenalty(_SelectedMapsPenalty):
     r"""Annotation-mask penalty: squared evidence inside user masks (RRR-G style).
 
     .. math:: P = \operatorname{mean}_{b,k,i,j}\big(M_{bij}\, \tilde m_{bkij}\big)^2
@@ -281,10 +292,7 @@ class MaskPenalty(MapPenalty):
         dilation: int = 0,
         field: int = 1,
     ) -> None:
-        super().__init__()
-        self.classes = check_choice(classes, "classes", ("all", "target"))
-        self.signed = bool(signed)
-        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        super().__init__(classes, signed, normalize)
         self.dilation = check_int(dilation, "dilation", minimum=0)
         self.field = check_int(field, "field", minimum=1)
 
@@ -306,7 +314,7 @@ class MaskPenalty(MapPenalty):
                 "a MaskPenalty needs `masks` (B, H, W), the annotations (in a training "
                 "objective: masks in the training data), got None."
             )
-        maps = _prepare_maps(maps, target, self.classes, self.signed, self.normalize)
+        maps = self._prepare(maps, target)
         if self.dilation:
             masks = dilate_masks(masks, self.dilation)
         if self.field > 1:

@@ -16,7 +16,7 @@ from torch import nn
 
 from xai_feedback._checks import check_choice, check_int, check_shape
 from xai_feedback._modes import eval_mode, math_attention, per_example_batchnorm
-from xai_feedback.counterexamples import Counterexamples, counterexamples
+from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.hooks import CAMHook
@@ -74,6 +74,48 @@ def _check_penalty(penalty: object, kind: type, optional: bool = True) -> None:
     )
 
 
+def _masks(batch: Batch, name: str) -> torch.Tensor:
+    """``batch.masks``, or a ``MissingInputError`` naming the objective ``name``."""
+    if batch.masks is None:
+        raise MissingInputError(f"{name} needs `masks` in the training data, got None.")
+    return batch.masks
+
+
+PenaltyTerm = Callable[[nn.Module, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(model, batch, images fed, logits) -> penalty`` of :func:`_cross_entropy_plus`."""
+
+
+def _cross_entropy_plus(
+    schedule: LossSchedule | float,
+    term: PenaltyTerm,
+    *,
+    masks_for: str | None = None,
+    input_gradient: bool = False,
+) -> Objective:
+    """The objective ``ce_w * CE + pen_w * term(...)``, the term skipped when ``pen_w`` is 0.
+
+    ``masks_for``: the objective's name, when ``batch.masks`` are required (checked before the
+    forward). ``input_gradient``: the images are fed detached, requiring grad when the term
+    is computed (the term differentiates the logits with respect to them).
+    """
+    sched = _as_schedule(schedule)
+
+    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if masks_for is not None:
+            _masks(batch, masks_for)
+        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
+        images = batch.images
+        if input_gradient:
+            images = images.detach().requires_grad_(pen_w != 0)
+        logits = model(images)
+        ce = F.cross_entropy(logits, batch.labels)
+        if pen_w == 0:
+            return ce_w * ce, logits
+        return ce_w * ce + pen_w * term(model, batch, images, logits), logits
+
+    return objective
+
+
 def cam_penalty_objective(
     penalty: MapPenalty | str,
     schedule: LossSchedule | float = 1.0,
@@ -100,9 +142,8 @@ def cam_penalty_objective(
         >>> from xai_feedback.data import confounded_digits
         >>> from xai_feedback.models import GAPNet
         >>> from xai_feedback.training import fit
-        >>> from xai_feedback.losses import CenterPenalty
         >>> data = confounded_digits("train").subset(torch.arange(64))
-        >>> objective = cam_penalty_objective(CenterPenalty(), 1.0)
+        >>> objective = cam_penalty_objective("center", 1.0)  # a registered penalty, by name
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
     get_method(method, "cam")
@@ -178,9 +219,10 @@ def relevance_penalty_objective(
             attention.
         classification: Weight :math:`c` of RobustViT's own-prediction classification term.
         options: The relevance method's own options, the mapping
-            :func:`~xai_feedback.attribution.attribute` takes as ``options=``: ``prefix``,
-            ``grid``, ``query`` (see :class:`~xai_feedback.relevance.AttentionCapture`), for a
-            model whose tokens cannot be read from its structure; another key is an error.
+            :func:`~xai_feedback.attribution.attribute` takes as ``options=``:
+            ``prefix_tokens``, ``grid``, ``query`` (see
+            :class:`~xai_feedback.relevance.AttentionCapture`), for a model whose tokens cannot
+            be read from its structure; another key is an error.
 
     Example:
         >>> from torch import nn
@@ -194,7 +236,8 @@ def relevance_penalty_objective(
         ...         return self.head(self.enc(x)[:, 0])
         >>> tokens, masks = torch.randn(2, 5, 8), torch.ones(2, 2, 2, dtype=torch.bool)
         >>> batch = Batch(tokens, torch.tensor([0, 2]), masks, epoch=0, step=0, total_epochs=1)
-        >>> objective = relevance_penalty_objective("mask", options={"prefix": 1, "query": 0})
+        >>> options = {"prefix_tokens": 1, "query": 0}
+        >>> objective = relevance_penalty_objective("mask", options=options)
         >>> loss, logits = objective(Tiny(), batch)
         >>> loss.backward()
     """
@@ -271,8 +314,7 @@ def rrr_objective(
         )
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("RRR needs `masks` in the training data, got None.")
+        masks = _masks(batch, "RRR")
         ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
         if pen_w == 0:
             logits = model(batch.images)
@@ -287,7 +329,7 @@ def rrr_objective(
             with math_attention(), per_example_batchnorm(model):
                 probe_logits = model(images)
         ce = F.cross_entropy(logits, batch.labels)
-        return ce_w * ce + pen_w * rrr(probe_logits, images, batch.masks), logits
+        return ce_w * ce + pen_w * rrr(probe_logits, images, masks), logits
 
     return objective
 
@@ -369,14 +411,22 @@ def counterexample_objective(
         images = [batch.images] if any(a.keep_original for a in augs) else []
         labels = [batch.labels] if images else []
         for aug in augs:
-            x, y, _ = aug(batch.images, batch.labels, masks)
-            start = n if aug.keep_original else 0
-            images.append(x[start:])
-            labels.append(y[start:])
+            x, y, _ = _copies_only(aug, batch.images, batch.labels, masks)
+            images.append(x)
+            labels.append(y)
         logits = model(torch.cat(images))
         return F.cross_entropy(logits, torch.cat(labels)), logits[:n]
 
     return objective
+
+
+def _copies_only(
+    aug: Counterexamples, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``aug``'s counterexamples of the batch, without the originals it may keep."""
+    x, y, m = aug(images, labels, masks)
+    start = int(images.shape[0]) if aug.keep_original else 0
+    return x[start:], y[start:], m[start:]
 
 
 def periphery_objective(
@@ -477,37 +527,24 @@ def rrr_counterexample_objective(
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
     _check_penalty(penalty, RRRPenalty)
-    sched = _as_schedule(schedule)
     rrr = penalty if penalty is not None else RRRPenalty()
     aug = probe if probe is not None else Counterexamples()
 
-    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("RRR needs `masks` in the training data, got None.")
-        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        logits = model(batch.images)
-        ce = F.cross_entropy(logits, batch.labels)
-        if pen_w == 0:
-            return ce_w * ce, logits
-        probes = counterexamples(
-            batch.images.detach(),
-            batch.masks,
-            copies=aug.copies,
-            fill=aug.fill,
-            low=aug.low,
-            high=aug.high,
-            generator=aug.generator,
-        ).requires_grad_(True)
-        masks = batch.masks.repeat(aug.copies, 1, 1)
+    def term(
+        model: nn.Module, batch: Batch, images: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        probes, _, masks = _copies_only(aug, images.detach(), batch.labels, _masks(batch, "RRR"))
+        probes.requires_grad_(True)
         with math_attention():  # the penalty differentiates an input gradient
             if batch_statistics:
                 probe_logits = model(probes)
             else:
                 with per_example_batchnorm(model):
                     probe_logits = model(probes)
-        return ce_w * ce + pen_w * rrr(probe_logits, probes, masks), logits
+        value: torch.Tensor = rrr(probe_logits, probes, masks)
+        return value
 
-    return objective
+    return _cross_entropy_plus(schedule, term, masks_for="RRR")
 
 
 # --- the XIL typology's peer methods (Friedrich et al. 2023): RRR-G, HINT, RBR, CDEP -------
@@ -533,6 +570,23 @@ def _last_conv(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
             "dotted name)."
         )
     return convs[-1]
+
+
+TypologyMaps = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(model, images, target) -> (B, h, w)`` signed Grad-CAM maps of the typology."""
+
+
+def _typology_maps(layer: nn.Module | str | None, second_order: bool) -> TypologyMaps:
+    """The Grad-CAM of RRR-G and HINT at ``layer`` (``None``: the last ``Conv2d``)."""
+    if not isinstance(second_order, bool):
+        raise DTypeError(f"`second_order` must be a bool, got {type(second_order).__name__}.")
+
+    def maps(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _typology_grad_cam(
+            model, images, _last_conv(model, layer), target, second_order=second_order
+        )
+
+    return maps
 
 
 def _typology_grad_cam(
@@ -608,26 +662,17 @@ def rrr_g_objective(
         >>> loss, logits = rrr_g_objective(10.0)(net, batch)
         >>> loss.backward()
     """
-    sched = _as_schedule(schedule)
     penalty = RRRGPenalty(reduction)
-    if not isinstance(second_order, bool):
-        raise DTypeError(f"`second_order` must be a bool, got {type(second_order).__name__}.")
+    grad_cam = _typology_maps(layer, second_order)
 
-    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("RRR-G needs `masks` in the training data, got None.")
-        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        logits = model(batch.images)
-        ce = F.cross_entropy(logits, batch.labels)
-        if pen_w == 0:
-            return ce_w * ce, logits
-        target = logits.detach().argmax(dim=1)
-        maps = _typology_grad_cam(
-            model, batch.images, _last_conv(model, layer), target, second_order=second_order
-        )
-        return ce_w * ce + pen_w * penalty(maps, batch.masks), logits
+    def term(
+        model: nn.Module, batch: Batch, images: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        maps = grad_cam(model, images, logits.detach().argmax(dim=1))
+        value: torch.Tensor = penalty(maps, _masks(batch, "RRR-G"))
+        return value
 
-    return objective
+    return _cross_entropy_plus(schedule, term, masks_for="RRR-G")
 
 
 ObjectRule = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -669,12 +714,11 @@ def hint_objective(
     Example:
         >>> from xai_feedback.training import Batch
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
-        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
-        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
-        >>> loss, logits = hint_objective(1e-3)(net, batch)
+        >>> bright = lambda images, masks: images[:, 0] > 0.5  # a rule: no shortcut masks needed
+        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), None, 0, 0, 1)
+        >>> loss, logits = hint_objective(1e-3, object_masks=bright)(net, batch)
         >>> loss.backward()
     """
-    sched = _as_schedule(schedule)
     penalty = HINTPenalty(reduction)
     if object_masks is not None and not callable(object_masks):
         raise DTypeError(
@@ -682,24 +726,18 @@ def hint_objective(
             f"{type(object_masks).__name__}."
         )
     rule: ObjectRule = object_masks if object_masks is not None else default_object_masks
-    if not isinstance(second_order, bool):
-        raise DTypeError(f"`second_order` must be a bool, got {type(second_order).__name__}.")
+    grad_cam = _typology_maps(layer, second_order)
 
-    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        logits = model(batch.images)
-        ce = F.cross_entropy(logits, batch.labels)
-        if pen_w == 0:
-            return ce_w * ce, logits
-        obj = rule(batch.images, batch.masks)
-        h, w = batch.images.shape[-2:]
-        check_shape(obj, "B H W", "object_masks", B=int(batch.images.shape[0]), H=h, W=w)
-        maps = _typology_grad_cam(
-            model, batch.images, _last_conv(model, layer), batch.labels, second_order=second_order
-        )
-        return ce_w * ce + pen_w * penalty(maps, obj), logits
+    def term(
+        model: nn.Module, batch: Batch, images: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        obj = rule(images, batch.masks)
+        h, w = images.shape[-2:]
+        check_shape(obj, "B H W", "object_masks", B=int(images.shape[0]), H=h, W=w)
+        value: torch.Tensor = penalty(grad_cam(model, images, batch.labels), obj)
+        return value
 
-    return objective
+    return _cross_entropy_plus(schedule, term)
 
 
 def rbr_objective(schedule: LossSchedule | float = 1.0) -> Objective:
@@ -728,28 +766,22 @@ def rbr_objective(schedule: LossSchedule | float = 1.0) -> Objective:
 
     Example:
         >>> from xai_feedback.training import Batch
-        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
-        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
-        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
-        >>> loss, logits = rbr_objective(100.0)(net, batch)
-        >>> loss.backward()
+        >>> linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # no penalty, as published
+        >>> images, everywhere = torch.rand(2, 1, 8, 8), torch.ones(2, 8, 8)
+        >>> batch = Batch(images, torch.tensor([0, 2]), everywhere, 0, 0, 1)
+        >>> loss, logits = rbr_objective(100.0)(linear, batch)
+        >>> abs(float(loss - F.cross_entropy(logits, batch.labels))) < 1e-6
+        True
     """
-    sched = _as_schedule(schedule)
     penalty = RBRPenalty()
-
-    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("RBR needs `masks` in the training data, got None.")
-        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        images = batch.images.detach().requires_grad_(pen_w != 0)
-        logits = model(images)
-        ce = F.cross_entropy(logits, batch.labels)
-        if pen_w == 0:
-            return ce_w * ce, logits
-        value = penalty(logits, batch.labels, images, batch.masks, list(model.parameters()))
-        return ce_w * ce + pen_w * value, logits
-
-    return objective
+    return _cross_entropy_plus(
+        schedule,
+        lambda model, batch, images, logits: penalty(
+            logits, batch.labels, images, _masks(batch, "RBR"), list(model.parameters())
+        ),
+        masks_for="RBR",
+        input_gradient=True,
+    )
 
 
 def cdep_objective(schedule: LossSchedule | float = 1.0) -> Objective:
@@ -775,28 +807,18 @@ def cdep_objective(schedule: LossSchedule | float = 1.0) -> Objective:
         schedule: A loss schedule, or a constant penalty weight.
 
     Example:
-        >>> from xai_feedback.training import Batch
-        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        ...                     nn.Linear(36, 3))
-        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool); masks[:, :2, :2] = True
-        >>> batch = Batch(torch.rand(2, 1, 8, 8), torch.tensor([0, 2]), masks, 0, 0, 1)
-        >>> loss, logits = cdep_objective(10.0)(net, batch)
-        >>> loss.backward()
+        >>> from xai_feedback.data import confounded_digits
+        >>> from xai_feedback.models import SimpleConvNet  # the typology's plain chain
+        >>> from xai_feedback.training import fit
+        >>> data = confounded_digits("train").subset(torch.arange(16))
+        >>> _ = fit(SimpleConvNet(), data, epochs=1, objective=cdep_objective(10.0))
     """
-    sched = _as_schedule(schedule)
     penalty = CDEPPenalty()
-
-    def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.masks is None:
-            raise MissingInputError("CDEP needs `masks` in the training data, got None.")
-        ce_w, pen_w = sched.weights(batch.epoch, batch.total_epochs)
-        logits = model(batch.images)
-        ce = F.cross_entropy(logits, batch.labels)
-        if pen_w == 0:
-            return ce_w * ce, logits
-        return ce_w * ce + pen_w * penalty(model, batch.images, batch.masks), logits
-
-    return objective
+    return _cross_entropy_plus(
+        schedule,
+        lambda model, batch, images, _: penalty(model, images, _masks(batch, "CDEP")),
+        masks_for="CDEP",
+    )
 
 
 CONTRIBUTION_WEIGHT = 100.0

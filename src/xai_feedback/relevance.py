@@ -41,12 +41,15 @@ uncompiled ``model._orig_mod`` inside the block); an
 
 Prefix tokens and the grid
 --------------------------
-The class token (torchvision, timm), distillation token (DeiT) and register tokens (timm's
-``num_prefix_tokens`` counts them all) are dropped from the maps' columns; the class token's
-row is read (``query=0``), or the mean of the patch rows for a timm model pooled by
-``global_pool="avg"`` (``query=None``). The grid is the input's size divided by the patch
-size (timm ``patch_embed.patch_size``, torchvision ``patch_size``), else the square grid;
-``prefix=``, ``grid=`` and ``query=`` override the inference.
+Read from the whole model by :func:`~xai_feedback.layers.token_layout` (the reader
+:class:`~xai_feedback.hooks.CAMHook`'s fold uses too), so ``nn.Sequential(normalize, vit)``
+works as the bare ``vit``. The class token (torchvision, timm), distillation token (DeiT)
+and register tokens (timm's ``num_prefix_tokens`` counts them all; it is only read) are
+dropped from the maps' columns; the class token's row is read (``query=0``), or the mean of
+the patch rows for a timm model pooled by ``global_pool="avg"`` (``query=None``). The grid
+is the input's size divided by the patch size (timm ``patch_embed.patch_size``,
+torchvision ``patch_size``), else the square grid; ``prefix_tokens=``, ``grid=`` and
+``query=`` override the inference.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from xai_feedback._checks import check_int
 from xai_feedback._maps import finish_maps, map_classes, map_logits
 from xai_feedback._modes import unfused_attention
 from xai_feedback.errors import HookError, LayerError
-from xai_feedback.layers import unwrap_model
+from xai_feedback.layers import token_layout, unwrap_model
 from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
 from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
 from xai_feedback.targets import Target
@@ -104,54 +107,6 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _patch_size(model: nn.Module) -> tuple[int, int] | None:
-    embed = getattr(model, "patch_embed", None)
-    for size in (getattr(embed, "patch_size", None), getattr(model, "patch_size", None)):
-        if isinstance(size, int) and not isinstance(size, bool):
-            return size, size
-        if (
-            isinstance(size, tuple | list)
-            and len(size) == 2
-            and all(isinstance(s, int) for s in size)
-        ):
-            return int(size[0]), int(size[1])
-    return None
-
-
-def _has_class_token(model: nn.Module) -> bool:
-    return any(
-        isinstance(getattr(model, attr, None), torch.Tensor)
-        for attr in ("cls_token", "class_token")
-    )
-
-
-def _infer_prefix(model: nn.Module) -> int:
-    count = getattr(model, "num_prefix_tokens", None)
-    if isinstance(count, int) and not isinstance(count, bool):
-        return count
-    if _has_class_token(model):
-        return 1
-    raise LayerError(
-        f"cannot tell how many prefix (class, distillation, register) tokens "
-        f"{type(model).__name__} has (no `num_prefix_tokens`, `cls_token` or `class_token`): "
-        "pass `prefix=`."
-    )
-
-
-def _infer_query(model: nn.Module, prefix: int) -> int | None:
-    pool = getattr(model, "global_pool", None)
-    if isinstance(pool, str) and pool.startswith("avg"):
-        return None
-    if _has_class_token(model):
-        return 0
-    if prefix == 0:
-        return None
-    raise LayerError(
-        f"cannot tell which token {type(model).__name__} classifies from: pass `query=` (a "
-        "token index, or None for the mean of the patch tokens)."
-    )
-
-
 def _bind_mha_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
     names = ("query", "key", "value")
     values = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
@@ -174,8 +129,9 @@ class AttentionCapture:
 
     Args:
         model: A vision transformer (wrappers are unwrapped).
-        prefix: Leading non-patch tokens (default: timm's ``num_prefix_tokens``, else 1 for
-            a model with a class token).
+        prefix_tokens: Leading non-patch tokens (default: read by
+            :func:`~xai_feedback.layers.token_layout`: timm's ``num_prefix_tokens``, else
+            the class, distillation and register tokens the model holds).
         grid: Patch grid ``(h, w)`` (default: the input's size over the patch size, else the
             square grid).
         query: The token row read: an index, ``None`` for the mean of the patch rows, or
@@ -189,7 +145,7 @@ class AttentionCapture:
         >>> enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
         >>> model = nn.Sequential(enc)
         >>> tokens = torch.randn(3, 5, 8)  # class token + 2 x 2 patches
-        >>> with AttentionCapture(model, prefix=1, query=0) as capture:
+        >>> with AttentionCapture(model, prefix_tokens=1, query=0) as capture:
         ...     out = model(tokens)
         ...     logits = out[:, 0, :4]
         ...     maps = capture.maps(logits, torch.tensor([0, 1, 2]))
@@ -201,16 +157,18 @@ class AttentionCapture:
         self,
         model: nn.Module,
         *,
-        prefix: int | None = None,
+        prefix_tokens: int | None = None,
         grid: tuple[int, int] | None = None,
         query: Query = "auto",
     ) -> None:
         self.model = unwrap_model(model)
-        if prefix is not None:
-            check_int(prefix, "prefix", minimum=0)
+        if prefix_tokens is not None:
+            check_int(prefix_tokens, "prefix_tokens", minimum=0)
         if query is not None and query != "auto":
             check_int(query, "query", minimum=0)
-        self.prefix = prefix
+        self.prefix_tokens = prefix_tokens
+        self.layout = token_layout(self.model)
+        """The model's token layout, read once (:func:`~xai_feedback.layers.token_layout`)."""
         self.grid = grid
         self.query: Query = query
         self.attentions: list[torch.Tensor] = []
@@ -346,24 +304,23 @@ class AttentionCapture:
     # -- maps -----------------------------------------------------------------------------
 
     def tokens(self) -> tuple[int, int | None, tuple[int, int] | None]:
-        """``(prefix, query, grid)`` for the captured forward (given or inferred)."""
+        """``(prefix_tokens, query, grid)`` of the captured forward, given or read.
+
+        Read by :meth:`~xai_feedback.layers.TokenLayout.resolve` from :attr:`layout`.
+        """
         if not self.attentions:
             raise HookError(
                 "AttentionCapture captured nothing: run the model's forward inside the `with` "
                 "block before asking for maps."
             )
-        prefix = self.prefix if self.prefix is not None else _infer_prefix(self.model)
-        query = _infer_query(self.model, prefix) if self.query == "auto" else self.query
-        n = int(self.attentions[0].shape[-1])
-        grid = self.grid
-        patch = _patch_size(self.model)
-        if grid is None and patch is not None and self.image_size is not None:
-            (hh, ww), (ph, pw) = self.image_size, patch
-            for cand in ((hh // ph, ww // pw), (-(-hh // ph), -(-ww // pw))):
-                if cand[0] * cand[1] == n - prefix:
-                    grid = cand
-                    break
-        return prefix, query, grid
+        return self.layout.resolve(
+            int(self.attentions[0].shape[-1]),
+            self.image_size,
+            prefix_tokens=self.prefix_tokens,
+            grid=self.grid,
+            query=self.query,
+            model=type(self.model).__name__,
+        )
 
     def maps(
         self,
@@ -416,9 +373,9 @@ class AttentionCapture:
         spec = cast(RelevanceMethod, get_method(method, "relevance"))
         batch = int(self.attentions[0].shape[0]) if self.attentions else None
         logits = map_logits(logits, normalize, size, batch)
-        prefix, query, grid = self.tokens()
+        prefix_tokens, query, grid = self.tokens()
         inputs = AttentionInputs(
-            list(self.attentions), logits, grid, prefix, query, bool(create_graph), max_bytes
+            list(self.attentions), logits, grid, prefix_tokens, query, bool(create_graph), max_bytes
         )
         maps = spec.maps(inputs, map_classes(target, logits, all_classes))
         return finish_maps(maps, normalize, size)

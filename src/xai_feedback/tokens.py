@@ -8,7 +8,9 @@ vision transformer's layers output *tokens* instead:
   ``h w`` patch tokens in row-major order, ``N = P + h w``;
 - Swin (torchvision, timm): channels-last grids ``(B, H, W, C)``.
 
-:class:`TokenReshape` drops the prefix tokens and folds the patch tokens to the grid,
+:class:`TokenReshape` drops the prefix tokens and folds the patch tokens to the grid with
+:func:`~xai_feedback.functional.tokens.tokens_to_grid` (the library's one fold, which the
+relevance maps and :class:`~xai_feedback.models.vit.TokenGrid` use too),
 
 .. math::
 
@@ -18,9 +20,10 @@ or moves the channels of a channels-last grid first, :math:`A_{b,c,i,j} = X_{b,i
 fold only selects and rearranges entries, so the gradient of a score with respect to the
 layer's output folds the same way: :class:`~xai_feedback.hooks.CAMHook` takes ``dy/dX`` of
 the captured tokens and folds it, and the prefix tokens' gradients are dropped with them.
-:func:`default_reshape` reads the fold from the model's structure. This is the
-``reshape_transform`` of pytorch-grad-cam's ViT and Swin recipes (Gildenblat et al.), with
-the prefix and the grid read from the model instead of written by hand.
+:func:`default_reshape` reads the fold from the model's structure
+(:func:`~xai_feedback.layers.token_layout`, the one reader of a transformer's token layout).
+This is the ``reshape_transform`` of pytorch-grad-cam's ViT and Swin recipes (Gildenblat et
+al.), with the prefix and the grid read from the model instead of written by hand.
 
 References:
     A. Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021. H. Touvron et al.,
@@ -31,7 +34,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,12 +41,8 @@ from torch import nn
 
 from xai_feedback._checks import check_int
 from xai_feedback.errors import DTypeError, ShapeError
-from xai_feedback.layers import (
-    prefix_token_count,
-    resolve_layer,
-    transformer_stacks,
-    unwrap_model,
-)
+from xai_feedback.functional.tokens import tokens_to_grid
+from xai_feedback.layers import resolve_layer, token_layout, transformer_stacks, unwrap_model
 
 __all__ = ["TokenReshape", "default_reshape"]
 
@@ -60,7 +58,9 @@ class TokenReshape:
         channels_last: A 4-D output is ``(B, H, W, C)`` (Swin), not ``(B, C, H, W)``. Token
             outputs ``(B, N, C)`` are always channels-last; this flag is about 4-D outputs.
 
-    A 3-D output ``(B, N, C)`` is folded (prefix dropped); a 4-D output is a grid already:
+    A 3-D output ``(B, N, C)`` is folded by
+    :func:`~xai_feedback.functional.tokens.tokens_to_grid` (prefix dropped, channels first);
+    a 4-D output is a grid already:
     its channels are moved first with ``channels_last``, else it is returned as it is.
 
     Raises:
@@ -97,45 +97,12 @@ class TokenReshape:
             for side in self.grid:
                 check_int(side, "grid", minimum=1)
 
-    def grid_of(self, patches: int) -> tuple[int, int]:
-        """``(h, w)`` of ``patches`` patch tokens: the given grid, or the square one.
-
-        Raises:
-            ShapeError: ``patches`` is not ``h * w`` of the given grid, or not a square.
-        """
-        if self.grid is not None:
-            h, w = self.grid
-            if h * w != patches:
-                raise ShapeError(
-                    f"the layer has {patches} patch tokens (after {self.prefix_tokens} prefix "
-                    f"tokens) but `grid` is {self.grid}, i.e. {h * w}: pass the grid of the "
-                    "input's patches (image side / patch size)."
-                )
-            return h, w
-        side = math.isqrt(patches)
-        if side * side != patches or patches == 0:
-            raise ShapeError(
-                f"the layer has {patches} patch tokens (after {self.prefix_tokens} prefix "
-                "tokens), which is not a square grid: wrong `prefix_tokens`, or a non-square "
-                "input; pass TokenReshape(prefix_tokens=..., grid=(h, w))."
-            )
-        return side, side
-
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         """Fold ``tensor`` to ``(B, C, h, w)`` (a view: selection and permutation only)."""
         if not isinstance(tensor, torch.Tensor):
             raise DTypeError(f"a token map needs a tensor, got {type(tensor).__name__}.")
         if tensor.dim() == 3:
-            b, n, c = tensor.shape
-            if n < self.prefix_tokens:
-                raise ShapeError(
-                    f"the layer's output has {n} tokens, fewer than `prefix_tokens` = "
-                    f"{self.prefix_tokens}: got shape {tuple(tensor.shape)}, expected "
-                    "(B, prefix_tokens + h * w, C)."
-                )
-            h, w = self.grid_of(n - self.prefix_tokens)
-            patches = tensor[:, self.prefix_tokens :].reshape(b, h, w, c)
-            return patches.permute(0, 3, 1, 2)
+            return tokens_to_grid(tensor, self.grid, prefix_tokens=self.prefix_tokens)
         if tensor.dim() == 4:
             grid = tensor.permute(0, 3, 1, 2) if self.channels_last else tensor
             if self.grid is not None and tuple(grid.shape[2:]) != self.grid:
@@ -148,22 +115,6 @@ class TokenReshape:
             f"a token map needs tokens (B, N, C) or a grid (B, H, W, C) / (B, C, H, W), got "
             f"shape {tuple(tensor.shape)}."
         )
-
-
-def _grid_hint(model: nn.Module) -> tuple[int, int] | None:
-    """A non-square patch grid declared by the model (timm's ``patch_embed.grid_size``)."""
-    for module in model.modules():
-        size = getattr(module, "grid_size", None)
-        if getattr(module, "dynamic_img_size", False) or getattr(module, "dynamic_size", False):
-            return None
-        if (
-            isinstance(size, tuple)
-            and len(size) == 2
-            and all(isinstance(s, int) for s in size)
-            and size[0] != size[1]
-        ):
-            return (int(size[0]), int(size[1]))
-    return None
 
 
 def _channels_last(model: nn.Module, layer: nn.Module) -> bool:
@@ -182,11 +133,11 @@ def default_reshape(model: nn.Module, layer: nn.Module | str | None = None) -> T
     A model with transformer blocks (:func:`~xai_feedback.layers.transformer_stacks`) gets a
     :class:`TokenReshape` with
 
-    - ``prefix_tokens``: :func:`~xai_feedback.layers.prefix_token_count` (timm's
-      ``num_prefix_tokens``; torchvision's class token; class, distillation and register
-      token parameters);
-    - ``grid``: a non-square grid declared by the model (timm's ``patch_embed.grid_size``),
-      else ``None`` (square, inferred from the token count);
+    - ``prefix_tokens`` and ``grid`` from :func:`~xai_feedback.layers.token_layout`, the
+      reader :class:`~xai_feedback.relevance.AttentionCapture` uses too: timm's
+      ``num_prefix_tokens``, else the class, distillation and register token tensors
+      (torchvision's class token), 0 without either; a non-square grid declared by the
+      model (timm's ``patch_embed.grid_size``), else ``None`` (square, from the token count);
     - ``channels_last``: the layer is a last-dimension ``LayerNorm``, or the model is a Swin
       (its stages are ``(B, H, W, C)``); never for a ``Conv2d``.
 
@@ -205,8 +156,9 @@ def default_reshape(model: nn.Module, layer: nn.Module | str | None = None) -> T
     module = resolve_layer(inner, layer).module
     if not transformer_stacks(inner):
         return None
+    layout = token_layout(inner)
     return TokenReshape(
-        prefix_tokens=prefix_token_count(inner),
-        grid=_grid_hint(inner),
+        prefix_tokens=layout.prefix_tokens or 0,
+        grid=layout.grid,
         channels_last=_channels_last(inner, module),
     )

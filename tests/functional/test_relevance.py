@@ -12,8 +12,8 @@ from xai_feedback.functional.relevance import (
     chefer_relevance,
     relevance_matrix,
     rollout_matrix,
-    tokens_to_grid,
 )
+from xai_feedback.functional.tokens import tokens_to_grid
 
 
 def _attn(
@@ -87,15 +87,15 @@ def test_relevance_matrix_equals_loops() -> None:
 def test_maps_read_the_query_row_and_fold_row_major() -> None:
     attn = _attn(1, 2, 7, 2, seed=4)
     joint = rollout_matrix(attn)
-    maps = attention_rollout(attn, (2, 3), prefix=1)
+    maps = attention_rollout(attn, (2, 3), prefix_tokens=1)
     assert maps.shape == (1, 2, 3)
     torch.testing.assert_close(maps[0, 1, 2], joint[0, 0, 6])  # patch 5 = row 1, col 2
     torch.testing.assert_close(maps[0, 0, 1], joint[0, 0, 2])
     # two prefix tokens (class + distillation), query 0
-    maps2 = attention_rollout(_attn(1, 2, 6, 1, seed=5), prefix=2)
+    maps2 = attention_rollout(_attn(1, 2, 6, 1, seed=5), prefix_tokens=2)
     assert maps2.shape == (1, 2, 2)
     # the mean of the patch rows for pooled models
-    mean = attention_rollout(attn, (2, 3), prefix=1, query=None)
+    mean = attention_rollout(attn, (2, 3), prefix_tokens=1, query=None)
     torch.testing.assert_close(mean.flatten(1), joint[:, 1:, 1:].mean(dim=1))
 
 

@@ -277,3 +277,37 @@ def test_rrr_trains_a_timm_vit_in_training_mode() -> None:
     rrr_objective(None, 0.0)(model, batch)[0].backward()
     assert bool(torch.isfinite(with_penalty).all())
     assert not torch.allclose(with_penalty, model.blocks[0].attn.qkv.weight.grad)
+
+
+class _Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.2) / 0.7
+
+
+WRAPPED: dict[str, Callable[[], nn.Module]] = {
+    **MODELS,
+    "vit_avg": lambda: timm_vit(
+        "vit_tiny_patch16_224", depth=2, class_token=False, global_pool="avg"
+    ),
+}
+LAYOUT = {  # (prefix_tokens, query, grid), written by hand for 32-pixel inputs
+    "torchvision": (1, 0, (4, 4)),  # class token, patch 8
+    "vit_tiny": (1, 0, (2, 2)),  # patch 16
+    "deit_tiny_distilled": (2, 0, (2, 2)),
+    "vit_registers": (5, 0, (2, 2)),
+    "vit_avg": (0, None, (2, 2)),  # no class token, mean of the patch rows
+}
+
+
+@pytest.mark.parametrize("name", list(WRAPPED))
+def test_wrapped_model_reads_the_bare_models_layout_and_maps(name: str) -> None:
+    """``Sequential(normalize, vit)``: the bare model's prefix, row, grid and maps."""
+    model, x, target = WRAPPED[name](), _images(), torch.tensor([1, 3, 0])
+    wrapped = nn.Sequential(_Normalize(), model).eval()
+    with AttentionCapture(model) as capture:
+        expected = capture.maps(model(_Normalize()(x)), target)
+        assert capture.tokens() == LAYOUT[name]
+    with AttentionCapture(wrapped) as capture:
+        got = capture.maps(wrapped(x), target)
+        assert capture.tokens() == LAYOUT[name]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import torch
 
@@ -245,14 +245,22 @@ class RetrainSweep:
         return sweep_pass.curves(metric)
 
 
-class ROAR(RetrainSweep):
+class _OneMode(RetrainSweep):
+    """A :class:`RetrainSweep` of the one mode ``_mode``; the other arguments as there."""
+
+    _mode: ClassVar[str]
+
+    def __init__(
+        self, train_fn: TrainFn, methods: Mapping[str, MethodSpec], **options: Unpack[SweepOptions]
+    ) -> None:
+        super().__init__(train_fn, methods, modes=(self._mode,), **options)
+
+
+class ROAR(_OneMode):
     """ROAR alone: a :class:`RetrainSweep` with ``modes=("roar",)`` (most relevant removed).
 
-    Args:
-        train_fn: As in :class:`RetrainSweep`.
-        methods: As in :class:`RetrainSweep`.
-        **options: Any other keyword argument of :class:`RetrainSweep` but ``modes``
-            (:class:`SweepOptions`), with the same defaults.
+    Takes ``train_fn``, ``methods`` and any other keyword argument of :class:`RetrainSweep`
+    but ``modes`` (``**options``, :class:`SweepOptions`), with the same meaning and defaults.
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -261,20 +269,13 @@ class ROAR(RetrainSweep):
         (True, ('roar',), True)
     """
 
-    def __init__(
-        self, train_fn: TrainFn, methods: Mapping[str, MethodSpec], **options: Unpack[SweepOptions]
-    ) -> None:
-        super().__init__(train_fn, methods, modes=("roar",), **options)
+    _mode = "roar"
 
 
-class KAR(RetrainSweep):
+class KAR(_OneMode):
     """KAR alone: a :class:`RetrainSweep` with ``modes=("kar",)`` (least relevant removed).
 
-    Args:
-        train_fn: As in :class:`RetrainSweep`.
-        methods: As in :class:`RetrainSweep`.
-        **options: Any other keyword argument of :class:`RetrainSweep` but ``modes``
-            (:class:`SweepOptions`), with the same defaults.
+    Takes the arguments of :class:`ROAR`.
 
     Example:
         >>> from xai_feedback.models import GAPNet
@@ -283,7 +284,4 @@ class KAR(RetrainSweep):
         (('kar',), [0.5])
     """
 
-    def __init__(
-        self, train_fn: TrainFn, methods: Mapping[str, MethodSpec], **options: Unpack[SweepOptions]
-    ) -> None:
-        super().__init__(train_fn, methods, modes=("kar",), **options)
+    _mode = "kar"

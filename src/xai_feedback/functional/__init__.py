@@ -67,8 +67,8 @@ from xai_feedback.functional.relevance import (
     chefer_relevance,
     relevance_matrix,
     rollout_matrix,
-    tokens_to_grid,
 )
+from xai_feedback.functional.tokens import tokens_to_grid
 
 __all__ = [
     "DECOMPOSABLE",

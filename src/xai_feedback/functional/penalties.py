@@ -2,7 +2,7 @@ r"""Explanation penalties as pure functions of maps, masks and gradients."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +162,14 @@ def _float_masks(masks: torch.Tensor) -> torch.Tensor:
     return masks.to(masks.dtype if masks.is_floating_point() else torch.get_default_dtype())
 
 
+def _window_masks(masks: torch.Tensor, size: object, name: str, minimum: int) -> torch.Tensor:
+    """``(B, H, W)`` masks as floats, once ``size`` (a window's ``name``) is an int >= minimum."""
+    check_shape(masks, "B H W", "masks")
+    if isinstance(size, bool) or not isinstance(size, int) or size < minimum:
+        raise RangeError(f"`{name}` must be an int >= {minimum}, got {size!r}.")
+    return _float_masks(masks)
+
+
 def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
     r"""Grow boolean/float masks ``(B, H, W)`` by ``radius`` pixels (a square max filter).
 
@@ -184,10 +192,7 @@ def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
         >>> int(dilate_masks(m, 1).sum()), int(dilate_masks(m, 2).sum())
         (9, 25)
     """
-    check_shape(masks, "B H W", "masks")
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-        raise RangeError(f"`radius` must be an int >= 0, got {radius!r}.")
-    m = _float_masks(masks)
+    m = _window_masks(masks, radius, "radius", 0)
     if radius == 0:
         return m
     return F.max_pool2d(m.unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
@@ -217,15 +222,31 @@ def receptive_field_cover(masks: torch.Tensor, field: int) -> torch.Tensor:
         >>> receptive_field_cover(m, 3)[0, 0, 0] * 9
         tensor(1.)
     """
-    check_shape(masks, "B H W", "masks")
-    if isinstance(field, bool) or not isinstance(field, int) or field < 1:
-        raise RangeError(f"`field` must be an int >= 1, got {field!r}.")
-    m = _float_masks(masks)
+    m = _window_masks(masks, field, "field", 1)
     if field == 1:
         return m
     before, after = (field - 1) // 2, field // 2
     padded = F.pad(m.unsqueeze(1), (before, after, before, after))
     return F.avg_pool2d(padded, field, stride=1).squeeze(1)
+
+
+def _check_gradient_inputs(
+    logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor
+) -> dict[str, int]:
+    """Shapes and dtypes of an input-gradient penalty's inputs, and ``images``' grad; dims."""
+    dims = check_shape(images, "B C H W", "images")
+    check_shape(logits, "B K", "logits", B=dims["B"])
+    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    check_floating(images, "images")
+    check_floating(logits, "logits")
+    if not images.requires_grad or not logits.requires_grad:
+        raise RangeError(
+            "`images` must require grad and `logits` must be computed from them (call "
+            "images.requires_grad_() before the forward), got "
+            f"images.requires_grad={images.requires_grad}, "
+            f"logits.requires_grad={logits.requires_grad}."
+        )
+    return dims
 
 
 def projected_input_gradient_penalty(
@@ -264,23 +285,12 @@ def projected_input_gradient_penalty(
         >>> float(projected_input_gradient_penalty(logits, x, m, v).detach())
         8.0
     """
-    dims = check_shape(images, "B C H W", "images")
-    check_shape(logits, "B K", "logits", B=dims["B"])
-    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
+    dims = _check_gradient_inputs(logits, images, masks)
     if directions.dim() == 1:
         check_shape(directions, "K", "directions", K=int(logits.shape[1]))
     else:
         check_shape(directions, "B K", "directions", B=dims["B"], K=int(logits.shape[1]))
-    check_floating(images, "images")
-    check_floating(logits, "logits")
     check_masks(masks, "masks", sync=False)
-    if not images.requires_grad or not logits.requires_grad:
-        raise RangeError(
-            "`images` must require grad and `logits` must be computed from them (call "
-            "images.requires_grad_() before the forward), got "
-            f"images.requires_grad={images.requires_grad}, "
-            f"logits.requires_grad={logits.requires_grad}."
-        )
     projected = (F.log_softmax(logits, dim=1) * directions.to(logits.dtype)).sum()
     (grad,) = torch.autograd.grad(projected, images, create_graph=True)
     weighted = masks.to(grad.dtype).unsqueeze(1) * grad
@@ -474,10 +484,27 @@ def minmax_normalize(maps: torch.Tensor, eps: float = TYPOLOGY_EPS) -> torch.Ten
     return (shifted / (high + eps)).view_as(maps)
 
 
-def _reduce(total: torch.Tensor, batch: int, reduction: str) -> torch.Tensor:
+def _typology_term(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    masks_name: str,
+    reduction: str,
+    residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``sum(residual(minmax_normalize(maps), masks) ** 2)``, over the batch or its mean.
+
+    RRR-G's and HINT's shared frame: ``(B, h, w)`` floating maps, ``(B, H, W)`` masks (as
+    floats of the maps' dtype), the per-image min-max normalization, a squared sum and the
+    typology's ``reduction``.
+    """
+    dims = check_shape(maps, "B h w", "maps")
+    check_shape(masks, "B H W", masks_name, B=dims["B"])
+    check_floating(maps, "maps")
+    weights = _float_masks(masks).to(maps.dtype)
+    total = residual(minmax_normalize(maps), weights).pow(2).sum()
     if reduction not in ("sum", "mean"):
         raise RangeError(f"`reduction` must be one of ['sum', 'mean'], got {reduction!r}.")
-    return total if reduction == "sum" else total / batch
+    return total if reduction == "sum" else total / dims["B"]
 
 
 def rrr_g_penalty(
@@ -516,18 +543,18 @@ def rrr_g_penalty(
         >>> float(rrr_g_penalty(-maps, masks))  # the same evidence, negative: no penalty
         0.0
     """
-    dims = check_shape(maps, "B h w", "maps")
-    check_shape(masks, "B H W", "masks", B=dims["B"])
-    check_floating(maps, "maps")
-    down = F.interpolate(
-        _float_masks(masks).to(maps.dtype).unsqueeze(1),
-        size=(dims["h"], dims["w"]),
-        mode="bilinear",
-        align_corners=False,
-        antialias=False,
-    ).squeeze(1)
-    total = (down * minmax_normalize(maps)).pow(2).sum()
-    return _reduce(total, dims["B"], reduction)
+
+    def masked(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        down = F.interpolate(
+            weights.unsqueeze(1),
+            size=normalized.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
+        return down.squeeze(1) * normalized
+
+    return _typology_term(maps, masks, "masks", reduction, masked)
 
 
 def hint_penalty(
@@ -562,14 +589,12 @@ def hint_penalty(
         >>> round(float(hint_penalty(maps, obj)), 4)
         0.0
     """
-    dims = check_shape(maps, "B h w", "maps")
-    odims = check_shape(object_masks, "B H W", "object_masks", B=dims["B"])
-    check_floating(maps, "maps")
-    up = F.interpolate(
-        minmax_normalize(maps).unsqueeze(1), size=(odims["H"], odims["W"]), mode="nearest"
-    ).squeeze(1)
-    total = (up - _float_masks(object_masks).to(maps.dtype)).pow(2).sum()
-    return _reduce(total, dims["B"], reduction)
+
+    def error(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(normalized.unsqueeze(1), size=weights.shape[-2:], mode="nearest")
+        return up.squeeze(1) - weights
+
+    return _typology_term(maps, object_masks, "object_masks", reduction, error)
 
 
 def rbr_penalty(
@@ -619,19 +644,8 @@ def rbr_penalty(
         >>> abs(float(p)) < 1e-12  # a linear classifier: identically zero
         True
     """
-    dims = check_shape(images, "B C H W", "images")
-    check_shape(logits, "B K", "logits", B=dims["B"])
+    dims = _check_gradient_inputs(logits, images, masks)
     check_shape(labels, "B", "labels", B=dims["B"])
-    check_shape(masks, "B H W", "masks", B=dims["B"], H=dims["H"], W=dims["W"])
-    check_floating(images, "images")
-    check_floating(logits, "logits")
-    if not images.requires_grad or not logits.requires_grad:
-        raise RangeError(
-            "`images` must require grad and `logits` must be computed from them (call "
-            "images.requires_grad_() before the forward), got "
-            f"images.requires_grad={images.requires_grad}, "
-            f"logits.requires_grad={logits.requires_grad}."
-        )
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise MissingInputError("`parameters` must hold at least one tensor that requires grad.")

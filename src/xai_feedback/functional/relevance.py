@@ -3,7 +3,8 @@ r"""Transformer relevance kernels: attention rollout and Chefer et al.'s gradien
 Both read one forward's attention probabilities, a list (first layer first) of tensors
 ``(B, heads, N, N)`` (row ``i``: how token ``i`` attends to every token ``j``), propagate them
 through the layers into an ``(B, N, N)`` token-to-token matrix, take one query row (the class
-token's) and fold its patch columns onto the ``(h, w)`` patch grid. The ``prefix`` leading
+token's) and fold its patch columns onto the ``(h, w)`` patch grid
+(:func:`~xai_feedback.functional.tokens.tokens_to_grid`). The ``prefix_tokens`` leading
 tokens (class, distillation, register tokens) are dropped from the columns.
 
 Every kernel is batched over images, follows its inputs' device and dtype and is
@@ -12,20 +13,19 @@ differentiable (no detach): a relevance map can sit inside a loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from xai_feedback._checks import check_floating, check_int, check_shape
 from xai_feedback.errors import RangeError, ShapeError
+from xai_feedback.functional.tokens import tokens_to_grid
 
 __all__ = [
     "attention_rollout",
     "chefer_relevance",
     "relevance_matrix",
     "rollout_matrix",
-    "tokens_to_grid",
 ]
 
 
@@ -159,62 +159,13 @@ def relevance_matrix(
     return rel
 
 
-def tokens_to_grid(
-    tokens: torch.Tensor, grid: tuple[int, int] | None = None, *, prefix: int = 1
-) -> torch.Tensor:
-    """Fold per-token values ``(B, N)`` onto the patch grid ``(B, h, w)``, prefix dropped.
-
-    Args:
-        tokens: ``(B, N)`` values of every token (``prefix`` leading ones are not patches).
-        grid: ``(h, w)`` with ``h * w == N - prefix`` (patches in row-major order, as a ViT's
-            patch embedding flattens them); default: the square grid, if ``N - prefix`` is a
-            square.
-        prefix: Leading non-patch tokens (1 for the class token; timm's
-            ``num_prefix_tokens`` counts distillation and register tokens too).
-
-    Raises:
-        ShapeError: The patch count does not fit the grid.
-
-    Shape:
-        - tokens: :math:`(B, N)`; output: :math:`(B, h, w)`
-
-    Example:
-        >>> tokens_to_grid(torch.arange(5.0)[None], prefix=1)
-        tensor([[[1., 2.],
-                 [3., 4.]]])
-    """
-    dims = check_shape(tokens, "B N", "tokens")
-    check_int(prefix, "prefix", minimum=0)
-    patches = dims["N"] - prefix
-    if patches < 1:
-        raise ShapeError(f"`tokens` must have more than `prefix`={prefix} tokens, got {dims['N']}.")
-    if grid is None:
-        side = math.isqrt(patches)
-        if side * side != patches:
-            raise ShapeError(
-                f"{patches} patch tokens (N={dims['N']} minus prefix={prefix}) do not form a "
-                "square grid: pass `grid=(h, w)`."
-            )
-        grid = (side, side)
-    if not isinstance(grid, tuple | list) or len(grid) != 2:
-        raise ShapeError(f"`grid` must be a pair (h, w), got {grid!r}.")
-    h = check_int(grid[0], "grid[0]", minimum=1)
-    w = check_int(grid[1], "grid[1]", minimum=1)
-    if h * w != patches:
-        raise ShapeError(
-            f"`grid`={tuple(grid)} must hold the {patches} patch tokens (N={dims['N']} minus "
-            f"prefix={prefix}), got {h * w} cells."
-        )
-    return tokens[:, prefix:].reshape(dims["B"], h, w)
-
-
-def _query_row(matrix: torch.Tensor, query: int | None, prefix: int) -> torch.Tensor:
+def _query_row(matrix: torch.Tensor, query: int | None, prefix_tokens: int) -> torch.Tensor:
     n = int(matrix.shape[-1])
     if query is None:  # mean-pooled models: the patch tokens' rows, averaged
-        check_int(prefix, "prefix", minimum=0)
-        if prefix >= n:
-            raise ShapeError(f"`prefix`={prefix} leaves no patch token of N={n}.")
-        return matrix[:, prefix:].mean(dim=1)
+        check_int(prefix_tokens, "prefix_tokens", minimum=0)
+        if prefix_tokens >= n:
+            raise ShapeError(f"`prefix_tokens`={prefix_tokens} leaves no patch token of N={n}.")
+        return matrix[:, prefix_tokens:].mean(dim=1)
     check_int(query, "query", minimum=0)
     if query >= n:
         raise RangeError(f"`query` must be a token index in [0, {n}), got {query}.")
@@ -225,21 +176,22 @@ def attention_rollout(
     attentions: Sequence[torch.Tensor],
     grid: tuple[int, int] | None = None,
     *,
-    prefix: int = 1,
+    prefix_tokens: int = 1,
     query: int | None = 0,
 ) -> torch.Tensor:
     r"""Attention-rollout maps: the query token's row of :func:`rollout_matrix` on the grid.
 
-    .. math:: M_b = \operatorname{fold}\big(\tilde A_b[q, \text{prefix}:]\big)
+    .. math:: M_b = \operatorname{fold}\big(\tilde A_b[q, P:]\big)
 
-    Class-agnostic (no gradient). ``query=0`` reads the class token (Abnar & Zuidema;
-    Chefer et al.'s ``generate_rollout`` reads ``rollout[:, 0, 1:]``); ``query=None`` averages
-    the patch tokens' rows, for models that pool the patch tokens instead.
+    (:math:`P` = ``prefix_tokens``). Class-agnostic (no gradient). ``query=0`` reads the
+    class token (Abnar & Zuidema; Chefer et al.'s ``generate_rollout`` reads
+    ``rollout[:, 0, 1:]``); ``query=None`` averages the patch tokens' rows, for models that
+    pool the patch tokens instead.
 
     Args:
         attentions: Per layer attention probabilities ``(B, H, N, N)``.
         grid: Patch grid ``(h, w)`` (default: square).
-        prefix: Leading non-patch tokens.
+        prefix_tokens: Leading non-patch tokens.
         query: Row read: a token index, or ``None`` for the mean of the patch rows.
 
     Shape:
@@ -247,12 +199,11 @@ def attention_rollout(
 
     Example:
         >>> a = torch.softmax(torch.randn(2, 3, 5, 5), dim=-1)
-        >>> attention_rollout([a, a], prefix=1).shape
+        >>> attention_rollout([a, a], prefix_tokens=1).shape
         torch.Size([2, 2, 2])
     """
-    return tokens_to_grid(
-        _query_row(rollout_matrix(attentions), query, prefix), grid, prefix=prefix
-    )
+    row = _query_row(rollout_matrix(attentions), query, prefix_tokens)
+    return tokens_to_grid(row, grid, prefix_tokens=prefix_tokens)
 
 
 def chefer_relevance(
@@ -260,20 +211,21 @@ def chefer_relevance(
     gradients: Sequence[torch.Tensor],
     grid: tuple[int, int] | None = None,
     *,
-    prefix: int = 1,
+    prefix_tokens: int = 1,
     query: int | None = 0,
 ) -> torch.Tensor:
     r"""Chefer et al.'s relevance maps: the query row of :func:`relevance_matrix` on the grid.
 
-    .. math:: M_b = \operatorname{fold}\big(R_b[q, \text{prefix}:]\big)
+    .. math:: M_b = \operatorname{fold}\big(R_b[q, P:]\big)
 
-    The reference reads ``R[0, 1:]`` (class token, one prefix token).
+    (:math:`P` = ``prefix_tokens``). The reference reads ``R[0, 1:]`` (class token, one
+    prefix token).
 
     Args:
         attentions: Per layer attention probabilities ``(B, H, N, N)``.
         gradients: The explained score's gradients with respect to them.
         grid: Patch grid ``(h, w)`` (default: square).
-        prefix: Leading non-patch tokens.
+        prefix_tokens: Leading non-patch tokens.
         query: Row read: a token index, or ``None`` for the mean of the patch rows.
 
     Shape:
@@ -281,9 +233,8 @@ def chefer_relevance(
 
     Example:
         >>> a = torch.softmax(torch.randn(2, 3, 5, 5), dim=-1)
-        >>> chefer_relevance([a], [a], prefix=1).shape
+        >>> chefer_relevance([a], [a], prefix_tokens=1).shape
         torch.Size([2, 2, 2])
     """
-    return tokens_to_grid(
-        _query_row(relevance_matrix(attentions, gradients), query, prefix), grid, prefix=prefix
-    )
+    row = _query_row(relevance_matrix(attentions, gradients), query, prefix_tokens)
+    return tokens_to_grid(row, grid, prefix_tokens=prefix_tokens)

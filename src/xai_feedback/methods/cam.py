@@ -39,7 +39,12 @@ from torch import nn
 
 from xai_feedback.errors import LayerError
 from xai_feedback.functional.cam import cam_from_head, grad_cam, grad_cam_pp, hires_cam
-from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
+from xai_feedback.methods._gradients import (
+    ALL_CLASSES_MAX_BYTES,
+    CLASS_CHUNK,
+    all_class_maps,
+    score_gradients,
+)
 from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = [
@@ -77,6 +82,7 @@ class MapInputs:
         fold: The fold ``source -> acts`` (selection and rearrangement only).
         max_bytes: Bound on the gradients kept by all-class maps
             (:func:`~xai_feedback.methods._gradients.all_class_maps`); ``None``: no bound.
+        class_chunk: Classes per batched backward of all-class maps.
     """
 
     acts: torch.Tensor
@@ -90,6 +96,7 @@ class MapInputs:
     source: torch.Tensor | None = None
     fold: Callable[[torch.Tensor], torch.Tensor] | None = None
     max_bytes: int | None = ALL_CLASSES_MAX_BYTES
+    class_chunk: int = CLASS_CHUNK
 
 
 class CAMMethod(Method):
@@ -125,7 +132,21 @@ class CAMMethod(Method):
             HookError: The activations do not require grad, or the logits do not depend on
                 them (another forward, a hook that replaced them, a compiled graph).
         """
-        wrt = inputs.source if inputs.source is not None else inputs.acts
+        (grads,) = score_gradients(
+            inputs.logits,
+            target,
+            [self._wrt(inputs)],
+            create_graph=inputs.create_graph,
+            what=self._what(inputs),
+        )
+        return self._folded(inputs, grads)
+
+    @staticmethod
+    def _wrt(inputs: MapInputs) -> torch.Tensor:
+        return inputs.source if inputs.source is not None else inputs.acts
+
+    @staticmethod
+    def _what(inputs: MapInputs) -> str:
         what = f"the captured output of layer {inputs.layer_name!r}"
         if inputs.compiled:
             what += (
@@ -133,13 +154,17 @@ class CAMMethod(Method):
                 "tensor may not be part of the logits' graph; explain `model._orig_mod` or "
                 "compile with backend='eager')"
             )
-        (grads,) = score_gradients(
-            inputs.logits, target, [wrt], create_graph=inputs.create_graph, what=what
-        )
+        return what
+
+    @staticmethod
+    def _folded(inputs: MapInputs, grads: torch.Tensor) -> torch.Tensor:
         return inputs.fold(grads) if inputs.fold is not None else grads
 
     def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
         """Maps of ``target`` ``(B,)`` as ``(B, h, w)``, or of every class (``None``).
+
+        Every class's gradients come from batched backwards of ``inputs.class_chunk``
+        classes each (:func:`~xai_feedback.methods._gradients.all_class_maps`).
 
         Raises:
             RangeError: ``target=None`` and the gradients of all classes would exceed
@@ -150,12 +175,20 @@ class CAMMethod(Method):
         """
         if target is not None:
             return self.from_gradients(inputs.acts, self.gradients(inputs, target), relu=relu)
-        wrt = inputs.source if inputs.source is not None else inputs.acts
+
+        def maps_of(classes: torch.Tensor, grads: list[torch.Tensor] | None) -> torch.Tensor:
+            if grads is None:
+                return self.maps(inputs, classes, relu=relu)
+            return self.from_gradients(inputs.acts, self._folded(inputs, grads[0]), relu=relu)
+
         return all_class_maps(
             inputs.logits,
-            lambda c: self.maps(inputs, c, relu=relu),
-            [wrt] if self.needs_gradients else [],
+            maps_of,
+            [self._wrt(inputs)] if self.needs_gradients else [],
+            create_graph=inputs.create_graph,
+            what=self._what(inputs),
             max_bytes=inputs.max_bytes,
+            class_chunk=inputs.class_chunk,
         )
 
 
@@ -238,55 +271,53 @@ class CAM(CAMMethod):
         done.add(key)
 
 
+class _GradientCAM(CAMMethod):
+    """A gradient method: its maps are its kernel of ``(A, dy/dA)``.
+
+    On CAM's scale its maps are multiplied by ``h * w`` (for a GAP + linear head they then
+    equal CAM) unless the method says otherwise.
+    """
+
+    _kernel: ClassVar[Callable[..., torch.Tensor]]
+    """``(acts, grads, *, relu) -> (B, h, w)``, of :mod:`xai_feedback.functional.cam`."""
+
+    def cam_scale(self, h: int, w: int) -> float:
+        """``h * w``: equals CAM for a GAP + linear head."""
+        return float(h * w)
+
+    def from_gradients(
+        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
+    ) -> torch.Tensor:
+        """The maps of the method's kernel."""
+        return type(self)._kernel(acts, grads, relu=relu)
+
+
 @register_method
-class GradCAM(CAMMethod):
+class GradCAM(_GradientCAM):
     """Grad-CAM (Selvaraju et al. 2017), :func:`~xai_feedback.functional.grad_cam`."""
 
     name = "grad_cam"
     citation = "R. R. Selvaraju et al., Grad-CAM, ICCV 2017."
-
-    def cam_scale(self, h: int, w: int) -> float:
-        """``h * w``: equals CAM for a GAP + linear head."""
-        return float(h * w)
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """Grad-CAM maps."""
-        return grad_cam(acts, grads, relu=relu)
+    _kernel = staticmethod(grad_cam)
 
 
 @register_method
-class HiResCAM(CAMMethod):
+class HiResCAM(_GradientCAM):
     """HiResCAM (Draelos & Carin 2020), :func:`~xai_feedback.functional.hires_cam`."""
 
     name = "hires_cam"
     citation = "R. L. Draelos, L. Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891."
-
-    def cam_scale(self, h: int, w: int) -> float:
-        """``h * w``: equals CAM for a GAP + linear head."""
-        return float(h * w)
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """HiResCAM maps."""
-        return hires_cam(acts, grads, relu=relu)
+    _kernel = staticmethod(hires_cam)
 
 
 @register_method
-class GradCAMPlusPlus(CAMMethod):
+class GradCAMPlusPlus(_GradientCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018), :func:`~xai_feedback.functional.grad_cam_pp`."""
 
     name = "grad_cam_pp"
     citation = "A. Chattopadhay et al., Grad-CAM++, WACV 2018."
+    _kernel = staticmethod(grad_cam_pp)
 
     def cam_scale(self, h: int, w: int) -> float:
         """2: the weights tend to the positive head weights as activations tend to 0."""
         return 2.0
-
-    def from_gradients(
-        self, acts: torch.Tensor, grads: torch.Tensor, *, relu: bool
-    ) -> torch.Tensor:
-        """Grad-CAM++ maps."""
-        return grad_cam_pp(acts, grads, relu=relu)

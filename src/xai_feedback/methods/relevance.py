@@ -25,10 +25,17 @@ import torch
 
 from xai_feedback.errors import HookError
 from xai_feedback.functional.relevance import attention_rollout, chefer_relevance
-from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, all_class_maps, score_gradients
+from xai_feedback.methods._gradients import (
+    ALL_CLASSES_MAX_BYTES,
+    CLASS_CHUNK,
+    all_class_maps,
+    score_gradients,
+)
 from xai_feedback.methods._registry import Method, MethodKind, register_method
 
 __all__ = ["AttentionInputs", "CheferRelevance", "RelevanceMethod", "Rollout"]
+
+_WHAT = "the captured attentions"
 
 
 @dataclass(frozen=True)
@@ -41,20 +48,22 @@ class AttentionInputs:
         attentions: Per block, first block first, ``(B, heads, N, N)``, in the logits' graph.
         logits: ``(B, K)`` logits of the same forward.
         grid: Patch grid ``(h, w)``, or ``None`` for the square grid.
-        prefix: Leading non-patch tokens.
+        prefix_tokens: Leading non-patch tokens (class, distillation, register).
         query: The row read (a token index), or ``None`` for the mean of the patch rows.
         create_graph: Keep the gradients in the graph (second-order training through them).
         max_bytes: Bound on the gradients kept by all-class maps
             (:func:`~xai_feedback.methods._gradients.all_class_maps`); ``None``: no bound.
+        class_chunk: Classes per batched backward of all-class maps.
     """
 
     attentions: Sequence[torch.Tensor]
     logits: torch.Tensor
     grid: tuple[int, int] | None = None
-    prefix: int = 1
+    prefix_tokens: int = 1
     query: int | None = 0
     create_graph: bool = True
     max_bytes: int | None = ALL_CLASSES_MAX_BYTES
+    class_chunk: int = CLASS_CHUNK
 
 
 class RelevanceMethod(Method):
@@ -66,7 +75,7 @@ class RelevanceMethod(Method):
     """
 
     kind: ClassVar[MethodKind] = "relevance"
-    options: ClassVar[frozenset[str]] = frozenset({"prefix", "grid", "query"})
+    options: ClassVar[frozenset[str]] = frozenset({"prefix_tokens", "grid", "query"})
     needs_gradients: ClassVar[bool] = True
 
     @abstractmethod
@@ -76,7 +85,7 @@ class RelevanceMethod(Method):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """The kernel: maps ``(B, h, w)`` from attentions (and the target's gradients)."""
@@ -93,7 +102,7 @@ class RelevanceMethod(Method):
             target,
             inputs.attentions,
             create_graph=inputs.create_graph,
-            what="the captured attentions",
+            what=_WHAT,
         )
 
     def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
@@ -107,15 +116,31 @@ class RelevanceMethod(Method):
             - output: :math:`(B, h, w)`, or :math:`(B, K, h, w)` for ``target=None``
         """
         if target is None:
+
+            def maps_of(classes: torch.Tensor, grads: list[torch.Tensor] | None) -> torch.Tensor:
+                return self._from_inputs(inputs, grads)
+
             return all_class_maps(
                 inputs.logits,
-                lambda c: self.maps(inputs, c),
+                maps_of,
                 inputs.attentions if self.needs_gradients else [],
+                create_graph=inputs.create_graph,
+                what=_WHAT,
                 max_bytes=inputs.max_bytes,
+                class_chunk=inputs.class_chunk,
             )
         grads = self.gradients(inputs, target) if self.needs_gradients else None
+        return self._from_inputs(inputs, grads)
+
+    def _from_inputs(
+        self, inputs: AttentionInputs, grads: Sequence[torch.Tensor] | None
+    ) -> torch.Tensor:
         return self.from_attention(
-            inputs.attentions, grads, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+            inputs.attentions,
+            grads,
+            grid=inputs.grid,
+            prefix_tokens=inputs.prefix_tokens,
+            query=inputs.query,
         )
 
 
@@ -136,16 +161,20 @@ class Rollout(RelevanceMethod):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """Rollout maps."""
-        return attention_rollout(attentions, grid, prefix=prefix, query=query)
+        return attention_rollout(attentions, grid, prefix_tokens=prefix_tokens, query=query)
 
     def maps(self, inputs: AttentionInputs, target: torch.Tensor | None) -> torch.Tensor:
         """One rollout, expanded over the classes for ``target=None``."""
         maps = self.from_attention(
-            inputs.attentions, None, grid=inputs.grid, prefix=inputs.prefix, query=inputs.query
+            inputs.attentions,
+            None,
+            grid=inputs.grid,
+            prefix_tokens=inputs.prefix_tokens,
+            query=inputs.query,
         )
         if target is None:
             return maps.unsqueeze(1).expand(-1, int(inputs.logits.shape[1]), -1, -1)
@@ -168,10 +197,12 @@ class CheferRelevance(RelevanceMethod):
         gradients: Sequence[torch.Tensor] | None,
         *,
         grid: tuple[int, int] | None,
-        prefix: int,
+        prefix_tokens: int,
         query: int | None,
     ) -> torch.Tensor:
         """Relevance maps."""
         if gradients is None:
             raise HookError("method 'chefer_relevance' needs the attentions' gradients, got None.")
-        return chefer_relevance(attentions, gradients, grid, prefix=prefix, query=query)
+        return chefer_relevance(
+            attentions, gradients, grid, prefix_tokens=prefix_tokens, query=query
+        )

@@ -347,23 +347,12 @@ def replace_head(
 
 def _new_head(name: str, old: nn.Module, num_classes: int) -> nn.Linear | nn.Conv2d:
     """A layer like ``old`` (``nn.Linear`` or 1x1 ``nn.Conv2d``) with ``num_classes`` outputs."""
-    if isinstance(old, nn.Linear):
-        return nn.Linear(
-            old.in_features,
-            num_classes,
-            bias=old.bias is not None,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-        )
-    if isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1) and old.groups == 1:
-        return nn.Conv2d(
-            old.in_channels,
-            num_classes,
-            1,
-            bias=old.bias is not None,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-        )
+    if isinstance(old, nn.Linear | nn.Conv2d):
+        bias, device, dtype = old.bias is not None, old.weight.device, old.weight.dtype
+        if isinstance(old, nn.Linear):
+            return nn.Linear(old.in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        if old.kernel_size == (1, 1) and old.groups == 1:
+            return nn.Conv2d(old.in_channels, num_classes, 1, bias=bias, device=device, dtype=dtype)
     what = type(old).__name__
     if isinstance(old, nn.Conv2d):
         what += f" with kernel {old.kernel_size} and groups {old.groups}"

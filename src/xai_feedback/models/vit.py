@@ -43,6 +43,7 @@ from xai_feedback._checks import (
     check_sizes,
 )
 from xai_feedback.errors import RangeError
+from xai_feedback.functional.tokens import tokens_to_grid
 
 __all__ = ["Attention", "PatchEmbed", "TinyViT", "TokenGrid", "TransformerBlock"]
 
@@ -71,7 +72,8 @@ class TokenGrid(nn.Module):
     """Fold tokens ``(B, h w, C)`` to a feature map ``(B, C, h, w)`` (row-major), a relabeling.
 
     The layer the CAM hooks explain on a :class:`TinyViT`: its output is 4-D like a CNN's
-    feature map. :meth:`unfold` is its inverse.
+    feature map. The fold is :func:`~xai_feedback.functional.tokens.tokens_to_grid` (no
+    prefix tokens: the class token is split off before); :meth:`unfold` is its inverse.
 
     Args:
         height: Grid rows ``h``.
@@ -97,9 +99,8 @@ class TokenGrid(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The grid ``(B, C, h, w)`` of ``tokens``."""
-        check_shape(tokens, "B N C", "tokens", N=self.height * self.width)
-        b, _, c = tokens.shape
-        return tokens.transpose(1, 2).reshape(b, c, self.height, self.width)
+        check_shape(tokens, "B N C", "tokens")
+        return tokens_to_grid(tokens, (self.height, self.width), prefix_tokens=0)
 
     def unfold(self, grid: torch.Tensor) -> torch.Tensor:
         """The tokens ``(B, h w, C)`` of a grid (the inverse of :meth:`forward`)."""
