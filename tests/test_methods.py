@@ -238,3 +238,29 @@ def test_all_class_maps_in_batched_backwards_equal_one_class_at_a_time(method: s
             torch.testing.assert_close(a, b)
     with pytest.raises(RangeError, match="class_chunk"):
         spec.maps(MapInputs(acts, head(acts), class_chunk=0), None, relu=False)  # type: ignore[attr-defined]
+
+
+def test_the_captures_pass_class_chunk_through() -> None:
+    """``CAMHook.maps`` and ``AttentionCapture.maps`` take ``class_chunk``: the same maps in
+    fewer, batched backwards (a tensor hook on the captured output counts the backwards)."""
+    from xai_feedback.models import TinyViT
+    from xai_feedback.relevance import AttentionCapture
+
+    model = TinyViT(depth=2, generator=torch.Generator().manual_seed(0)).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with CAMHook(model) as hook:
+        logits = model(x)
+        calls: list[int] = []
+        handle = hook.activations.register_hook(lambda g: calls.append(1))
+        one = hook.maps(logits, method="grad_cam", all_classes=True)
+        assert len(calls) == int(logits.shape[1])
+        calls.clear()
+        four = hook.maps(logits, method="grad_cam", all_classes=True, class_chunk=4)
+        assert len(calls) == -(-int(logits.shape[1]) // 4)
+        handle.remove()
+    torch.testing.assert_close(four, one)
+    with AttentionCapture(model) as capture:
+        logits = model(x)
+        one = capture.maps(logits, all_classes=True)
+        every = capture.maps(logits, all_classes=True, class_chunk=16)
+    torch.testing.assert_close(every, one)

@@ -45,7 +45,7 @@ from xai_feedback._modes import math_attention, module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
 from xai_feedback.methods import SCALES, CAMMethod, MapInputs, get_method
-from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
+from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, CLASS_CHUNK
 from xai_feedback.targets import Target
 from xai_feedback.tokens import TokenReshape, default_reshape
 
@@ -429,13 +429,14 @@ class CAMHook(ActivationHook):
         size: tuple[int, int] | None = None,
         create_graph: bool = True,
         max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
+        class_chunk: int = CLASS_CHUNK,
         relu: bool = False,
         scale: str = "cam",
         check: bool = True,
     ) -> torch.Tensor:
         r"""Maps of ``logits`` (from the forward inside this block).
 
-        The keywords up to ``max_bytes`` are those of
+        The keywords up to ``class_chunk`` are those of
         :meth:`~xai_feedback.relevance.AttentionCapture.maps`, with the same meaning; ``relu``,
         ``scale`` and ``check`` are the CAM kind's own.
 
@@ -454,6 +455,11 @@ class CAMHook(ActivationHook):
             max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
                 maps may keep alive (estimated before the first backward; 4 GiB by default);
                 ``None``: no bound.
+            class_chunk: With ``all_classes``, the classes whose gradients are taken in one
+                batched backward (``is_grads_batched``); 1 (default): one backward per class,
+                measured the faster on CPU (``benchmarks/README.md``, *ViT penalty step*);
+                larger chunks trade memory (``class_chunk`` times one backward's) for fewer,
+                larger kernels.
             relu: Keep only positive evidence. Default ``False`` for every method: signed
                 maps, the training path's rule (see the class docstring; ``True`` gives the
                 published Grad-CAM / HiResCAM / Grad-CAM++).
@@ -497,6 +503,7 @@ class CAMHook(ActivationHook):
             layer_name=self.layer_name,
             compiled=type(self.model).__name__ == "OptimizedModule",
             max_bytes=max_bytes,
+            class_chunk=class_chunk,
         )
         maps = spec.maps(inputs, classes, relu=bool(relu))
         if scale == "cam":

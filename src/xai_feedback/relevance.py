@@ -71,7 +71,7 @@ from xai_feedback._modes import unfused_attention
 from xai_feedback.errors import HookError, LayerError
 from xai_feedback.layers import token_layout, unwrap_model
 from xai_feedback.methods import AttentionInputs, RelevanceMethod, get_method
-from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES
+from xai_feedback.methods._gradients import ALL_CLASSES_MAX_BYTES, CLASS_CHUNK
 from xai_feedback.targets import Target
 
 __all__ = ["AttentionCapture", "attention_modules"]
@@ -333,6 +333,7 @@ class AttentionCapture:
         size: tuple[int, int] | None = None,
         create_graph: bool = True,
         max_bytes: int | None = ALL_CLASSES_MAX_BYTES,
+        class_chunk: int = CLASS_CHUNK,
     ) -> torch.Tensor:
         r"""Relevance maps of the captured forward, on the patch grid, in the logits' graph.
 
@@ -356,6 +357,11 @@ class AttentionCapture:
             max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
                 maps may keep alive (estimated before the first backward, from the captured
                 attentions' size; 4 GiB by default); ``None``: no bound.
+            class_chunk: With ``all_classes``, the classes whose gradients are taken in one
+                batched backward (``is_grads_batched``); 1 (default): one backward per class,
+                measured the faster on CPU (``benchmarks/README.md``, *ViT penalty step*);
+                larger chunks trade memory (``class_chunk`` times one backward's) for fewer,
+                larger kernels.
 
         Returns:
             ``(B, h, w)`` maps (``(B, K, h, w)`` with ``all_classes``).
@@ -375,7 +381,14 @@ class AttentionCapture:
         logits = map_logits(logits, normalize, size, batch)
         prefix_tokens, query, grid = self.tokens()
         inputs = AttentionInputs(
-            list(self.attentions), logits, grid, prefix_tokens, query, bool(create_graph), max_bytes
+            list(self.attentions),
+            logits,
+            grid,
+            prefix_tokens,
+            query,
+            bool(create_graph),
+            max_bytes,
+            class_chunk,
         )
         maps = spec.maps(inputs, map_classes(target, logits, all_classes))
         return finish_maps(maps, normalize, size)
