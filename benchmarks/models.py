@@ -286,6 +286,52 @@ def _setup_vit(
     return model, find_feature_layer(model), x, target
 
 
+def _math_attention(
+    objective: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """``objective`` with scaled-dot-product attention on its math kernel, as inside
+    ``CAMHook`` (the forward's kernel choice fixes the backward's)."""
+    from xai_feedback._modes import math_attention
+
+    def run(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with math_attention():
+            loss, logits = objective(model, batch)
+        return loss, logits
+
+    return run
+
+
+def _chunked_objective(
+    kind: str, penalty: nn.Module, layer: str, class_chunk: int
+) -> Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """The all-class penalty objective's step written out, with ``class_chunk`` classes per
+    batched backward (the objectives use the default, one class per backward)."""
+    from xai_feedback.hooks import CAMHook
+    from xai_feedback.relevance import AttentionCapture
+
+    def objective(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if kind == "cam":
+            with CAMHook(model, layer) as hook:
+                logits = model(batch.images)
+                maps = hook.maps(
+                    logits,
+                    method="grad_cam",
+                    all_classes=True,
+                    check=False,
+                    class_chunk=class_chunk,
+                )
+        else:
+            with AttentionCapture(model) as capture:
+                logits = model(batch.images)
+                maps = capture.maps(
+                    logits, all_classes=True, create_graph=False, class_chunk=class_chunk
+                )
+        value = penalty(maps, target=batch.labels, masks=batch.masks)
+        return F.cross_entropy(logits, batch.labels) + value, logits
+
+    return objective
+
+
 def _train_runners(
     model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor, vit: bool = False
 ) -> dict[str, Runner]:
@@ -329,6 +375,18 @@ def _train_runners(
             ),
             "RobustViT step": relevance_penalty_objective(
                 RobustViTPenalty(marks="excluded"), 1.0, classification=0.25
+            ),
+        }
+        k = int(model(x[:1]).shape[1])  # every class in one batched backward (class_chunk)
+        objectives |= {
+            # the penalty steps run attention on its math kernel (double backward): the
+            # vanilla step on the same kernel separates that choice from the penalty's cost
+            "vanilla step, math attention": _math_attention(cross_entropy_objective),
+            f"token Grad-CAM center-penalty step, class_chunk {k}": _chunked_objective(
+                "cam", CenterPenalty(), layer, k
+            ),
+            f"Chefer-relevance mask-penalty step, class_chunk {k}": _chunked_objective(
+                "relevance", MaskPenalty(), layer, k
             ),
         }
 
