@@ -1,4 +1,4 @@
-"""What every capture's ``maps(...)`` shares: the request's checks and the normalize/resize tail.
+"""What every capture shares: its ``with`` block's exit, and ``maps(...)``'s checks and tail.
 
 :meth:`~xai_feedback.hooks.CAMHook.maps` and :meth:`~xai_feedback.relevance.AttentionCapture.maps`
 take the same keywords (``target``, ``all_classes``, ``normalize``, ``size``, ``create_graph``,
@@ -8,6 +8,8 @@ once.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -49,3 +51,24 @@ def finish_maps(maps: torch.Tensor, normalize: str, size: tuple[int, int] | None
     """
     maps = normalize_maps(maps, normalize)
     return resize_maps(maps, size) if size is not None else maps
+
+
+class Capture(ABC):
+    """A capture's ``with`` block: leaving it runs :meth:`_close`, also when the block raises.
+
+    :class:`~xai_feedback.hooks.ActivationHook` (and :class:`~xai_feedback.hooks.CAMHook`,
+    which extends its ``_close``) and :class:`~xai_feedback.relevance.AttentionCapture`
+    remove their hooks and give back every switch they made in ``_close``.
+    """
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Remove the hooks and restore what ``__enter__`` switched (idempotent)."""

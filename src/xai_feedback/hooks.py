@@ -33,14 +33,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from xai_feedback._checks import check_choice
-from xai_feedback._maps import finish_maps, map_classes, map_logits
+from xai_feedback._maps import Capture, finish_maps, map_classes, map_logits
 from xai_feedback._modes import math_attention, module_flags, restore_flags
 from xai_feedback.errors import DTypeError, HookError, LayerError, ShapeError
 from xai_feedback.layers import find_feature_layer, find_head, resolve_layer, unwrap_model
@@ -76,7 +75,7 @@ def _check_not_data_parallel_on_gpus(model: nn.Module) -> None:
         )
 
 
-class ActivationHook:
+class ActivationHook(Capture):
     """Capture the output of one layer on every forward pass inside a ``with`` block.
 
     The captured tensor is *not* detached: it is part of the autograd graph of the forward
@@ -164,12 +163,7 @@ class ActivationHook:
         self._handle = self.layer.register_forward_hook(self._forward_hook)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _close(self) -> None:
         try:
             if self._handle is not None:
                 self._handle.remove()
@@ -348,19 +342,14 @@ class CAMHook(ActivationHook):
                 self.model.eval()
         except BaseException:
             stack.close()
-            super().__exit__(None, None, None)
+            super()._close()
             raise
         self._stack = stack
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _close(self) -> None:
         try:
-            super().__exit__(exc_type, exc, tb)
+            super()._close()
         finally:
             try:
                 restore_flags(self._flags)

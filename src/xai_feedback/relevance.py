@@ -57,7 +57,6 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import ExitStack
-from types import TracebackType
 from typing import Any, Literal, cast
 
 import torch
@@ -66,7 +65,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from xai_feedback._checks import check_int
-from xai_feedback._maps import finish_maps, map_classes, map_logits
+from xai_feedback._maps import Capture, finish_maps, map_classes, map_logits
 from xai_feedback._modes import unfused_attention
 from xai_feedback.errors import HookError, LayerError
 from xai_feedback.layers import token_layout, unwrap_model
@@ -116,7 +115,7 @@ def _bind_mha_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torc
     return tensors
 
 
-class AttentionCapture:
+class AttentionCapture(Capture):
     r"""Capture every self-attention block's probabilities ``(B, heads, N, N)`` in a ``with``.
 
     Inside the block each forward of the model run by the thread that entered it (re)fills
@@ -210,14 +209,6 @@ class AttentionCapture:
             self._close()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close()
 
     def _close(self) -> None:
         try:
@@ -354,14 +345,9 @@ class AttentionCapture:
                 trains through them too (second order). ``False`` treats them as constants:
                 the maps still depend on ``A`` and train the model through it (RobustViT's
                 choice, cheaper).
-            max_bytes: With ``all_classes``, the most bytes of gradients the ``K`` classes'
-                maps may keep alive (estimated before the first backward, from the captured
-                attentions' size; 4 GiB by default); ``None``: no bound.
-            class_chunk: With ``all_classes``, the classes whose gradients are taken in one
-                batched backward (``is_grads_batched``); 1 (default): one backward per class,
-                measured the faster on CPU (``benchmarks/README.md``, *ViT penalty step*);
-                larger chunks trade memory (``class_chunk`` times one backward's) for fewer,
-                larger kernels.
+            max_bytes: As :meth:`~xai_feedback.hooks.CAMHook.maps` (the estimate from the
+                captured attentions' size).
+            class_chunk: As :meth:`~xai_feedback.hooks.CAMHook.maps`.
 
         Returns:
             ``(B, h, w)`` maps (``(B, K, h, w)`` with ``all_classes``).
