@@ -39,8 +39,8 @@ def map_logits(
 
 
 def map_classes(target: Target, logits: torch.Tensor, all_classes: bool) -> torch.Tensor | None:
-    """The ``(B,)`` classes of ``target``, or ``None`` (every class) with ``all_classes``."""
-    return None if all_classes else resolve_targets(target, logits)
+    """The classes ``(B,)`` or class weights ``(B, K)`` of ``target``; ``None``: every class."""
+    return None if all_classes else resolve_targets(target, logits, weights=True)
 
 
 def finish_maps(maps: torch.Tensor, normalize: str, size: tuple[int, int] | None) -> torch.Tensor:

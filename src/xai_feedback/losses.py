@@ -29,7 +29,7 @@ from xai_feedback._checks import (
     check_shape,
 )
 from xai_feedback._modes import eval_mode
-from xai_feedback.errors import LayerError, MissingInputError, RangeError
+from xai_feedback.errors import LayerError, MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.cam import NORMALIZATIONS, normalize_maps, resize_maps
 from xai_feedback.functional.decomposition import (
     DECOMPOSABLE,
@@ -56,6 +56,7 @@ from xai_feedback.functional.penalties import (
 from xai_feedback.layers import unwrap_model
 
 __all__ = [
+    "CLASS_SELECTIONS",
     "PENALTIES",
     "CDEPPenalty",
     "CenterPenalty",
@@ -153,6 +154,11 @@ def _prepare_maps(
 ) -> torch.Tensor:
     check_maps(maps)
     check_finite(maps, "maps", sync=False)  # a NaN map would silently poison the weights
+    if classes == "projected" and maps.dim() == 4:
+        raise ShapeError(
+            "classes='projected' weighs one map per image, the map of a random mix of the "
+            f"classes (B, h, w), got all-class maps of shape {tuple(maps.shape)}."
+        )
     if classes == "target" and maps.dim() == 4:
         if target is None:
             raise MissingInputError(
@@ -166,14 +172,32 @@ def _prepare_maps(
     return normalize_maps(maps, normalize)
 
 
+CLASS_SELECTIONS = ("all", "target", "projected")
+r"""Which classes' maps a map penalty weighs: every class's (``"all"``), the label's
+(``"target"``), or the all-class penalty estimated from one map (``"projected"``): the map
+:math:`\tilde m_b = \sum_k v_{bk} m_{bk}` of the score :math:`\sum_k v_{bk} y_{bk}` with
+random signs :math:`v_{bk} = \pm 1/\sqrt K`. For a quadratic penalty and a method linear in
+the score (CAM, Grad-CAM, HiResCAM), :math:`E_v[\tilde m^2] = \frac{1}{K}\sum_k m_k^2`, so
+the penalty of :math:`\tilde m` is an unbiased estimate of the all-class penalty, and its
+gradient of the all-class gradient (Hutchinson's trick), at the cost of one class: one
+backward instead of ``K``. The objective draws the signs
+(:func:`~xai_feedback.objectives.cam_penalty_objective`)."""
+
+
 class _SelectedMapsPenalty(MapPenalty):
     """A penalty on the maps after class selection (``classes``), sign and normalization."""
 
     def __init__(self, classes: str, signed: bool, normalize: str) -> None:
         super().__init__()
-        self.classes = check_choice(classes, "classes", ("all", "target"))
+        self.classes = check_choice(classes, "classes", CLASS_SELECTIONS)
         self.signed = bool(signed)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
+        if self.classes == "projected" and (not self.signed or self.normalize != "none"):
+            raise RangeError(
+                "classes='projected' estimates the all-class penalty from one map of a random "
+                "mix of the classes, which holds for signed, unnormalized maps only: got "
+                f"signed={self.signed}, normalize={self.normalize!r}."
+            )
 
     def _prepare(self, maps: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """The maps this penalty weighs (see :func:`_prepare_maps`)."""
@@ -193,7 +217,9 @@ class CenterPenalty(_SelectedMapsPenalty):
     Args:
         sigma: Width of the Gaussian (> 0) on [-1, 1] coordinates; default
             :data:`~xai_feedback.functional.kernels.DEFAULT_SIGMA` (0.7).
-        classes: ``"all"`` (penalize the maps of every class, default) or ``"target"``.
+        classes: ``"all"`` (penalize the maps of every class, default), ``"target"``, or
+            ``"projected"`` (the all-class penalty estimated from one map:
+            :data:`CLASS_SELECTIONS`).
         signed: Penalize signed evidence (default) rather than its ReLU.
         normalize: Per-map normalization before weighting (``"none"`` by default; "energy"
             normalization was measured to make training collapse).
@@ -267,7 +293,8 @@ class MaskPenalty(_SelectedMapsPenalty):
     :func:`~xai_feedback.functional.mask_penalty`; Schramowski et al. 2020).
 
     Args:
-        classes: ``"all"`` (default) or ``"target"``.
+        classes: ``"all"`` (default), ``"target"`` or ``"projected"``
+            (:data:`CLASS_SELECTIONS`).
         signed: Penalize signed evidence (default) rather than its ReLU.
         normalize: Per-map normalization before masking.
 

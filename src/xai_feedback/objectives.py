@@ -6,6 +6,7 @@ for :func:`~xai_feedback.training.fit`; in your own loop, copy the three lines o
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 from xai_feedback._checks import check_choice, check_int, check_shape
 from xai_feedback._modes import eval_mode, math_attention, per_example_batchnorm
 from xai_feedback.counterexamples import Counterexamples
-from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.kernels import DEFAULT_SIGMA, PERIPHERY_THRESHOLD, periphery_mask
 from xai_feedback.hooks import CAMHook
 from xai_feedback.losses import (
@@ -45,6 +46,7 @@ __all__ = [
     "hint_objective",
     "per_example_batchnorm",
     "periphery_objective",
+    "random_class_signs",
     "rbr_objective",
     "relevance_penalty_objective",
     "rrr_counterexample_objective",
@@ -122,6 +124,7 @@ def cam_penalty_objective(
     *,
     method: str = "cam",
     layer: nn.Module | str | None = None,
+    generator: torch.Generator | None = None,
 ) -> Objective:
     """Cross-entropy plus a penalty on the model's class activation maps.
 
@@ -137,6 +140,13 @@ def cam_penalty_objective(
             penalty's ``signed`` flag decides whether only positive evidence is penalized.
         layer: Layer whose maps are penalized (default: the feature map feeding the global
             pooling, :func:`xai_feedback.layers.resolve_layer`).
+        generator: Draws the random signs of a ``classes="projected"`` penalty
+            (:data:`~xai_feedback.losses.CLASS_SELECTIONS`: the all-class penalty estimated
+            from one map, one backward instead of one per class).
+
+    Raises:
+        RangeError: A ``classes="projected"`` penalty with a method whose map is not linear
+            in the score (``"grad_cam_pp"``).
 
     Example:
         >>> from xai_feedback.data import confounded_digits
@@ -146,12 +156,18 @@ def cam_penalty_objective(
         >>> objective = cam_penalty_objective("center", 1.0)  # a registered penalty, by name
         >>> _ = fit(GAPNet(width=4), data, epochs=1, objective=objective)
     """
-    get_method(method, "cam")
+    spec = get_method(method, "cam")
     if isinstance(penalty, str):
         penalty = get_penalty(penalty)
     _check_penalty(penalty, MapPenalty, optional=False)
     sched = _as_schedule(schedule)
     all_classes = penalty.classes == "all"
+    projected = penalty.classes == "projected"
+    if projected and not spec.linear:
+        raise RangeError(
+            f"classes='projected' needs a map linear in the score (cam, grad_cam, hires_cam), "
+            f"got method={method!r}."
+        )
     verified: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,13 +181,34 @@ def cam_penalty_objective(
             if pen_w == 0:
                 return ce_w * ce, logits
             # signed maps: the penalty decides about the sign (``signed=False`` ReLUs them)
-            maps = hook.maps(
-                logits, batch.labels, method=method, all_classes=all_classes, check=False
-            )
+            target = random_class_signs(logits, generator) if projected else batch.labels
+            maps = hook.maps(logits, target, method=method, all_classes=all_classes, check=False)
         value = penalty(maps, target=batch.labels, masks=batch.masks)
         return ce_w * ce + pen_w * value, logits
 
     return objective
+
+
+def random_class_signs(
+    logits: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    r"""Random class weights :math:`v_{bk} = \pm 1 / \sqrt K`, fair signs (:math:`E[vv^T] = I/K`).
+
+    The weights of a ``classes="projected"`` penalty's map
+    (:data:`~xai_feedback.losses.CLASS_SELECTIONS`), drawn on the CPU from ``generator`` and
+    moved to the logits' device and dtype.
+
+    Shape:
+        - logits: :math:`(B, K)`; output: :math:`(B, K)`
+
+    Example:
+        >>> v = random_class_signs(torch.zeros(2, 4), torch.Generator().manual_seed(0))
+        >>> v.abs().unique().tolist(), v.shape
+        ([0.5], torch.Size([2, 4]))
+    """
+    b, k = (int(n) for n in logits.shape)
+    signs = torch.randint(0, 2, (b, k), generator=generator).mul_(2).sub_(1)
+    return signs.to(device=logits.device, dtype=logits.dtype) / math.sqrt(k)
 
 
 def _verify_cam_head(model: nn.Module, layer: nn.Module | str | None, images: torch.Tensor) -> None:
@@ -251,6 +288,11 @@ def relevance_penalty_objective(
     sched = _as_schedule(schedule)
     if isinstance(classification, bool) or not isinstance(classification, int | float):
         raise DTypeError(f"`classification` must be a number, got {type(classification).__name__}.")
+    if penalty.classes == "projected":
+        raise RangeError(
+            "classes='projected' needs a map linear in the score; relevance maps are not "
+            "(Chefer's relevance clamps and multiplies the gradients): use 'all' or 'target'."
+        )
     all_classes = penalty.classes == "all"
     layout = spec.check_options(options)
 

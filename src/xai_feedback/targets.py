@@ -14,17 +14,27 @@ from typing import Any
 
 import torch
 
-from xai_feedback._checks import check_labels, check_shape
+from xai_feedback._checks import check_finite, check_labels, check_shape
 from xai_feedback.errors import DTypeError
 
 __all__ = ["Target", "logits_of", "resolve_targets"]
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-"""Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class)."""
+r"""Labels ``(B,)``, a callable ``logits -> (B,)`` labels, or ``None`` (the predicted class).
+
+The captures' ``maps`` also take class weights: a floating ``(B, K)`` tensor ``w`` asks for
+the map of the score :math:`\sum_k w_{bk} y_{bk}` of each image (see
+:func:`resolve_targets`)."""
 
 
-def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    """Turn ``target`` into a ``(B,)`` long tensor of classes, checking length and range.
+def resolve_targets(target: Target, logits: torch.Tensor, *, weights: bool = False) -> torch.Tensor:
+    r"""Turn ``target`` into a ``(B,)`` long tensor of classes, checking length and range.
+
+    With ``weights=True`` a floating ``(B, K)`` tensor is accepted as class weights (checked
+    finite, returned on the logits' device and dtype): the explained score of image ``b`` is
+    then :math:`\sum_k w_{bk} y_{bk}` (a gradient method differentiates that score; for a
+    method linear in it, :attr:`~xai_feedback.methods.Method.linear`, the map is
+    :math:`\sum_k w_{bk}` times class ``k``'s map).
 
     Raises:
         DTypeError: ``target`` is neither a tensor, a callable nor ``None``.
@@ -44,6 +54,10 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
         raise DTypeError(
             f"`target` must be a tensor, a callable or None, got {type(target).__name__}."
         )
+    if weights and target.is_floating_point() and target.dim() == 2:
+        check_shape(target, "B K", "target", B=dims["B"], K=dims["K"])
+        check_finite(target, "target", sync=False)
+        return target.to(device=logits.device, dtype=logits.dtype)
     check_shape(target, "B", "target", B=dims["B"])
     # in the training step: no host synchronisation on accelerators (device-side assertion)
     check_labels(target, "target", dims["K"], sync=False)

@@ -43,11 +43,13 @@ def score_gradients(
 
     ``target`` of shape ``(J, B)`` takes ``J`` such gradients in one batched backward
     (``is_grads_batched``: the vector-Jacobian product vectorized over the ``J`` one-hot
-    rows), each gradient then ``(J, *x.shape)``.
+    rows), each gradient then ``(J, *x.shape)``. A floating ``(B, K)`` ``target`` holds class
+    weights: the gradient of :math:`\sum_{b,k} w_{bk} y_{bk}`.
 
     Args:
         logits: ``(B, K)``.
-        target: ``(B,)`` long classes, or ``(J, B)`` for ``J`` gradients at once.
+        target: ``(B,)`` long classes, ``(J, B)`` for ``J`` gradients at once, or
+            ``(B, K)`` floating class weights.
         wrt: The captured tensors.
         create_graph: Keep the gradients in the graph (second-order training through them).
         what: The tensors' name in messages (``"the captured output of layer 'x'"``).
@@ -77,7 +79,8 @@ def score_gradients(
             f"the logits do not require grad, so they cannot depend on {what} (computed under "
             "torch.no_grad(), or by another forward?)."
         )
-    rows = F.one_hot(target, int(logits.shape[1])).to(logits.dtype)
+    weighted = target.is_floating_point()  # (B, K) class weights: one weighted score
+    rows = target if weighted else F.one_hot(target, int(logits.shape[1])).to(logits.dtype)
     grads = torch.autograd.grad(
         logits,
         list(wrt),
@@ -85,7 +88,7 @@ def score_gradients(
         create_graph=create_graph,
         retain_graph=True,
         allow_unused=True,
-        is_grads_batched=target.dim() == 2,
+        is_grads_batched=target.dim() == 2 and not weighted,
     )
     if any(g is None for g in grads):
         raise HookError(

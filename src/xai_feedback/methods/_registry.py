@@ -28,6 +28,10 @@ class Method(ABC):
     citation: ClassVar[str] = ""
     options: ClassVar[frozenset[str]] = frozenset()
     """Keyword options the method accepts (validated by :meth:`check_options`)."""
+    linear: ClassVar[bool] = False
+    r"""Whether the map of a weighted score :math:`\sum_k w_k y_k` is
+    :math:`\sum_k w_k` times class ``k``'s map (CAM, Grad-CAM, HiResCAM: linear in the
+    score's gradient; what ``classes="projected"`` penalties need)."""
 
     def check_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """``options`` as a dict (``None``: empty), checked against what this method takes.

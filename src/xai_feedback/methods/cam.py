@@ -210,6 +210,7 @@ class CAM(CAMMethod):
     name = "cam"
     citation = "B. Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016."
     needs_gradients = False
+    linear = True
     default_relu = False
 
     def from_gradients(
@@ -219,11 +220,15 @@ class CAM(CAMMethod):
         return hires_cam(acts, grads.expand_as(acts), relu=relu)
 
     def gradients(self, inputs: MapInputs, target: torch.Tensor) -> torch.Tensor:
-        """The head's rows of ``target``, ``(B, C, 1, 1)``."""
-        return self._weight(inputs)[target][:, :, None, None]
+        """The head's rows of ``target``, ``(B, C, 1, 1)`` (class weights: their mix)."""
+        weight = self._weight(inputs)
+        rows = target @ weight if target.is_floating_point() else weight[target]
+        return rows[:, :, None, None]
 
     def maps(self, inputs: MapInputs, target: torch.Tensor | None, *, relu: bool) -> torch.Tensor:
         """CAMs from the head (all classes in one ``einsum``)."""
+        if target is not None and target.is_floating_point():  # (B, K) class weights
+            return self.from_gradients(inputs.acts, self.gradients(inputs, target), relu=relu)
         signed = cam_from_head(inputs.acts, self._weight(inputs), target)
         return torch.relu(signed) if relu else signed
 
@@ -298,6 +303,7 @@ class GradCAM(_GradientCAM):
 
     name = "grad_cam"
     citation = "R. R. Selvaraju et al., Grad-CAM, ICCV 2017."
+    linear = True
     _kernel = staticmethod(grad_cam)
 
 
@@ -307,6 +313,7 @@ class HiResCAM(_GradientCAM):
 
     name = "hires_cam"
     citation = "R. L. Draelos, L. Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891."
+    linear = True
     _kernel = staticmethod(hires_cam)
 
 
