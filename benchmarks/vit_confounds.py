@@ -59,6 +59,7 @@ from xai_feedback.losses import CenterPenalty, MapPenalty, MaskPenalty, RobustVi
 from xai_feedback.models import TinyViT
 from xai_feedback.objectives import (
     contribution_penalty_objective,
+    random_class_signs,
     relevance_penalty_objective,
 )
 from xai_feedback.relevance import AttentionCapture
@@ -269,6 +270,41 @@ def contribution_arm(weight: float) -> Arm:
 
 
 WEIGHTED_ARMS["contribution"] = contribution_arm
+
+
+def mask_cam_projected_arm(weight: float) -> Arm:
+    r"""The all-class mask penalty on token CAMs, estimated from one map per image.
+
+    ``MaskPenalty(classes="projected")`` on the map of the score
+    :math:`\sum_k v_k y_k` with random signs :math:`v = \pm 1/\sqrt K` (drawn from a
+    generator seeded by the run's seed): an unbiased estimate of ``mask_cam``'s penalty at
+    the cost of one class (issue 27: the all-class ViT step at the label class's cost).
+    """
+
+    def build(seed: int, train: ImageDataset) -> Objective:
+        generator = torch.Generator().manual_seed(10_000 + seed)
+        penalty = MaskPenalty(classes="projected", dilation=MASK_DILATION)
+
+        def maps(
+            model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            with CAMHook(model) as hook:
+                logits = model(images)
+                mixed = hook.maps(logits, random_class_signs(logits, generator))
+            return logits, mixed
+
+        return map_penalty_objective(maps, penalty, weight)
+
+    return Arm(
+        "mask_cam_projected",
+        f"annotation-mask penalty (dilation {MASK_DILATION} px) on all classes' token CAMs, "
+        f"estimated from one random-sign mix per image, lambda {weight:g}",
+        build,
+        annotated=True,
+    )
+
+
+WEIGHTED_ARMS["mask_cam_projected"] = mask_cam_projected_arm
 
 # weights fixed with ``--select`` (frame, validation split, seed 0)
 register_map("cam", token_cam, center=10.0, mask=10.0)
