@@ -26,8 +26,10 @@ random images, a border mask) with
 cross-entropy (vanilla), + the center penalty on token Grad-CAM (``cam_penalty_objective(...,
 method="grad_cam")``), + a mask penalty on Chefer relevance and RobustViT's objective
 (``relevance_penalty_objective``), timed and measured like the CNN steps; the center and mask
-penalties on every class's maps (one backward per class) and on the label class's only
-(``classes="target"``: one backward).
+penalties on every class's maps (one backward per class; and every class in one batched
+backward, ``class_chunk=K``), on the label class's only (``classes="target"``: one backward),
+and on every class estimated from one random-sign mix (``classes="projected"``: one
+backward); and the vanilla step with attention on the math kernel the penalty steps use.
 
 Timing: ``--repeats`` rounds after ``--warmup`` rounds; within a round every candidate runs
 once, in turn, so a load change on the machine hits all of them alike; the median is reported.
@@ -368,6 +370,13 @@ def _train_runners(
             ),
             "token Grad-CAM mask-penalty step, label class": cam_penalty_objective(
                 MaskPenalty(classes="target"), 1.0, method="grad_cam", layer=layer
+            ),
+            "token Grad-CAM center-penalty step, all classes projected": cam_penalty_objective(
+                CenterPenalty(classes="projected"),
+                1.0,
+                method="grad_cam",
+                layer=layer,
+                generator=torch.Generator().manual_seed(0),
             ),
             "Chefer-relevance mask-penalty step": relevance_penalty_objective("mask", 1.0),
             "Chefer-relevance mask-penalty step, label class": relevance_penalty_objective(
