@@ -314,6 +314,8 @@ register_map("chefer", relevance_map("chefer_relevance"), center=1e6, mask=1e7)
 register_map("rollout", relevance_map("rollout"), center=1e4, mask=1e6)
 register_arm(robustvit_arm(1.0))
 register_arm(contribution_arm(10.0))  # --select: 1 / 10 / 100 -> val random 0.389 / 0.403 / 0.361
+# --select-arms mask_cam_projected: 1 / 10 / 100 -> val random .569 / .601 / .184
+register_arm(mask_cam_projected_arm(10.0))
 
 DEFAULT_ARMS = ("vanilla", "center_cam", "mask_cam", "counterexamples", "periphery", "oracle")
 DEFAULT_FAMILIES = SHORTCUT_FAMILIES
