@@ -142,7 +142,7 @@ SELECT_GRID: dict[str, tuple[float, ...]] = {
     # (12.7 at 0..255, where 2e6 is published and collapses at [0, 1]); the grids bracket the
     # rate that gives the published balance.
     "rbr": (1e8, 1e9, 1e10),
-    "cdep": (1.0, 10.0, 100.0, 1000.0),
+    "cdep": (1.0, 10.0, 100.0, 1000.0, 1e4),
 }
 
 
