@@ -7,9 +7,8 @@ far less of the removed pattern than a constant fill; the model's accuracy and t
 probability are recorded. A faithful method makes MoRF accuracy fall fast and LeRF slowly.
 All images of a fraction are imputed and classified as one batch, on the model's device.
 
-Reference:
-    Y. Rong, T. Leemann, V. Borisov, G. Kasneci, E. Kasneci, "A Consistent and Efficient
-    Evaluation Strategy for Attribution Methods", ICML 2022.
+Reference: Rong et al., ICML 2022 (cited in full in :mod:`xai_feedback.functional.imputation`,
+whose imputation ROAD uses).
 """
 
 from __future__ import annotations
