@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +39,9 @@ __all__ = [
     "resume_run",
     "run_store",
     "settings_store",
+    "step_cost_table",
     "stored_run",
+    "subprocess_peak_mib",
     "time_round_robin",
     "write_json_atomic",
 ]
@@ -66,6 +69,42 @@ def time_round_robin(
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def subprocess_peak_mib(script: str, options: Sequence[str]) -> float:
+    """The peak MiB a benchmark's ``--measure`` child prints last, run in a fresh process.
+
+    ``script`` is run by this interpreter with ``options``, glibc's mmap threshold fixed at
+    64 KiB and trimming off (so freed tensors go back to the system and the resident set
+    follows live memory; ``models._peak_mib`` measures inside the child). A failing child
+    raises :class:`subprocess.CalledProcessError` (its ``stderr`` kept).
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    command = [sys.executable, str(Path(script).resolve()), *options]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def step_cost_table(
+    seconds: Mapping[str, float],
+    memory: Mapping[str, float],
+    arms: Sequence[str],
+    digits: int = 3,
+) -> str:
+    """Seconds and peak MiB of one step per arm, each also as a ratio to ``"vanilla"``."""
+    rows = [
+        [
+            a,
+            f"{seconds[a]:.{digits}f}",
+            f"{seconds[a] / seconds['vanilla']:.2f}x",
+            f"{memory[a]:.0f}" if a in memory else "-",
+            f"{memory[a] / memory['vanilla']:.2f}x"
+            if a in memory and memory.get("vanilla")
+            else "-",
+        ]
+        for a in arms
+    ]
+    return markdown_table(["arm", "seconds", "vs vanilla", "peak MiB", "vs vanilla"], rows)
 
 
 def run_store(root: Path) -> RunStore:

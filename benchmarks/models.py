@@ -47,8 +47,6 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,10 +106,7 @@ def _peak_mib(fn: Runner, device: torch.device) -> float:
 
 
 def _peak_mib_subprocess(args: argparse.Namespace, model: str, part: str, name: str) -> float:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
+    options = [
         f"--models={model}",
         f"--size={args.size}",
         f"--batch={args.batch}",
@@ -120,8 +115,7 @@ def _peak_mib_subprocess(args: argparse.Namespace, model: str, part: str, name: 
         f"--measure={part}:{name}",
         f"--vit-models={model}",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    return common.subprocess_peak_mib(__file__, options)
 
 
 # ----- candidates -------------------------------------------------------------------------

@@ -59,9 +59,7 @@ import argparse
 import functools
 import gc
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -494,51 +492,25 @@ def measure_step(args: argparse.Namespace) -> dict[str, Any]:
     """Time and peak memory of one MobileNetV2 step per arm, in this run (vanilla = 1)."""
     arms = ("vanilla", "center", "mask", "rrr", "contribution")
     runners = {a: _step_runner(a, args.size, args.batch) for a in arms}
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {a: [] for a in arms}
-    for _ in range(args.repeats):
-        for a, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[a].append(time.perf_counter() - start)
+    seconds = common.time_round_robin(runners, args.repeats, 1, torch.device("cpu"))
     del runners
     gc.collect()
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    memory = {}
+    memory: dict[str, float] = {}
     for a in arms:
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            f"--measure={a}",
-            f"--size={args.size}",
-            f"--batch={args.batch}",
-            f"--threads={args.threads}",
-        ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-        memory[a] = float(done.stdout.strip().splitlines()[-1])
+        options = [f"--measure={a}", f"--size={args.size}", f"--batch={args.batch}"]
+        memory[a] = common.subprocess_peak_mib(__file__, [*options, f"--threads={args.threads}"])
     result = {
         "size": args.size,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
-        "seconds": {a: statistics.median(t) for a, t in times.items()},
+        "seconds": seconds,
         "peak_mib": memory,
     }
-    rows = [
-        [
-            a,
-            f"{result['seconds'][a]:.3f}",
-            f"{result['seconds'][a] / result['seconds']['vanilla']:.2f}x",
-            f"{memory[a]:.0f}",
-            f"{memory[a] / memory['vanilla']:.2f}x",
-        ]
-        for a in arms
-    ]
     print(
         f"\nOne MobileNetV2 step, batch {args.batch}, {args.size} px, "
         f"{result['threads']} threads (median of {args.repeats}):"
     )
-    print(common.markdown_table(["arm", "seconds", "vs vanilla", "peak MiB", "vs vanilla"], rows))
+    print(common.step_cost_table(seconds, memory, arms))
     common.write_json_atomic(args.out / "step.json", result)
     return result
 

@@ -70,7 +70,6 @@ import argparse
 import functools
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -590,23 +589,19 @@ def measure_step(args: argparse.Namespace, arms: Sequence[str], weights: dict[st
     seconds = common.time_round_robin(runners, args.repeats, 1, device)
     del runners
     gc.collect()
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     memory: dict[str, float] = {}
     for a in [] if args.no_memory else arms:
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
+        options = [
             f"--measure={a}:{weights.get(a, 1.0)!r}",
             f"--scale={args.scale:g}",
             f"--step-batch={args.step_batch}",
             f"--threads={args.threads}",
             f"--device={args.device}",
         ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode == 0:
-            memory[a] = float(done.stdout.strip().splitlines()[-1])
-        else:
-            print(f"memory of {a}: the subprocess failed:\n{done.stderr[-2000:]}")
+        try:
+            memory[a] = common.subprocess_peak_mib(__file__, options)
+        except subprocess.CalledProcessError as failed:
+            print(f"memory of {a}: the subprocess failed:\n{failed.stderr[-2000:]}")
     result = {
         "batch": args.step_batch,
         "threads": torch.get_num_threads(),
@@ -615,23 +610,11 @@ def measure_step(args: argparse.Namespace, arms: Sequence[str], weights: dict[st
         "peak_mib": memory,
     }
     common.write_json_atomic(args.out / "step.json", result)
-    rows = [
-        [
-            a,
-            f"{seconds[a]:.4f}",
-            f"{seconds[a] / seconds['vanilla']:.2f}x",
-            f"{memory[a]:.0f}" if a in memory else "-",
-            f"{memory[a] / memory['vanilla']:.2f}x"
-            if a in memory and memory.get("vanilla")
-            else "-",
-        ]
-        for a in arms
-    ]
     print(
         f"\nOne SimpleConvNet step, batch {args.step_batch}, {result['threads']} thread(s), "
         f"median of {args.repeats} interleaved rounds:"
     )
-    print(common.markdown_table(["arm", "seconds", "vs vanilla", "peak MiB", "vs vanilla"], rows))
+    print(common.step_cost_table(seconds, memory, arms, digits=4))
     return result
 
 
