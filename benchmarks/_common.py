@@ -11,6 +11,7 @@ prints :func:`markdown_table` rows of :func:`mean_std` cells and draws an option
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ __all__ = [
     "parser",
     "resume",
     "resume_run",
+    "run_grid",
     "run_store",
     "settings_store",
     "step_cost_table",
@@ -290,3 +292,47 @@ def run_tasks(
         futures = [(p, s, executor.submit(run, *r, s)) for p, r, s in todo]
         for parts, settings, future in futures:
             keep(parts, settings, future.result())
+
+
+Task = tuple[tuple[str, ...], tuple[Any, ...], dict[str, Any]]
+"""``(store key parts, run_one's arguments, settings)`` of one run of a grid."""
+
+
+def run_grid(
+    args: argparse.Namespace,
+    store: RunStore,
+    tasks: Sequence[Task],
+    run: Callable[..., dict[str, Any]],
+    *,
+    unkeyed: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Every task's record: stored ones reused, the others run (:func:`run_tasks`) and stored.
+
+    A run is keyed by its settings less ``unkeyed`` (threads, device and the like: how it ran,
+    not what it is). ``args.fresh`` runs every task again; ``args.report`` (when the parser
+    has it) returns the stored records only. Each new record is printed as one JSON line
+    (its per-epoch ``curve`` entries left out).
+    """
+
+    def identity(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k not in unkeyed}
+
+    records: dict[tuple[str, ...], dict[str, Any]] = {}
+    todo: list[Task] = []
+    for parts, run_args, settings in tasks:
+        record = None if args.fresh else stored_run(store, parts, identity(settings))
+        if record is None:
+            todo.append((parts, run_args, settings))
+        else:
+            records[parts] = record
+    print(f"{len(records)} runs stored, {len(todo)} to run", flush=True)
+    if getattr(args, "report", False):
+        return [records[p] for p, _, _ in tasks if p in records]
+
+    def keep(parts: tuple[str, ...], settings: dict[str, Any], record: dict[str, Any]) -> None:
+        records[parts] = resume_run(store, parts, identity(settings), lambda: record, fresh=True)
+        short = {k: v for k, v in record.items() if "curve" not in k}
+        print(json.dumps(short), flush=True)
+
+    run_tasks(args, todo, run, keep)
+    return [records[p] for p, _, _ in tasks]

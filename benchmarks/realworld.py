@@ -358,36 +358,11 @@ def _settings(args: argparse.Namespace, arch: str, arm: str, **over: Any) -> dic
     return s
 
 
-def _identity(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in ("threads", "save")}
-
-
 def _run_grid(
-    args: argparse.Namespace,
-    store: common.RunStore,
-    tasks: list[tuple[tuple[str, ...], tuple[str, str, str, int], dict[str, Any]]],
+    args: argparse.Namespace, store: common.RunStore, tasks: list[common.Task]
 ) -> list[dict[str, Any]]:
-    """Every task's record: stored ones reused, the others run (serially or on dask)."""
-    records: dict[tuple[str, ...], dict[str, Any]] = {}
-    todo: list[tuple[tuple[str, ...], tuple[str, str, str, int], dict[str, Any]]] = []
-    for parts, run, settings in tasks:
-        record = None if args.fresh else common.stored_run(store, parts, _identity(settings))
-        if record is None:
-            todo.append((parts, run, settings))
-        else:
-            records[parts] = record
-    print(f"{len(records)} runs stored, {len(todo)} to run", flush=True)
-    if getattr(args, "report", False):  # the stored runs only
-        return [records[p] for p, _, _ in tasks if p in records]
-
-    def keep(parts: tuple[str, ...], settings: dict[str, Any], record: dict[str, Any]) -> None:
-        records[parts] = common.resume_run(
-            store, parts, _identity(settings), lambda: record, fresh=True
-        )
-        print(json.dumps(record), flush=True)
-
-    common.run_tasks(args, todo, run_one, keep)
-    return [records[p] for p, _, _ in tasks]
+    """Every task's record (:func:`_common.run_grid`; threads and figure saving unkeyed)."""
+    return common.run_grid(args, store, tasks, run_one, unkeyed=("threads", "save"))
 
 
 def select(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -457,36 +457,12 @@ def _settings(args: argparse.Namespace, arm: str, weights: dict[str, float]) -> 
     return s
 
 
-def _identity(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in ("threads", "device", "verbose")}
-
-
-Task = tuple[tuple[str, ...], tuple[str, int], dict[str, Any]]
+Task = common.Task
 
 
 def _run_grid(args: argparse.Namespace, store: common.RunStore, tasks: list[Task]) -> list[dict]:
-    """Every task's record: stored ones reused, the others run (serially or on dask)."""
-    records: dict[tuple[str, ...], dict[str, Any]] = {}
-    todo: list[Task] = []
-    for parts, run, settings in tasks:
-        record = None if args.fresh else common.stored_run(store, parts, _identity(settings))
-        if record is None:
-            todo.append((parts, run, settings))
-        else:
-            records[parts] = record
-    print(f"{len(records)} runs stored, {len(todo)} to run", flush=True)
-    if args.report:
-        return [records[p] for p, _, _ in tasks if p in records]
-
-    def keep(parts: tuple[str, ...], settings: dict[str, Any], record: dict[str, Any]) -> None:
-        records[parts] = common.resume_run(
-            store, parts, _identity(settings), lambda: record, fresh=True
-        )
-        short = {k: v for k, v in record.items() if "curve" not in k}
-        print(json.dumps(short), flush=True)
-
-    common.run_tasks(args, todo, run_one, keep)
-    return [records[p] for p, _, _ in tasks if p in records]
+    """Every task's record (:func:`_common.run_grid`; threads, device, verbosity unkeyed)."""
+    return common.run_grid(args, store, tasks, run_one, unkeyed=("threads", "device", "verbose"))
 
 
 def _budget(args: argparse.Namespace) -> str:
