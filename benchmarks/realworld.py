@@ -82,6 +82,7 @@ from xai_feedback.objectives import (
     contribution_penalty_objective,
     counterexample_objective,
     periphery_objective,
+    prediction_difference_objective,
     rrr_objective,
 )
 from xai_feedback.training import Batch, Objective, accuracy, cross_entropy_objective, fit
@@ -108,13 +109,15 @@ ARMS = (
     "rrr",
     "contribution",
     "counterexamples",
+    "swap",
+    "difference",
     "oracle",
 )
-ANNOTATED = ("mask", "rrr", "contribution", "counterexamples")
+ANNOTATED = ("mask", "rrr", "contribution", "counterexamples", "swap", "difference")
 FREE = ("center", "periphery")
-WEIGHTED = ("center", "mask", "rrr", "contribution")
+WEIGHTED = ("center", "mask", "rrr", "contribution", "difference")
 """The arms with a penalty weight, chosen by ``--select``."""
-_ADDED = ("rrr", "contribution")
+_ADDED = ("rrr", "contribution", "difference")
 """Arms added after the first grid: their weight enters their own runs' settings only, so the
 earlier arms' stored runs keep their keys."""
 SELECT_FAMILY = "frame"
@@ -132,6 +135,7 @@ SELECTED: dict[str, dict[str, Any]] = {
         "mask": 10.0,
         "rrr": 0.1,
         "contribution": 1.0,
+        "difference": 3.0,
     },
     "resnet": {
         "lr": 3e-3,
@@ -140,6 +144,7 @@ SELECTED: dict[str, dict[str, Any]] = {
         "mask": 10.0,
         "rrr": 1.0,
         "contribution": 10.0,
+        "difference": 10.0,
     },
 }
 EPOCHS = {"mobilenet_v2": 3, "resnet": 8}
@@ -151,6 +156,7 @@ SELECT_GRID: dict[str, dict[str, Sequence[Any]]] = {
         "mask": (1.0, 10.0),
         "rrr": (0.01, 0.1, 1.0, 10.0, 100.0),
         "contribution": (0.1, 1.0, 10.0, 100.0),
+        "difference": (1.0, 3.0, 10.0, 30.0),
     },
     "resnet": {
         "lr": (3e-3,),
@@ -159,6 +165,7 @@ SELECT_GRID: dict[str, dict[str, Sequence[Any]]] = {
         "mask": (3.0, 10.0),
         "rrr": (0.01, 0.1, 1.0, 10.0, 100.0),
         "contribution": (0.1, 1.0, 10.0, 100.0),
+        "difference": (1.0, 3.0, 10.0, 30.0),
     },
 }
 
@@ -283,6 +290,14 @@ def make_objective(arm: str, seed: int, weights: dict[str, Any]) -> Objective:
         return counterexample_objective(Counterexamples(generator=g))
     if arm == "periphery":
         return periphery_objective(generator=torch.Generator().manual_seed(10_000 + seed))
+    if arm == "swap":
+        g = torch.Generator().manual_seed(10_000 + seed)
+        return counterexample_objective(Counterexamples(fill="swap", generator=g))
+    if arm == "difference":
+        g = torch.Generator().manual_seed(10_000 + seed)
+        return prediction_difference_objective(
+            weights["difference"], augment=Counterexamples(fill="swap", generator=g)
+        )
     raise ValueError(f"unknown arm {arm!r}")
 
 

@@ -111,6 +111,8 @@ PUBLISHED: dict[str, str] = {
     "hint": "58.2 ± 1.9",
     "mask": "(RRR-G: 62.2 ± 1.7)",
     "contribution": "-",
+    "difference": "-",
+    "ce_swap": "-",
 }
 
 # The weights of the test runs. Peers: their published Decoy-FMNIST rates (main_MNIST.py at
@@ -120,6 +122,7 @@ PUBLISHED: dict[str, str] = {
 # 10). ``--select`` checks them on a validation split; ``--weights`` applies its choice.
 SELECTED: dict[str, float] = {
     "contribution": 100.0,
+    "difference": 1.0,
     "rrr": 10.0,
     "mask": 100.0,
     "center": 10.0,
@@ -130,6 +133,7 @@ SELECTED: dict[str, float] = {
 }
 SELECT_GRID: dict[str, tuple[float, ...]] = {
     "contribution": (1.0, 10.0, 100.0),
+    "difference": (1.0, 10.0, 100.0),
     "rrr": (1.0, 10.0, 100.0),
     "mask": (10.0, 100.0, 1000.0),
     "center": (1.0, 10.0, 100.0),
@@ -190,6 +194,20 @@ def _ce(weight: float, seed: int, high: float, device: torch.device) -> Objectiv
     )
 
 
+def _ce_swap(weight: float, seed: int, high: float, device: torch.device) -> Objective:
+    g = _generator(10_000 + seed, device)
+    return objectives.counterexample_objective(Counterexamples(fill="swap", generator=g))
+
+
+def _difference(weight: float, seed: int, high: float, device: torch.device) -> Objective | None:
+    make = _library("prediction_difference_objective")
+    if make is None:
+        return None
+    return make(
+        weight, augment=Counterexamples(fill="swap", generator=_generator(10_000 + seed, device))
+    )
+
+
 def _periphery(weight: float, seed: int, high: float, device: torch.device) -> Objective:
     return objectives.periphery_objective(high=high, generator=_generator(10_000 + seed, device))
 
@@ -246,6 +264,22 @@ ARMS: dict[str, Arm] = {
             "on the mask (objectives.contribution_penalty_objective)",
             lambda w, s, h, d: objectives.contribution_penalty_objective(None, w, layer=LAYER),
             weighted=True,
+            annotated=True,
+        ),
+        Arm(
+            "difference",
+            "the prediction-difference penalty: KL between the predictions with the square and "
+            "with the square's pixels of another image "
+            "(objectives.prediction_difference_objective)",
+            _difference,
+            weighted=True,
+            annotated=True,
+        ),
+        Arm(
+            "ce_swap",
+            "counterexamples: one per image, the square's pixels those of another image of the "
+            'batch (fill="swap")',
+            _ce_swap,
             annotated=True,
         ),
         Arm(
@@ -677,7 +711,7 @@ def _parser() -> argparse.ArgumentParser:
             "--test=1000",
             "--epochs=1",
             "--seeds=1",
-            "--arms=vanilla,oracle,rrr,ce,center,rbr",
+            "--arms=vanilla,oracle,rrr,ce,center,rbr,difference",
             "--repeats=1",
             "--step-batch=32",
             "--no-memory",

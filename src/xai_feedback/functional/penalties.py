@@ -21,6 +21,7 @@ __all__ = [
     "mask_penalty",
     "masks_to_maps",
     "minmax_normalize",
+    "prediction_difference_penalty",
     "projected_input_gradient_penalty",
     "rademacher",
     "rbr_penalty",
@@ -123,6 +124,57 @@ def mask_penalty(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if maps.dim() == 4:
         cover = cover.unsqueeze(1)
     return (cover * maps).pow(2).mean()
+
+
+def prediction_difference_penalty(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    r"""How far each image's prediction moves when its annotated region is replaced.
+
+    The prediction difference of a region (Robnik-Šikonja & Kononenko 2008; Zintgraf et al.
+    2017, "Visualizing deep neural network decisions: prediction difference analysis") is
+    the change of every class's probability when the region's pixels are drawn from other
+    images instead of the image's own (``reference``: the logits of the image with the
+    region replaced, e.g. :func:`~xai_feedback.counterexamples.counterexamples` with
+    ``fill="swap"``, their "marginal sampling"). For a region the model must not use it is
+    zero; the penalty is its size as a divergence of the two predictions, averaged over
+    images:
+
+    .. math:: P = \frac{1}{B} \sum_b \mathrm{KL}(\tilde p_b \,\|\, p_b)
+              = \frac{1}{B} \sum_b \sum_k \tilde p_{bk}
+                \big(\log \tilde p_{bk} - \log p_{bk}\big)
+
+    with :math:`p = \operatorname{softmax}(\text{logits})` and
+    :math:`\tilde p = \operatorname{softmax}(\text{reference})`: every class, weighted by
+    how probable the replaced image makes it. Unlike a gradient (RRR) or a map at a layer (a
+    CAM), it is the finite effect of the region's whole content at input resolution.
+
+    Args:
+        logits: ``(B, K)`` logits of the images.
+        reference: ``(B, K)`` logits of the same images with the region replaced.
+
+    Returns:
+        The scalar penalty, on ``logits``' device and dtype.
+
+    Raises:
+        ShapeError: ``logits`` and ``reference`` are not the same ``(B, K)``.
+
+    Shape:
+        - logits, reference: :math:`(B, K)`; output: scalar
+
+    Example:
+        >>> import math
+        >>> logits = torch.tensor([[math.log(3.0), 0.0]])     # p = (3/4, 1/4)
+        >>> reference = torch.zeros(1, 2)                       # p~ = (1/2, 1/2)
+        >>> # (1/2) log((1/2) / (3/4)) + (1/2) log((1/2) / (1/4)) = (1/2) log(4/3)
+        >>> round(float(prediction_difference_penalty(logits, reference)), 4)
+        0.1438
+    """
+    dims = check_shape(logits, "B K", "logits")
+    check_shape(reference, "B K", "reference", B=dims["B"], K=dims["K"])
+    check_floating(logits, "logits")
+    check_floating(reference, "reference")
+    log_p = F.log_softmax(logits, dim=1)
+    log_ref = F.log_softmax(reference.to(logits.dtype), dim=1)
+    return (log_ref.exp() * (log_ref - log_p)).sum(dim=1).mean()
 
 
 def input_gradient_penalty(
