@@ -31,7 +31,10 @@ prior's periphery swapped with another image's and set to a constant, as the bat
 penalty on the annotated shortcut, ``rrr_objective``); ``contribution`` (the contribution
 penalty, ``contribution_penalty_objective``: HiResCAM of the summed log-probabilities at the
 CAM layer, on the annotated shortcut); ``counterexamples`` (annotated region set to a random
-constant); ``oracle`` (cross-entropy on data whose shortcut level is random, as the battery of
+constant); ``swap`` (counterexamples whose annotated region is another image's, ``fill="swap"``);
+``difference`` (the prediction-difference penalty, ``prediction_difference_objective``: the KL
+divergence between the prediction and the prediction with the annotated region swapped);
+``oracle`` (cross-entropy on data whose shortcut level is random, as the battery of
 ``benchmarks/_arms.py`` defines it).
 
 Hyper-parameters: ``--select`` trains on the ``frame`` family and scores on a validation split
@@ -44,9 +47,9 @@ is the :data:`SELECTED` table below; the test runs never choose anything.
 
 Also measured (``--step``, in the same run): time (median of rounds, candidates interleaved)
 and peak memory (a subprocess per candidate, as ``bench models`` does) of one fine-tuning
-step of MobileNetV2 with the center, mask, RRR and contribution penalties vs vanilla, batch
-64. The CAMs before and after fine-tuning with the penalty are drawn to
-``docs/_static/realworld_cams.png``.
+step of MobileNetV2 with the center, mask, RRR, contribution and prediction-difference
+penalties and counterexamples vs vanilla, batch 64. The CAMs before and after fine-tuning
+with the penalty are drawn to ``docs/_static/realworld_cams.png``.
 
 Runs are kept in ``OUT`` (resumable); ``--dask`` runs the grid on
 :func:`xai_feedback.evaluation.dask.dask_executor` (``--workers`` processes).
@@ -480,7 +483,7 @@ def _peak_mib(arm: str, size: int, batch: int) -> float:
 
 def measure_step(args: argparse.Namespace) -> dict[str, Any]:
     """Time and peak memory of one MobileNetV2 step per arm, in this run (vanilla = 1)."""
-    arms = ("vanilla", "center", "mask", "rrr", "contribution")
+    arms = ("vanilla", "center", "mask", "rrr", "contribution", "difference", "counterexamples")
     runners = {a: _step_runner(a, args.size, args.batch) for a in arms}
     seconds = common.time_round_robin(runners, args.repeats, 1, torch.device("cpu"))
     del runners

@@ -32,7 +32,10 @@ library's Grad-CAM mask penalty at ``last_conv``: RRR-G's idea with the library'
 prior's periphery, :func:`~xai_feedback.objectives.periphery_objective`), ``contribution``
 (the contribution penalty at ``last_conv``,
 :func:`~xai_feedback.objectives.contribution_penalty_objective`: the library's map penalty
-that follows from issue 26's measurements), and the peers' published losses ``rrr_g``,
+that follows from issue 26's measurements), ``difference`` (the prediction-difference
+penalty, :func:`~xai_feedback.objectives.prediction_difference_objective`: the KL divergence
+between the prediction with the square and with the square's pixels of another image),
+``ce_swap`` (counterexamples with ``fill="swap"``), and the peers' published losses ``rrr_g``,
 ``hint``, ``rbr``, ``cdep``, looked up in :mod:`xai_feedback.objectives` at run time (reported
 unavailable and skipped where a version of the library lacks them).
 
