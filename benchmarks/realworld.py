@@ -299,7 +299,9 @@ def make_objective(arm: str, seed: int, weights: dict[str, Any]) -> Objective:
     if arm == "difference":
         g = torch.Generator().manual_seed(10_000 + seed)
         return prediction_difference_objective(
-            weights["difference"], augment=Counterexamples(fill="swap", generator=g)
+            weights["difference"],
+            augment=Counterexamples(fill="swap", generator=g),
+            fraction=weights.get("fraction", 1.0),
         )
     raise ValueError(f"unknown arm {arm!r}")
 

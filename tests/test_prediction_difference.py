@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_feedback.counterexamples import Counterexamples
-from xai_feedback.errors import DTypeError, MissingInputError, ShapeError
+from xai_feedback.errors import DTypeError, MissingInputError, RangeError, ShapeError
 from xai_feedback.functional.penalties import prediction_difference_penalty
 from xai_feedback.objectives import prediction_difference_objective
 from xai_feedback.training import Batch
@@ -137,3 +137,21 @@ def test_objective_bad_input() -> None:
     no_masks = Batch(batch.images, batch.labels, None, 0, 0, 1)
     with pytest.raises(MissingInputError, match="masks"):
         prediction_difference_objective(1.0)(Linear(), no_masks)
+
+
+def test_objective_fraction_takes_the_first_images() -> None:
+    model, batch = Linear(), _batch()
+    loss, logits = prediction_difference_objective(2.0, fraction=0.5)(model, batch)
+    swapped = batch.images.clone()
+    swapped[0, 0, 0, 0] = batch.images[1, 0, 0, 0]  # image 0 with image 1's top-left pixel
+    with torch.no_grad():
+        p, q = F.softmax(logits[:1], 1), F.softmax(model(swapped[:1]), 1)
+        kl = (q * (q.log() - p.log())).sum()
+        expected = F.cross_entropy(logits, batch.labels) + 2.0 * kl
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5, float("nan")])
+def test_objective_fraction_out_of_range(fraction: float) -> None:
+    with pytest.raises(RangeError, match="fraction"):
+        prediction_difference_objective(1.0, fraction=fraction)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_feedback._checks import check_choice, check_int, check_shape
+from xai_feedback._checks import check_choice, check_int, check_number, check_shape
 from xai_feedback._modes import eval_mode, math_attention, per_example_batchnorm
 from xai_feedback.counterexamples import Counterexamples
 from xai_feedback.errors import DTypeError, MissingInputError, RangeError, ShapeError
@@ -1009,6 +1009,7 @@ def prediction_difference_objective(
     schedule: LossSchedule | float = DIFFERENCE_WEIGHT,
     *,
     augment: Counterexamples | None = None,
+    fraction: float = 1.0,
 ) -> Objective:
     r"""Cross-entropy plus the annotated region's prediction difference.
 
@@ -1031,6 +1032,10 @@ def prediction_difference_objective(
         schedule: A loss schedule, or a constant penalty weight :math:`\lambda`.
         augment: How the region is replaced (its first copy of each image is used; default
             a ``"swap"`` fill).
+        fraction: Share of the batch whose prediction difference is taken, in (0, 1]: the
+            first ``ceil(fraction * B)`` images (a shuffled loader makes them a random
+            subset), an unbiased estimate of the whole batch's penalty at that share of the
+            extra cost.
 
     Returns:
         The training objective; the logits it returns are the original images'.
@@ -1049,6 +1054,7 @@ def prediction_difference_objective(
             f"`augment` must be a Counterexamples or None, got {type(augment).__name__}."
         )
     aug = augment if augment is not None else Counterexamples(fill="swap")
+    share = check_number(fraction, "fraction", minimum=0.0, maximum=1.0, strict_minimum=True)
     name = "the prediction difference"
 
     def term(
@@ -1056,6 +1062,7 @@ def prediction_difference_objective(
     ) -> torch.Tensor:
         n = int(images.shape[0])
         replaced, _, _ = _copies_only(aug, images, batch.labels, _masks(batch, name))
-        return prediction_difference_penalty(logits, model(replaced[:n]))
+        k = max(1, math.ceil(share * n))
+        return prediction_difference_penalty(logits[:k], model(replaced[:k]))
 
     return _cross_entropy_plus(schedule, term, masks_for=name)
