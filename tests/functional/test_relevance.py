@@ -99,6 +99,26 @@ def test_maps_read_the_query_row_and_fold_row_major() -> None:
     torch.testing.assert_close(mean.flatten(1), joint[:, 1:, 1:].mean(dim=1))
 
 
+@pytest.mark.parametrize("query", [0, 2, None])
+@pytest.mark.parametrize("prefix", [1, 2])
+def test_maps_propagate_the_matrix_row(query: int | None, prefix: int) -> None:
+    # the kernels propagate the query row from the last layer down; the matrices multiply
+    # the whole product first: the same row, its patch columns on the 2 x 2 grid
+    attn = _attn(2, 3, prefix + 4, 4, seed=9)
+    g = torch.Generator().manual_seed(10)
+    grads = [torch.randn(a.shape, generator=g, dtype=torch.float64) for a in attn]
+    for maps, matrix in (
+        (
+            chefer_relevance(attn, grads, prefix_tokens=prefix, query=query),
+            relevance_matrix(attn, grads),
+        ),
+        (attention_rollout(attn, prefix_tokens=prefix, query=query), rollout_matrix(attn)),
+    ):
+        row = matrix[:, prefix:].mean(dim=1) if query is None else matrix[:, query]
+        assert maps.shape == (2, 2, 2)
+        torch.testing.assert_close(maps.flatten(1), row[:, prefix:])
+
+
 def test_batched_equals_per_image() -> None:
     attn = _attn(3, 2, 5, 2, seed=6)
     g = torch.Generator().manual_seed(7)

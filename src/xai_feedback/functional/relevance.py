@@ -2,10 +2,17 @@ r"""Transformer relevance kernels: attention rollout and Chefer et al.'s gradien
 
 Both read one forward's attention probabilities, a list (first layer first) of tensors
 ``(B, heads, N, N)`` (row ``i``: how token ``i`` attends to every token ``j``), propagate them
-through the layers into an ``(B, N, N)`` token-to-token matrix, take one query row (the class
+through the layers into an ``(B, N, N)`` token-to-token matrix
+(:func:`rollout_matrix`, :func:`relevance_matrix`), take one query row (the class
 token's) and fold its patch columns onto the ``(h, w)`` patch grid
 (:func:`~xai_feedback.functional.tokens.tokens_to_grid`). The ``prefix_tokens`` leading
 tokens (class, distillation, register tokens) are dropped from the columns.
+
+The maps need that one row only: the matrix is a product of one factor per layer
+:math:`F_L \cdots F_1`, so its row :math:`e_q^\top F_L \cdots F_1` is propagated as a
+vector from the last layer down, :math:`L` vector-matrix products of :math:`O(B N^2)` each
+instead of :math:`L` matrix products of :math:`O(B N^3)` (197 times fewer operations on a
+224-pixel ViT with 16-pixel patches, in the forward and in the penalty's backward).
 
 Every kernel is batched over images, follows its inputs' device and dtype and is
 differentiable (no detach): a relevance map can sit inside a loss.
@@ -87,15 +94,10 @@ def rollout_matrix(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
         >>> r.shape, bool(torch.allclose(r.sum(-1), torch.ones(2, 5)))
         (torch.Size([2, 5, 5]), True)
     """
-    dims = _check_attentions(attentions)
-    eye = _identity(dims, attentions[0])
-    joint: torch.Tensor | None = None
-    for a in attentions:
-        aug = a.mean(dim=1) + eye
-        aug = aug / aug.sum(dim=-1, keepdim=True)
-        joint = aug if joint is None else torch.bmm(aug, joint)
-    if joint is None:  # unreachable: checked non-empty
-        raise ShapeError("`attentions` must hold at least one layer's attention, got none.")
+    _check_attentions(attentions)
+    joint = _rollout_factor(attentions[0])
+    for a in attentions[1:]:
+        joint = torch.bmm(_rollout_factor(a), joint)
     return joint
 
 
@@ -139,6 +141,17 @@ def relevance_matrix(
         >>> bool(torch.allclose(r, torch.eye(3) + a.mean(1)))
         True
     """
+    dims = _check_gradients(attentions, gradients)
+    rel = _identity(dims, attentions[0])
+    for a, g in zip(attentions, gradients, strict=True):
+        rel = rel + torch.bmm(_weighted_heads(a, g), rel)
+    return rel
+
+
+def _check_gradients(
+    attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor]
+) -> dict[str, int]:
+    """``attentions``' dimensions, once ``gradients`` are checked to match them layer by layer."""
     dims = _check_attentions(attentions)
     _check_attentions(gradients, "gradients")
     if len(gradients) != len(attentions):
@@ -152,24 +165,39 @@ def relevance_matrix(
                 f"`gradients[{i}]` must have the shape and dtype of `attentions[{i}]` "
                 f"({tuple(a.shape)}, {a.dtype}), got ({tuple(g.shape)}, {g.dtype})."
             )
-    rel = _identity(dims, attentions[0])
-    for a, g in zip(attentions, gradients, strict=True):
-        cam = (g * a).clamp(min=0).mean(dim=1)
-        rel = rel + torch.bmm(cam, rel)
-    return rel
+    return dims
 
 
-def _query_row(matrix: torch.Tensor, query: int | None, prefix_tokens: int) -> torch.Tensor:
-    n = int(matrix.shape[-1])
+def _weighted_heads(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    r"""Chefer et al.'s rule 5: :math:`\frac1H \sum_h (\nabla A_h \odot A_h)^+`, ``(B, N, N)``."""
+    return (gradient * attention).clamp(min=0).mean(dim=1)
+
+
+def _rollout_factor(attention: torch.Tensor) -> torch.Tensor:
+    """One layer of the rollout: the head mean plus the identity, rows normalized."""
+    aug = attention.mean(dim=1) + torch.eye(
+        int(attention.shape[-1]), dtype=attention.dtype, device=attention.device
+    )
+    return aug / aug.sum(dim=-1, keepdim=True)
+
+
+def _query_vector(
+    dims: dict[str, int], query: int | None, prefix_tokens: int, like: torch.Tensor
+) -> torch.Tensor:
+    """The row read, as weights over the tokens ``(B, 1, N)``: ``e_q``, or the patch rows' mean."""
+    n = dims["N"]
+    weights = torch.zeros(dims["B"], 1, n, dtype=like.dtype, device=like.device)
     if query is None:  # mean-pooled models: the patch tokens' rows, averaged
         check_int(prefix_tokens, "prefix_tokens", minimum=0)
         if prefix_tokens >= n:
             raise ShapeError(f"`prefix_tokens`={prefix_tokens} leaves no patch token of N={n}.")
-        return matrix[:, prefix_tokens:].mean(dim=1)
+        weights[..., prefix_tokens:] = 1.0 / (n - prefix_tokens)
+        return weights
     check_int(query, "query", minimum=0)
     if query >= n:
         raise RangeError(f"`query` must be a token index in [0, {n}), got {query}.")
-    return matrix[:, query]
+    weights[..., query] = 1.0
+    return weights
 
 
 def attention_rollout(
@@ -202,8 +230,11 @@ def attention_rollout(
         >>> attention_rollout([a, a], prefix_tokens=1).shape
         torch.Size([2, 2, 2])
     """
-    row = _query_row(rollout_matrix(attentions), query, prefix_tokens)
-    return tokens_to_grid(row, grid, prefix_tokens=prefix_tokens)
+    dims = _check_attentions(attentions)
+    row = _query_vector(dims, query, prefix_tokens, attentions[0])
+    for a in reversed(attentions):  # the query row of the product, last factor first
+        row = torch.bmm(row, _rollout_factor(a))
+    return tokens_to_grid(row[:, 0], grid, prefix_tokens=prefix_tokens)
 
 
 def chefer_relevance(
@@ -236,5 +267,8 @@ def chefer_relevance(
         >>> chefer_relevance([a], [a], prefix_tokens=1).shape
         torch.Size([2, 2, 2])
     """
-    row = _query_row(relevance_matrix(attentions, gradients), query, prefix_tokens)
-    return tokens_to_grid(row, grid, prefix_tokens=prefix_tokens)
+    dims = _check_gradients(attentions, gradients)
+    row = _query_vector(dims, query, prefix_tokens, attentions[0])
+    for a, g in zip(reversed(attentions), reversed(gradients), strict=True):
+        row = row + torch.bmm(row, _weighted_heads(a, g))
+    return tokens_to_grid(row[:, 0], grid, prefix_tokens=prefix_tokens)
