@@ -33,7 +33,8 @@ penalty, ``contribution_penalty_objective``: HiResCAM of the summed log-probabil
 CAM layer, on the annotated shortcut); ``counterexamples`` (annotated region set to a random
 constant); ``swap`` (counterexamples whose annotated region is another image's, ``fill="swap"``);
 ``difference`` (the prediction-difference penalty, ``prediction_difference_objective``: the KL
-divergence between the prediction and the prediction with the annotated region swapped);
+divergence between the prediction and the prediction with the annotated region swapped;
+``difference_half``: the same on half of each batch, ``fraction=0.5``, at its weight);
 ``oracle`` (cross-entropy on data whose shortcut level is random, as the battery of
 ``benchmarks/_arms.py`` defines it).
 
@@ -114,15 +115,31 @@ ARMS = (
     "counterexamples",
     "swap",
     "difference",
+    "difference_half",
     "oracle",
 )
-ANNOTATED = ("mask", "rrr", "contribution", "counterexamples", "swap", "difference")
+ANNOTATED = (
+    "mask",
+    "rrr",
+    "contribution",
+    "counterexamples",
+    "swap",
+    "difference",
+    "difference_half",
+)
 FREE = ("center", "periphery")
 WEIGHTED = ("center", "mask", "rrr", "contribution", "difference")
 """The arms with a penalty weight, chosen by ``--select``."""
-_ADDED = ("rrr", "contribution", "difference")
-"""Arms added after the first grid: their weight enters their own runs' settings only, so the
-earlier arms' stored runs keep their keys."""
+_ADDED = {
+    "rrr": "rrr",
+    "contribution": "contribution",
+    "difference": "difference",
+    "difference_half": "difference",
+}
+"""Arms added after the first grid, and the weight each takes: it enters their own runs'
+settings only, so the earlier arms' stored runs keep their keys."""
+HALF = 0.5
+"""``difference_half``: the prediction difference on half of each batch (``fraction=``)."""
 SELECT_FAMILY = "frame"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -296,12 +313,12 @@ def make_objective(arm: str, seed: int, weights: dict[str, Any]) -> Objective:
     if arm == "swap":
         g = torch.Generator().manual_seed(10_000 + seed)
         return counterexample_objective(Counterexamples(fill="swap", generator=g))
-    if arm == "difference":
+    if arm in ("difference", "difference_half"):
         g = torch.Generator().manual_seed(10_000 + seed)
         return prediction_difference_objective(
             weights["difference"],
             augment=Counterexamples(fill="swap", generator=g),
-            fraction=weights.get("fraction", 1.0),
+            fraction=HALF if arm == "difference_half" else weights.get("fraction", 1.0),
         )
     raise ValueError(f"unknown arm {arm!r}")
 
@@ -373,7 +390,7 @@ def _settings(args: argparse.Namespace, arch: str, arm: str, **over: Any) -> dic
         "threads": args.threads,
     }
     if arm in _ADDED:
-        s[arm] = sel[arm]
+        s[_ADDED[arm]] = sel[_ADDED[arm]]
     s.update(over)
     return s
 
@@ -485,7 +502,16 @@ def _peak_mib(arm: str, size: int, batch: int) -> float:
 
 def measure_step(args: argparse.Namespace) -> dict[str, Any]:
     """Time and peak memory of one MobileNetV2 step per arm, in this run (vanilla = 1)."""
-    arms = ("vanilla", "center", "mask", "rrr", "contribution", "difference", "counterexamples")
+    arms = (
+        "vanilla",
+        "center",
+        "mask",
+        "rrr",
+        "contribution",
+        "difference",
+        "difference_half",
+        "counterexamples",
+    )
     runners = {a: _step_runner(a, args.size, args.batch) for a in arms}
     seconds = common.time_round_robin(runners, args.repeats, 1, torch.device("cpu"))
     del runners
