@@ -32,6 +32,24 @@ def test_default_arms_and_annotations() -> None:
     assert vit.ARMS["oracle"].oracle and vit.ARMS["counterexamples"].annotated
 
 
+def test_difference_arm_is_the_prediction_difference_objective() -> None:
+    from xai_feedback.counterexamples import Counterexamples
+    from xai_feedback.objectives import prediction_difference_objective
+
+    data = confounded_digits("train", "frame").subset(torch.arange(8))
+    batch = Batch(data.images, data.labels, data.masks, 0, 0, 1)
+    model = TinyViT(generator=torch.Generator().manual_seed(0))
+    arm = vit.ARMS["difference"]
+    assert arm.annotated
+    loss, _ = arm.make(3, data)(model, batch)
+    g = torch.Generator().manual_seed(10_003)
+    weight = float(arm.description.rsplit(" ", 1)[1])
+    expected, _ = prediction_difference_objective(
+        weight, augment=Counterexamples(fill="swap", generator=g)
+    )(model, batch)
+    torch.testing.assert_close(loss, expected)
+
+
 def test_map_penalty_objective_adds_the_weighted_penalty_of_the_token_cams() -> None:
     model = TinyViT(dim=16, depth=1, heads=2, generator=torch.Generator().manual_seed(0))
     data = confounded_digits("train", "frame").subset(torch.arange(6))

@@ -105,3 +105,21 @@ def test_published_protocol_and_unknown_arms() -> None:
     assert xil.LR == 1e-3 and xil.BATCH == 256
     with pytest.raises(SystemExit):
         xil.main(["--arms", "vanilla,nonsense"])
+
+
+def test_every_available_arm_takes_a_finite_step() -> None:
+    # each arm's objective on a tiny Decoy-FMNIST batch: a finite loss and a gradient
+    from xai_feedback.models import SimpleConvNet
+    from xai_feedback.training import Batch
+
+    data = xil.load_data(1.0, 8, 8, False)["train"]
+    assert data.masks is not None
+    batch = Batch(data.images, data.labels, data.masks, 0, 0, 1)
+    for name, arm in xil.ARMS.items():
+        objective = arm.build(xil.SELECTED.get(name, 1.0), 0, 1.0, torch.device("cpu"))
+        assert objective is not None, name
+        model = SimpleConvNet(generator=torch.Generator().manual_seed(0))
+        loss, logits = objective(model, batch)
+        assert logits.shape == (8, 10) and bool(torch.isfinite(loss)), name
+        loss.backward()
+        assert model.fc2.weight.grad is not None, name

@@ -101,23 +101,23 @@ def test_the_grid_runs_resumes_and_reports(fashion: None, tmp_path: Path, capsys
         "--train=16",
         "--test=16",
         "--models=resnet,mobilenet_v2",
-        "--arms=vanilla,periphery",
+        "--arms=vanilla,periphery,difference",
         "--no-figure",
         "--no-step",
     ]
     assert rw.main(argv) == 0
     out = capsys.readouterr().out
-    assert "0 runs stored, 4 to run" in out
+    assert "0 runs stored, 6 to run" in out
     records = json.loads((tmp_path / "records.json").read_text())["records"]
-    assert len(records) == 4
+    assert len(records) == 6
     for r in records:
         for key in ("confound_test_accuracy", "clean_test_accuracy"):
             assert 0.0 <= r[key] <= 1.0
     assert "| periphery |" in out and "Goals:" in out
     assert rw.main(argv) == 0  # resumed: nothing trained again
-    assert "4 runs stored, 0 to run" in capsys.readouterr().out
+    assert "6 runs stored, 0 to run" in capsys.readouterr().out
     assert rw.main([*argv, "--epochs=2", "--report"]) == 0  # other settings: not reused
-    assert "0 runs stored, 4 to run" in capsys.readouterr().out
+    assert "0 runs stored, 6 to run" in capsys.readouterr().out
 
 
 def test_example_runs(fashion: None) -> None:
