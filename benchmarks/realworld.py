@@ -105,19 +105,6 @@ __all__ = [
 
 FAMILIES = ("swatch", "frame", "background", "watermark")
 MODELS = ("mobilenet_v2", "resnet")
-ARMS = (
-    "vanilla",
-    "center",
-    "periphery",
-    "mask",
-    "rrr",
-    "contribution",
-    "counterexamples",
-    "swap",
-    "difference",
-    "difference_half",
-    "oracle",
-)
 ANNOTATED = (
     "mask",
     "rrr",
@@ -127,6 +114,7 @@ ANNOTATED = (
     "difference",
     "difference_half",
 )
+ARMS = ("vanilla", "center", "periphery", *ANNOTATED, "oracle")
 FREE = ("center", "periphery")
 WEIGHTED = ("center", "mask", "rrr", "contribution", "difference")
 """The arms with a penalty weight, chosen by ``--select``."""
