@@ -155,3 +155,10 @@ def test_objective_fraction_takes_the_first_images() -> None:
 def test_objective_fraction_out_of_range(fraction: float) -> None:
     with pytest.raises(RangeError, match="fraction"):
         prediction_difference_objective(1.0, fraction=fraction)
+
+
+def test_a_batch_of_one_has_no_penalty() -> None:
+    model, batch = Linear(), _batch()
+    one = Batch(batch.images[:1], batch.labels[:1], batch.masks[:1], 0, 0, 1)
+    loss, logits = prediction_difference_objective(100.0)(model, one)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits, one.labels).detach())

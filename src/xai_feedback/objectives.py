@@ -1042,7 +1042,15 @@ def prediction_difference_objective(
             extra cost.
 
     Returns:
-        The training objective; the logits it returns are the original images'.
+        The training objective; the logits it returns are the original images'. A batch of
+        one image has no other image to swap with: its penalty is zero.
+
+    Shape:
+        - batch.images: :math:`(B, C, H, W)`; batch.masks: :math:`(B, H, W)`
+
+    Reference: M. Robnik-Šikonja, I. Kononenko, Explaining Classifications for Individual
+    Instances, IEEE TKDE 2008; L. Zintgraf, T. Cohen, T. Adel, M. Welling, Visualizing Deep
+    Neural Network Decisions: Prediction Difference Analysis, ICLR 2017.
 
     Example:
         >>> from xai_feedback.data import confounded_digits
