@@ -293,20 +293,17 @@ def make_objective(arm: str, seed: int, weights: dict[str, Any]) -> Objective:
         return rrr_objective(None, weights["rrr"])
     if arm == "contribution":
         return contribution_penalty_objective(None, weights["contribution"])
-    if arm == "counterexamples":
-        g = torch.Generator().manual_seed(10_000 + seed)
-        return counterexample_objective(Counterexamples(generator=g))
+    g = torch.Generator().manual_seed(10_000 + seed)
+    if arm in ("counterexamples", "swap"):
+        fill = "swap" if arm == "swap" else "constant"
+        return counterexample_objective(Counterexamples(fill=fill, generator=g))
     if arm == "periphery":
-        return periphery_objective(generator=torch.Generator().manual_seed(10_000 + seed))
-    if arm == "swap":
-        g = torch.Generator().manual_seed(10_000 + seed)
-        return counterexample_objective(Counterexamples(fill="swap", generator=g))
+        return periphery_objective(generator=g)
     if arm in ("difference", "difference_half"):
-        g = torch.Generator().manual_seed(10_000 + seed)
         return prediction_difference_objective(
             weights["difference"],
             augment=Counterexamples(fill="swap", generator=g),
-            fraction=HALF if arm == "difference_half" else weights.get("fraction", 1.0),
+            fraction=HALF if arm == "difference_half" else 1.0,
         )
     raise ValueError(f"unknown arm {arm!r}")
 

@@ -190,16 +190,16 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _ce(weight: float, seed: int, high: float, device: torch.device) -> Objective:
-    g = _generator(10_000 + seed, device)
-    return objectives.counterexample_objective(
-        Counterexamples(fill="noise", low=0.0, high=high, generator=g)
-    )
+def _counterexamples(fill: str) -> Callable[[float, int, float, torch.device], Objective]:
+    """One counterexample per image, the region filled by ``fill`` over the input range."""
 
+    def build(weight: float, seed: int, high: float, device: torch.device) -> Objective:
+        g = _generator(10_000 + seed, device)
+        return objectives.counterexample_objective(
+            Counterexamples(fill=fill, low=0.0, high=high, generator=g)
+        )
 
-def _ce_swap(weight: float, seed: int, high: float, device: torch.device) -> Objective:
-    g = _generator(10_000 + seed, device)
-    return objectives.counterexample_objective(Counterexamples(fill="swap", generator=g))
+    return build
 
 
 def _difference(weight: float, seed: int, high: float, device: torch.device) -> Objective | None:
@@ -235,7 +235,7 @@ ARMS: dict[str, Arm] = {
         Arm(
             "ce",
             "counterexamples: one per image, the square's pixels uniform (Teso & Kersting 2019)",
-            _ce,
+            _counterexamples("noise"),
             annotated=True,
         ),
         Arm(
@@ -282,7 +282,7 @@ ARMS: dict[str, Arm] = {
             "ce_swap",
             "counterexamples: one per image, the square's pixels those of another image of the "
             'batch (fill="swap")',
-            _ce_swap,
+            _counterexamples("swap"),
             annotated=True,
         ),
         Arm(
