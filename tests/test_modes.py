@@ -22,7 +22,7 @@ from xai_feedback.data import ImageDataset
 from xai_feedback.errors import HookError
 from xai_feedback.evaluation import road, selectivity
 from xai_feedback.hooks import CAMHook
-from xai_feedback.objectives import rrr_objective
+from xai_feedback.objectives import prediction_difference_objective, rrr_objective
 from xai_feedback.pcace import capture, pcace
 from xai_feedback.proxy import train_with_proxy
 from xai_feedback.training import accuracy, fit, predict
@@ -85,6 +85,9 @@ ENTRIES: dict[str, Entry] = {
     "accuracy": lambda m, d, layer: accuracy(m, d),
     "fit": lambda m, d, layer: fit(m, d, epochs=1, batch_size=8),
     "fit_rrr": lambda m, d, layer: fit(m, d, epochs=1, batch_size=8, objective=rrr_objective()),
+    "fit_difference": lambda m, d, layer: fit(
+        m, d, epochs=1, batch_size=8, objective=prediction_difference_objective()
+    ),
     "attribute_saliency": lambda m, d, layer: attribute(m, d.images, d.labels),
     "attribute_grad_cam": lambda m, d, layer: attribute(
         m, d.images, d.labels, method="grad_cam", layer=layer

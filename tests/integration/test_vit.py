@@ -427,3 +427,57 @@ def test_hugging_face_vit_output_object_and_a_center_penalty_step() -> None:
     attention = model.vit.layers[1].attention
     grads_after = [p.grad for p in attention.parameters()]
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads_after)
+
+
+# ----- the prediction difference on real architectures ---------------------------------------
+
+
+@pytest.mark.parametrize("wrap", ["bare", "data_parallel", "compile"])
+@pytest.mark.parametrize("name", ["timm_vit_tiny", "tv_resnet18_frozen_bn"])
+def test_prediction_difference_step_on_real_architectures(name: str, wrap: str) -> None:
+    # one training step of prediction_difference_objective: the wrapped or compiled model gives
+    # the bare model's loss and parameter gradients, and frozen BatchNorms stay frozen
+    from xai_feedback.counterexamples import Counterexamples
+    from xai_feedback.objectives import prediction_difference_objective
+    from xai_feedback.training import Batch
+
+    if name == "timm_vit_tiny":
+        model, x, _ = _bare(name)
+        model.train()
+    else:
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).train()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
+    masks[:, : x.shape[-2] // 4] = True
+    batch = Batch(x, TARGET, masks, 0, 0, 1)
+    stats = [b.clone() for b in model.buffers()]
+
+    def step(net: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        g = torch.Generator().manual_seed(1)
+        objective = prediction_difference_objective(
+            3.0, augment=Counterexamples(fill="swap", generator=g)
+        )
+        loss, _ = objective(net, batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return loss.detach(), list(torch.autograd.grad(loss, params))
+
+    want_loss, want_grads = step(model)
+    torch._dynamo.reset()
+    wrapped = {
+        "bare": lambda: model,
+        "data_parallel": lambda: nn.DataParallel(model),
+        "compile": lambda: torch.compile(model, backend="aot_eager"),
+    }[wrap]()
+    loss, grads = step(wrapped)
+    assert float(want_loss) > 0
+    torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-6)
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
+    flags = [m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not any(flags)  # frozen BatchNorms (none in the ViT) stay frozen
+    for before, now in zip(stats, model.buffers(), strict=True):
+        assert torch.equal(before, now)
